@@ -1,0 +1,1 @@
+"""Shipped configuration: stack.yaml, scenarios/ and maps/ (installed as package data)."""

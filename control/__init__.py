@@ -1,0 +1,1 @@
+"""PID and MPC trackers, vehicle models and actuator mapping."""

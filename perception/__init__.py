@@ -1,0 +1,1 @@
+"""Camera perception: models, dataset collection, training, evaluation, inference stage."""

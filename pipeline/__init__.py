@@ -1,0 +1,1 @@
+"""The runtime: message types, config schema, road map, stage contract and CLI."""

@@ -1,0 +1,144 @@
+"""The `stagepilot` command line.
+
+    stagepilot sim render --scenario NAME --out DIR [key.path=value ...]
+    stagepilot sim list
+    stagepilot bench sim --json
+    stagepilot config show [--config FILE] [key.path=value ...]
+
+Trailing `key.path=value` arguments override the stack config; those that start with
+`scenario.` override the scenario file (`scenario.seed=3`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from stagepilot import __version__
+from stagepilot.pipeline.config import ConfigError, load_stack
+from stagepilot.pipeline.roadmap import MapError
+
+
+def _add_stack_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="stack YAML laid over configs/stack.yaml (repeatable; later files win)")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value",
+                        help="override a config value, e.g. sim.dt_s=0.02 or scenario.seed=3")
+
+
+def _split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    stack = [o for o in overrides if not o.startswith("scenario.")]
+    scenario = [o[len("scenario."):] for o in overrides if o.startswith("scenario.")]
+    return stack, scenario
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stagepilot",
+        description="A camera-based driving stack for CARLA and its embedded simulator.",
+    )
+    parser.add_argument("--version", action="version", version=f"stagepilot {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    sim = commands.add_parser("sim", help="the embedded simulator", description="Work with the embedded simulator.")
+    sim_commands = sim.add_subparsers(dest="sim_command", metavar="SUBCOMMAND", required=True)
+    render = sim_commands.add_parser(
+        "render",
+        help="drive a scenario with the reference follower and write a video",
+        description="Drive a scenario's route with the reference follower (a placeholder until "
+        "the planner lands) and write an mp4: RGB | semantic | depth, with bird's-eye views.",
+    )
+    render.add_argument("--scenario", default="town_loop",
+                        help="a name from configs/scenarios/ or a path to a YAML file (default: town_loop)")
+    render.add_argument("--out", required=True, type=Path, help="output folder for render.mp4 and still.png")
+    render.add_argument("--duration", type=float, default=None, metavar="S",
+                        help="stop after S simulated seconds (default: the scenario's duration)")
+    _add_stack_args(render)
+    render.set_defaults(handler=_cmd_render)
+
+    listing = sim_commands.add_parser("list", help="list the shipped scenarios")
+    listing.set_defaults(handler=_cmd_list)
+
+    bench = commands.add_parser("bench", help="benchmarks that print figures",
+                                description="Benchmarks. Each prints latency or throughput figures.")
+    bench_commands = bench.add_subparsers(dest="bench_command", metavar="STAGE", required=True)
+    bench_sim = bench_commands.add_parser(
+        "sim", help="simulator steps/s and camera frames/s on one core",
+        description="Measure the embedded simulator on one CPU core: steps_per_s (physics and "
+        "traffic only) and frames_per_s (one 640x360 camera: RGB + semantic + depth).",
+    )
+    bench_sim.add_argument("--json", action="store_true", help="print one JSON object")
+    bench_sim.add_argument("--scenario", default="town_traffic", help="scenario to measure (default: town_traffic)")
+    bench_sim.add_argument("--steps", type=int, default=400, help="simulation steps to time")
+    bench_sim.add_argument("--frames", type=int, default=300, help="camera frames to time")
+    _add_stack_args(bench_sim)
+    bench_sim.set_defaults(handler=_cmd_bench_sim)
+
+    config = commands.add_parser("config", help="inspect the stack config")
+    config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
+    show = config_commands.add_parser("show", help="print the resolved config and its hash")
+    _add_stack_args(show)
+    show.set_defaults(handler=_cmd_config_show)
+    return parser
+
+
+def _cmd_render(args) -> int:
+    from stagepilot.sim.render_cli import render_scenario
+
+    stack_overrides, scenario_overrides = _split_overrides(args.overrides)
+    config = load_stack(args.config, stack_overrides)
+    video = render_scenario(config, args.scenario, scenario_overrides, args.out, args.duration)
+    print(f"wrote {video}")
+    return 0
+
+
+def _cmd_list(args) -> int:
+    from stagepilot.sim.scenario import SCENARIO_DIR, load_scenario
+
+    for path in sorted(SCENARIO_DIR.glob("*.yaml")):
+        scenario = load_scenario(path)
+        print(f"{path.stem:24s} {scenario.description}")
+    return 0
+
+
+def _cmd_bench_sim(args) -> int:
+    from stagepilot.sim.bench import bench_sim
+
+    stack_overrides, scenario_overrides = _split_overrides(args.overrides)
+    config = load_stack(args.config, stack_overrides)
+    result = bench_sim(config, args.scenario, scenario_overrides, args.steps, args.frames)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:24s} {value}")
+    return 0
+
+
+def _cmd_config_show(args) -> int:
+    import yaml
+
+    from stagepilot.pipeline.config import config_hash
+
+    config = load_stack(args.config, args.overrides)
+    print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+    print(f"# hash: {config_hash(config)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ConfigError, MapError) as exc:
+        print(f"stagepilot: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stagepilot: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""Typed, strict configuration: YAML files + dotted overrides -> one validated tree.
+
+An unknown key, a wrong type or an out-of-range value raises ConfigError with one message that
+names the file (or "command line"), the dotted key path and what was expected.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+CONFIG_ROOT = Path(str(resources.files("stagepilot.configs")))
+DEFAULT_STACK = CONFIG_ROOT / "stack.yaml"
+COMMAND_LINE = "command line"
+
+
+class ConfigError(ValueError):
+    """A configuration or scenario problem, with a message fit to print as one line."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- stack schema
+
+
+class CameraConfig(Strict):
+    width: int = Field(640, ge=16, le=4096)  # [px]
+    height: int = Field(360, ge=16, le=4096)  # [px]
+    fov_deg: float = Field(90.0, gt=1.0, lt=179.0)
+    x: float = 1.5  # [m] ego frame, forward of the rear axle
+    y: float = 0.0  # [m] left
+    z: float = Field(1.6, gt=0.0)  # [m] above ground
+    roll_deg: float = 0.0
+    pitch_deg: float = Field(0.0, ge=-45.0, le=45.0)  # positive looks down
+    yaw_deg: float = 0.0
+
+
+class RenderConfig(Strict):
+    ground_resolution_m: float = Field(0.1, gt=0.01, le=1.0)
+    view_distance_m: float = Field(150.0, gt=10.0)
+    scenery: bool = True  # buildings, trees and poles beside the roads
+
+
+class TrafficLightConfig(Strict):
+    green_s: float = Field(12.0, gt=0.0)
+    yellow_s: float = Field(3.0, ge=0.0)
+    all_red_s: float = Field(1.0, ge=0.0)
+    stop_line_setback_m: float = Field(1.0, ge=0.0)  # before the junction entry
+
+
+class IdmConfig(Strict):
+    """Intelligent Driver Model for NPC vehicles (REFERENCE.md: T 1.5 s, s0 2 m, delta 4)."""
+
+    time_headway_s: float = Field(1.5, gt=0.0)
+    min_gap_m: float = Field(2.0, gt=0.0)
+    max_accel: float = Field(1.5, gt=0.0)  # [m/s^2]
+    comfortable_decel: float = Field(2.5, gt=0.0)  # [m/s^2]
+    delta: float = Field(4.0, gt=0.0)
+    look_ahead_m: float = Field(80.0, gt=0.0)
+
+
+class TrafficConfig(Strict):
+    idm: IdmConfig = IdmConfig()
+    traffic_lights: TrafficLightConfig = TrafficLightConfig()
+
+
+class FollowerConfig(Strict):
+    """The reference follower, a placeholder controller until the planner lands."""
+
+    lookahead_min_m: float = Field(4.0, gt=0.0)
+    lookahead_gain_s: float = Field(0.4, ge=0.0)  # look-ahead grows with speed [s]
+    max_lateral_accel: float = Field(2.0, gt=0.0)  # [m/s^2] sets the curve speed
+    speed_gain: float = Field(0.5, gt=0.0)  # throttle or brake per m/s of speed error
+    stop_for_red: bool = True
+
+
+def _vehicle_config_model() -> type[BaseModel]:
+    # Mirror the vehicle dataclass so its defaults and field names have one home.
+    from stagepilot.sim.vehicle import VehicleParams
+
+    fields = {
+        f.name: (float, Field(f.default, gt=0.0)) for f in dataclasses.fields(VehicleParams)
+    }
+    return create_model(
+        "VehicleConfig", __config__=ConfigDict(extra="forbid", frozen=True), **fields
+    )
+
+
+VehicleConfig = _vehicle_config_model()
+
+
+class SimConfig(Strict):
+    dt_s: float = Field(0.05, gt=0.0, le=0.2)  # fixed step
+    cameras: dict[str, CameraConfig] = {"front": CameraConfig()}
+    render: RenderConfig = RenderConfig()
+    ground_truth: bool = True
+
+
+class StackConfig(Strict):
+    sim: SimConfig = SimConfig()
+    vehicle: VehicleConfig = VehicleConfig()  # type: ignore[valid-type]
+    traffic: TrafficConfig = TrafficConfig()
+    follower: FollowerConfig = FollowerConfig()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Parse one YAML mapping with safe_load; a problem raises ConfigError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'planner.max_speed=12' -> (['planner', 'max_speed'], 12). The value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{COMMAND_LINE}: override {text!r} is not of the form key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+class _Layered:
+    """Merges mappings while remembering which source set each key path."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+        self.sources: dict[tuple[str, ...], str] = {}
+
+    def merge(self, data: dict[str, Any], source: str, prefix: tuple[str, ...] = ()) -> None:
+        target = self.data
+        for part in prefix:
+            target = target.setdefault(part, {})
+        self._merge_into(target, data, source, prefix)
+
+    def _merge_into(self, target: dict, data: dict, source: str, prefix: tuple) -> None:
+        for key, value in data.items():
+            path = prefix + (str(key),)
+            if isinstance(value, dict) and isinstance(target.get(key), dict):
+                self.sources.setdefault(path, source)
+                self._merge_into(target[key], value, source, path)
+            else:
+                target[key] = copy.deepcopy(value)
+                self.sources[path] = source
+                for known in [p for p in self.sources if p[: len(path)] == path and p != path]:
+                    del self.sources[known]
+                if isinstance(value, dict):
+                    self._mark(value, source, path)
+
+    def _mark(self, data: dict, source: str, prefix: tuple) -> None:
+        for key, value in data.items():
+            self.sources[prefix + (str(key),)] = source
+            if isinstance(value, dict):
+                self._mark(value, source, prefix + (str(key),))
+
+    def set(self, path: list[str], value: Any, source: str) -> None:
+        target = self.data
+        for part in path[:-1]:
+            nxt = target.get(part)
+            if not isinstance(nxt, dict):
+                nxt = target[part] = {}
+            target = nxt
+        self._merge_into(target, {path[-1]: value}, source, tuple(path[:-1]))
+
+    def source_of(self, path: tuple[str, ...]) -> str:
+        for cut in range(len(path), 0, -1):
+            if path[:cut] in self.sources:
+                return self.sources[path[:cut]]
+        return next(iter(self.sources.values()), "defaults")
+
+
+def format_validation_error(exc: ValidationError, source_of) -> str:
+    """One line per problem: '<file>: <dotted.key>: <what was expected> (got <value>)'."""
+    lines = []
+    for err in exc.errors():
+        path = tuple(str(p) for p in err["loc"])
+        dotted = ".".join(path) or "<top>"
+        if err["type"] == "extra_forbidden":
+            what = "unknown key"
+        elif err["type"] == "missing":
+            what = "required key is missing"
+        else:
+            what = err["msg"]
+        got = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {err['input']!r})"
+        lines.append(f"{source_of(path)}: {dotted}: {what}{got}")
+    return "; ".join(lines)
+
+
+def validate(model: type[BaseModel], layered: _Layered) -> BaseModel:
+    try:
+        return model.model_validate(layered.data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, layered.source_of)) from None
+
+
+def load_stack(
+    files: list[str | Path] | None = None, overrides: list[str] | None = None
+) -> StackConfig:
+    """Default stack.yaml, then each file in order, then each `key.path=value` override."""
+    layered = _Layered()
+    for path in [DEFAULT_STACK, *(files or [])]:
+        layered.merge(load_yaml(path), str(path))
+    for text in overrides or []:
+        path, value = parse_override(text)
+        layered.set(path, value, COMMAND_LINE)
+    return validate(StackConfig, layered)  # type: ignore[return-value]
+
+
+def config_hash(config: BaseModel) -> str:
+    """A stable short hash of a resolved config."""
+    blob = json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,158 @@
+"""Messages that cross stage boundaries (DESIGN.md, Messages between stages).
+
+Immutable dataclasses holding numpy arrays; torch tensors never cross a stage boundary.
+Every message carries the sim time ``t`` [s] and the sensor ``frame`` id it derives from.
+All poses are in the world frame (OpenDRIVE inertial: x east, y north, yaw CCW from +x)
+unless a field says otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Control:
+    """A command with CARLA VehicleControl semantics.
+
+    steer in [-1, 1], positive turns right (as in CARLA); throttle and brake in [0, 1].
+    """
+
+    steer: float = 0.0
+    throttle: float = 0.0
+    brake: float = 0.0
+    hand_brake: bool = False
+    reverse: bool = False
+
+    def clipped(self) -> "Control":
+        """The same command with every channel clipped to its valid range; NaN becomes 0."""
+
+        def clip(value: float, low: float, high: float) -> float:
+            value = float(value)
+            return 0.0 if value != value else min(max(value, low), high)
+
+        return Control(
+            steer=clip(self.steer, -1.0, 1.0),
+            throttle=clip(self.throttle, 0.0, 1.0),
+            brake=clip(self.brake, 0.0, 1.0),
+            hand_brake=bool(self.hand_brake),
+            reverse=bool(self.reverse),
+        )
+
+
+@dataclass(frozen=True)
+class EgoState:
+    """The ego vehicle as measured. Pose of the rear-axle centre in the world frame."""
+
+    x: float  # [m]
+    y: float  # [m]
+    yaw: float  # [rad]
+    speed: float  # [m/s] signed along the body x axis
+    yaw_rate: float  # [rad/s]
+    accel: float  # [m/s^2] longitudinal
+    steer_angle: float  # [rad] front-wheel angle, positive left (right-handed frame)
+    lateral_speed: float = 0.0  # [m/s] body y velocity
+
+
+@dataclass(frozen=True)
+class CameraImage:
+    """One RGB camera frame with its calibration.
+
+    rgb: (H, W, 3) uint8. K: (3, 3) intrinsics. T_ego_cam: (4, 4) pose of the camera in the
+    ego frame, mapping camera-frame points (OpenCV: x right, y down, z forward) to ego frame.
+    """
+
+    name: str
+    rgb: np.ndarray
+    K: np.ndarray
+    T_ego_cam: np.ndarray
+
+
+@dataclass(frozen=True)
+class Box2D:
+    """An occlusion-aware 2D box in one camera, pixels, x0 <= x < x1."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    visible_fraction: float  # visible pixels / pixels the object would cover unoccluded
+
+
+@dataclass(frozen=True)
+class ObjectTruth:
+    """Ground truth of one actor. Box centre is the 3D box centre (not the ground point)."""
+
+    id: int
+    kind: str  # vehicle | pedestrian | static | traffic_light
+    tag: int  # CARLA semantic tag id
+    center_world: tuple[float, float, float]
+    yaw_world: float
+    extent: tuple[float, float, float]  # full length, width, height [m]
+    center_ego: tuple[float, float, float]
+    yaw_ego: float
+    velocity_world: tuple[float, float]  # [m/s]
+    velocity_ego: tuple[float, float]  # [m/s], relative to the ground, ego axes
+    boxes_2d: dict[str, Box2D] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrafficLightTruth:
+    id: int
+    state: str  # red | yellow | green
+    stop_line: tuple[float, float, float, float]  # x0, y0, x1, y1 of the stop line [m]
+    position: tuple[float, float, float]  # housing centre [m]
+    controls: tuple[tuple[int, int], ...]  # (road id, lane id) pairs it governs
+
+
+@dataclass(frozen=True)
+class LaneTruth:
+    road_id: int
+    lane_id: int
+    lane_width: float  # [m]
+    lateral_offset: float  # [m] of the ego from its lane centre, positive left
+    is_junction: bool
+    on_road: bool
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    objects: tuple[ObjectTruth, ...]
+    semantic: dict[str, np.ndarray]  # per camera, (H, W) uint8 CARLA tag ids
+    depth: dict[str, np.ndarray]  # per camera, (H, W) float32, camera-frame z [m]
+    traffic_lights: tuple[TrafficLightTruth, ...]
+    lane: LaneTruth
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened this tick: collision, lane_departure, off_road,
+    red_light, route_completed, ..."""
+
+    t: float
+    kind: str
+    detail: str
+    other_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    """The ego route as a dense polyline. points: (N, 2) world [m]; s: (N,) arc length [m]."""
+
+    points: np.ndarray
+    s: np.ndarray
+    speed_limit: float  # [m/s]
+
+
+@dataclass(frozen=True)
+class Observation:
+    t: float  # [s]
+    frame: int
+    cameras: dict[str, CameraImage]
+    ego: EgoState
+    route: Route
+    route_progress: float  # [m] along route
+    events: tuple[Event, ...] = ()
+    ground_truth: GroundTruth | None = None

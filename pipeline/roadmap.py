@@ -1,0 +1,484 @@
+"""The road map: OpenDRIVE through `carla.Map`, converted to the world frame.
+
+`carla.Map(name, xodr_text)` parses OpenDRIVE offline but answers in CARLA's left-handed
+frame (y flipped, yaw clockwise in degrees). This module and the CARLA backend are the only
+code that sees that frame: everything it returns is in the world frame (x east, y north,
+yaw CCW [rad]). It is shared by the simulators and the planner.
+"""
+
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import carla
+import networkx as nx
+import numpy as np
+
+from stagepilot.pipeline.paths import Polyline
+
+SAMPLE_STEP_M = 1.0
+DRIVING = carla.LaneType.Driving
+
+
+class MapError(ValueError):
+    """A map that cannot be read or used; the message names the file."""
+
+
+def to_world_xy(location: carla.Location) -> tuple[float, float]:
+    return location.x, -location.y
+
+
+def to_carla_location(x: float, y: float, z: float = 0.0) -> carla.Location:
+    return carla.Location(x=float(x), y=float(-y), z=float(z))
+
+
+def world_yaw(rotation: carla.Rotation) -> float:
+    return -math.radians(rotation.yaw)
+
+
+@dataclass(frozen=True)
+class LanePoint:
+    """A point on a lane centre line."""
+
+    x: float
+    y: float
+    yaw: float  # [rad] along the lane's driving direction
+    road_id: int
+    section_id: int
+    lane_id: int
+    s: float  # OpenDRIVE s along the road [m]
+    width: float  # [m]
+    is_junction: bool
+    junction_id: int
+    lane_type: str
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (self.road_id, self.section_id, self.lane_id)
+
+
+def lane_point(wp: carla.Waypoint) -> LanePoint:
+    x, y = to_world_xy(wp.transform.location)
+    return LanePoint(
+        x=x,
+        y=y,
+        yaw=world_yaw(wp.transform.rotation),
+        road_id=wp.road_id,
+        section_id=wp.section_id,
+        lane_id=wp.lane_id,
+        s=wp.s,
+        width=wp.lane_width,
+        is_junction=wp.is_junction,
+        junction_id=wp.junction_id if wp.is_junction else -1,
+        lane_type=str(wp.lane_type),
+    )
+
+
+@dataclass(frozen=True)
+class LaneSegment:
+    """One driving lane of one road section, in driving order (a road-graph edge)."""
+
+    key: tuple[int, int, int]
+    path: Polyline
+    width: np.ndarray  # (N,) [m] at path vertices (before de-duplication: same length as path)
+    is_junction: bool
+    junction_id: int
+
+
+@dataclass(frozen=True)
+class StopLine:
+    """Where traffic entering a junction from one approach must stop."""
+
+    junction_id: int
+    road_id: int
+    lane_keys: tuple[tuple[int, int, int], ...]
+    p0: tuple[float, float]  # left end [m]
+    p1: tuple[float, float]  # right end [m]
+    heading: float  # [rad] direction of travel across the line
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return ((self.p0[0] + self.p1[0]) / 2, (self.p0[1] + self.p1[1]) / 2)
+
+
+@dataclass(frozen=True)
+class RoutePath:
+    """A lane-level route: a dense polyline and the lane segment of each leg."""
+
+    path: Polyline
+    segment_keys: tuple[tuple[int, int, int], ...]
+    junction_ids: tuple[int, ...]  # junctions crossed, in order
+
+
+@dataclass(frozen=True)
+class LaneSurface:
+    lane_type: str  # CARLA lane type name: Driving, Sidewalk, Shoulder, Parking, ...
+    polygon: np.ndarray  # (4, 2) world [m]
+    is_junction: bool
+
+
+@dataclass(frozen=True)
+class LaneMarking:
+    points: np.ndarray  # (N, 2) world [m]
+    width_m: float
+    color: str  # white | yellow
+    dashed: bool
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        return (235, 190, 40) if self.color == "yellow" else (235, 235, 230)
+
+
+def _edge(wp: carla.Waypoint, side: int) -> tuple[float, float]:
+    """A lane edge point: side +1 is the left edge in the driving direction, -1 the right."""
+    x, y = to_world_xy(wp.transform.location)
+    yaw = world_yaw(wp.transform.rotation)
+    half = side * wp.lane_width / 2
+    return x - math.sin(yaw) * half, y + math.cos(yaw) * half
+
+
+def _quad(a: carla.Waypoint, b: carla.Waypoint) -> np.ndarray | None:
+    if a.transform.location.distance(b.transform.location) < 1e-3:
+        return None
+    return np.array([_edge(a, 1), _edge(b, 1), _edge(b, -1), _edge(a, -1)])
+
+
+def _outer_lanes(wp: carla.Waypoint) -> list[carla.Waypoint]:
+    """Non-driving lanes to the right of the outermost driving lane, inner to outer."""
+    out = []
+    lane = wp.get_right_lane()
+    if lane is not None and lane.lane_type == DRIVING:
+        return out
+    while lane is not None and lane.lane_type != DRIVING and np.sign(lane.lane_id) == np.sign(wp.lane_id):
+        out.append(lane)
+        lane = lane.get_right_lane()
+    return out
+
+
+_PAINTED = {
+    carla.LaneMarkingType.Solid: (False, 1),
+    carla.LaneMarkingType.Broken: (True, 1),
+    carla.LaneMarkingType.SolidSolid: (False, 2),
+    carla.LaneMarkingType.SolidBroken: (False, 2),
+    carla.LaneMarkingType.BrokenSolid: (False, 2),
+    carla.LaneMarkingType.BrokenBroken: (True, 2),
+}
+
+
+def _marking_runs(wps: list[carla.Waypoint], side: int) -> list[LaneMarking]:
+    """Polylines of one lane edge, split where the marking type changes."""
+    runs: list[LaneMarking] = []
+    current: list[tuple[float, float]] = []
+    style = None
+    for wp in [*wps, None]:
+        mark = None if wp is None else (wp.left_lane_marking if side > 0 else wp.right_lane_marking)
+        kind = None if mark is None else _PAINTED.get(mark.type)
+        new_style = None if kind is None else (kind, str(mark.color).lower())
+        if new_style != style or wp is None:
+            if style is not None and len(current) >= 2:
+                (dashed, lines), color = style
+                pts = np.array(current)
+                for offset in ((0.0,) if lines == 1 else (-0.12, 0.12)):
+                    runs.append(LaneMarking(_offset(pts, offset), 0.15, color if color == "yellow" else "white", dashed))
+            current = []
+            style = new_style
+        if wp is not None and style is not None:
+            current.append(_edge(wp, side))
+    return runs
+
+
+def _offset(points: np.ndarray, offset: float) -> np.ndarray:
+    if offset == 0.0:
+        return points
+    d = np.gradient(points, axis=0)
+    n = np.stack([-d[:, 1], d[:, 0]], axis=1)
+    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-9)
+    return points + n * offset
+
+
+def _check_xml(text: str, source: str) -> dict[int, list[tuple[float, float]]]:
+    """Reject what is not OpenDRIVE with a clear message; return each road's lane-section
+    s ranges."""
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as exc:
+        line, col = exc.position
+        raise MapError(f"{source}: malformed OpenDRIVE XML at line {line}, column {col + 1}") from None
+    if root.tag != "OpenDRIVE":
+        raise MapError(f"{source}: not an OpenDRIVE file (root element <{root.tag}>)")
+    if root.find("road") is None:
+        raise MapError(f"{source}: OpenDRIVE file has no <road> elements")
+    sections: dict[int, list[tuple[float, float]]] = {}
+    for road in root.iter("road"):
+        try:
+            length = float(road.get("length"))
+            starts = [float(ls.get("s", 0.0)) for ls in road.iter("laneSection")]
+            sections[int(road.get("id"))] = list(zip(starts, [*starts[1:], length]))
+        except (TypeError, ValueError):
+            continue  # carla decides what it makes of an odd road; routing skips it
+    return sections
+
+
+class RoadMap:
+    """Lanes, junctions, stop lines and the lane-level road graph of one OpenDRIVE map."""
+
+    def __init__(self, name: str, xodr_text: str, source: str = "<memory>"):
+        sections = _check_xml(xodr_text, source)
+        try:
+            self.carla_map = carla.Map(name, xodr_text)
+        except RuntimeError as exc:
+            raise MapError(f"{source}: carla could not build the map ({exc})") from None
+        self.name = name
+        self.source = source
+        topology = self.carla_map.get_topology()
+        if not topology:
+            raise MapError(f"{source}: the map has no drivable lanes")
+        self.graph = nx.DiGraph()
+        self.segments: dict[tuple[int, int, int], LaneSegment] = {}
+        self._samples: dict[tuple[int, int, int], list[carla.Waypoint]] = {}
+        for entry_wp, exit_wp in topology:
+            self._add_segment(entry_wp, exit_wp)
+        self._add_dead_end_lanes(sections)
+        self._finish_graph()
+        self.stop_lines = self._find_stop_lines()
+        self.bounds = self._bounds()
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RoadMap":
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise MapError(f"{path}: map file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MapError(f"{path}: cannot read map ({exc})") from None
+        return cls(path.stem, text, str(path))
+
+    # ------------------------------------------------------------ graph
+
+    def _add_segment(self, entry_wp: carla.Waypoint, exit_wp: carla.Waypoint) -> None:
+        # Topology pairs are (start of a lane, start of a lane that continues it).
+        key = (entry_wp.road_id, entry_wp.section_id, entry_wp.lane_id)
+        next_key = (exit_wp.road_id, exit_wp.section_id, exit_wp.lane_id)
+        if key not in self.segments:
+            wps = [entry_wp, *entry_wp.next_until_lane_end(SAMPLE_STEP_M)]
+            wps = [w for w in wps if (w.road_id, w.section_id, w.lane_id) == key] or [entry_wp]
+            pts = np.array([to_world_xy(w.transform.location) for w in wps])
+            end = np.array(to_world_xy(exit_wp.transform.location))
+            if np.hypot(*(pts[-1] - end)) > 0.05:
+                pts = np.vstack([pts, end])
+                wps.append(exit_wp)
+            keep = np.ones(len(pts), dtype=bool)
+            keep[1:] = np.hypot(*np.diff(pts, axis=0).T) > 1e-6
+            wps = [w for w, k in zip(wps, keep) if k]
+            pts = pts[keep]
+            if len(pts) < 2:
+                pts = np.vstack([pts, pts[-1] + 1e-3])
+                wps = [wps[0], wps[0]]
+            self.segments[key] = LaneSegment(
+                key=key,
+                path=Polyline(pts),
+                width=np.array([w.lane_width for w in wps]),
+                is_junction=entry_wp.is_junction,
+                junction_id=entry_wp.junction_id if entry_wp.is_junction else -1,
+            )
+            self._samples[key] = wps
+            self.graph.add_node(key)
+        self.graph.add_edge(key, next_key)
+
+    def _add_dead_end_lanes(self, sections: dict[int, list[tuple[float, float]]]) -> None:
+        # get_topology() leaves out lanes that end without a successor (the far end of a
+        # straight road); take them from the waypoint grid so they can be routed on too.
+        # (Waypoint.previous_until_lane_start crashes on such lanes in carla 0.9.16, so the
+        # lane start comes from the section's s range instead.)
+        for wp in self.carla_map.generate_waypoints(2.0):
+            key = (wp.road_id, wp.section_id, wp.lane_id)
+            if key in self.segments or wp.road_id not in sections:
+                continue
+            s0, s1 = sections[wp.road_id][wp.section_id]
+            start = self.carla_map.get_waypoint_xodr(wp.road_id, wp.lane_id, s0 + 0.01 if wp.lane_id < 0 else s1 - 0.01)
+            if start is None:
+                continue
+            ends = start.next_until_lane_end(SAMPLE_STEP_M)
+            last = ends[-1] if ends else start
+            successors = [w for w in last.next(SAMPLE_STEP_M) if (w.road_id, w.section_id, w.lane_id) != key]
+            for nxt in successors or [last]:
+                self._add_segment(start, nxt)
+            if not successors and self.graph.has_edge(key, key):
+                self.graph.remove_edge(key, key)
+
+    def _finish_graph(self) -> None:
+        # Edge weight: the length of the lane being left, so a path's cost is its length.
+        for u, v in list(self.graph.edges):
+            if v not in self.segments:
+                self.graph.remove_edge(u, v)
+            else:
+                self.graph.edges[u, v]["weight"] = self.segments[u].path.length
+        self.graph.remove_nodes_from([n for n in list(self.graph.nodes) if n not in self.segments])
+
+    def successors(self, key: tuple[int, int, int]) -> list[tuple[int, int, int]]:
+        """Lane segments that continue `key`, in a stable order."""
+        return sorted(self.graph.successors(key))
+
+    # ------------------------------------------------------------ queries
+
+    def waypoint(
+        self, x: float, y: float, project: bool = True, lane_type=DRIVING
+    ) -> LanePoint | None:
+        """The lane point nearest (x, y); None when not on a lane and `project` is False."""
+        wp = self.carla_map.get_waypoint(
+            to_carla_location(x, y), project_to_road=project, lane_type=lane_type
+        )
+        return None if wp is None else lane_point(wp)
+
+    def on_road(self, x: float, y: float) -> bool:
+        """Whether the point lies on a driving lane (shoulders and sidewalks are not road)."""
+        return self.waypoint(x, y, project=False) is not None
+
+    def lane_at(self, road_id: int, lane_id: int, s: float) -> LanePoint | None:
+        wp = self.carla_map.get_waypoint_xodr(int(road_id), int(lane_id), float(s))
+        return None if wp is None else lane_point(wp)
+
+    def segment_at(self, x: float, y: float) -> tuple[LaneSegment, float] | None:
+        """The driving-lane segment under (x, y) and the arc length along it."""
+        lp = self.waypoint(x, y, project=True)
+        if lp is None or lp.key not in self.segments:
+            return None
+        segment = self.segments[lp.key]
+        s, _ = segment.path.project(x, y)
+        return segment, s
+
+    # ------------------------------------------------------------ routing
+
+    def route(self, points: list[tuple[float, float]]) -> RoutePath:
+        """The shortest lane-level route through `points` (start, ..., goal), in order.
+
+        Raises MapError when a point is off the road or no route connects two points.
+        """
+        pieces: list[np.ndarray] = []
+        keys: list[tuple[int, int, int]] = []
+        for a, b in zip(points[:-1], points[1:]):
+            leg_pts, leg_keys = self._route_leg(a, b)
+            pieces.append(leg_pts if not pieces else leg_pts[1:])
+            keys.extend(k for k in leg_keys if not keys or keys[-1] != k)
+        path = Polyline(np.concatenate(pieces))
+        junctions = []
+        for k in keys:
+            j = self.segments[k].junction_id
+            if j >= 0 and (not junctions or junctions[-1] != j):
+                junctions.append(j)
+        return RoutePath(path=path, segment_keys=tuple(keys), junction_ids=tuple(junctions))
+
+    def _locate(self, xy: tuple[float, float]) -> tuple[LaneSegment, float]:
+        found = self.segment_at(*xy)
+        if found is None:
+            raise MapError(f"{self.source}: point ({xy[0]:.1f}, {xy[1]:.1f}) is not near a driving lane")
+        return found
+
+    def _route_leg(self, a, b) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+        seg_a, s_a = self._locate(a)
+        seg_b, s_b = self._locate(b)
+        if seg_a.key == seg_b.key and s_b >= s_a:
+            return _cut(seg_a.path, s_a, s_b), [seg_a.key]
+        def heuristic(u, v):
+            return math.dist(self.segments[u].path.points[-1], self.segments[v].path.points[0])
+
+        try:
+            keys = nx.astar_path(self.graph, seg_a.key, seg_b.key, heuristic=heuristic, weight="weight")
+        except nx.NetworkXNoPath:
+            raise MapError(
+                f"{self.source}: no route from ({a[0]:.1f}, {a[1]:.1f}) to ({b[0]:.1f}, {b[1]:.1f})"
+            ) from None
+        parts = [_cut(seg_a.path, s_a, seg_a.path.length)]
+        parts += [self.segments[k].path.points[1:] for k in keys[1:-1]]
+        parts.append(_cut(seg_b.path, 0.0, s_b)[1:])
+        return np.concatenate([p for p in parts if len(p)]), keys
+
+    # ------------------------------------------------------------ surfaces
+
+    def surfaces(self) -> list[LaneSurface]:
+        """Quads covering every driving lane and the lanes beside it (shoulder, sidewalk...),
+        in drawing order: side lanes first, then driving lanes, junctions last."""
+        side, driving = [], []
+        for key in sorted(self._samples):
+            wps = self._samples[key]
+            for a, b in zip(wps[:-1], wps[1:]):
+                quad = _quad(a, b)
+                if quad is not None:
+                    driving.append(LaneSurface("Driving", quad, a.is_junction))
+                if a.is_junction:
+                    continue
+                for sa, sb in zip(_outer_lanes(a), _outer_lanes(b)):
+                    if sa.lane_id == sb.lane_id and (quad := _quad(sa, sb)) is not None:
+                        side.append(LaneSurface(str(sa.lane_type), quad, False))
+        driving.sort(key=lambda surface: surface.is_junction)
+        return side + driving
+
+    def markings(self) -> list[LaneMarking]:
+        """Painted lines outside junctions: each lane's left line, and the right edge line of
+        the outermost driving lane."""
+        marks = []
+        for key in sorted(self._samples):
+            wps = [w for w in self._samples[key] if not w.is_junction]
+            if len(wps) < 2:
+                continue
+            marks += _marking_runs(wps, side=+1)
+            right = wps[0].get_right_lane()
+            if right is None or right.lane_type != DRIVING:
+                marks += _marking_runs(wps, side=-1)
+        return marks
+
+    # ------------------------------------------------------------ junctions
+
+    def _find_stop_lines(self) -> list[StopLine]:
+        """One stop line per approach (road and direction) entering a junction."""
+        approaches: dict[tuple[int, int, int], list[LaneSegment]] = {}
+        for seg in self.segments.values():
+            if seg.is_junction:
+                continue
+            nexts = [self.segments[k] for k in self.successors(seg.key)]
+            junction_ids = {n.junction_id for n in nexts if n.is_junction}
+            for j in junction_ids:
+                approaches.setdefault((j, seg.key[0], int(np.sign(seg.key[2]))), []).append(seg)
+        lines = []
+        for (j, road, _), segs in sorted(approaches.items()):
+            ends = []
+            for seg in segs:
+                x, y, yaw = (float(v) for v in seg.path.interpolate(seg.path.length))
+                half = float(seg.width[-1]) / 2
+                nx_, ny_ = -math.sin(yaw), math.cos(yaw)
+                ends.append(((x + nx_ * half, y + ny_ * half), (x - nx_ * half, y - ny_ * half), yaw))
+            heading = ends[0][2]
+            # Order lanes from the left edge to the right edge of the approach.
+            lat = [(-math.sin(heading)) * e[0][0] + math.cos(heading) * e[0][1] for e in ends]
+            order = np.argsort(lat)[::-1]
+            p0 = ends[order[0]][0]
+            p1 = ends[order[-1]][1]
+            lines.append(
+                StopLine(
+                    junction_id=j,
+                    road_id=road,
+                    lane_keys=tuple(sorted(s.key for s in segs)),
+                    p0=p0,
+                    p1=p1,
+                    heading=heading,
+                )
+            )
+        return lines
+
+    def _bounds(self) -> tuple[float, float, float, float]:
+        pts = np.concatenate([s.path.points for s in self.segments.values()])
+        xmin, ymin = pts.min(axis=0) - 40.0
+        xmax, ymax = pts.max(axis=0) + 40.0
+        return float(xmin), float(ymin), float(xmax), float(ymax)
+
+
+def _cut(path: Polyline, s0: float, s1: float) -> np.ndarray:
+    """Points of `path` between arc lengths s0 and s1, with interpolated end points."""
+    inner = path.points[(path.s > s0) & (path.s < s1)]
+    x0, y0, _ = path.interpolate(s0)
+    x1, y1, _ = path.interpolate(s1)
+    return np.concatenate([[[x0, y0]], inner, [[x1, y1]]])

@@ -1,0 +1,1 @@
+"""Route, behaviour layer, local trajectory planner and collision checks."""

@@ -1,0 +1,1 @@
+"""World sources: the embedded simulator, the CARLA client and recorded-drive replay."""

@@ -1,0 +1,114 @@
+"""Per-tick events: collisions, leaving the lane or the road, red lights, route progress.
+
+Definitions follow the CARLA Leaderboard where it has one (REFERENCE.md): outside the lane is
+beyond half the lane width plus 0.5 m and is not checked inside junctions; a collision below
+0.1 m/s ego speed, or a repeat with the same actor within 5 s, does not count.
+"""
+
+from __future__ import annotations
+
+import math
+
+from shapely.geometry import LineString, Polygon
+
+from stagepilot.pipeline.messages import Event
+from stagepilot.pipeline.paths import Polyline
+from stagepilot.pipeline.roadmap import RoadMap
+from stagepilot.sim.traffic import Agent, TrafficLight
+
+COLLISION_REPEAT_S = 5.0
+COLLISION_MIN_SPEED = 0.1  # [m/s]
+LANE_MARGIN_M = 0.5
+ROUTE_END_TOLERANCE_M = 3.0
+
+
+class EventMonitor:
+    """Watches the ego each tick and reports what changed as Events."""
+
+    def __init__(self, road_map: RoadMap, route: Polyline, lights: list[TrafficLight]):
+        self.road_map = road_map
+        self.route = route
+        self.lights = lights
+        self.progress = 0.0  # [m] along the route
+        self.route_completed = False
+        self.off_road = False
+        self.out_of_lane = False
+        self._last_hit: dict[int, float] = {}
+        self._touching: set[int] = set()
+        self._last_front: tuple[float, float] | None = None
+        self.counts: dict[str, int] = {}
+
+    def update(self, t: float, ego: Agent, front: tuple[float, float], others: list[Agent]) -> list[Event]:
+        events = self._collisions(t, ego, others)
+        events += self._lane(t, ego)
+        events += self._red_lights(t, front)
+        events += self._progress(t, ego)
+        for event in events:
+            self.counts[event.kind] = self.counts.get(event.kind, 0) + 1
+        return events
+
+    def _collisions(self, t: float, ego: Agent, others: list[Agent]) -> list[Event]:
+        events = []
+        ego_poly = None
+        reach = math.hypot(ego.size[0], ego.size[1]) / 2
+        touching = set()
+        for other in others:
+            if not other.active:
+                continue
+            other_reach = math.hypot(other.size[0], other.size[1]) / 2
+            if math.hypot(other.x - ego.x, other.y - ego.y) > reach + other_reach:
+                continue
+            ego_poly = ego_poly or Polygon(ego.corners())
+            if not ego_poly.intersects(Polygon(other.corners())):
+                continue
+            touching.add(other.id)
+            if other.id in self._touching:
+                continue
+            last = self._last_hit.get(other.id)
+            if ego.speed < COLLISION_MIN_SPEED and other.speed < COLLISION_MIN_SPEED:
+                continue
+            if last is not None and t - last < COLLISION_REPEAT_S:
+                continue
+            self._last_hit[other.id] = t
+            events.append(Event(t, "collision", f"collision with {other.kind} {other.id} at {ego.speed:.1f} m/s", other.id))
+        self._touching = touching
+        return events
+
+    def _lane(self, t: float, ego: Agent) -> list[Event]:
+        events = []
+        lane = self.road_map.waypoint(ego.x, ego.y, project=False)
+        off_road = lane is None
+        if off_road != self.off_road:
+            self.off_road = off_road
+            if off_road:
+                events.append(Event(t, "off_road", f"left the road at ({ego.x:.1f}, {ego.y:.1f})"))
+        if lane is not None and not lane.is_junction:
+            s, offset = self.route.project(ego.x, ego.y, s_hint=self.progress)
+            out = abs(offset) > lane.width / 2 + LANE_MARGIN_M
+            if out != self.out_of_lane:
+                self.out_of_lane = out
+                if out:
+                    events.append(Event(t, "lane_departure", f"{offset:+.2f} m off the route lane centre"))
+        return events
+
+    def _red_lights(self, t: float, front: tuple[float, float]) -> list[Event]:
+        events = []
+        if self._last_front is not None and front != self._last_front:
+            moved = LineString([self._last_front, front])
+            for light in self.lights:
+                line = light.stop_line
+                if light.state(t) != "red" or not moved.intersects(LineString([line.p0, line.p1])):
+                    continue
+                dx, dy = front[0] - self._last_front[0], front[1] - self._last_front[1]
+                if dx * math.cos(line.heading) + dy * math.sin(line.heading) > 0:
+                    events.append(Event(t, "red_light", f"ran the red light {light.id}", light.id))
+        self._last_front = front
+        return events
+
+    def _progress(self, t: float, ego: Agent) -> list[Event]:
+        s, _ = self.route.project(ego.x, ego.y, s_hint=self.progress, window_m=15.0)
+        self.progress = max(self.progress, s)
+        if not self.route_completed and self.progress >= self.route.length - ROUTE_END_TOLERANCE_M:
+            self.route_completed = True
+            return [Event(t, "route_completed", f"reached the goal after {self.progress:.0f} m")]
+        return []

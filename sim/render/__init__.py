@@ -1,0 +1,1 @@
+"""Software camera renderer of the embedded simulator: RGB, semantic tags and depth."""
