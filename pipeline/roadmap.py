@@ -387,7 +387,14 @@ class RoadMap:
             return math.dist(self.segments[u].path.points[-1], self.segments[v].path.points[0])
 
         try:
-            keys = nx.astar_path(self.graph, seg_a.key, seg_b.key, heuristic=heuristic, weight="weight")
+            if seg_a.key != seg_b.key:
+                keys = nx.astar_path(self.graph, seg_a.key, seg_b.key, heuristic=heuristic, weight="weight")
+            else:  # behind us on the same lane: leave it and come round again
+                loops = [[seg_a.key, *nx.astar_path(self.graph, n, seg_b.key, heuristic=heuristic, weight="weight")]
+                         for n in self.successors(seg_a.key) if nx.has_path(self.graph, n, seg_b.key)]
+                if not loops:
+                    raise nx.NetworkXNoPath
+                keys = min(loops, key=lambda ks: sum(self.segments[k].path.length for k in ks))
         except nx.NetworkXNoPath:
             raise MapError(
                 f"{self.source}: no route from ({a[0]:.1f}, {a[1]:.1f}) to ({b[0]:.1f}, {b[1]:.1f})"

@@ -1,0 +1,108 @@
+"""Assemble the embedded simulator's Observation: ego state, camera frames, ground truth."""
+
+from __future__ import annotations
+
+import math
+
+from stagepilot.pipeline.messages import (
+    Box2D,
+    CameraImage,
+    EgoState,
+    GroundTruth,
+    LaneTruth,
+    ObjectTruth,
+    Observation,
+    Route,
+    TrafficLightTruth,
+)
+from stagepilot.sim.render import palette
+from stagepilot.sim.sensors import dynamic_boxes
+
+KIND_TAGS = {"vehicle": palette.CAR, "pedestrian": palette.PEDESTRIAN, "static": palette.STATIC}
+
+
+def _to_ego(x: float, y: float, ego) -> tuple[float, float]:
+    dx, dy = x - ego.x, y - ego.y
+    c, s = math.cos(ego.yaw), math.sin(ego.yaw)
+    return c * dx + s * dy, -s * dx + c * dy
+
+
+def ego_state(sim) -> EgoState:
+    st = sim.ego.state
+    return EgoState(x=st.x, y=st.y, yaw=st.yaw, speed=st.speed, yaw_rate=st.yaw_rate,
+                    accel=st.accel, steer_angle=st.steer_angle, lateral_speed=st.vy)
+
+
+def _objects(sim, ego: EgoState, boxes_2d: dict[str, dict]) -> tuple[ObjectTruth, ...]:
+    objects = []
+    for agent in sim.agents():
+        ex, ey = _to_ego(agent.x, agent.y, ego)
+        vx, vy = agent.velocity
+        c, s = math.cos(ego.yaw), math.sin(ego.yaw)
+        height = agent.size[2]
+        objects.append(ObjectTruth(
+            id=agent.id, kind=agent.kind, tag=KIND_TAGS[agent.kind],
+            center_world=(agent.x, agent.y, height / 2), yaw_world=agent.yaw, extent=agent.size,
+            center_ego=(ex, ey, height / 2), yaw_ego=_wrap(agent.yaw - ego.yaw),
+            velocity_world=(vx, vy), velocity_ego=(c * vx + s * vy, -s * vx + c * vy),
+            boxes_2d={cam: Box2D(*b[agent.id]) for cam, b in boxes_2d.items() if agent.id in b},
+        ))
+    for light in sim.lights:
+        x, y, z = light.position
+        ex, ey = _to_ego(x, y, ego)
+        yaw = light.stop_line.heading + math.pi
+        objects.append(ObjectTruth(
+            id=light.id, kind="traffic_light", tag=palette.TRAFFIC_LIGHT,
+            center_world=(x, y, z), yaw_world=_wrap(yaw), extent=(0.35, 0.4, 1.1),
+            center_ego=(ex, ey, z), yaw_ego=_wrap(yaw - ego.yaw), velocity_world=(0.0, 0.0),
+            velocity_ego=(0.0, 0.0),
+            boxes_2d={cam: Box2D(*b[light.id]) for cam, b in boxes_2d.items() if light.id in b},
+        ))
+    return tuple(objects)
+
+
+def _lights(sim) -> tuple[TrafficLightTruth, ...]:
+    return tuple(
+        TrafficLightTruth(id=l.id, state=l.state(sim.t), stop_line=(*l.stop_line.p0, *l.stop_line.p1),
+                          position=l.position, controls=tuple((k[0], k[2]) for k in l.stop_line.lane_keys))
+        for l in sim.lights
+    )
+
+
+def _lane(sim) -> LaneTruth:
+    ego = sim.ego_agent()
+    lane = sim.road_map.waypoint(ego.x, ego.y, project=True)
+    on_road = sim.road_map.on_road(ego.x, ego.y)
+    offset = -math.sin(lane.yaw) * (ego.x - lane.x) + math.cos(lane.yaw) * (ego.y - lane.y)
+    return LaneTruth(road_id=lane.road_id, lane_id=lane.lane_id, lane_width=lane.width,
+                     lateral_offset=offset, is_junction=lane.is_junction, on_road=on_road)
+
+
+def build_observation(sim, events: tuple) -> Observation:
+    ego = ego_state(sim)
+    cameras, semantic, depth, boxes_2d = {}, {}, {}, {}
+    if sim.sensors is not None:
+        dynamic = dynamic_boxes(sim)
+        outputs = sim.sensors.render((ego.x, ego.y, ego.yaw), dynamic, sim.frame)
+        for name, out in outputs.items():
+            spec = sim.sensors.specs[name]
+            cameras[name] = CameraImage(name=name, rgb=out.rgb, K=spec.K, T_ego_cam=spec.T_ego_cam)
+            semantic[name] = out.semantic
+            depth[name] = out.depth
+            if sim.config.sim.ground_truth:
+                boxes_2d[name] = sim.sensors.visible(out, dynamic)
+    truth = None
+    if sim.config.sim.ground_truth:
+        truth = GroundTruth(objects=_objects(sim, ego, boxes_2d), semantic=semantic, depth=depth,
+                            traffic_lights=_lights(sim), lane=_lane(sim))
+    route = sim.route.path
+    return Observation(
+        t=sim.t, frame=sim.frame, cameras=cameras, ego=ego,
+        route=Route(points=route.points, s=route.s, speed_limit=sim.scenario.speed_limit),
+        route_progress=sim.monitor.progress, events=events, ground_truth=truth,
+    )
+
+
+def _wrap(angle: float) -> float:
+    return (angle + math.pi) % (2 * math.pi) - math.pi
+
