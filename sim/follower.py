@@ -63,10 +63,9 @@ class ReferenceFollower:
         # Speed allowed at each point ahead, braking back to now at COMFORT_DECEL.
         curve = np.sqrt(self.config.max_lateral_accel / np.maximum(kappa, 1e-4))
         reach = np.sqrt(curve**2 + 2 * COMFORT_DECEL * (ahead - s))
-        target = min(limit, float(reach.min()))
-        gaps = [path.length - s - self.front_reach + 1.0]
-        gaps += self._obstacle_gaps(path, s, obs)
-        for gap in gaps:
+        # Stop with the body centre on the goal; keep a margin to obstacles and stop lines.
+        target = min(limit, float(reach.min()), math.sqrt(2 * COMFORT_DECEL * max(path.length - s, 0.0)))
+        for gap in self._obstacle_gaps(path, s, obs):
             target = min(target, math.sqrt(2 * COMFORT_DECEL * max(gap - STOP_MARGIN_M, 0.0)))
         return target
 

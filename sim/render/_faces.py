@@ -13,11 +13,20 @@ _ONE = 1 << SHIFT
 _MAX_PX = 4.0e7  # keep fixed-point coordinates inside int32
 
 
+_COLUMNS = ("center", "yaw", "half", "rgb", "tag", "instance", "emissive", "corners", "normals", "offsets", "radius")
+
+
 @dataclass(frozen=True, eq=False)
 class BoxGeometry:
-    """World-frame geometry of boxes, computed once for static scenery."""
+    """Boxes as plain arrays plus their world-frame geometry (computed once for scenery)."""
 
-    boxes: BoxSet
+    center: np.ndarray  # (N, 3)
+    yaw: np.ndarray  # (N,)
+    half: np.ndarray  # (N, 3) half sizes
+    rgb: np.ndarray  # (N, 3) uint8
+    tag: np.ndarray  # (N,) uint8
+    instance: np.ndarray  # (N,) int32
+    emissive: np.ndarray  # (N,) bool
     corners: np.ndarray  # (N, 8, 3)
     normals: np.ndarray  # (N, 6, 3) outward unit face normals
     offsets: np.ndarray  # (N, 6) n . x on each face plane
@@ -33,23 +42,20 @@ class BoxGeometry:
         face_points = boxes.center[:, None, :] + normals * half[:, FACE_AXIS][..., None]
         offsets = np.einsum("nfk,nfk->nf", normals, face_points)
         radius = np.linalg.norm(half, axis=1)
-        return cls(boxes, boxes.corners(), normals, offsets, radius)
+        return cls(
+            boxes.center, boxes.yaw, half, boxes.rgb, boxes.tag, boxes.instance, boxes.emissive,
+            boxes.corners(), normals, offsets, radius,
+        )  # fmt: skip
 
     def __len__(self) -> int:
-        return len(self.boxes)
+        return len(self.center)
 
     def select(self, index: np.ndarray) -> "BoxGeometry":
-        return BoxGeometry(self.boxes.select(index), self.corners[index], self.normals[index], self.offsets[index], self.radius[index])
+        return BoxGeometry(*(getattr(self, name)[index] for name in _COLUMNS))
 
     @staticmethod
     def concat(parts: list["BoxGeometry"]) -> "BoxGeometry":
-        return BoxGeometry(
-            BoxSet.concat([p.boxes for p in parts]),
-            np.concatenate([p.corners for p in parts]),
-            np.concatenate([p.normals for p in parts]),
-            np.concatenate([p.offsets for p in parts]),
-            np.concatenate([p.radius for p in parts]),
-        )
+        return BoxGeometry(*(np.concatenate([getattr(p, name) for p in parts]) for name in _COLUMNS))
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,7 @@ def cull(geometry: BoxGeometry, view: Viewpoint, max_distance_m: float) -> np.nd
     """Indices of boxes whose bounding sphere is within range and touches the frustum."""
     if len(geometry) == 0:
         return np.zeros(0, np.intp)
-    rel = geometry.boxes.center - view.position
+    rel = geometry.center - view.position
     cam = rel @ view.rotation  # (N, 3) camera frame
     r = geometry.radius
     keep = (np.einsum("nk,nk->n", rel, rel) < (max_distance_m + r) ** 2) & (cam[:, 2] > view.near_m - r)

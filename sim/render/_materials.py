@@ -89,7 +89,7 @@ def _seam_lines(count: int, origin_m: float, step_m: float, tile_m: float, resol
 def shade_materials(
     material: np.ndarray, table: MaterialTable, resolution_m: float, origin_xy: tuple[float, float], seed: int
 ) -> np.ndarray:
-    """(H, W) material ids -> (H, W, 3) uint8 RGB albedo with grain, patches and seams."""
+    """(H, W) material ids -> (H, W, 4) uint8 RGBA albedo (alpha 255) with grain, patches, seams."""
     rng = np.random.default_rng([seed, 0x7E87])
     height, width = material.shape
     large = _smooth_noise(rng, (height, width), max(2.0, 4.0 / resolution_m))
@@ -99,7 +99,8 @@ def shade_materials(
     seam_cols = _seam_lines(width, origin_xy[0], resolution_m, tile_m, resolution_m)
     seam_rows = _seam_lines(height, -origin_xy[1], resolution_m, tile_m, resolution_m)
     patch_mix = np.clip(0.5 + 1.3 * patches, 0.0, 1.0)
-    rgb = np.empty((height, width, 3), np.uint8)
+    rgba = np.empty((height, width, 4), np.uint8)
+    opaque = np.full((min(_CHUNK_ROWS, height), width), 255, np.uint8)
     for r0 in range(0, height, _CHUNK_ROWS):
         r1 = min(r0 + _CHUNK_ROWS, height)
         mat = material[r0:r1]
@@ -118,5 +119,5 @@ def shade_materials(
             value = cv2.multiply(cv2.LUT(mat, table.base_rgb[:, c].copy()), base_weight)
             cv2.accumulateProduct(cv2.LUT(mat, table.alt_rgb[:, c].copy()), alt_weight, value)
             channels.append(cv2.convertScaleAbs(value))
-        rgb[r0:r1] = cv2.merge(channels)
-    return rgb
+        rgba[r0:r1] = cv2.merge(channels + [opaque[: r1 - r0]])
+    return rgba

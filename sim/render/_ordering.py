@@ -24,16 +24,11 @@ def painter_order(
     center (M, 3), yaw (M,), half (M, 3) half sizes, rects (M, 4) image x0, y0, x1, y1,
     camera (3,) camera centre; world frame [m].
     """
-    count = len(center)
-    cos, sin = np.cos(yaw), np.sin(yaw)
-    axes = np.stack([np.stack([cos, sin, 0 * cos], 1), np.stack([-sin, cos, 0 * cos], 1)], 1)  # (M, 2, 3)
-    key = _distance_rank(center, axes, half, camera)
-    if count < 2:
-        return np.argsort(key)
+    key = _distance_rank(center, yaw, half, camera)
     i, j = _overlapping_pairs(rects)
     if len(i) == 0:
         return np.argsort(key, kind="stable")
-    back, front = _occlusion_edges(i, j, center, axes, half, camera)
+    back, front = _occlusion_edges(i, j, center, yaw, half, camera)
     for _ in range(_MAX_REPAIR_ROUNDS):
         violated = key[back] >= key[front]
         if not violated.any():
@@ -43,10 +38,11 @@ def painter_order(
     return np.argsort(key, kind="stable")
 
 
-def _distance_rank(center: np.ndarray, axes: np.ndarray, half: np.ndarray, camera: np.ndarray) -> np.ndarray:
+def _distance_rank(center: np.ndarray, yaw: np.ndarray, half: np.ndarray, camera: np.ndarray) -> np.ndarray:
     """(M,) float rank, 0 for the box whose nearest point is farthest from the camera."""
     rel = camera - center
-    local = np.stack([np.einsum("mk,mk->m", rel, axes[:, 0]), np.einsum("mk,mk->m", rel, axes[:, 1]), rel[:, 2]], 1)
+    cos, sin = np.cos(yaw), np.sin(yaw)
+    local = np.stack([cos * rel[:, 0] + sin * rel[:, 1], cos * rel[:, 1] - sin * rel[:, 0], rel[:, 2]], 1)
     outside = local - np.clip(local, -half, half)
     distance = np.einsum("mk,mk->m", outside, outside)
     rank = np.empty(len(center))
@@ -62,32 +58,29 @@ def _overlapping_pairs(rects: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _occlusion_edges(
-    i: np.ndarray, j: np.ndarray, center: np.ndarray, axes: np.ndarray, half: np.ndarray, camera: np.ndarray
+    i: np.ndarray, j: np.ndarray, center: np.ndarray, yaw: np.ndarray, half: np.ndarray, camera: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """(back, front) box pairs: back must be drawn before front."""
-    z_axis = np.broadcast_to([0.0, 0.0, 1.0], (len(i), 3))
-    candidates = [z_axis, axes[i, 0], axes[i, 1], axes[j, 0], axes[j, 1]]
-    decided = np.zeros(len(i), bool)
-    i_front = np.zeros(len(i), bool)
-    for axis in candidates:
-        ci, cj = np.einsum("pk,pk->p", center[i], axis), np.einsum("pk,pk->p", center[j], axis)
-        ri, rj = _radius(axes[i], half[i], axis), _radius(axes[j], half[j], axis)
-        cam = axis @ camera
-        i_low = ci + ri <= cj - rj + _TOUCH_M
-        j_low = cj + rj <= ci - ri + _TOUCH_M
-        new = ~decided & (i_low | j_low)
-        # the box on the camera's side of the gap is in front
-        i_front[new & i_low] = cam[new & i_low] < (cj - rj)[new & i_low]
-        i_front[new & ~i_low] = cam[new & ~i_low] >= (ci - ri)[new & ~i_low]
-        decided |= new
-    i, j, i_front = i[decided], j[decided], i_front[decided]
+    # candidate axes: world z, then box i's x and y, then box j's x and y
+    theta = np.stack([yaw[i], yaw[i] + np.pi / 2, yaw[j], yaw[j] + np.pi / 2], 1)  # (P, 4)
+    ax, ay = np.cos(theta), np.sin(theta)
+    turn = yaw[i] - yaw[j]
+    c, s = np.abs(np.cos(turn)), np.abs(np.sin(turn))
+    hi, hj = half[i], half[j]
+    radius_i = np.stack([hi[:, 2], hi[:, 0], hi[:, 1], hi[:, 0] * c + hi[:, 1] * s, hi[:, 0] * s + hi[:, 1] * c], 1)
+    radius_j = np.stack([hj[:, 2], hj[:, 0] * c + hj[:, 1] * s, hj[:, 0] * s + hj[:, 1] * c, hj[:, 0], hj[:, 1]], 1)
+    proj_i = np.column_stack([center[i, 2], center[i, 0:1] * ax + center[i, 1:2] * ay])  # (P, 5)
+    proj_j = np.column_stack([center[j, 2], center[j, 0:1] * ax + center[j, 1:2] * ay])
+    cam = np.column_stack([np.full(len(i), camera[2]), camera[0] * ax + camera[1] * ay])
+    lo_i, hi_i = proj_i - radius_i, proj_i + radius_i
+    lo_j, hi_j = proj_j - radius_j, proj_j + radius_j
+    i_low = hi_i <= lo_j + _TOUCH_M
+    separated = i_low | (hi_j <= lo_i + _TOUCH_M)
+    decided = separated.any(axis=1)
+    pick = np.argmax(separated, axis=1)[:, None]  # first separating axis
+    i_low, cam = np.take_along_axis(i_low, pick, 1)[:, 0], np.take_along_axis(cam, pick, 1)[:, 0]
+    lo_i, lo_j = np.take_along_axis(lo_i, pick, 1)[:, 0], np.take_along_axis(lo_j, pick, 1)[:, 0]
+    # the box on the camera's side of the gap is in front
+    i_front = np.where(i_low, cam < lo_j, cam >= lo_i)[decided]
+    i, j = i[decided], j[decided]
     return np.where(i_front, j, i), np.where(i_front, i, j)
-
-
-def _radius(axes: np.ndarray, half: np.ndarray, axis: np.ndarray) -> np.ndarray:
-    """Half-extent of boxes projected on unit axes (P, 3)."""
-    return (
-        half[:, 0] * np.abs(np.einsum("pk,pk->p", axes[:, 0], axis))
-        + half[:, 1] * np.abs(np.einsum("pk,pk->p", axes[:, 1], axis))
-        + half[:, 2] * np.abs(axis[:, 2])
-    )

@@ -46,15 +46,15 @@ class PaintedLine:
 class GroundRaster:
     """Tag and RGB rasters of the ground plane with the world <-> raster transform.
 
-    tags: (H, W) uint8 CARLA tags; rgb: (H, W, 3) uint8 albedo; rgb_levels: rgb and its
-    Gaussian pyramid (level L has cells 2**L times larger), used to filter distant ground.
+    tags: (H, W) uint8 CARLA tags; rgba_levels: (H, W, 4) uint8 albedo (alpha 255; four
+    channels because OpenCV warps them several times faster than three) and its Gaussian
+    pyramid (level L has cells 2**L times larger), used to filter distant ground.
     """
 
     bounds: tuple[float, float, float, float]  # xmin, ymin, xmax, ymax [m]
     resolution_m: float
     tags: np.ndarray
-    rgb: np.ndarray
-    rgb_levels: tuple[np.ndarray, ...]
+    rgba_levels: tuple[np.ndarray, ...]
     default_tag: int
     default_rgb: tuple[int, int, int]  # what lies beyond the raster
     seed: int
@@ -89,10 +89,15 @@ class GroundRaster:
         _draw_markings(material, markings, to_pixel, resolution_m, materials)
 
         tags = cv2.LUT(material, materials.tag_lut)
-        rgb = shade_materials(material, materials, resolution_m, (xmin, ymax), seed)
-        levels = _pyramid(rgb)
+        rgba = shade_materials(material, materials, resolution_m, (xmin, ymax), seed)
+        levels = _pyramid(rgba)
         default_rgb = tuple(int(v) for v in materials.base_rgb[default_tag])
-        return cls((xmin, ymin, xmax, ymax), float(resolution_m), tags, rgb, levels, int(default_tag), default_rgb, seed)  # type: ignore[arg-type]
+        return cls((xmin, ymin, xmax, ymax), float(resolution_m), tags, levels, int(default_tag), default_rgb, seed)  # type: ignore[arg-type]
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """(H, W, 3) uint8 RGB albedo (a strided view of the level-0 RGBA raster)."""
+        return self.rgba_levels[0][..., :3]
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -169,8 +174,8 @@ def _draw_markings(
         cv2.polylines(material, lines, False, material_id, thickness, cv2.LINE_8, _SHIFT)
 
 
-def _pyramid(rgb: np.ndarray, min_side: int = 32, max_levels: int = 6) -> tuple[np.ndarray, ...]:
-    levels = [rgb]
+def _pyramid(rgba: np.ndarray, min_side: int = 32, max_levels: int = 6) -> tuple[np.ndarray, ...]:
+    levels = [rgba]
     while len(levels) < max_levels and min(levels[-1].shape[:2]) >= 2 * min_side:
         levels.append(cv2.pyrDown(levels[-1]))
     return tuple(levels)
