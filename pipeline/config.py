@@ -201,11 +201,28 @@ class _Layered:
         return next(iter(self.sources.values()), "defaults")
 
 
-def format_validation_error(exc: ValidationError, source_of) -> str:
+def _data_path(loc: tuple, data: Any) -> tuple[str, ...]:
+    """The key path of an error location in the user's data: pydantic puts the tag of a
+    discriminated union (e.g. the actor type) into the location, the user never wrote it."""
+    path = []
+    for part in loc:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        elif isinstance(data, dict) and isinstance(data.get("type"), str) and part == data["type"]:
+            continue
+        else:
+            data = None
+        path.append(str(part))
+    return tuple(path)
+
+
+def format_validation_error(exc: ValidationError, source_of, data: Any = None) -> str:
     """One line per problem: '<file>: <dotted.key>: <what was expected> (got <value>)'."""
     lines = []
     for err in exc.errors():
-        path = tuple(str(p) for p in err["loc"])
+        path = _data_path(err["loc"], data)
         dotted = ".".join(path) or "<top>"
         if err["type"] == "extra_forbidden":
             what = "unknown key"
@@ -222,7 +239,7 @@ def validate(model: type[BaseModel], layered: _Layered) -> BaseModel:
     try:
         return model.model_validate(layered.data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, layered.source_of)) from None
+        raise ConfigError(format_validation_error(exc, layered.source_of, layered.data)) from None
 
 
 def load_stack(
