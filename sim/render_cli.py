@@ -37,6 +37,16 @@ def _info_lines(sim, obs, events_seen: list[str]) -> list[str]:
     ]
 
 
+def _busy(obs, camera: str) -> int:
+    """How much of the view road users fill (summed box heights [px]): the still shows the
+    busiest frame."""
+    if obs.ground_truth is None:
+        return 0
+    return sum(min(o.boxes_2d[camera].y1 - o.boxes_2d[camera].y0, 120.0) for o in obs.ground_truth.objects
+               if o.kind in ("vehicle", "pedestrian") and camera in o.boxes_2d
+               and o.boxes_2d[camera].visible_fraction > 0.5)
+
+
 def render_scenario(config: StackConfig, scenario_name: str, overrides: list[str], out: Path,
                     duration: float | None = None) -> Path:
     scenario = load_scenario(scenario_name, overrides)
@@ -51,7 +61,7 @@ def render_scenario(config: StackConfig, scenario_name: str, overrides: list[str
     video = VideoWriter(out / "render.mp4", fps=1.0 / sim.dt)
     events_seen: list[str] = []
     steps = int(round(scenario.duration_s / sim.dt))
-    still_frame = steps // 3
+    best_still, best_score = None, -1
     try:
         with tqdm(total=steps, desc=f"render {scenario.name}", unit="step") as bar:
             while True:
@@ -64,8 +74,9 @@ def render_scenario(config: StackConfig, scenario_name: str, overrides: list[str
                      info_panel(_info_lines(sim, obs, events_seen))],
                 )
                 video.write(frame)
-                if obs.frame == still_frame or (sim.done and obs.frame < still_frame):
-                    cv2.imwrite(str(out / "still.png"), frame)
+                score = _busy(obs, camera)
+                if score > best_score:
+                    best_still, best_score = frame, score
                 if sim.done:
                     break
                 obs = sim.step(follower(obs))
@@ -73,6 +84,8 @@ def render_scenario(config: StackConfig, scenario_name: str, overrides: list[str
                 bar.set_postfix(t=f"{obs.t:.1f}s", v=f"{obs.ego.speed:.1f}m/s", refresh=False)
     finally:
         video.close()
+        if best_still is not None:
+            cv2.imwrite(str(out / "still.png"), best_still)
     for line in events_seen:
         print(line)
     return out / "render.mp4"

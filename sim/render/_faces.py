@@ -11,6 +11,7 @@ from .boxes import FACE_AXIS, FACE_CORNERS, FACE_SIGN, BoxSet
 SHIFT = 4  # fixed-point bits handed to cv2.fillConvexPoly
 _ONE = 1 << SHIFT
 _MAX_PX = 4.0e7  # keep fixed-point coordinates inside int32
+_GUARD_PX = 1000.0  # polygons reaching farther outside the image than this are clipped
 
 
 _COLUMNS = ("center", "yaw", "half", "rgb", "tag", "instance", "emissive", "corners", "normals", "offsets", "radius")
@@ -112,15 +113,20 @@ def camera_faces(geometry: BoxGeometry, view: Viewpoint) -> Faces:
     box, face, verts, z = box[front], face[front], verts[front], z[front]
     whole = z.min(axis=1) > view.near_m
 
-    uv = np.empty(verts.shape[:2] + (2,))
+    uv = np.zeros(verts.shape[:2] + (2,))
     uv[whole] = _project(verts[whole], view)
     polygons = list(np.rint(uv * _ONE).astype(np.int32))
     rects = np.concatenate([uv.min(axis=1), uv.max(axis=1)], axis=1)
-    for i in np.flatnonzero(~whole):
-        clipped = _project(_clip_near(verts[i], view.near_m), view)
-        polygons[i] = np.rint(clipped * _ONE).astype(np.int32)
-        rects[i] = (*clipped.min(axis=0), *clipped.max(axis=0))
-    np.clip(rects, -1.0, [view.width, view.height, view.width, view.height], out=rects)
+    guard = (-_GUARD_PX, -_GUARD_PX, view.width - 1 + _GUARD_PX, view.height - 1 + _GUARD_PX)
+    oversized = (rects[:, 0] < guard[0]) | (rects[:, 1] < guard[1]) | (rects[:, 2] > guard[2]) | (rects[:, 3] > guard[3])
+    for i in np.flatnonzero(~whole | oversized):
+        polygon = uv[i] if whole[i] else _project(_clip_near(verts[i], view.near_m), view)
+        # OpenCV's fill walks every scanline of a polygon, so cut huge ones to the image
+        polygon = _clip_rect(polygon, guard)
+        if len(polygon) < 3:
+            polygon = np.full((3, 2), -_GUARD_PX - 1.0)  # wholly outside the image
+        polygons[i] = np.rint(polygon * _ONE).astype(np.int32)
+        rects[i] = (*polygon.min(axis=0), *polygon.max(axis=0))
 
     normals = geometry.normals[box, face]
     normals_cam = normals @ view.rotation
@@ -148,3 +154,24 @@ def _clip_near(polygon: np.ndarray, near_m: float) -> np.ndarray:
             t = (near_m - a[2]) / (b[2] - a[2])
             out.append(a + t * (b - a))
     return np.array(out)
+
+
+def _clip_rect(polygon: np.ndarray, rect: tuple[float, float, float, float]) -> np.ndarray:
+    """Sutherland-Hodgman clip of a (k, 2) convex polygon to x0 <= x <= x1, y0 <= y <= y1."""
+    x0, y0, x1, y1 = rect
+    for axis, bound, keep_below in ((0, x0, False), (0, x1, True), (1, y0, False), (1, y1, True)):
+        if len(polygon) == 0:
+            break
+        out = []
+        count = len(polygon)
+        for i in range(count):
+            a, b = polygon[i], polygon[(i + 1) % count]
+            a_in = a[axis] <= bound if keep_below else a[axis] >= bound
+            b_in = b[axis] <= bound if keep_below else b[axis] >= bound
+            if a_in:
+                out.append(a)
+            if a_in != b_in:
+                t = (bound - a[axis]) / (b[axis] - a[axis])
+                out.append(a + t * (b - a))
+        polygon = np.array(out).reshape(-1, 2)
+    return polygon

@@ -35,6 +35,9 @@ class GroundView:
         a, b, c = self.ground_plane
         inv_depth = (a * self.ray_x + b * self.ray_y + c).astype(np.float32)
         self.is_ground = inv_depth > 1.0 / self.sky_depth_m  # (H, W) bool
+        self._sky_inverse = np.full_like(inv_depth, np.float32(1.0 / self.sky_depth_m) * np.float32(1.0 - 1e-6))
+        self._sky_depth = np.full_like(inv_depth, self.sky_depth_m)
+        self.background_depth = self.depth_from_inverse(inv_depth)  # (H, W) [m]
         rows = np.flatnonzero(self.is_ground.any(axis=1))
         self.ground_row0 = int(rows[0]) if len(rows) else height  # rows above hold no ground
         sky_rows = np.flatnonzero((~self.is_ground).any(axis=1))
@@ -44,6 +47,10 @@ class GroundView:
         ray_ego = np.stack([self.ray_x, self.ray_y, np.ones_like(self.ray_x)], -1) @ rot.T.astype(np.float32)
         self.elevation = np.arctan2(ray_ego[..., 2], np.hypot(ray_ego[..., 0], ray_ego[..., 1]))  # (H, W) rad
         self.row_levels = self._row_levels(rot, cam_height)
+
+    def depth_from_inverse(self, inv_depth: np.ndarray) -> np.ndarray:
+        """(H, W) float32 1/z -> z [m], exactly sky_depth_m where 1/z <= 1/sky_depth_m."""
+        return cv2.min(1.0 / cv2.max(inv_depth, self._sky_inverse), self._sky_depth)
 
     def _row_levels(self, rot: np.ndarray, cam_height: float) -> list[tuple[int, int, int]]:
         """(row0, row1, pyramid level) bands covering the ground rows."""
@@ -55,7 +62,7 @@ class GroundView:
             dv = np.gradient(ground_xy, axis=0)
             area = np.abs(du[..., 0] * dv[..., 1] - du[..., 1] * dv[..., 0])  # [m^2] per pixel
             level = np.log2(np.sqrt(area) / self.ground.resolution_m)
-        max_level = len(self.ground.rgb_levels) - 1
+        max_level = len(self.ground.rgba_levels) - 1
         bands: list[tuple[int, int, int]] = []
         for row in range(self.ground_row0, self.spec.height):
             values = level[row][np.isfinite(level[row])]
@@ -77,43 +84,41 @@ class GroundView:
         world_from_raster = np.linalg.inv(self.ground.world_to_pixel_matrix)
         return image_from_ego @ ego_from_world @ world_from_raster
 
-    def draw(self, ego_pose: tuple[float, float, float], rgb: np.ndarray, semantic: np.ndarray) -> None:
-        """Warp the ground into rows ground_row0.. of rgb (H, W, 3) and semantic (H, W)."""
+    def draw(self, ego_pose: tuple[float, float, float], rgba: np.ndarray, semantic: np.ndarray) -> None:
+        """Warp the ground into rows ground_row0.. of rgba (H, W, 4) and semantic (H, W)."""
         if self.ground_row0 >= self.spec.height:
             return
         width, height = self.spec.width, self.spec.height
-        image_from_raster = self.homography(ego_pose)
-        raster_from_image = np.linalg.inv(image_from_raster)
-        flags = cv2.WARP_INVERSE_MAP
+        raster_from_image = np.linalg.inv(self.homography(ego_pose))
         row0 = self.ground_row0
-        semantic[row0:] = cv2.warpPerspective(
-            self.ground.tags, raster_from_image @ _shift_rows(row0), (width, height - row0),
-            flags=flags | cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=self.ground.default_tag,
+        cv2.warpPerspective(
+            self.ground.tags, raster_from_image @ _shift_rows(row0), (width, height - row0), semantic[row0:],
+            cv2.WARP_INVERSE_MAP | cv2.INTER_NEAREST, cv2.BORDER_CONSTANT, self.ground.default_tag,
         )  # fmt: skip
+        border = self.ground.default_rgb + (255,)
         for r0, r1, level in self.row_levels:
             scale = float(2**level)
             raster0_from_level = np.array([[scale, 0.0, scale / 2 - 0.5], [0.0, scale, scale / 2 - 0.5], [0, 0, 1]])
             to_level = np.linalg.inv(raster0_from_level) @ raster_from_image @ _shift_rows(r0)
-            rgb[r0:r1] = cv2.warpPerspective(
-                self.ground.rgb_levels[level], to_level, (width, r1 - r0),
-                flags=flags | cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=self.ground.default_rgb,
+            cv2.warpPerspective(
+                self.ground.rgba_levels[level], to_level, (width, r1 - r0), rgba[r0:r1],
+                cv2.WARP_INVERSE_MAP | cv2.INTER_LINEAR, cv2.BORDER_CONSTANT, border,
             )  # fmt: skip
 
-    def fill_sky(self, sky_rgb: np.ndarray, rgb: np.ndarray, semantic: np.ndarray) -> None:
+    def fill_sky(self, sky_rgba: np.ndarray, rgba: np.ndarray, semantic: np.ndarray) -> None:
         """Paint the fixed sky region: rows above the ground fully, the horizon band by mask."""
         r0, r1 = self.ground_row0, self.sky_row1
-        rgb[:r0] = sky_rgb[:r0]
+        rgba[:r0] = sky_rgba[:r0]
         semantic[:r0] = palette.SKY
         if r1 > r0:
-            cv2.copyTo(sky_rgb[r0:r1], self.band_sky_mask, rgb[r0:r1])
+            cv2.copyTo(sky_rgba[r0:r1], self.band_sky_mask, rgba[r0:r1])
             semantic[r0:r1][self.band_sky_mask.astype(bool)] = palette.SKY
 
-    def sky_image(self, top_rgb: tuple[int, int, int], horizon_rgb: tuple[int, int, int], gain: float) -> np.ndarray:
-        """(H, W, 3) uint8 sky gradient from the horizon colour up to the zenith colour."""
+    def sky_image(self, top_rgb: tuple[int, int, int], horizon_rgb: tuple[int, int, int]) -> np.ndarray:
+        """(H, W, 3) float32 sky gradient from the horizon colour up to the zenith colour."""
         t = np.clip(self.elevation / 0.7, 0.0, 1.0) ** 0.6
         top, horizon = np.asarray(top_rgb, np.float32), np.asarray(horizon_rgb, np.float32)
-        sky = horizon + (top - horizon) * t[..., None]
-        return np.clip(sky * gain, 0, 255).astype(np.uint8)
+        return horizon + (top - horizon) * t[..., None]
 
 
 def _shift_rows(row0: int) -> np.ndarray:

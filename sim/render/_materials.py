@@ -76,7 +76,7 @@ class MaterialTable:
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cell_px: float) -> np.ndarray:
     """(H, W) float32 value noise with features about cell_px wide, std about 0.7."""
     coarse = rng.standard_normal((int(shape[0] / cell_px) + 3, int(shape[1] / cell_px) + 3)).astype(np.float32)
-    big = cv2.resize(coarse, (int(coarse.shape[1] * cell_px), int(coarse.shape[0] * cell_px)), interpolation=cv2.INTER_CUBIC)
+    big = cv2.resize(coarse, (int(coarse.shape[1] * cell_px), int(coarse.shape[0] * cell_px)), interpolation=cv2.INTER_LINEAR)
     return big[: shape[0], : shape[1]]
 
 

@@ -162,16 +162,31 @@ def _draw_markings(
     resolution_m: float,
     materials: MaterialTable,
 ) -> None:
-    groups: dict[tuple[int, int], list[np.ndarray]] = {}  # (material id, thickness px) -> lines
+    """Fill each painted piece as quads of the exact width (cells whose centre is covered)."""
     for marking in markings:
         points = np.asarray(marking.points, float).reshape(-1, 2)
         if len(points) < 2:
             continue
-        key = (materials.marking_material(marking.rgb), max(1, round(marking.width_m / resolution_m)))
-        pieces = _dashes(points) if marking.dashed else [points]
-        groups.setdefault(key, []).extend(_fixed_point(to_pixel, p) for p in pieces if len(p) >= 2)
-    for (material_id, thickness), lines in groups.items():
-        cv2.polylines(material, lines, False, material_id, thickness, cv2.LINE_8, _SHIFT)
+        material_id = materials.marking_material(marking.rgb)
+        for piece in _dashes(points) if marking.dashed else [points]:
+            for quad in _segment_quads(piece, marking.width_m):
+                cv2.fillConvexPoly(material, _fixed_point(to_pixel, quad), material_id, cv2.LINE_8, _SHIFT)
+
+
+def _segment_quads(points: np.ndarray, width_m: float) -> np.ndarray:
+    """(N-1, 4, 2) rectangles along a polyline; inner joints overlap by half a width."""
+    start, end = points[:-1], points[1:]
+    length = np.hypot(*(end - start).T)
+    keep = length > 1e-9
+    start, end, length = start[keep], end[keep], length[keep]
+    if len(start) == 0:
+        return np.zeros((0, 4, 2))
+    direction = (end - start) / length[:, None]
+    normal = np.column_stack([-direction[:, 1], direction[:, 0]]) * (width_m / 2)
+    grow = np.full(len(start), width_m / 2)
+    start = start - direction * np.where(np.arange(len(start)) > 0, grow, 0.0)[:, None]
+    end = end + direction * np.where(np.arange(len(start)) < len(start) - 1, grow, 0.0)[:, None]
+    return np.stack([start + normal, end + normal, end - normal, start - normal], 1)
 
 
 def _pyramid(rgba: np.ndarray, min_side: int = 32, max_levels: int = 6) -> tuple[np.ndarray, ...]:

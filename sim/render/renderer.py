@@ -85,24 +85,25 @@ class CameraRenderer:
         """
         lighting = lighting or Lighting.default()
         tables = self._tables(lighting)
-        spec, view = self.spec, self._viewpoint(ego_pose)
-        height, width = spec.height, spec.width
-        rgb = np.empty((height, width, 3), np.uint8)
+        view = self._viewpoint(ego_pose)
+        height, width = self.spec.height, self.spec.width
+        rgba = np.empty((height, width, 4), np.uint8)  # 4 channels: OpenCV's fast paths
         semantic = np.empty((height, width), np.uint8)
-        self.ground_view.draw(ego_pose, rgb, semantic)
-        row0 = self.ground_view.ground_row0
-        cv2.multiply(rgb[row0:], tables.ground_gain, dst=rgb[row0:])
-        self.ground_view.fill_sky(tables.sky_rgb, rgb, semantic)
+        ground = rgba[self.ground_view.ground_row0 :]
+        self.ground_view.draw(ego_pose, rgba, semantic)
+        cv2.multiply(ground, tables.ground_gain, ground, 1.0 / _GAIN_ONE)  # sun, exposure and fog
+        cv2.add(ground, tables.ground_haze, ground)
+        self.ground_view.fill_sky(tables.sky_rgba, rgba, semantic)
 
         geometry = self._visible_geometry(view, dynamic_boxes)
         faces = camera_faces(geometry, view)
         face_id, drawn = self._draw_faces(geometry, faces, view)
-        depth, instance = self._compose(geometry, faces, drawn, face_id, lighting, rgb, semantic)
-        rgb = self._apply_fog(rgb, depth, lighting, tables)
-        rgb = self._apply_noise(rgb, lighting, ego_pose, frame_index)
-        has_instance = geometry.boxes.instance[faces.box[drawn]] > 0
-        polygons = [faces.polygons[i] for i in drawn[has_instance]]
-        return RenderOutput(rgb, semantic, depth, instance, polygons, geometry.boxes.instance[faces.box[drawn[has_instance]]])
+        depth, instance = self._compose(geometry, faces, drawn, face_id, lighting, rgba, semantic)
+        rgba = self._apply_noise(rgba, lighting, ego_pose, frame_index)
+        rgb = cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
+        with_instance = drawn[geometry.instance[faces.box[drawn]] > 0]
+        polygons = [faces.polygons[i] for i in with_instance]
+        return RenderOutput(rgb, semantic, depth, instance, polygons, geometry.instance[faces.box[with_instance]])
 
     # -- geometry --------------------------------------------------------------------------
     def _viewpoint(self, ego_pose: tuple[float, float, float]) -> Viewpoint:
@@ -111,11 +112,11 @@ class CameraRenderer:
         return Viewpoint(transform[:3, :3], transform[:3, 3], spec.focal_px, spec.width / 2.0, spec.height / 2.0, spec.width, spec.height, self.near_m)
 
     def _visible_geometry(self, view: Viewpoint, dynamic_boxes: BoxSet | None) -> BoxGeometry:
-        parts = [self.static.select(cull(self.static, view, self.max_distance_m))]
+        geometry = self.static.select(cull(self.static, view, self.max_distance_m))
         if dynamic_boxes is not None and len(dynamic_boxes):
             dynamic = BoxGeometry.of(dynamic_boxes)
-            parts.append(dynamic.select(cull(dynamic, view, self.max_distance_m)))
-        return BoxGeometry.concat(parts)
+            geometry = BoxGeometry.concat([geometry, dynamic.select(cull(dynamic, view, self.max_distance_m))])
+        return geometry
 
     def _draw_faces(self, geometry: BoxGeometry, faces: Faces, view: Viewpoint) -> tuple[np.ndarray, np.ndarray]:
         """Face-id buffer (H, W) int32 (0 = background, i + 1 = face i) and drawn faces in order."""
@@ -130,8 +131,9 @@ class CameraRenderer:
         box_rects = np.concatenate(
             [np.minimum.reduceat(rects[candidates, :2], first), np.maximum.reduceat(rects[candidates, 2:], first)], 1
         )
-        boxes = geometry.boxes
-        order = painter_order(boxes.center[boxes_used], boxes.yaw[boxes_used], boxes.size[boxes_used] / 2.0, box_rects, view.position)
+        order = painter_order(
+            geometry.center[boxes_used], geometry.yaw[boxes_used], geometry.half[boxes_used], box_rects, view.position
+        )
         rank = np.empty(len(boxes_used), np.intp)
         rank[order] = np.arange(len(order))
         box_rank = rank[np.searchsorted(boxes_used, faces.box[candidates])]
@@ -149,91 +151,106 @@ class CameraRenderer:
         drawn: np.ndarray,
         face_id: np.ndarray,
         lighting: Lighting,
-        rgb: np.ndarray,
+        rgba: np.ndarray,
         semantic: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Fill box pixels of rgb / semantic in place; return depth and instance images."""
+        """Paint box pixels into rgba / semantic in place; return depth and instance images."""
         count = len(faces.box) + 1
         ground_view = self.ground_view
-        plane = np.empty((count, 3), np.float32)  # row 0: the ground plane
-        plane[0] = ground_view.ground_plane
-        plane[1:] = faces.inv_depth
-        inv_depth = np.take(plane[:, 0], face_id) * ground_view.ray_x
-        inv_depth += np.take(plane[:, 1], face_id) * ground_view.ray_y
-        inv_depth += np.take(plane[:, 2], face_id)
-        depth = cv2.divide(1.0, cv2.max(inv_depth, 1.0 / self.sky_depth_m))
-        boxes = geometry.boxes
-        instance_lut = np.zeros(count, np.int32)
-        instance_lut[1:] = boxes.instance[faces.box]
-        instance = np.take(instance_lut, face_id)
         if len(drawn) == 0:
-            return depth, instance
+            return ground_view.background_depth.copy(), np.zeros(face_id.shape, np.int32)
+        index = face_id.astype(np.intp)  # np.take would convert on every call
+        plane = np.empty((3, count), np.float32)  # 1/z coefficients; column 0: the ground plane
+        plane[:, 0] = ground_view.ground_plane
+        plane[:, 1:] = faces.inv_depth.T
+        inv_depth = np.take(plane[0], index) * ground_view.ray_x
+        inv_depth += np.take(plane[1], index) * ground_view.ray_y
+        inv_depth += np.take(plane[2], index)
+        depth = self.ground_view.depth_from_inverse(inv_depth)
+        instance_lut = np.zeros(count, np.int32)
+        instance_lut[1:] = geometry.instance[faces.box]
+        instance = np.take(instance_lut, index)
         covered = cv2.compare(face_id, 0, cv2.CMP_GT)
         tag_lut = np.zeros(count, np.uint8)
-        tag_lut[1:] = boxes.tag[faces.box]
-        cv2.copyTo(np.take(tag_lut, face_id), covered, semantic)
-        colour_lut = np.zeros(count, np.uint32)
-        colour_lut[1:] = _pack_rgba(_shade(boxes, faces, lighting))
-        face_rgba = np.take(colour_lut, face_id).view(np.uint8).reshape(face_id.shape + (4,))
-        cv2.copyTo(cv2.cvtColor(face_rgba, cv2.COLOR_RGBA2RGB), covered, rgb)
+        tag_lut[1:] = geometry.tag[faces.box]
+        cv2.copyTo(np.take(tag_lut, index), covered, semantic)
+        colours = _face_colours(geometry, faces, lighting)  # (F + 1, levels) packed RGBA
+        if colours.shape[1] > 1:  # fog: index the colour by face and quantised transmittance
+            keep = cv2.exp(depth * np.float32(-lighting.fog_density))
+            index = np.left_shift(face_id, _FOG_BITS)
+            index |= cv2.convertScaleAbs(keep, alpha=-(_FOG_LEVELS - 1), beta=_FOG_LEVELS - 1)
+        face_rgba = np.take(colours.ravel(), index).view(np.uint8).reshape(rgba.shape)
+        cv2.copyTo(face_rgba, covered, rgba)
         return depth, instance
 
     def _tables(self, lighting: Lighting) -> "_LightingTables":
+        """What a lighting fixes for this camera: ground gain and haze, the fogged sky."""
         tables = self._lighting_cache.get(lighting)
         if tables is None:
-            if len(self._lighting_cache) >= 16:
+            if len(self._lighting_cache) >= 8:
                 self._lighting_cache.clear()
-            gain = lighting.brightness * _diffuse_light(lighting, np.array([[0.0, 0.0, 1.0]]))[0]
-            sky = self.ground_view.sky_image(lighting.sky_top_rgb, lighting.sky_horizon_rgb, lighting.brightness)
-            fog = tuple(min(255.0, c * lighting.brightness) for c in lighting.fog_rgb) + (0.0,)
-            tables = _LightingTables((gain, gain, gain, 0.0), sky, fog)  # type: ignore[arg-type]
+            tables = _LightingTables.build(self.ground_view, lighting)
             self._lighting_cache[lighting] = tables
         return tables
 
-    @staticmethod
-    def _apply_fog(rgb: np.ndarray, depth: np.ndarray, lighting: Lighting, tables: "_LightingTables") -> np.ndarray:
-        if lighting.fog_density <= 0.0:
-            return rgb
-        keep = cv2.exp(cv2.multiply(depth, -lighting.fog_density))  # transmittance exp(-density z)
-        keep8 = cv2.convertScaleAbs(keep, alpha=255.0)
-        keep3 = cv2.merge([keep8, keep8, keep8])
-        hazy = cv2.multiply(cv2.bitwise_not(keep3), tables.fog_rgba, scale=1.0 / 255.0)
-        return cv2.add(cv2.multiply(rgb, keep3, scale=1.0 / 255.0), hazy)
-
     def _apply_noise(
-        self, rgb: np.ndarray, lighting: Lighting, ego_pose: tuple[float, float, float], frame_index: int | None
+        self, rgba: np.ndarray, lighting: Lighting, ego_pose: tuple[float, float, float], frame_index: int | None
     ) -> np.ndarray:
         if lighting.noise_std <= 0.0:
-            return rgb
+            return rgba
         up, down = self._noise_tiles(lighting.noise_seed, lighting.noise_std)
         if frame_index is None:
             key = zlib.crc32(struct.pack("<3d", *(float(v) for v in ego_pose)))
         else:
             key = zlib.crc32(struct.pack("<q", int(frame_index)))
         oy, ox = key % (_NOISE_PAD + 1), (key >> 12) % (_NOISE_PAD + 1)
-        height, width = rgb.shape[:2]
+        height, width = rgba.shape[:2]
         window = (slice(oy, oy + height), slice(ox, ox + width))
-        return cv2.subtract(cv2.add(rgb, up[window]), down[window])
+        return cv2.subtract(cv2.add(rgba, up[window]), down[window])
 
     def _noise_tiles(self, seed: int, std: float) -> tuple[np.ndarray, np.ndarray]:
-        """Positive and negative parts of a Gaussian noise tile a bit larger than the frame."""
+        """Positive and negative parts of a Gaussian RGB noise tile a bit larger than the frame."""
         key = (int(seed), float(std))
         tiles = self._noise_cache.get(key)
         if tiles is None:
             if len(self._noise_cache) >= 4:
                 self._noise_cache.clear()
-            shape = (self.spec.height + _NOISE_PAD, self.spec.width + _NOISE_PAD, 3)
+            shape = (self.spec.height + _NOISE_PAD, self.spec.width + _NOISE_PAD, 4)
             noise = np.rint(np.random.default_rng(key[0]).standard_normal(shape, np.float32) * std)
+            noise[..., 3] = 0.0
             tiles = (np.clip(noise, 0, 255).astype(np.uint8), np.clip(-noise, 0, 255).astype(np.uint8))
             self._noise_cache[key] = tiles
         return tiles
 
 
-@dataclass(frozen=True)
+_GAIN_ONE = 128.0  # ground gains are stored as uint8 with 128 meaning 1.0
+_FOG_BITS = 6
+_FOG_LEVELS = 1 << _FOG_BITS  # transmittance steps for box faces
+
+
+@dataclass(frozen=True, eq=False)
 class _LightingTables:
-    ground_gain: tuple[float, float, float, float]
-    sky_rgb: np.ndarray
-    fog_rgba: tuple[float, float, float, float]
+    ground_gain: np.ndarray  # (H - row0, W, 4) uint8: sun * exposure * fog transmittance * 128
+    ground_haze: np.ndarray  # (H - row0, W, 4) uint8: fog colour * exposure * (1 - transmittance)
+    sky_rgba: np.ndarray  # (H, W, 4) uint8, lit and fogged
+
+    @classmethod
+    def build(cls, view: GroundView, lighting: Lighting) -> "_LightingTables":
+        keep = np.exp(-lighting.fog_density * view.background_depth)[..., None]  # (H, W, 1)
+        fog = np.asarray(lighting.fog_rgb, np.float32) * lighting.brightness
+        sun = lighting.brightness * _diffuse_light(lighting, np.array([[0.0, 0.0, 1.0]]))[0]
+        row0 = view.ground_row0
+        gain = _rgba(np.broadcast_to(sun * _GAIN_ONE * keep[row0:], keep[row0:].shape[:2] + (3,)), _GAIN_ONE)
+        haze = _rgba(fog * (1.0 - keep[row0:]), 0)
+        sky = view.sky_image(lighting.sky_top_rgb, lighting.sky_horizon_rgb) * lighting.brightness
+        return cls(gain, haze, _rgba(sky * keep + fog * (1.0 - keep), 255))
+
+
+def _rgba(rgb: np.ndarray, alpha: float) -> np.ndarray:
+    out = np.empty(rgb.shape[:-1] + (4,), np.uint8)
+    out[..., :3] = np.clip(np.rint(rgb), 0, 255)
+    out[..., 3] = alpha
+    return out
 
 
 def _diffuse_light(lighting: Lighting, normals: np.ndarray) -> np.ndarray:
@@ -243,21 +260,28 @@ def _diffuse_light(lighting: Lighting, normals: np.ndarray) -> np.ndarray:
     return lighting.ambient + (1.0 - lighting.ambient) * direct
 
 
-def _shade(boxes: BoxSet, faces: Faces, lighting: Lighting) -> np.ndarray:
-    """(F, 3) uint8 lit colour of each face; emissive boxes keep their colour."""
-    albedo = boxes.rgb[faces.box].astype(np.float32)
-    gain = lighting.brightness * _diffuse_light(lighting, faces.normals)
-    lit = albedo * gain[:, None].astype(np.float32)
-    emissive = boxes.emissive[faces.box]
+def _face_colours(geometry: BoxGeometry, faces: Faces, lighting: Lighting) -> np.ndarray:
+    """(F + 1, levels) uint32 packed RGBA (little-endian R, G, B, A) of each face, row 0 for
+    the background: lit (emissive boxes unshaded), then mixed towards the fog colour in
+    `levels` steps of transmittance (a single level without fog)."""
+    albedo = geometry.rgb[faces.box].astype(np.float32)
+    lit = albedo * (lighting.brightness * _diffuse_light(lighting, faces.normals))[:, None].astype(np.float32)
+    emissive = geometry.emissive[faces.box]
     lit[emissive] = albedo[emissive]
-    return np.clip(lit, 0, 255).astype(np.uint8)
-
-
-def _pack_rgba(rgb: np.ndarray) -> np.ndarray:
-    """(F, 3) uint8 -> (F,) uint32 whose little-endian bytes are R, G, B, 255."""
-    rgba = np.full((len(rgb), 4), 255, np.uint8)
-    rgba[:, :3] = rgb
-    return rgba.view("<u4").ravel()
+    lit = np.clip(np.concatenate([np.zeros((1, 3), np.float32), lit]), 0.0, 255.0)
+    if lighting.fog_density > 0.0:
+        fog = np.clip(np.asarray(lighting.fog_rgb, np.float32) * lighting.brightness, 0.0, 255.0)
+        keep = np.linspace(1.0, 0.0, _FOG_LEVELS, dtype=np.float32)  # transmittance per level
+        mixed = np.multiply.outer(lit, keep)  # (F + 1, 3, levels)
+        mixed += np.multiply.outer(fog, 1.0 - keep)
+    else:
+        mixed = lit[:, :, None]
+    channels = (mixed + 0.5).astype(np.uint32)
+    packed = channels[:, 1] << 8
+    packed |= channels[:, 0]
+    packed |= channels[:, 2] << 16
+    packed |= np.uint32(0xFF000000)
+    return packed
 
 
 def visible_boxes(output: RenderOutput, dynamic_boxes: BoxSet) -> dict[int, tuple[int, int, int, int, float]]:
