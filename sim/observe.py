@@ -53,7 +53,7 @@ def _objects(sim, ego: EgoState, boxes_2d: dict[str, dict]) -> tuple[ObjectTruth
         yaw = light.stop_line.heading + math.pi
         objects.append(ObjectTruth(
             id=light.id, kind="traffic_light", tag=palette.TRAFFIC_LIGHT,
-            center_world=(x, y, z), yaw_world=_wrap(yaw), extent=(0.35, 0.4, 1.1),
+            center_world=(x, y, z), yaw_world=_wrap(yaw), extent=(0.3, 0.36, 0.95),
             center_ego=(ex, ey, z), yaw_ego=_wrap(yaw - ego.yaw), velocity_world=(0.0, 0.0),
             velocity_ego=(0.0, 0.0),
             boxes_2d={cam: Box2D(*b[light.id]) for cam, b in boxes_2d.items() if light.id in b},

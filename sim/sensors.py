@@ -13,12 +13,11 @@ import numpy as np
 
 from stagepilot.pipeline.config import StackConfig
 from stagepilot.pipeline.roadmap import RoadMap
-from stagepilot.sim import appearance
-from stagepilot.sim.render import palette
+from stagepilot.sim.render import palette, shapes
 from stagepilot.sim.render.boxes import BoxSet
 from stagepilot.sim.render.camera import CameraSpec
 from stagepilot.sim.render.ground import GroundRaster
-from stagepilot.sim.render.lighting import _PRESETS, Lighting
+from stagepilot.sim.render.lighting import Lighting
 from stagepilot.sim.render.renderer import CameraRenderer, RenderOutput, visible_boxes
 from stagepilot.sim.scenario import Scenario, WeatherSpec
 from stagepilot.sim.scenery import build_scenery
@@ -38,7 +37,7 @@ def ground_and_scenery(road_map: RoadMap, seed: int, resolution_m: float, scener
 
 def lighting_for(weather: WeatherSpec, rng: np.random.Generator) -> Lighting:
     """The scenario's weather: a preset (or a random one) with the given values pinned."""
-    light = Lighting.sample(rng) if weather.preset == "random" else _PRESETS[PRESET_NAMES[weather.preset]](rng)
+    light = Lighting.sample(rng) if weather.preset == "random" else Lighting.preset(PRESET_NAMES[weather.preset], rng)
     pinned = {"sun_altitude_deg": weather.sun_altitude_deg, "fog_density": weather.fog_density,
               "brightness": weather.brightness, "noise_std": weather.noise_std}
     return dataclasses.replace(light, **{k: v for k, v in pinned.items() if v is not None})
@@ -71,14 +70,18 @@ def dynamic_boxes(sim) -> BoxSet:
     sets = []
     for npc in sim.npcs:
         a = npc.agent
-        sets.append(appearance.car_boxes(a.id, a.x, a.y, a.yaw, a.size, a.color))
+        sets.append(shapes.car(a.x, a.y, a.yaw, a.id, a.color, *a.size))
     for ped in sim.pedestrians:
         a = ped.agent
-        sets.append(appearance.pedestrian_boxes(a.id, a.x, a.y, a.yaw, a.size, a.color, walk_phase=ped.s * 3.0))
+        sets.append(shapes.pedestrian(a.x, a.y, a.yaw, a.id, shirt_rgb=a.color, pants_rgb=a.color[::-1],
+                                      height=a.size[2], width=a.size[1], walk_phase=ped.s * 3.0))
     for a in sim.statics:
-        sets.append(appearance.static_boxes(a.id, a.kind, a.x, a.y, a.yaw, a.size, a.color))
+        if a.kind == "vehicle":
+            sets.append(shapes.car(a.x, a.y, a.yaw, a.id, a.color, *a.size))
+        else:
+            sets.append(shapes.obstacle(a.x, a.y, a.yaw, a.id, a.size, a.color))
     for light in sim.lights:
         x, y, z = light.position
-        facing = light.stop_line.heading + np.pi
-        sets.append(appearance.traffic_light_boxes(light.id, x, y, z, facing, light.state(sim.t)))
+        sets.append(shapes.traffic_light(x, y, light.stop_line.heading + np.pi, light.id, light.state(sim.t),
+                                         pole_height=z - 0.475))  # housing centred at z
     return BoxSet.concat(sets)

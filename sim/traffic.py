@@ -198,6 +198,8 @@ def leader_ahead(npc: NpcVehicle, others: list[Agent], look_ahead: float) -> tup
         dist = math.hypot(dx, dy)
         if dist > look_ahead or dx * c + dy * s <= 0.0:
             continue
+        if other.kind == "vehicle" and other.speed > 0.5 and math.cos(other.yaw - me.yaw) < -0.5:
+            continue  # oncoming traffic in the other lane, not a leader
         s_other, offset = npc.path.project(other.x, other.y, s_hint=npc.s + dist / 2, window_m=dist / 2 + 10)
         if s_other <= npc.s or abs(offset - npc.lateral) > LANE_HALF_WIDTH_M + other.size[1] / 2 - 0.3:
             continue

@@ -97,7 +97,7 @@ class Faces:
 
     box: np.ndarray  # (F,) index into the BoxGeometry
     polygons: list[np.ndarray]  # F fixed-point (k, 2) int32 image polygons
-    rects: np.ndarray  # (F, 4) float x0, y0, x1, y1 image bounds [px], clipped to the image
+    rects: np.ndarray  # (F, 4) float x0, y0, x1, y1 image bounds [px], clipped to [-1, W] x [-1, H]
     normals: np.ndarray  # (F, 3) world unit normals
     inv_depth: np.ndarray  # (F, 3) a, b, c with 1/z = a (u-cx)/f + b (v-cy)/f + c
 
@@ -127,6 +127,7 @@ def camera_faces(geometry: BoxGeometry, view: Viewpoint) -> Faces:
             polygon = np.full((3, 2), -_GUARD_PX - 1.0)  # wholly outside the image
         polygons[i] = np.rint(polygon * _ONE).astype(np.int32)
         rects[i] = (*polygon.min(axis=0), *polygon.max(axis=0))
+    np.clip(rects, -1.0, [view.width, view.height, view.width, view.height], out=rects)
 
     normals = geometry.normals[box, face]
     normals_cam = normals @ view.rotation

@@ -12,7 +12,7 @@ import numpy as np
 from . import palette
 
 MARKING_MATERIAL0 = 100
-_CHUNK_ROWS = 1024
+_CHUNK_ROWS = 256
 _GRAIN_TILE = 509  # px; prime so the repeat of the fine grain is hard to spot
 
 # tag: (albedo, second albedo mixed in by large-scale noise, mix amount, large-scale
@@ -73,11 +73,22 @@ class MaterialTable:
         return self._markings[key]
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cell_px: float) -> np.ndarray:
-    """(H, W) float32 value noise with features about cell_px wide, std about 0.7."""
-    coarse = rng.standard_normal((int(shape[0] / cell_px) + 3, int(shape[1] / cell_px) + 3)).astype(np.float32)
-    big = cv2.resize(coarse, (int(coarse.shape[1] * cell_px), int(coarse.shape[0] * cell_px)), interpolation=cv2.INTER_LINEAR)
-    return big[: shape[0], : shape[1]]
+class _SmoothNoise:
+    """Value noise, std about 0.7, features about cell_px wide: a bilinear upsampling of a
+    coarse random grid, evaluated a band of rows at a time."""
+
+    def __init__(self, rng: np.random.Generator, shape: tuple[int, int], cell_px: float):
+        self.cell, self.width = float(cell_px), shape[1]
+        self.coarse = rng.standard_normal((int(shape[0] / cell_px) + 3, int(shape[1] / cell_px) + 3)).astype(np.float32)
+
+    def rows(self, r0: int, r1: int) -> np.ndarray:
+        """(r1 - r0, W) float32."""
+        inv = 1.0 / self.cell
+        to_coarse = np.array([[inv, 0.0, 0.5 * inv - 0.5], [0.0, inv, (r0 + 0.5) * inv - 0.5]])
+        return cv2.warpAffine(
+            self.coarse, to_coarse, (self.width, r1 - r0),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE,
+        )  # fmt: skip
 
 
 def _seam_lines(count: int, origin_m: float, step_m: float, tile_m: float, resolution_m: float) -> np.ndarray:
@@ -92,27 +103,27 @@ def shade_materials(
     """(H, W) material ids -> (H, W, 4) uint8 RGBA albedo (alpha 255) with grain, patches, seams."""
     rng = np.random.default_rng([seed, 0x7E87])
     height, width = material.shape
-    large = _smooth_noise(rng, (height, width), max(2.0, 4.0 / resolution_m))
-    patches = _smooth_noise(rng, (height, width), max(2.0, 14.0 / resolution_m))
+    large = _SmoothNoise(rng, (height, width), max(2.0, 4.0 / resolution_m))
+    patches = _SmoothNoise(rng, (height, width), max(2.0, 14.0 / resolution_m))
     grain_tile = rng.standard_normal((_GRAIN_TILE, _GRAIN_TILE)).astype(np.float32)
+    grain_tile = np.tile(grain_tile, (1, width // _GRAIN_TILE + 1))[:, :width]  # (tile, W)
     tile_m = rng.uniform(0.5, 0.9)
     seam_cols = _seam_lines(width, origin_xy[0], resolution_m, tile_m, resolution_m)
     seam_rows = _seam_lines(height, -origin_xy[1], resolution_m, tile_m, resolution_m)
-    patch_mix = np.clip(0.5 + 1.3 * patches, 0.0, 1.0)
     rgba = np.empty((height, width, 4), np.uint8)
     opaque = np.full((min(_CHUNK_ROWS, height), width), 255, np.uint8)
     for r0 in range(0, height, _CHUNK_ROWS):
         r1 = min(r0 + _CHUNK_ROWS, height)
         mat = material[r0:r1]
-        rows = np.arange(r0, r1) % _GRAIN_TILE
-        grain = np.tile(grain_tile[rows], (1, width // _GRAIN_TILE + 1))[:, :width]
+        grain = grain_tile[np.arange(r0, r1) % _GRAIN_TILE]
         seam = np.maximum(seam_rows[r0:r1, None], seam_cols[None, :])
+        patch_mix = np.clip(0.5 + 1.3 * patches.rows(r0, r1), 0.0, 1.0)
         # factor = 1 + large-scale noise + grain - seam, each scaled per material
-        factor = cv2.multiply(cv2.LUT(mat, table.large_noise), large[r0:r1])
+        factor = cv2.multiply(cv2.LUT(mat, table.large_noise), large.rows(r0, r1))
         cv2.accumulateProduct(cv2.LUT(mat, table.grain), grain, factor)
         cv2.accumulateProduct(cv2.LUT(mat, table.seam), seam, factor)
-        factor = cv2.add(factor, 1.0)
-        alt_weight = cv2.multiply(factor, cv2.multiply(cv2.LUT(mat, table.mix), patch_mix[r0:r1]))
+        factor += 1.0
+        alt_weight = cv2.multiply(factor, cv2.multiply(cv2.LUT(mat, table.mix), patch_mix))
         base_weight = cv2.subtract(factor, alt_weight)
         channels = []
         for c in range(3):

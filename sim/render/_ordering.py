@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-_TOUCH_M = 1e-3  # boxes closer than this are treated as touching, not intersecting
+_TOUCH_M = 0.02  # boxes overlapping by less than this count as touching, not interpenetrating
 _MAX_REPAIR_ROUNDS = 32
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol, Sequence
 
 import cv2
@@ -94,10 +95,12 @@ class GroundRaster:
         default_rgb = tuple(int(v) for v in materials.base_rgb[default_tag])
         return cls((xmin, ymin, xmax, ymax), float(resolution_m), tags, levels, int(default_tag), default_rgb, seed)  # type: ignore[arg-type]
 
-    @property
+    @cached_property
     def rgb(self) -> np.ndarray:
-        """(H, W, 3) uint8 RGB albedo (a strided view of the level-0 RGBA raster)."""
-        return self.rgba_levels[0][..., :3]
+        """(H, W, 3) uint8 RGB albedo, contiguous (made on first use, for bird's-eye views)."""
+        rgb = cv2.cvtColor(self.rgba_levels[0], cv2.COLOR_RGBA2RGB)
+        rgb.flags.writeable = False
+        return rgb
 
     @property
     def shape(self) -> tuple[int, int]:

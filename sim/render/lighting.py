@@ -18,7 +18,8 @@ class Lighting:
     `sun_altitude_deg` above the horizon (negative: below it, no direct light). A face with
     unit normal n gets albedo * (ambient + (1 - ambient) * max(0, n . sun)); emissive boxes
     get their colour unshaded. Fog mixes towards `fog_rgb` with factor
-    1 - exp(-fog_density * depth). `brightness` is the exposure gain applied to everything;
+    1 - exp(-fog_density * depth). `brightness` is the exposure gain applied to
+    everything but emissive boxes, which stay at their colour as lamps saturate a camera;
     `noise_std` [grey levels] is the std of additive Gaussian sensor noise drawn from
     `noise_seed`.
     """
@@ -39,6 +40,8 @@ class Lighting:
             raise ValueError(f"ambient must be in [0, 1], got {self.ambient}")
         if self.brightness < 0.0 or self.fog_density < 0.0 or self.noise_std < 0.0:
             raise ValueError("brightness, fog_density and noise_std must be >= 0")
+        for name in ("fog_rgb", "sky_top_rgb", "sky_horizon_rgb"):  # tuples keep it hashable
+            object.__setattr__(self, name, tuple(int(c) for c in getattr(self, name)))
 
     @classmethod
     def default(cls) -> "Lighting":
@@ -56,6 +59,13 @@ class Lighting:
         """A random weather: clear noon, overcast, dusk, fog or night, with jittered values."""
         kind = rng.choice(["clear", "clear", "overcast", "dusk", "fog", "night"])
         return _PRESETS[str(kind)](rng)
+
+    @classmethod
+    def preset(cls, name: str, rng: np.random.Generator) -> "Lighting":
+        """One weather of PRESET_NAMES with values jittered by rng."""
+        if name not in _PRESETS:
+            raise ValueError(f"unknown lighting preset {name!r}; expected one of {PRESET_NAMES}")
+        return _PRESETS[name](rng)
 
 
 def _rgb(rng: np.random.Generator, base: RGB, jitter: float) -> RGB:
@@ -139,3 +149,4 @@ def _night(rng: np.random.Generator) -> Lighting:
 
 
 _PRESETS = {"clear": _clear, "overcast": _overcast, "dusk": _dusk, "fog": _fog, "night": _night}
+PRESET_NAMES = tuple(_PRESETS)

@@ -8,7 +8,6 @@ since 1/z is affine in the image on a plane). Lighting, fog and sensor noise com
 
 from __future__ import annotations
 
-import math
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -16,10 +15,10 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from . import palette
 from ._faces import SHIFT, BoxGeometry, Faces, Viewpoint, camera_faces, cull
 from ._ground_view import GroundView
 from ._ordering import painter_order
+from ._shading import FOG_BITS, FOG_LEVELS, LightingTables, face_colours
 from .boxes import BoxSet
 from .camera import CameraSpec, T_world_cam
 from .ground import GroundRaster
@@ -67,7 +66,7 @@ class CameraRenderer:
         self.max_distance_m, self.near_m, self.sky_depth_m = float(max_distance_m), float(near_m), float(sky_depth_m)
         self.static = BoxGeometry.of(static_boxes)
         self.ground_view = GroundView(spec, ground, sky_depth_m)
-        self._lighting_cache: dict[Lighting, _LightingTables] = {}
+        self._lighting_cache: dict[Lighting, LightingTables] = {}
         self._noise_cache: dict[tuple[int, float], tuple[np.ndarray, np.ndarray]] = {}
 
     def render(
@@ -91,7 +90,7 @@ class CameraRenderer:
         semantic = np.empty((height, width), np.uint8)
         ground = rgba[self.ground_view.ground_row0 :]
         self.ground_view.draw(ego_pose, rgba, semantic)
-        cv2.multiply(ground, tables.ground_gain, ground, 1.0 / _GAIN_ONE)  # sun, exposure and fog
+        cv2.multiply(ground, tables.ground_gain, ground, 1.0 / tables.gain_one)  # sun, exposure, fog
         cv2.add(ground, tables.ground_haze, ground)
         self.ground_view.fill_sky(tables.sky_rgba, rgba, semantic)
 
@@ -170,26 +169,24 @@ class CameraRenderer:
         instance_lut = np.zeros(count, np.int32)
         instance_lut[1:] = geometry.instance[faces.box]
         instance = np.take(instance_lut, index)
-        covered = cv2.compare(face_id, 0, cv2.CMP_GT)
-        tag_lut = np.zeros(count, np.uint8)
-        tag_lut[1:] = geometry.tag[faces.box]
-        cv2.copyTo(np.take(tag_lut, index), covered, semantic)
-        colours = _face_colours(geometry, faces, lighting)  # (F + 1, levels) packed RGBA
+        colours = face_colours(geometry, faces, lighting)  # (F + 1, levels) packed RGB + tag
         if colours.shape[1] > 1:  # fog: index the colour by face and quantised transmittance
             keep = cv2.exp(depth * np.float32(-lighting.fog_density))
-            index = np.left_shift(face_id, _FOG_BITS)
-            index |= cv2.convertScaleAbs(keep, alpha=-(_FOG_LEVELS - 1), beta=_FOG_LEVELS - 1)
-        face_rgba = np.take(colours.ravel(), index).view(np.uint8).reshape(rgba.shape)
-        cv2.copyTo(face_rgba, covered, rgba)
+            index = np.left_shift(face_id, FOG_BITS)
+            index |= cv2.convertScaleAbs(keep, alpha=-(FOG_LEVELS - 1), beta=FOG_LEVELS - 1)
+        face_rgbt = np.take(colours.ravel(), index).view(np.uint8).reshape(rgba.shape)
+        covered = cv2.compare(face_id, 0, cv2.CMP_GT)
+        cv2.copyTo(cv2.extractChannel(face_rgbt, 3), covered, semantic)
+        cv2.copyTo(face_rgbt, covered, rgba)  # rgba's alpha is dropped at the end
         return depth, instance
 
-    def _tables(self, lighting: Lighting) -> "_LightingTables":
+    def _tables(self, lighting: Lighting) -> LightingTables:
         """What a lighting fixes for this camera: ground gain and haze, the fogged sky."""
         tables = self._lighting_cache.get(lighting)
         if tables is None:
             if len(self._lighting_cache) >= 8:
                 self._lighting_cache.clear()
-            tables = _LightingTables.build(self.ground_view, lighting)
+            tables = LightingTables.build(self.ground_view, lighting)
             self._lighting_cache[lighting] = tables
         return tables
 
@@ -221,67 +218,6 @@ class CameraRenderer:
             tiles = (np.clip(noise, 0, 255).astype(np.uint8), np.clip(-noise, 0, 255).astype(np.uint8))
             self._noise_cache[key] = tiles
         return tiles
-
-
-_GAIN_ONE = 128.0  # ground gains are stored as uint8 with 128 meaning 1.0
-_FOG_BITS = 6
-_FOG_LEVELS = 1 << _FOG_BITS  # transmittance steps for box faces
-
-
-@dataclass(frozen=True, eq=False)
-class _LightingTables:
-    ground_gain: np.ndarray  # (H - row0, W, 4) uint8: sun * exposure * fog transmittance * 128
-    ground_haze: np.ndarray  # (H - row0, W, 4) uint8: fog colour * exposure * (1 - transmittance)
-    sky_rgba: np.ndarray  # (H, W, 4) uint8, lit and fogged
-
-    @classmethod
-    def build(cls, view: GroundView, lighting: Lighting) -> "_LightingTables":
-        keep = np.exp(-lighting.fog_density * view.background_depth)[..., None]  # (H, W, 1)
-        fog = np.asarray(lighting.fog_rgb, np.float32) * lighting.brightness
-        sun = lighting.brightness * _diffuse_light(lighting, np.array([[0.0, 0.0, 1.0]]))[0]
-        row0 = view.ground_row0
-        gain = _rgba(np.broadcast_to(sun * _GAIN_ONE * keep[row0:], keep[row0:].shape[:2] + (3,)), _GAIN_ONE)
-        haze = _rgba(fog * (1.0 - keep[row0:]), 0)
-        sky = view.sky_image(lighting.sky_top_rgb, lighting.sky_horizon_rgb) * lighting.brightness
-        return cls(gain, haze, _rgba(sky * keep + fog * (1.0 - keep), 255))
-
-
-def _rgba(rgb: np.ndarray, alpha: float) -> np.ndarray:
-    out = np.empty(rgb.shape[:-1] + (4,), np.uint8)
-    out[..., :3] = np.clip(np.rint(rgb), 0, 255)
-    out[..., 3] = alpha
-    return out
-
-
-def _diffuse_light(lighting: Lighting, normals: np.ndarray) -> np.ndarray:
-    """(F,) ambient + (1 - ambient) * max(0, n . sun), faded out as the sun sets."""
-    sun_up = min(1.0, max(0.0, math.sin(math.radians(lighting.sun_altitude_deg)) / math.sin(math.radians(6.0))))
-    direct = np.maximum(normals @ lighting.sun_direction, 0.0) * sun_up
-    return lighting.ambient + (1.0 - lighting.ambient) * direct
-
-
-def _face_colours(geometry: BoxGeometry, faces: Faces, lighting: Lighting) -> np.ndarray:
-    """(F + 1, levels) uint32 packed RGBA (little-endian R, G, B, A) of each face, row 0 for
-    the background: lit (emissive boxes unshaded), then mixed towards the fog colour in
-    `levels` steps of transmittance (a single level without fog)."""
-    albedo = geometry.rgb[faces.box].astype(np.float32)
-    lit = albedo * (lighting.brightness * _diffuse_light(lighting, faces.normals))[:, None].astype(np.float32)
-    emissive = geometry.emissive[faces.box]
-    lit[emissive] = albedo[emissive]
-    lit = np.clip(np.concatenate([np.zeros((1, 3), np.float32), lit]), 0.0, 255.0)
-    if lighting.fog_density > 0.0:
-        fog = np.clip(np.asarray(lighting.fog_rgb, np.float32) * lighting.brightness, 0.0, 255.0)
-        keep = np.linspace(1.0, 0.0, _FOG_LEVELS, dtype=np.float32)  # transmittance per level
-        mixed = np.multiply.outer(lit, keep)  # (F + 1, 3, levels)
-        mixed += np.multiply.outer(fog, 1.0 - keep)
-    else:
-        mixed = lit[:, :, None]
-    channels = (mixed + 0.5).astype(np.uint32)
-    packed = channels[:, 1] << 8
-    packed |= channels[:, 0]
-    packed |= channels[:, 2] << 16
-    packed |= np.uint32(0xFF000000)
-    return packed
 
 
 def visible_boxes(output: RenderOutput, dynamic_boxes: BoxSet) -> dict[int, tuple[int, int, int, int, float]]:

@@ -20,24 +20,60 @@ def _place(x: float, y: float, yaw: float, local: np.ndarray) -> np.ndarray:
     return np.column_stack([x + c * local[:, 0] - s * local[:, 1], y + s * local[:, 0] + c * local[:, 1], local[:, 2]])
 
 
+# Columns: x, y, z_centre, length, width, height as fractions of the actor's size.
+_CAR = np.array([
+    [0.00, 0.0, 0.30, 1.00, 1.00, 0.40],    # body
+    [-0.06, 0.0, 0.75, 0.50, 0.88, 0.50],   # glasshouse
+    [0.31, 0.0, 0.215, 0.15, 1.02, 0.43],   # front wheels
+    [-0.31, 0.0, 0.215, 0.15, 1.02, 0.43],  # rear wheels
+    [0.499, 0.30, 0.36, 0.01, 0.18, 0.06],  # headlights
+    [0.499, -0.30, 0.36, 0.01, 0.18, 0.06],
+])
+_PEDESTRIAN = np.array([
+    [0.0, 0.22, 0.25, 0.45, 0.30, 0.50],    # left leg
+    [0.0, -0.22, 0.25, 0.45, 0.30, 0.50],   # right leg
+    [0.0, 0.0, 0.66, 0.55, 0.80, 0.33],     # torso
+    [0.0, 0.52, 0.63, 0.35, 0.18, 0.34],    # left arm
+    [0.0, -0.52, 0.63, 0.35, 0.18, 0.34],   # right arm
+    [0.0, 0.0, 0.92, 0.42, 0.38, 0.14],     # head
+])
+_GLASS_RGB = (40, 52, 64)
+_TYRE_RGB = (22, 22, 22)
+_HEADLIGHT_RGB = (240, 240, 220)
+
+
+def _template(x: float, y: float, yaw: float, template: np.ndarray, size) -> tuple[np.ndarray, np.ndarray]:
+    """World centres and sizes (K, 3) of a template scaled to size (length, width, height)."""
+    scale = np.asarray(size, float)
+    return _place(x, y, yaw, template[:, :3] * scale), template[:, 3:] * scale
+
+
 def car(x: float, y: float, yaw: float, instance: int, rgb=(150, 20, 24), length: float = 4.5, width: float = 1.85,
         height: float = 1.5, tag: int = palette.CAR) -> BoxSet:  # fmt: skip
-    """Wheels/underbody, body and glasshouse; (x, y) is the centre of the footprint."""
-    z_body = 0.3
-    z_belt = 0.55 * height + 0.15
-    centers = _place(x, y, yaw, [[0.0, 0.0, z_body / 2], [0.0, 0.0, (z_body + z_belt) / 2], [-0.08 * length, 0.0, (z_belt + height) / 2]])
-    sizes = [[0.8 * length, 0.92 * width, z_body], [length, width, z_belt - z_body], [0.52 * length, 0.9 * width, height - z_belt]]
-    glass = tuple(int(0.3 * c + 40) for c in rgb)
-    return BoxSet(centers, yaw, sizes, [(24, 24, 26), rgb, glass], tag, instance)
+    """Body, glasshouse, wheels and headlights; (x, y) is the centre of the footprint."""
+    centers, sizes = _template(x, y, yaw, _CAR, (length, width, height))
+    colours = [rgb, _GLASS_RGB, _TYRE_RGB, _TYRE_RGB, _HEADLIGHT_RGB, _HEADLIGHT_RGB]
+    return BoxSet(centers, yaw, sizes, colours, tag, instance)
 
 
 def pedestrian(x: float, y: float, yaw: float, instance: int, shirt_rgb=(40, 80, 150), pants_rgb=(45, 45, 60),
-               skin_rgb=(200, 160, 130), height: float = 1.75) -> BoxSet:  # fmt: skip
-    """Legs, torso and head."""
-    z_hip, z_neck = 0.48 * height, 0.86 * height
-    centers = _place(x, y, yaw, [[0.0, 0.0, z_hip / 2], [0.0, 0.0, (z_hip + z_neck) / 2], [0.0, 0.0, (z_neck + height) / 2]])
-    sizes = [[0.26, 0.38, z_hip], [0.28, 0.46, z_neck - z_hip], [0.2, 0.18, height - z_neck]]
-    return BoxSet(centers, yaw, sizes, [pants_rgb, shirt_rgb, skin_rgb], palette.PEDESTRIAN, instance)
+               skin_rgb=(200, 160, 130), height: float = 1.75, width: float = 0.6,
+               walk_phase: float = 0.0) -> BoxSet:  # fmt: skip
+    """Legs, arms, torso and head; the legs swing fore and aft with walk_phase [rad]."""
+    centers, sizes = _template(x, y, yaw, _PEDESTRIAN, (0.5, width, height))
+    swing = 0.12 * math.sin(walk_phase) * np.array([math.cos(yaw), math.sin(yaw)])
+    centers[0, :2] += swing
+    centers[1, :2] -= swing
+    colours = [pants_rgb, pants_rgb, shirt_rgb, shirt_rgb, shirt_rgb, skin_rgb]
+    return BoxSet(centers, yaw, sizes, colours, palette.PEDESTRIAN, instance)
+
+
+def obstacle(x: float, y: float, yaw: float, instance: int, size, rgb=(255, 110, 0)) -> BoxSet:
+    """A cone or barrier (STATIC): a coloured base with a white band on top."""
+    length, width, height = size
+    centers = [[x, y, height * 0.35], [x, y, height * 0.8]]
+    sizes = [[length, width, height * 0.7], [length * 0.7, width * 0.7 if width < 1 else width, height * 0.2]]
+    return BoxSet(centers, yaw, sizes, [rgb, (240, 240, 240)], palette.STATIC, instance)
 
 
 def traffic_light(x: float, y: float, yaw: float, instance: int, state: str = "red", pole_height: float = 3.2) -> BoxSet:
