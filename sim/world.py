@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 
 from stagepilot.pipeline.config import ConfigError, StackConfig
-from stagepilot.pipeline.messages import Control, Event, Observation, Route
+from stagepilot.pipeline.messages import Control, Event, Observation
 from stagepilot.pipeline.paths import Polyline
 from stagepilot.pipeline.roadmap import MapError, RoadMap
 from stagepilot.sim.events import EventMonitor
@@ -117,7 +117,6 @@ class EmbeddedSimulator(Simulator):
         poses += [(f"ego.waypoints.{i}", p) for i, p in enumerate(ego.waypoints)]
         if ego.goal is not None:
             poses.append(("ego.goal", ego.goal))
-        self.route = None
         points = [self._resolve(pose, key)[:2] for key, pose in poses]
         try:
             return self.road_map.route(points)
