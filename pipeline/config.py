@@ -22,12 +22,9 @@ DEFAULT_STACK = CONFIG_ROOT / "stack.yaml"
 COMMAND_LINE = "command line"
 
 
-class ConfigError(ValueError):
-    """A configuration or scenario problem, with a message fit to print as one line."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from stagepilot.pipeline.config_base import ConfigError, Strict  # noqa: E402  (re-exported)
+from stagepilot.pipeline.schema_control import ControllerConfig  # noqa: E402
+from stagepilot.pipeline.schema_lattice import LatticeConfig  # noqa: E402
 
 
 # ---------------------------------------------------------------- stack schema
@@ -106,11 +103,46 @@ class SimConfig(Strict):
     ground_truth: bool = True
 
 
+class BehaviourConfig(Strict):
+    """The behaviour layer: which speed to aim for and where to stop, and why."""
+
+    max_lateral_accel: float = Field(2.0, gt=0.0)  # [m/s^2] sets the curve speed
+    comfort_decel: float = Field(2.5, gt=0.0)  # [m/s^2] planned stops
+    max_decel: float = Field(6.0, gt=0.0)  # [m/s^2] emergency stop
+    time_headway_s: float = Field(1.8, gt=0.0)  # following
+    min_gap_m: float = Field(5.0, gt=0.0)  # [m] bumper to bumper when stopped behind a vehicle
+    stop_margin_m: float = Field(4.0, ge=0.0)  # [m] left before a stopped obstacle or pedestrian
+    stop_line_margin_m: float = Field(1.0, ge=0.0)  # [m] front bumper before the stop line
+    emergency_ttc_s: float = Field(1.2, gt=0.0)  # below this time to collision: emergency stop
+    corridor_margin_m: float = Field(0.6, ge=0.0)  # [m] added to half widths to call something "in path"
+    look_ahead_m: float = Field(80.0, gt=0.0)  # [m] along the route
+    goal_tolerance_m: float = Field(1.0, ge=0.0)
+
+
+class PlannerConfig(Strict):
+    behaviour: BehaviourConfig = BehaviourConfig()
+    lattice: LatticeConfig = LatticeConfig()
+
+
+class PerfectPerceptionConfig(Strict):
+    """Ground truth as the Perception message, with optional imperfections."""
+
+    position_noise_m: float = Field(0.0, ge=0.0)  # std of position noise [m]
+    velocity_noise_mps: float = Field(0.0, ge=0.0)  # std of velocity noise [m/s]
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # probability an object is missed in a frame
+    extra_latency_s: float = Field(0.0, ge=0.0)  # detections are this old
+    max_range_m: float = Field(80.0, gt=0.0)
+    seed: int = Field(0, ge=0)
+
+
 class StackConfig(Strict):
     sim: SimConfig = SimConfig()
     vehicle: VehicleConfig = VehicleConfig()  # type: ignore[valid-type]
     traffic: TrafficConfig = TrafficConfig()
     follower: FollowerConfig = FollowerConfig()
+    perception: PerfectPerceptionConfig = PerfectPerceptionConfig()
+    planner: PlannerConfig = PlannerConfig()
+    controller: ControllerConfig = ControllerConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

@@ -156,3 +156,64 @@ class Observation:
     route_progress: float  # [m] along route
     events: tuple[Event, ...] = ()
     ground_truth: GroundTruth | None = None
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One perceived object. Positions and velocities in the ego frame at the frame's time."""
+
+    track_id: int
+    kind: str  # vehicle | pedestrian | static | traffic_light
+    score: float
+    position: tuple[float, float]  # [m] box centre on the ground, ego frame
+    yaw: float  # [rad] ego frame
+    extent: tuple[float, float, float]  # [m] length, width, height
+    velocity: tuple[float, float]  # [m/s] over ground, ego axes
+    box_2d: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 [px], main camera
+
+
+@dataclass(frozen=True)
+class TrafficLightAhead:
+    """The signal that governs the ego's lane at the next stop line on its route."""
+
+    id: int
+    state: str  # red | yellow | green | unknown
+    stop_line: tuple[float, float, float, float]  # x0, y0, x1, y1 [m], ego frame
+
+
+@dataclass(frozen=True)
+class Perception:
+    """What the perception stage knows at frame `frame`.
+
+    usable is False when the input frame could not be trusted (NaN, frozen camera, ...);
+    `reason` says why, and the planner must not drive on it.
+    """
+
+    t: float
+    frame: int
+    detections: tuple[Detection, ...]
+    traffic_light: TrafficLightAhead | None = None
+    semantic: np.ndarray | None = None  # (H, W) uint8 CARLA tags, main camera
+    usable: bool = True
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A time-parameterised trajectory in the world frame, with the behaviour decision.
+
+    Arrays are (N,): t [s] from the plan's time, x, y [m], yaw [rad], v [m/s], a [m/s^2],
+    curvature [1/m].
+    """
+
+    t: float
+    frame: int
+    times: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    yaw: np.ndarray
+    v: np.ndarray
+    a: np.ndarray
+    curvature: np.ndarray
+    decision: str  # cruise | follow | stop_obstacle | stop_light | stop_goal | emergency_stop | pass
+    reason: str  # one line: "stop: pedestrian 3 at 11.8 m, TTC 2.1 s"
