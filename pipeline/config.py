@@ -106,7 +106,7 @@ class SimConfig(Strict):
 class BehaviourConfig(Strict):
     """The behaviour layer: which speed to aim for and where to stop, and why."""
 
-    max_lateral_accel: float = Field(2.0, gt=0.0)  # [m/s^2] sets the curve speed
+    max_lateral_accel: float = Field(3.0, gt=0.0)  # [m/s^2] sets the curve speed
     comfort_decel: float = Field(2.5, gt=0.0)  # [m/s^2] planned stops
     max_decel: float = Field(6.0, gt=0.0)  # [m/s^2] emergency stop
     time_headway_s: float = Field(1.8, gt=0.0)  # following
@@ -135,6 +135,21 @@ class PerfectPerceptionConfig(Strict):
     seed: int = Field(0, ge=0)
 
 
+class BudgetsConfig(Strict):
+    """Latency budget of each stage [ms]."""
+
+    perception_ms: float = Field(25.0, gt=0.0)
+    planner_ms: float = Field(15.0, gt=0.0)
+    controller_ms: float = Field(5.0, gt=0.0)
+
+
+class RuntimeConfig(Strict):
+    """When a command takes effect in sim time (DESIGN.md, time models)."""
+
+    time_model: Literal["ideal", "budget"] = "budget"
+    budgets: BudgetsConfig = BudgetsConfig()
+
+
 class StackConfig(Strict):
     sim: SimConfig = SimConfig()
     vehicle: VehicleConfig = VehicleConfig()  # type: ignore[valid-type]
@@ -143,6 +158,7 @@ class StackConfig(Strict):
     perception: PerfectPerceptionConfig = PerfectPerceptionConfig()
     planner: PlannerConfig = PlannerConfig()
     controller: ControllerConfig = ControllerConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

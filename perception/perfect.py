@@ -1,0 +1,120 @@
+"""PerfectPerception: the simulator's ground truth as the Perception message.
+
+The stand-in that Pylot and CARLA users rely on to test planning before learned perception
+exists. Optional imperfections from config: Gaussian position and velocity noise, random
+dropout of objects, and extra latency (the detections describe the world as it was
+`extra_latency_s` ago, moved into the current ego frame).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+
+from stagepilot.pipeline.config import PerfectPerceptionConfig
+from stagepilot.pipeline.messages import (
+    Detection,
+    EgoState,
+    Observation,
+    Perception,
+    TrafficLightAhead,
+)
+from stagepilot.pipeline.paths import Polyline
+
+
+
+def to_ego(x: float, y: float, ego: EgoState) -> tuple[float, float]:
+    dx, dy = x - ego.x, y - ego.y
+    c, s = math.cos(ego.yaw), math.sin(ego.yaw)
+    return c * dx + s * dy, -s * dx + c * dy
+
+
+class PerfectPerception:
+    """One stage: Observation (with ground truth) -> Perception."""
+
+    name = "perception"
+
+    def __init__(self, config: PerfectPerceptionConfig, dt_s: float, camera: str = "front"):
+        self.config = config
+        self.camera = camera
+        self.rng = np.random.default_rng(config.seed)
+        self.delay_frames = int(round(config.extra_latency_s / dt_s))
+        self._history: deque = deque(maxlen=self.delay_frames + 1)
+        self._route: Polyline | None = None
+
+    def step(self, obs: Observation) -> Perception:
+        truth = obs.ground_truth
+        if truth is None:
+            raise ValueError("perfect perception needs observations with ground truth (sim.ground_truth: true)")
+        self._history.append(obs)
+        source = self._history[0]  # the oldest kept frame: extra latency
+        detections = tuple(self._detections(source, obs.ego))
+        return Perception(
+            t=obs.t,
+            frame=obs.frame,
+            detections=detections,
+            traffic_light=self._light_ahead(source, obs),
+            semantic=truth.semantic.get(self.camera),
+        )
+
+    def _detections(self, source: Observation, ego: EgoState):
+        cfg = self.config
+        for obj in source.ground_truth.objects:
+            if obj.kind == "traffic_light":
+                continue
+            wx, wy = obj.center_world[:2]
+            vx, vy = obj.velocity_world
+            # Latency: the object was seen where it was; it has moved on since.
+            if cfg.position_noise_m:
+                wx, wy = wx + self.rng.normal(0, cfg.position_noise_m), wy + self.rng.normal(0, cfg.position_noise_m)
+            if cfg.velocity_noise_mps:
+                vx, vy = vx + self.rng.normal(0, cfg.velocity_noise_mps), vy + self.rng.normal(0, cfg.velocity_noise_mps)
+            if cfg.dropout and self.rng.random() < cfg.dropout:
+                continue
+            ex, ey = to_ego(wx, wy, ego)
+            if math.hypot(ex, ey) > cfg.max_range_m:
+                continue
+            c, s = math.cos(ego.yaw), math.sin(ego.yaw)
+            box = obj.boxes_2d.get(self.camera)
+            yield Detection(
+                track_id=obj.id,
+                kind=obj.kind,
+                score=1.0,
+                position=(ex, ey),
+                yaw=_wrap(obj.yaw_world - ego.yaw),
+                extent=obj.extent,
+                velocity=(c * vx + s * vy, -s * vx + c * vy),
+                box_2d=None if box is None else (box.x0, box.y0, box.x1, box.y1),
+            )
+
+    def _light_ahead(self, source: Observation, obs: Observation) -> TrafficLightAhead | None:
+        if self._route is None or self._route.points is not obs.route.points:
+            self._route = Polyline(obs.route.points)
+        best = None
+        for light in source.ground_truth.traffic_lights:
+            x0, y0, x1, y1 = light.stop_line
+            s, offset = self._route.project((x0 + x1) / 2, (y0 + y1) / 2, s_hint=obs.route_progress + 40.0, window_m=45.0)
+            ahead = s - obs.route_progress
+            half_length = math.hypot(x1 - x0, y1 - y0) / 2
+            if abs(offset) > half_length + 1.0 or ahead <= -2.0 or ahead > self.config.max_range_m:
+                continue
+            # The line governs traffic crossing it left-to-right-end rotated forward (p0 is the
+            # left end): it must point the way the route goes.
+            travel = math.atan2(y1 - y0, x1 - x0) + math.pi / 2
+            _, _, route_yaw = self._route.interpolate(s)
+            if math.cos(travel - float(route_yaw)) < 0.5:
+                continue
+            if best is None or ahead < best[0]:
+                best = (ahead, light)
+        if best is None:
+            return None
+        light = best[1]
+        p0 = to_ego(light.stop_line[0], light.stop_line[1], obs.ego)
+        p1 = to_ego(light.stop_line[2], light.stop_line[3], obs.ego)
+        return TrafficLightAhead(id=light.id, state=light.state, stop_line=(*p0, *p1))
+
+
+def _wrap(angle: float) -> float:
+    return (angle + math.pi) % (2 * math.pi) - math.pi

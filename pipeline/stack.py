@@ -1,0 +1,136 @@
+"""The driving stack, wired: perception -> planner -> controller, closed loop with a simulator.
+
+Each stage has one method from its input message to its output message. Time models
+(DESIGN.md): under `ideal` the command applies on the tick it was computed for; under
+`budget` it applies after the sum of the stage budgets, rounded to sim ticks, which is
+deterministic. The delay charged to every frame is kept in the drive log.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from stagepilot.control import VehicleGeometry, build_controller
+from stagepilot.perception.perfect import PerfectPerception
+from stagepilot.pipeline.config import StackConfig
+from stagepilot.pipeline.messages import Control, Event, Observation, Perception, Plan
+from stagepilot.pipeline.metrics import comfort, tracking_error
+from stagepilot.pipeline.paths import Polyline
+from stagepilot.pipeline.roadmap import RoadMap
+from stagepilot.planning.behaviour import VehicleShape
+from stagepilot.planning.planner import PlannerStage
+
+HOLD = Control(brake=1.0)  # what the actuators do before the first command arrives
+
+
+class DrivingStack:
+    """Perfect perception, behaviour + lattice planner, and the configured controller."""
+
+    def __init__(self, config: StackConfig, road_map: RoadMap | None = None):
+        self.config = config
+        vehicle = config.vehicle
+        dt = config.sim.dt_s
+        self.perception = PerfectPerception(config.perception, dt)
+        self.planner = PlannerStage(
+            config.planner, VehicleShape(vehicle.length_m, vehicle.width_m, vehicle.rear_overhang_m), road_map)
+        self.controller = build_controller(
+            config.controller,
+            VehicleGeometry(wheelbase_m=vehicle.cg_to_front_axle_m + vehicle.cg_to_rear_axle_m,
+                            max_steer_angle_rad=vehicle.max_steer_angle_rad,
+                            max_steer_rate_rad_s=vehicle.max_steer_rate_rad_s),
+            dt,
+        )
+
+    def step(self, obs: Observation) -> tuple[Control, Perception, Plan]:
+        perception = self.perception.step(obs)
+        plan = self.planner.step(obs.ego, obs.route, perception)
+        control = self.controller.step(obs.ego, plan, obs.t)
+        return control, perception, plan
+
+    def delay_ticks(self) -> int:
+        runtime = self.config.runtime
+        if runtime.time_model == "ideal":
+            return 0
+        budgets = runtime.budgets
+        total_s = (budgets.perception_ms + budgets.planner_ms + budgets.controller_ms) / 1e3
+        return int(round(total_s / self.config.sim.dt_s))
+
+
+@dataclass
+class DriveLog:
+    """Per-tick record of a closed-loop drive (arrays built on demand)."""
+
+    dt: float
+    t: list[float] = field(default_factory=list)
+    x: list[float] = field(default_factory=list)
+    y: list[float] = field(default_factory=list)
+    yaw: list[float] = field(default_factory=list)
+    speed: list[float] = field(default_factory=list)
+    yaw_rate: list[float] = field(default_factory=list)
+    route_progress: list[float] = field(default_factory=list)
+    decisions: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    controls: list[Control] = field(default_factory=list)
+    delay_ticks: int = 0
+    route: Polyline | None = None
+
+    def record(self, obs: Observation, plan: Plan | None, control: Control) -> None:
+        ego = obs.ego
+        self.t.append(obs.t)
+        self.x.append(ego.x)
+        self.y.append(ego.y)
+        self.yaw.append(ego.yaw)
+        self.speed.append(ego.speed)
+        self.yaw_rate.append(ego.yaw_rate)
+        self.route_progress.append(obs.route_progress)
+        self.decisions.append(plan.decision if plan else "")
+        self.reasons.append(plan.reason if plan else "")
+        self.controls.append(control)
+        self.events.extend(obs.events)
+
+    def kinds(self) -> list[str]:
+        return [e.kind for e in self.events]
+
+    def lateral_errors(self) -> np.ndarray:
+        """Rear-axle distance from the route centre line [m], signed, positive left."""
+        errors, hint = [], None
+        for x, y in zip(self.x, self.y):
+            s, d = self.route.project(x, y, s_hint=hint)
+            hint = s
+            errors.append(d)
+        return np.array(errors)
+
+    def comfort(self) -> dict[str, float]:
+        return comfort(np.array(self.speed), np.array(self.yaw_rate), self.dt)
+
+    def tracking(self) -> dict[str, float]:
+        return tracking_error(self.lateral_errors())
+
+
+def drive(sim, stack: DrivingStack, scenario, max_time_s: float | None = None) -> DriveLog:
+    """Run `scenario` closed loop until it ends (or `max_time_s`); return the drive log."""
+    obs = sim.reset(scenario)
+    delay = stack.delay_ticks()
+    pending: deque[Control] = deque([HOLD] * delay)
+    log = DriveLog(dt=sim.dt, delay_ticks=delay, route=Polyline(obs.route.points))
+    limit = scenario.duration_s if max_time_s is None else min(max_time_s, scenario.duration_s)
+    while True:
+        control, _, plan = stack.step(obs)
+        log.record(obs, plan, control)
+        if sim.done or obs.t >= limit - 1e-9:
+            break
+        pending.append(control)
+        obs = sim.step(pending.popleft())
+    return log
+
+
+def first_time(log: DriveLog, kind: str) -> float:
+    for event in log.events:
+        if event.kind == kind:
+            return event.t
+    return math.inf
