@@ -2,7 +2,7 @@
 
     stagepilot sim render --scenario NAME --out DIR [key.path=value ...]
     stagepilot sim list
-    stagepilot bench sim --json
+    stagepilot bench sim|plan|control --json
     stagepilot config show [--config FILE] [key.path=value ...]
 
 Trailing `key.path=value` arguments override the stack config; those that start with
@@ -46,13 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     sim_commands = sim.add_subparsers(dest="sim_command", metavar="SUBCOMMAND", required=True)
     render = sim_commands.add_parser(
         "render",
-        help="drive a scenario with the reference follower and write a video",
-        description="Drive a scenario's route with the reference follower (a placeholder until "
-        "the planner lands) and write an mp4: RGB | semantic | depth, with bird's-eye views.",
+        help="drive a scenario and write a video",
+        description="Drive a scenario closed loop (perfect perception, planner, controller; or the "
+        "reference follower) and write an mp4: RGB | semantic | depth, with bird's-eye views.",
     )
     render.add_argument("--scenario", default="town_loop",
                         help="a name from configs/scenarios/ or a path to a YAML file (default: town_loop)")
     render.add_argument("--out", required=True, type=Path, help="output folder for render.mp4 and still.png")
+    render.add_argument("--driver", choices=["stack", "follower"], default="stack",
+                        help="stack: perfect perception + planner + controller (default); "
+                        "follower: the ground-truth reference follower")
     render.add_argument("--duration", type=float, default=None, metavar="S",
                         help="stop after S simulated seconds (default: the scenario's duration)")
     _add_stack_args(render)
@@ -76,6 +79,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stack_args(bench_sim)
     bench_sim.set_defaults(handler=_cmd_bench_sim)
 
+    bench_plan = bench_commands.add_parser(
+        "plan", help="lattice planner latency per call",
+        description="Time the Frenet lattice planner on generated situations (10 obstacles): "
+        "p50/p99/max per call and the candidates it evaluates.",
+    )
+    bench_plan.add_argument("--json", action="store_true", help="print one JSON object")
+    bench_plan.add_argument("--calls", type=int, default=300, help="planner calls to time")
+    _add_stack_args(bench_plan)
+    bench_plan.set_defaults(handler=_cmd_bench_plan)
+
+    bench_control = bench_commands.add_parser(
+        "control", help="controller latency per call",
+        description="Time the configured controller (controller.kind, default mpc) on generated "
+        "situations: p50/p99/max per call.",
+    )
+    bench_control.add_argument("--json", action="store_true", help="print one JSON object")
+    bench_control.add_argument("--calls", type=int, default=2000, help="controller calls to time")
+    _add_stack_args(bench_control)
+    bench_control.set_defaults(handler=_cmd_bench_control)
+
     config = commands.add_parser("config", help="inspect the stack config")
     config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
     show = config_commands.add_parser("show", help="print the resolved config and its hash")
@@ -85,11 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_render(args) -> int:
-    from stagepilot.sim.render_cli import render_scenario
+    from stagepilot.pipeline.render import render_scenario
 
     stack_overrides, scenario_overrides = _split_overrides(args.overrides)
     config = load_stack(args.config, stack_overrides)
-    video = render_scenario(config, args.scenario, scenario_overrides, args.out, args.duration)
+    video = render_scenario(config, args.scenario, scenario_overrides, args.out, args.duration, args.driver)
     print(f"wrote {video}")
     return 0
 
@@ -108,12 +131,33 @@ def _cmd_bench_sim(args) -> int:
 
     stack_overrides, scenario_overrides = _split_overrides(args.overrides)
     config = load_stack(args.config, stack_overrides)
-    result = bench_sim(config, args.scenario, scenario_overrides, args.steps, args.frames)
-    if args.json:
+    _print_result(bench_sim(config, args.scenario, scenario_overrides, args.steps, args.frames), args.json)
+    return 0
+
+
+def _print_result(result: dict, as_json: bool) -> None:
+    if as_json:
         print(json.dumps(result))
     else:
         for key, value in result.items():
             print(f"{key:24s} {value}")
+
+
+def _cmd_bench_plan(args) -> int:
+    from stagepilot.planning.bench import bench_plan
+
+    config = load_stack(args.config, args.overrides)
+    _print_result(bench_plan(config.planner.lattice, calls=args.calls), args.json)
+    return 0
+
+
+def _cmd_bench_control(args) -> int:
+    from stagepilot.control.bench import bench_control
+    from stagepilot.pipeline.stack import vehicle_geometry
+
+    config = load_stack(args.config, args.overrides)
+    result = bench_control(config.controller, vehicle_geometry(config), config.sim.dt_s, calls=args.calls)
+    _print_result(result, args.json)
     return 0
 
 

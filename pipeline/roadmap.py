@@ -20,6 +20,9 @@ import numpy as np
 from stagepilot.pipeline.paths import Polyline
 
 SAMPLE_STEP_M = 1.0
+LANE_CHANGE_COST_M = 30.0  # route-length penalty of one lane change
+LANE_CHANGE_LEAD_M = 5.0  # [m] driven on the old lane before the change starts
+LANE_CHANGE_LENGTH_M = 30.0  # [m] along which the route moves across
 DRIVING = carla.LaneType.Driving
 
 
@@ -242,6 +245,7 @@ class RoadMap:
         for entry_wp, exit_wp in topology:
             self._add_segment(entry_wp, exit_wp)
         self._add_dead_end_lanes(sections)
+        self._add_lane_changes()
         self._finish_graph()
         self.stop_lines = self._find_stop_lines()
         self.bounds = self._bounds()
@@ -310,12 +314,27 @@ class RoadMap:
             if not successors and self.graph.has_edge(key, key):
                 self.graph.remove_edge(key, key)
 
+    def _add_lane_changes(self) -> None:
+        # A lane change is an edge to the parallel lane of the same direction, where the
+        # marking between them allows it; it costs LANE_CHANGE_COST_M of route length.
+        for key, wps in list(self._samples.items()):
+            wp = wps[len(wps) // 2]
+            if wp.is_junction or self.segments[key].path.length < 2 * LANE_CHANGE_LEAD_M:
+                continue
+            for side, allowed in ((wp.get_left_lane(), (carla.LaneChange.Left, carla.LaneChange.Both)),
+                                  (wp.get_right_lane(), (carla.LaneChange.Right, carla.LaneChange.Both))):
+                if side is None or side.lane_type != DRIVING or side.lane_id * wp.lane_id <= 0:
+                    continue
+                other = (side.road_id, side.section_id, side.lane_id)
+                if other in self.segments and wp.lane_change in allowed:
+                    self.graph.add_edge(key, other, lane_change=True, weight=LANE_CHANGE_COST_M)
+
     def _finish_graph(self) -> None:
         # Edge weight: the length of the lane being left, so a path's cost is its length.
         for u, v in list(self.graph.edges):
             if v not in self.segments:
                 self.graph.remove_edge(u, v)
-            else:
+            elif not self.graph.edges[u, v].get("lane_change"):
                 self.graph.edges[u, v]["weight"] = self.segments[u].path.length
         self.graph.remove_nodes_from([n for n in list(self.graph.nodes) if n not in self.segments])
 
@@ -399,10 +418,26 @@ class RoadMap:
             raise MapError(
                 f"{self.source}: no route from ({a[0]:.1f}, {a[1]:.1f}) to ({b[0]:.1f}, {b[1]:.1f})"
             ) from None
-        parts = [_cut(seg_a.path, s_a, seg_a.path.length)]
-        parts += [self.segments[k].path.points[1:] for k in keys[1:-1]]
-        parts.append(_cut(seg_b.path, 0.0, s_b)[1:])
-        return np.concatenate([p for p in parts if len(p)]), keys
+        return self._leg_points(keys, s_a, s_b), keys
+
+    def _leg_points(self, keys: list[tuple[int, int, int]], s_a: float, s_b: float) -> np.ndarray:
+        """The centre line through `keys`, from s_a on the first to s_b on the last, with a
+        smooth blend across each lane change."""
+        parts, s_from = [], s_a
+        for i, key in enumerate(keys):
+            path = self.segments[key].path
+            last = i == len(keys) - 1
+            if not last and self.graph.edges[key, keys[i + 1]].get("lane_change"):
+                nxt = self.segments[keys[i + 1]].path
+                start = min(s_from + LANE_CHANGE_LEAD_M, path.length)
+                length = float(np.clip(0.8 * (path.length - start), 1.0, LANE_CHANGE_LENGTH_M))
+                parts.append(_cut(path, s_from, start))
+                blend, s_from = _blend(path, nxt, start, length)
+                parts.append(blend)
+                continue
+            parts.append(_cut(path, s_from, s_b if last else path.length))
+            s_from = 0.0
+        return np.concatenate([p if k == 0 else p[1:] for k, p in enumerate(parts) if len(p)])
 
     # ------------------------------------------------------------ surfaces
 
@@ -481,6 +516,21 @@ class RoadMap:
         xmin, ymin = pts.min(axis=0) - 40.0
         xmax, ymax = pts.max(axis=0) + 40.0
         return float(xmin), float(ymin), float(xmax), float(ymax)
+
+
+def _blend(src: Polyline, dst: Polyline, start: float, length: float) -> tuple[np.ndarray, float]:
+    """Points moving from `src` (from arc length `start`, over `length`) onto the parallel
+    `dst` with a smoothstep, and the arc length on `dst` where the blend ends."""
+    u = np.linspace(0.0, 1.0, max(int(length / SAMPLE_STEP_M), 2) + 1)
+    xs, ys, _ = src.interpolate(start + u * length)
+    weight = u * u * (3 - 2 * u)
+    out, hint = [], None
+    for x, y, w in zip(xs, ys, weight):
+        s_dst, _ = dst.project(float(x), float(y), s_hint=hint)
+        hint = s_dst
+        dx, dy, _ = dst.interpolate(s_dst)
+        out.append((x + w * (float(dx) - x), y + w * (float(dy) - y)))
+    return np.array(out), hint
 
 
 def _cut(path: Polyline, s0: float, s1: float) -> np.ndarray:

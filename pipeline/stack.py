@@ -27,6 +27,13 @@ from stagepilot.planning.planner import PlannerStage
 HOLD = Control(brake=1.0)  # what the actuators do before the first command arrives
 
 
+def vehicle_geometry(config: StackConfig) -> VehicleGeometry:
+    vehicle = config.vehicle
+    return VehicleGeometry(wheelbase_m=vehicle.cg_to_front_axle_m + vehicle.cg_to_rear_axle_m,
+                           max_steer_angle_rad=vehicle.max_steer_angle_rad,
+                           max_steer_rate_rad_s=vehicle.max_steer_rate_rad_s)
+
+
 class DrivingStack:
     """Perfect perception, behaviour + lattice planner, and the configured controller."""
 
@@ -37,13 +44,7 @@ class DrivingStack:
         self.perception = PerfectPerception(config.perception, dt)
         self.planner = PlannerStage(
             config.planner, VehicleShape(vehicle.length_m, vehicle.width_m, vehicle.rear_overhang_m), road_map)
-        self.controller = build_controller(
-            config.controller,
-            VehicleGeometry(wheelbase_m=vehicle.cg_to_front_axle_m + vehicle.cg_to_rear_axle_m,
-                            max_steer_angle_rad=vehicle.max_steer_angle_rad,
-                            max_steer_rate_rad_s=vehicle.max_steer_rate_rad_s),
-            dt,
-        )
+        self.controller = build_controller(config.controller, vehicle_geometry(config), dt)
 
     def step(self, obs: Observation) -> tuple[Control, Perception, Plan]:
         perception = self.perception.step(obs)

@@ -17,6 +17,7 @@ KIND_BGR = {"vehicle": (200, 120, 30), "pedestrian": (60, 60, 230), "static": (0
 LIGHT_BGR = {"red": (40, 40, 230), "yellow": (20, 200, 240), "green": (60, 200, 60)}
 EGO_BGR = (40, 220, 40)
 ROUTE_BGR = (230, 80, 230)
+PLAN_BGR = (255, 255, 0)
 
 
 class BevDrawer:
@@ -49,7 +50,7 @@ class BevDrawer:
         cv2.circle(img, center, 9, EGO_BGR, 2, cv2.LINE_AA)
         return img
 
-    def local_view(self, ego, agents, lights, meters_per_px: float = 0.125) -> np.ndarray:
+    def local_view(self, ego, agents, lights, meters_per_px: float = 0.125, plan=None) -> np.ndarray:
         """Ego-centred view, heading up, ego a third from the bottom."""
         w, h = self.size
         # world -> view: rotate so the ego heading points up, scale, translate.
@@ -74,5 +75,7 @@ class BevDrawer:
             cv2.fillPoly(img, [view(agent.corners())], KIND_BGR.get(agent.kind, (255, 255, 255)), cv2.LINE_AA)
         for light_xy, state in lights:
             cv2.circle(img, tuple(view(light_xy)[0]), 5, LIGHT_BGR[state], -1, cv2.LINE_AA)
+        if plan is not None and len(plan.x) > 1:
+            cv2.polylines(img, [view(np.stack([plan.x, plan.y], 1))], False, PLAN_BGR, 3, cv2.LINE_AA)
         cv2.fillPoly(img, [view(ego.corners())], EGO_BGR, cv2.LINE_AA)
         return img

@@ -97,3 +97,10 @@ class ReferenceFollower:
                     if light.state == "red" or gap > stopping:
                         gaps.append(gap)
         return gaps
+
+
+def make_follower(sim) -> ReferenceFollower:
+    """A follower for an EmbeddedSimulator's ego vehicle."""
+    p = sim.vehicle_params
+    return ReferenceFollower(sim.config.follower, p.cg_to_front_axle_m + p.cg_to_rear_axle_m,
+                             p.max_steer_angle_rad, front_reach_m=p.length_m / 2)

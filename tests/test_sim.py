@@ -10,7 +10,7 @@ import pytest
 
 from stagepilot.pipeline.messages import Control
 from stagepilot.sim.render import palette
-from stagepilot.sim.render_cli import make_follower
+from stagepilot.sim.follower import make_follower
 from stagepilot.sim.scenario import load_scenario
 from stagepilot.sim.traffic import STATIC_SIZE, VEHICLE_SIZE
 from stagepilot.sim.world import EmbeddedSimulator

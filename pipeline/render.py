@@ -1,27 +1,27 @@
-"""`stagepilot sim render`: drive a scenario with the reference follower and film it."""
+"""`stagepilot sim render`: drive a scenario closed loop and film it.
+
+Lives in pipeline/ because it wires the simulator to the stack (DESIGN.md: only pipeline
+wires stages together).
+"""
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 
 import cv2
 from tqdm import tqdm
 
 from stagepilot.pipeline.config import StackConfig
+from stagepilot.pipeline.stack import HOLD, DrivingStack
 from stagepilot.sim.bev import BevDrawer
-from stagepilot.sim.follower import ReferenceFollower
+from stagepilot.sim.follower import make_follower
 from stagepilot.sim.scenario import load_scenario
 from stagepilot.sim.video import VideoWriter, camera_panels, compose, info_panel
 from stagepilot.sim.world import EmbeddedSimulator
 
 
-def make_follower(sim: EmbeddedSimulator) -> ReferenceFollower:
-    p = sim.vehicle_params
-    return ReferenceFollower(sim.config.follower, p.cg_to_front_axle_m + p.cg_to_rear_axle_m,
-                             p.max_steer_angle_rad, front_reach_m=p.length_m / 2)
-
-
-def _info_lines(sim, obs, events_seen: list[str]) -> list[str]:
+def _info_lines(sim, obs, events_seen: list[str], plan, driver: str) -> list[str]:
     ego = obs.ego
     lights = sim.light_states()
     return [
@@ -31,7 +31,9 @@ def _info_lines(sim, obs, events_seen: list[str]) -> list[str]:
         f"route {obs.route_progress:6.1f} / {obs.route.s[-1]:.0f} m",
         f"steer angle {ego.steer_angle:+.3f} rad   accel {ego.accel:+.2f} m/s2",
         f"lights: {sum(v == 'red' for v in lights.values())} red, {sum(v == 'green' for v in lights.values())} green",
-        "driver: ReferenceFollower (placeholder)",
+        "driver: " + ("perfect perception + lattice planner + " + sim.config.controller.kind
+                      if driver == "stack" else "ReferenceFollower (ground truth)"),
+        *([f"plan: {plan.reason}"[:62]] if plan is not None else []),
         "events:",
         *[f"  {e}" for e in events_seen[-6:]],
     ]
@@ -47,14 +49,38 @@ def _busy(obs, camera: str) -> int:
                and o.boxes_2d[camera].visible_fraction > 0.5)
 
 
+class _FollowerDriver:
+    """The reference follower behind the same interface as the stack."""
+
+    def __init__(self, sim):
+        self.follower = make_follower(sim)
+
+    def __call__(self, obs):
+        return self.follower(obs), None
+
+
+class _StackDriver:
+    """Perfect perception -> planner -> controller, with the budget time model's delay."""
+
+    def __init__(self, sim, config):
+        self.stack = DrivingStack(config, road_map=sim.road_map)
+        self.pending = deque([HOLD] * self.stack.delay_ticks())
+
+    def __call__(self, obs):
+        control, _, plan = self.stack.step(obs)
+        self.pending.append(control)
+        return self.pending.popleft(), plan
+
+
 def render_scenario(config: StackConfig, scenario_name: str, overrides: list[str], out: Path,
-                    duration: float | None = None) -> Path:
+                    duration: float | None = None, driver: str = "stack") -> Path:
     scenario = load_scenario(scenario_name, overrides)
     if duration is not None:
         scenario = scenario.model_copy(update={"duration_s": min(duration, scenario.duration_s)})
     sim = EmbeddedSimulator(config)
     obs = sim.reset(scenario)
-    follower = make_follower(sim)
+    drive = _StackDriver(sim, config) if driver == "stack" else _FollowerDriver(sim)
+    control, plan = drive(obs)
     bev = BevDrawer(sim.sensors.ground, sim.route.path.points)
     camera = next(iter(sim.sensors.specs))
     out.mkdir(parents=True, exist_ok=True)
@@ -70,8 +96,8 @@ def render_scenario(config: StackConfig, scenario_name: str, overrides: list[str
                 ego = sim.ego_agent()
                 frame = compose(
                     camera_panels(obs, camera),
-                    [bev.local_view(ego, sim.agents(), lights), bev.global_view(ego, sim.agents(), lights),
-                     info_panel(_info_lines(sim, obs, events_seen))],
+                    [bev.local_view(ego, sim.agents(), lights, plan=plan), bev.global_view(ego, sim.agents(), lights),
+                     info_panel(_info_lines(sim, obs, events_seen, plan, driver))],
                 )
                 video.write(frame)
                 score = _busy(obs, camera)
@@ -79,7 +105,8 @@ def render_scenario(config: StackConfig, scenario_name: str, overrides: list[str
                     best_still, best_score = frame, score
                 if sim.done:
                     break
-                obs = sim.step(follower(obs))
+                obs = sim.step(control)
+                control, plan = drive(obs)
                 bar.update(1)
                 bar.set_postfix(t=f"{obs.t:.1f}s", v=f"{obs.ego.speed:.1f}m/s", refresh=False)
     finally:
