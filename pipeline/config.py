@@ -122,6 +122,8 @@ class BehaviourConfig(Strict):
 class PlannerConfig(Strict):
     behaviour: BehaviourConfig = BehaviourConfig()
     lattice: LatticeConfig = LatticeConfig()
+    stitch_tolerance_m: float = Field(0.5, ge=0.0)  # replan from the measured state beyond this
+    stitch_heading_tolerance_rad: float = Field(0.15, ge=0.0)
 
 
 class PerfectPerceptionConfig(Strict):

@@ -43,7 +43,8 @@ class DrivingStack:
         dt = config.sim.dt_s
         self.perception = PerfectPerception(config.perception, dt)
         self.planner = PlannerStage(
-            config.planner, VehicleShape(vehicle.length_m, vehicle.width_m, vehicle.rear_overhang_m), road_map)
+            config.planner, VehicleShape(vehicle.length_m, vehicle.width_m, vehicle.rear_overhang_m), road_map,
+            wheelbase_m=vehicle.cg_to_front_axle_m + vehicle.cg_to_rear_axle_m)
         self.controller = build_controller(config.controller, vehicle_geometry(config), dt)
 
     def step(self, obs: Observation) -> tuple[Control, Perception, Plan]:
@@ -98,12 +99,14 @@ class DriveLog:
         return [e.kind for e in self.events]
 
     def lateral_errors(self) -> np.ndarray:
-        """Rear-axle distance from the route centre line [m], signed, positive left."""
+        """Rear-axle distance from the route centre line [m], signed, positive left; samples
+        that project beyond either end of the route are left out."""
         errors, hint = [], None
         for x, y in zip(self.x, self.y):
             s, d = self.route.project(x, y, s_hint=hint)
             hint = s
-            errors.append(d)
+            if 0.0 < s < self.route.length:
+                errors.append(d)
         return np.array(errors)
 
     def comfort(self) -> dict[str, float]:

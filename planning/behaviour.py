@@ -25,6 +25,7 @@ STOPPED_MPS = 0.5  # an object slower than this along the path counts as stopped
 PREDICTION_S = 4.0  # how far ahead a crossing pedestrian is predicted
 GAP_GAIN = 0.35  # [1/s] follow: speed change per metre of gap error
 PASS_CLEARANCE_M = 25.0  # free length needed before and after an obstacle to pass it
+PARKED_AFTER_S = 20.0  # a vehicle stopped this long counts as parked
 
 
 @dataclass(frozen=True)
@@ -78,11 +79,14 @@ class BehaviourLayer:
         self.config = config
         self.vehicle = vehicle
         self.road_map = road_map
+        self._last_moving: dict[int, float] = {}  # track id -> last time seen moving [s]
+        self._now = 0.0
 
     def decide(self, ego: EgoState, ref: ReferencePath, ego_s: float, perception: Perception) -> Decision:
         cfg, speed = self.config, max(ego.speed, 0.0)
         front_s = ego_s + self.vehicle.front_m
         obstacles = world_obstacles(perception, ego)
+        self._remember_motion(obstacles, perception.t)
         tracked = [self._track(o, ref, ego_s) for o in obstacles]
         tracked = [t for t in tracked if t is not None]
 
@@ -107,7 +111,7 @@ class BehaviourLayer:
             if t.obstacle.kind == "vehicle" and t.v_along > STOPPED_MPS:
                 leader = leader or (t, gap)
                 continue
-            side = self._free_side(t, ref, tracked) if t.obstacle.kind != "pedestrian" and t.v_along <= STOPPED_MPS else None
+            side = self._free_side(t, ref, tracked) if self._parked(t) else None
             if side is not None:
                 width = self._lane_width(t)
                 d_min, d_max = (d_min, width + cfg.corridor_margin_m) if side > 0 else (-width - cfg.corridor_margin_m, d_max)
@@ -127,7 +131,6 @@ class BehaviourLayer:
                 decision = "follow"
                 headway = gap / speed if speed > 0.1 else math.inf
                 reason = f"follow: vehicle {t.obstacle.id} at {gap:.1f} m, {t.v_along:.1f} m/s, gap {min(headway, 99.0):.1f} s"
-            stops.append((t.s - t.obstacle.length / 2 - cfg.min_gap_m + t.v_along**2 / (2 * cfg.max_decel), "follow", reason))
 
         stop_s, stop_kind, stop_reason = min(stops, key=lambda x: x[0])
         distance = stop_s - front_s
@@ -142,6 +145,20 @@ class BehaviourLayer:
                         obstacles)
 
     # ------------------------------------------------------------ helpers
+
+    def _remember_motion(self, obstacles, t: float) -> None:
+        for o in obstacles:
+            if math.hypot(o.vx, o.vy) > 1.0:
+                self._last_moving[o.id] = t
+        self._now = t
+
+    def _parked(self, t: _Tracked) -> bool:
+        """A stopped obstacle that may be passed: never seen moving (a parked car, a cone),
+        or stopped for long. A car that stopped in traffic is queued behind, not passed."""
+        if t.obstacle.kind == "pedestrian" or t.v_along > STOPPED_MPS:
+            return False
+        last = self._last_moving.get(t.obstacle.id)
+        return last is None or self._now - last > PARKED_AFTER_S
 
     def _track(self, obstacle: Obstacle, ref: ReferencePath, ego_s: float) -> _Tracked | None:
         path = ref.path

@@ -7,6 +7,8 @@ bypasses the lattice for a bounded braking trajectory along the current path.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from stagepilot.pipeline.config import PlannerConfig
@@ -17,12 +19,15 @@ from stagepilot.planning.lattice import FrenetLatticePlanner
 from stagepilot.planning.route import ReferencePath, reference_from_route
 
 BRAKE_HORIZON_S = 5.0
+HOLD_SPEED_MPS = 0.2  # standing this slowly at a stop point: hold, do not re-plan a start
+HOLD_DISTANCE_M = 0.5
 
 
 class PlannerStage:
     name = "planner"
 
-    def __init__(self, config: PlannerConfig, vehicle: VehicleShape, road_map: RoadMap | None = None):
+    def __init__(self, config: PlannerConfig, vehicle: VehicleShape, road_map: RoadMap | None = None,
+                 wheelbase_m: float = 2.6):
         self.config = config
         self.vehicle = vehicle
         self.behaviour = BehaviourLayer(config.behaviour, vehicle, road_map)
@@ -33,7 +38,9 @@ class PlannerStage:
         self._route: Route | None = None
         self.reference: ReferencePath | None = None
         self._ego_s: float | None = None
+        self._last_plan: Plan | None = None
         self.last_candidates = 0
+        self.wheelbase_m = wheelbase_m
 
     def step(self, ego: EgoState, route: Route, perception: Perception) -> Plan:
         if self._route is not route:
@@ -49,15 +56,41 @@ class PlannerStage:
         decision = self.behaviour.decide(ego, ref, ego_s, perception)
         if decision.decision == "emergency_stop":
             return self._braking_plan(ego, ref, ego_s, perception, decision.decision, decision.reason)
-        result = self.lattice.plan(ego, ref.path, ego_s, decision.target, list(decision.obstacles))
+        front_s = ego_s + self.vehicle.front_m
+        target = decision.target
+        if ego.speed < HOLD_SPEED_MPS and target.stop_s is not None and target.stop_s - front_s < HOLD_DISTANCE_M:
+            return self._braking_plan(ego, ref, ego_s, perception, decision.decision, decision.reason)
+        start = self._stitched(ego, perception.t)
+        result = self.lattice.plan(start, ref.path, ego_s, target, list(decision.obstacles))
         self.last_candidates = result.candidates
         reason = decision.reason if not result.fallback else f"{decision.reason}; fallback stop: {result.reason}"
-        return Plan(t=perception.t, frame=perception.frame, times=result.times, x=result.x, y=result.y,
+        self._last_plan = plan = Plan(t=perception.t, frame=perception.frame, times=result.times, x=result.x, y=result.y,
                     yaw=result.yaw, v=result.v, a=result.a, curvature=result.curvature,
                     decision=decision.decision if not result.fallback else "emergency_stop", reason=reason)
+        return plan
+
+    def _stitched(self, ego: EgoState, t: float) -> EgoState:
+        """Where the last plan says the ego is now, if the ego is close to it; else the ego.
+
+        Starting each plan from the previous one (Apollo's trajectory stitching) keeps plans
+        consistent: a small tracking error is the controller's to correct, not a new offset
+        for the planner to keep."""
+        plan = self._last_plan
+        if plan is None or not plan.times[0] <= t - plan.t <= plan.times[-1]:
+            return ego
+        dt = t - plan.t
+        at = {k: float(np.interp(dt, plan.times, getattr(plan, k))) for k in ("x", "y", "v", "a", "curvature")}
+        yaw = float(np.interp(dt, plan.times, np.unwrap(plan.yaw)))
+        cfg = self.config
+        off = math.hypot(at["x"] - ego.x, at["y"] - ego.y)
+        if off > cfg.stitch_tolerance_m or abs(math.remainder(yaw - ego.yaw, math.tau)) > cfg.stitch_heading_tolerance_rad:
+            return ego
+        return EgoState(x=at["x"], y=at["y"], yaw=yaw, speed=max(at["v"], 0.0), yaw_rate=at["v"] * at["curvature"],
+                        accel=at["a"], steer_angle=math.atan(self.wheelbase_m * at["curvature"]))
 
     def _braking_plan(self, ego, ref: ReferencePath, ego_s, perception, decision, reason) -> Plan:
         """Brake at the behaviour layer's emergency deceleration along the reference."""
+        self._last_plan = None
         decel = self.config.behaviour.max_decel
         dt = self.config.lattice.dt_s
         times = np.arange(0.0, BRAKE_HORIZON_S + 1e-9, dt)

@@ -19,7 +19,7 @@ from stagepilot.sim.traffic import Agent, TrafficLight
 COLLISION_REPEAT_S = 5.0
 COLLISION_MIN_SPEED = 0.1  # [m/s]
 LANE_MARGIN_M = 0.5
-ROUTE_END_TOLERANCE_M = 3.0
+ROUTE_END_TOLERANCE_M = 5.0  # [m] the body centre this close to the goal has arrived
 
 
 class EventMonitor:
