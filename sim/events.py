@@ -82,14 +82,26 @@ class EventMonitor:
             self.off_road = off_road
             if off_road:
                 events.append(Event(t, "off_road", f"left the road at ({ego.x:.1f}, {ego.y:.1f})"))
-        if lane is not None and not lane.is_junction:
-            s, offset = self.route.project(ego.x, ego.y, s_hint=self.progress)
-            out = abs(offset) > lane.width / 2 + LANE_MARGIN_M
+        if lane is None or not lane.is_junction:
+            out, detail = self._outside_route_lanes(ego, lane)
             if out != self.out_of_lane:
                 self.out_of_lane = out
                 if out:
-                    events.append(Event(t, "lane_departure", f"{offset:+.2f} m off the route lane centre"))
+                    events.append(Event(t, "lane_departure", detail))
         return events
+
+    def _outside_route_lanes(self, ego: Agent, lane) -> tuple[bool, str]:
+        """Out of the route's lanes: further than half a lane plus LANE_MARGIN_M from every
+        lane that runs the route's way (a lane change to a parallel lane is not a departure;
+        the oncoming lane, the shoulder or the sidewalk is)."""
+        _, offset = self.route.project(ego.x, ego.y, s_hint=self.progress)
+        if lane is not None:
+            _, _, route_yaw = self.route.interpolate(self.progress)
+            along = math.cos(lane.yaw - float(route_yaw)) > 0.0
+            beside = -math.sin(lane.yaw) * (ego.x - lane.x) + math.cos(lane.yaw) * (ego.y - lane.y)
+            if along and abs(beside) <= lane.width / 2 + LANE_MARGIN_M:
+                return False, ""
+        return True, f"{offset:+.2f} m off the route lane centre, outside the lanes that run the route's way"
 
     def _red_lights(self, t: float, front: tuple[float, float]) -> list[Event]:
         events = []

@@ -89,6 +89,11 @@ def test_unknown_scenario_name_lists_the_known_ones(capsys, tmp_path):
         ("vehicle.mass_kg=-3", "command line: vehicle.mass_kg: Input should be greater than 0"),
         ("sim.cameras.front.fov_deg=wide", "command line: sim.cameras.front.fov_deg: Input should be a valid number"),
         ("nonsense", "is not of the form key.path=value"),
+        ("controller.kind=lqr", "command line: controller.kind: Input should be 'pid_pure_pursuit', 'pid_stanley' or 'mpc'"),
+        ("controller.mpc.horizon_steps=-5", "command line: controller.mpc.horizon_steps: Input should be greater than"),
+        ("controller.longitudinal.kp_vv=[1, 2]", "command line: controller.longitudinal.kp_vv: unknown key"),
+        ("planner.lattice.weights.ofset=2", "command line: planner.lattice.weights.ofset: unknown key"),
+        ("planner.behaviour.comfort_decel=-1", "command line: planner.behaviour.comfort_decel: Input should be greater than 0"),
     ],
 )
 def test_bad_stack_override_names_the_key(override, expected):

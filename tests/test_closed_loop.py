@@ -11,7 +11,7 @@ import pytest
 from shapely.geometry import Polygon
 
 from stagepilot.pipeline.config import load_stack
-from stagepilot.pipeline.metrics import NUPLAN_BOUNDS
+from stagepilot.pipeline.metrics import NUPLAN_BOUNDS, comfort
 from stagepilot.pipeline.stack import HOLD, DrivingStack, drive
 from stagepilot.sim.scenario import load_scenario
 from stagepilot.sim.world import EmbeddedSimulator
@@ -85,10 +85,12 @@ def test_stops_for_a_crossing_pedestrian_then_goes_on():
     ped = sim.pedestrians[0].agent
     closest, stopped_near = math.inf, False
     pending = deque([HOLD] * stack.delay_ticks())
-    decisions = []
+    decisions, speed, yaw_rate = [], [], []
     while not sim.done:
         control, _, plan = stack.step(obs)
         decisions.append(plan.decision)
+        speed.append(obs.ego.speed)
+        yaw_rate.append(obs.ego.yaw_rate)
         pending.append(control)
         obs = sim.step(pending.popleft())
         closest = min(closest, gap_to(sim, ped))
@@ -99,6 +101,8 @@ def test_stops_for_a_crossing_pedestrian_then_goes_on():
     assert sim.monitor.route_completed
     assert "collision" not in [e.kind for e in sim.events]
     assert "stop_obstacle" in decisions
+    figures = comfort(np.array(speed), np.array(yaw_rate), sim.dt)
+    assert figures["within_bounds"], figures
 
 
 def test_stops_at_the_red_light_and_goes_on_green():

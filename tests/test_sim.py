@@ -253,3 +253,19 @@ def test_shipped_scenarios_build(stack, name):
     obs = sim.reset(load_scenario(name))
     assert obs.route.s[-1] > 50.0
     assert obs.ground_truth.lane.on_road
+
+
+def test_drifting_into_the_oncoming_lane_is_a_lane_departure_then_off_road(stack, scenario_file):
+    ego = {"start": {"road": 1, "lane": -1, "s": 20}, "goal": {"road": 1, "lane": -1, "s": 300},
+           "initial_speed": 8.0}
+    sim = EmbeddedSimulator(stack, render=False)
+    obs = sim.reset(load_scenario(scenario_file(straight([], ego))))
+    events = []
+    drift_left = Control(steer=-0.01, throttle=0.2)  # negative steer turns left
+    run(sim, obs, drift_left, 12.0, each=lambda s, o: events.extend(o.events))
+    kinds = [e.kind for e in events]
+    assert kinds.index("lane_departure") < kinds.index("off_road")
+    departure = next(e for e in events if e.kind == "lane_departure")
+    y_at = sim.ego_agent().y
+    assert y_at > 7.0  # it ended beyond the far edge of the road
+    assert departure.t < 12.0
