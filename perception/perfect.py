@@ -21,6 +21,7 @@ from stagepilot.pipeline.messages import (
     Perception,
     TrafficLightAhead,
 )
+from stagepilot.perception.checks import FrameCheck
 from stagepilot.pipeline.paths import Polyline
 
 
@@ -43,11 +44,15 @@ class PerfectPerception:
         self.delay_frames = int(round(config.extra_latency_s / dt_s))
         self._history: deque = deque(maxlen=self.delay_frames + 1)
         self._route: Polyline | None = None
+        self.check = FrameCheck(camera)
 
     def step(self, obs: Observation) -> Perception:
         truth = obs.ground_truth
         if truth is None:
             raise ValueError("perfect perception needs observations with ground truth (sim.ground_truth: true)")
+        problem = self.check.reason(obs)
+        if problem is not None:
+            return Perception(t=obs.t, frame=obs.frame, detections=(), usable=False, reason=problem)
         self._history.append(obs)
         source = self._history[0]  # the oldest kept frame: extra latency
         detections = tuple(self._detections(source, obs.ego))

@@ -46,16 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim_commands = sim.add_subparsers(dest="sim_command", metavar="SUBCOMMAND", required=True)
     render = sim_commands.add_parser(
         "render",
-        help="drive a scenario and write a video",
-        description="Drive a scenario closed loop (perfect perception, planner, controller; or the "
-        "reference follower) and write an mp4: RGB | semantic | depth, with bird's-eye views.",
+        help="look at a scenario: drive it with the reference follower and write a video",
+        description="Drive a scenario's route with the ground-truth reference follower and write an "
+        "mp4: RGB | semantic | depth, with bird's-eye views. `stagepilot drive` drives with the stack.",
     )
     render.add_argument("--scenario", default="town_loop",
                         help="a name from configs/scenarios/ or a path to a YAML file (default: town_loop)")
     render.add_argument("--out", required=True, type=Path, help="output folder for render.mp4 and still.png")
-    render.add_argument("--driver", choices=["stack", "follower"], default="stack",
-                        help="stack: perfect perception + planner + controller (default); "
-                        "follower: the ground-truth reference follower")
     render.add_argument("--duration", type=float, default=None, metavar="S",
                         help="stop after S simulated seconds (default: the scenario's duration)")
     _add_stack_args(render)
@@ -112,7 +109,7 @@ def _cmd_render(args) -> int:
 
     stack_overrides, scenario_overrides = _split_overrides(args.overrides)
     config = load_stack(args.config, stack_overrides)
-    video = render_scenario(config, args.scenario, scenario_overrides, args.out, args.duration, args.driver)
+    video = render_scenario(config, args.scenario, scenario_overrides, args.out, args.duration)
     print(f"wrote {video}")
     return 0
 

@@ -137,19 +137,40 @@ class PerfectPerceptionConfig(Strict):
     seed: int = Field(0, ge=0)
 
 
-class BudgetsConfig(Strict):
-    """Latency budget of each stage [ms]."""
+class StageRuntimeConfig(Strict):
+    budget_ms: float = Field(gt=0.0)
+    # What happens when the stage is late: warn (record, wait for it), hold (reuse the
+    # newest output that was ready, re-anchored to the current pose), failsafe (bounded stop).
+    on_miss: Literal["warn", "hold", "failsafe"] = "hold"
 
-    perception_ms: float = Field(25.0, gt=0.0)
-    planner_ms: float = Field(15.0, gt=0.0)
-    controller_ms: float = Field(5.0, gt=0.0)
+
+class StagesConfig(Strict):
+    perception: StageRuntimeConfig = StageRuntimeConfig(budget_ms=25.0)
+    planner: StageRuntimeConfig = StageRuntimeConfig(budget_ms=15.0)
+    controller: StageRuntimeConfig = StageRuntimeConfig(budget_ms=5.0, on_miss="warn")
 
 
 class RuntimeConfig(Strict):
-    """When a command takes effect in sim time (DESIGN.md, time models)."""
+    """When a command takes effect in sim time (DESIGN.md, time models), and what happens
+    when a stage is late or its input is stale."""
 
-    time_model: Literal["ideal", "budget"] = "budget"
-    budgets: BudgetsConfig = BudgetsConfig()
+    time_model: Literal["ideal", "budget", "measured"] = "budget"
+    pipelined: bool = False  # perception of frame n+1 overlaps planning + control of frame n
+    stages: StagesConfig = StagesConfig()
+    stale_input_s: float = Field(0.5, gt=0.0)  # perception older than this: fail-safe
+    failsafe_brake: float = Field(0.7, gt=0.0, le=1.0)  # brake command of the fail-safe stop
+
+
+class FaultsConfig(Strict):
+    """Fault injection, for tests and for probing robustness (all off by default)."""
+
+    stage_delay_ms: dict[Literal["perception", "planner", "controller"], float] = {}
+    drop_frame_probability: float = Field(0.0, ge=0.0, lt=1.0)  # camera frame missing
+    frozen_camera_from_s: float | None = Field(None, ge=0.0)  # the same frame repeats from then on
+    nan_images_from_s: float | None = Field(None, ge=0.0)  # images turn to NaN from then on
+    blank_images_from_s: float | None = Field(None, ge=0.0)  # images turn black from then on
+    image_noise_std: float = Field(0.0, ge=0.0, le=100.0)  # extra Gaussian noise [grey levels]
+    seed: int = Field(0, ge=0)
 
 
 class StackConfig(Strict):
@@ -161,6 +182,7 @@ class StackConfig(Strict):
     planner: PlannerConfig = PlannerConfig()
     controller: ControllerConfig = ControllerConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    faults: FaultsConfig = FaultsConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

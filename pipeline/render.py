@@ -1,19 +1,16 @@
-"""`stagepilot sim render`: drive a scenario closed loop and film it.
+"""`stagepilot sim render`: look at a scenario, driven by the ground-truth reference follower.
 
-Lives in pipeline/ because it wires the simulator to the stack (DESIGN.md: only pipeline
-wires stages together).
+(`stagepilot drive` drives with the real stack and writes a full run folder.)
 """
 
 from __future__ import annotations
 
-from collections import deque
 from pathlib import Path
 
 import cv2
 from tqdm import tqdm
 
 from stagepilot.pipeline.config import StackConfig
-from stagepilot.pipeline.stack import HOLD, DrivingStack
 from stagepilot.sim.bev import BevDrawer
 from stagepilot.sim.follower import make_follower
 from stagepilot.sim.scenario import load_scenario
@@ -21,7 +18,7 @@ from stagepilot.sim.video import VideoWriter, camera_panels, compose, info_panel
 from stagepilot.sim.world import EmbeddedSimulator
 
 
-def _info_lines(sim, obs, events_seen: list[str], plan, driver: str) -> list[str]:
+def _info_lines(sim, obs, events_seen: list[str]) -> list[str]:
     ego = obs.ego
     lights = sim.light_states()
     return [
@@ -31,9 +28,7 @@ def _info_lines(sim, obs, events_seen: list[str], plan, driver: str) -> list[str
         f"route {obs.route_progress:6.1f} / {obs.route.s[-1]:.0f} m",
         f"steer angle {ego.steer_angle:+.3f} rad   accel {ego.accel:+.2f} m/s2",
         f"lights: {sum(v == 'red' for v in lights.values())} red, {sum(v == 'green' for v in lights.values())} green",
-        "driver: " + ("perfect perception + lattice planner + " + sim.config.controller.kind
-                      if driver == "stack" else "ReferenceFollower (ground truth)"),
-        *([f"plan: {plan.reason}"[:62]] if plan is not None else []),
+        "driver: ReferenceFollower (ground truth)",
         "events:",
         *[f"  {e}" for e in events_seen[-6:]],
     ]
@@ -59,27 +54,14 @@ class _FollowerDriver:
         return self.follower(obs), None
 
 
-class _StackDriver:
-    """Perfect perception -> planner -> controller, with the budget time model's delay."""
-
-    def __init__(self, sim, config):
-        self.stack = DrivingStack(config, road_map=sim.road_map)
-        self.pending = deque([HOLD] * self.stack.delay_ticks())
-
-    def __call__(self, obs):
-        control, _, plan = self.stack.step(obs)
-        self.pending.append(control)
-        return self.pending.popleft(), plan
-
-
 def render_scenario(config: StackConfig, scenario_name: str, overrides: list[str], out: Path,
-                    duration: float | None = None, driver: str = "stack") -> Path:
+                    duration: float | None = None) -> Path:
     scenario = load_scenario(scenario_name, overrides)
     if duration is not None:
         scenario = scenario.model_copy(update={"duration_s": min(duration, scenario.duration_s)})
     sim = EmbeddedSimulator(config)
     obs = sim.reset(scenario)
-    drive = _StackDriver(sim, config) if driver == "stack" else _FollowerDriver(sim)
+    drive = _FollowerDriver(sim)
     control, plan = drive(obs)
     bev = BevDrawer(sim.sensors.ground, sim.route.path.points)
     camera = next(iter(sim.sensors.specs))
@@ -97,7 +79,7 @@ def render_scenario(config: StackConfig, scenario_name: str, overrides: list[str
                 frame = compose(
                     camera_panels(obs, camera),
                     [bev.local_view(ego, sim.agents(), lights, plan=plan), bev.global_view(ego, sim.agents(), lights),
-                     info_panel(_info_lines(sim, obs, events_seen, plan, driver))],
+                     info_panel(_info_lines(sim, obs, events_seen))],
                 )
                 video.write(frame)
                 score = _busy(obs, camera)

@@ -1,15 +1,12 @@
-"""The driving stack, wired: perception -> planner -> controller, closed loop with a simulator.
+"""The driving stack: perception -> planner -> controller, and a closed-loop drive log.
 
-Each stage has one method from its input message to its output message. Time models
-(DESIGN.md): under `ideal` the command applies on the tick it was computed for; under
-`budget` it applies after the sum of the stage budgets, rounded to sim ticks, which is
-deterministic. The delay charged to every frame is kept in the drive log.
+Each stage has one method from its input message to its output message; the runtime
+(pipeline/runtime.py) times them and applies the time model, budgets and fail-safes.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,14 +50,6 @@ class DrivingStack:
         control = self.controller.step(obs.ego, plan, obs.t)
         return control, perception, plan
 
-    def delay_ticks(self) -> int:
-        runtime = self.config.runtime
-        if runtime.time_model == "ideal":
-            return 0
-        budgets = runtime.budgets
-        total_s = (budgets.perception_ms + budgets.planner_ms + budgets.controller_ms) / 1e3
-        return int(round(total_s / self.config.sim.dt_s))
-
 
 @dataclass
 class DriveLog:
@@ -78,8 +67,8 @@ class DriveLog:
     reasons: list[str] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     controls: list[Control] = field(default_factory=list)
-    delay_ticks: int = 0
     route: Polyline | None = None
+    runtime: object = None  # the StagedRuntime that drove (telemetry, records)
 
     def record(self, obs: Observation, plan: Plan | None, control: Control) -> None:
         ego = obs.ego
@@ -117,19 +106,15 @@ class DriveLog:
 
 
 def drive(sim, stack: DrivingStack, scenario, max_time_s: float | None = None) -> DriveLog:
-    """Run `scenario` closed loop until it ends (or `max_time_s`); return the drive log."""
+    """Run `scenario` closed loop through the staged runtime (the config's time model and
+    policies) until it ends, or `max_time_s`; return the drive log."""
+    from stagepilot.pipeline.runtime import StagedRuntime
+
     obs = sim.reset(scenario)
-    delay = stack.delay_ticks()
-    pending: deque[Control] = deque([HOLD] * delay)
-    log = DriveLog(dt=sim.dt, delay_ticks=delay, route=Polyline(obs.route.points))
-    limit = scenario.duration_s if max_time_s is None else min(max_time_s, scenario.duration_s)
-    while True:
-        control, _, plan = stack.step(obs)
-        log.record(obs, plan, control)
-        if sim.done or obs.t >= limit - 1e-9:
-            break
-        pending.append(control)
-        obs = sim.step(pending.popleft())
+    runtime = StagedRuntime(stack.config, sim.road_map, stack=stack)
+    log = DriveLog(dt=sim.dt, route=Polyline(obs.route.points))
+    runtime.run(sim, obs, on_frame=lambda o, r: log.record(o, r.plan, r.control), max_time_s=max_time_s)
+    log.runtime = runtime
     return log
 
 

@@ -4,7 +4,6 @@ planner, and each controller, under the deterministic `budget` time model."""
 from __future__ import annotations
 
 import math
-from collections import deque
 
 import numpy as np
 import pytest
@@ -12,7 +11,8 @@ from shapely.geometry import Polygon
 
 from stagepilot.pipeline.config import load_stack
 from stagepilot.pipeline.metrics import NUPLAN_BOUNDS, comfort
-from stagepilot.pipeline.stack import HOLD, DrivingStack, drive
+from stagepilot.pipeline.runtime import StagedRuntime
+from stagepilot.pipeline.stack import DrivingStack, drive
 from stagepilot.sim.scenario import load_scenario
 from stagepilot.sim.world import EmbeddedSimulator
 
@@ -79,29 +79,26 @@ def test_stops_for_a_crossing_pedestrian_then_goes_on():
     config = load_stack()
     sim = EmbeddedSimulator(config, render=False)
     scenario = load_scenario("pedestrian_crossing")
-    sim.reset(scenario)
-    stack = DrivingStack(config, road_map=sim.road_map)
     obs = sim.reset(scenario)
+    runtime = StagedRuntime(config, sim.road_map)
     ped = sim.pedestrians[0].agent
-    closest, stopped_near = math.inf, False
-    pending = deque([HOLD] * stack.delay_ticks())
-    decisions, speed, yaw_rate = [], [], []
-    while not sim.done:
-        control, _, plan = stack.step(obs)
-        decisions.append(plan.decision)
-        speed.append(obs.ego.speed)
-        yaw_rate.append(obs.ego.yaw_rate)
-        pending.append(control)
-        obs = sim.step(pending.popleft())
-        closest = min(closest, gap_to(sim, ped))
-        if obs.ego.speed < 0.05 and gap_to(sim, ped) < 15.0:
-            stopped_near = True
-    assert stopped_near
-    assert closest >= 2.0
+    seen = {"closest": math.inf, "stopped_near": False}
+
+    def watch(obs, record):
+        gap = gap_to(sim, ped)
+        seen["closest"] = min(seen["closest"], gap)
+        if obs.ego.speed < 0.05 and gap < 15.0:
+            seen["stopped_near"] = True
+
+    runtime.run(sim, obs, on_frame=watch)
+    assert seen["stopped_near"]
+    assert seen["closest"] >= 2.0
     assert sim.monitor.route_completed
     assert "collision" not in [e.kind for e in sim.events]
-    assert "stop_obstacle" in decisions
-    figures = comfort(np.array(speed), np.array(yaw_rate), sim.dt)
+    assert "stop_obstacle" in [r.plan.decision for r in runtime.records if r.plan is not None]
+    speed = np.array([r.ego.speed for r in runtime.records])
+    yaw_rate = np.array([r.ego.yaw_rate for r in runtime.records])
+    figures = comfort(speed, yaw_rate, sim.dt)
     assert figures["within_bounds"], figures
 
 

@@ -1,0 +1,285 @@
+"""The staged runtime: budgets, time models, miss policies, fail-safe, telemetry, pipelining.
+
+Stages run in order on each sensor frame: perception (Observation -> Perception), planner
+(EgoState, Route, Perception -> Plan), controller (EgoState, Plan, t -> Control). The
+runtime times every call on the wall clock (synchronising CUDA first when a stage ran on a
+GPU) and decides, by the time model, when in sim time each output is ready:
+
+- ideal: every stage takes no sim time; the command applies on its own tick.
+- budget: a stage takes its budget (plus any injected delay); deterministic.
+- measured: a stage takes what it measured (plus any injected delay).
+
+A stage whose modelled latency exceeds its budget is a miss, handled by its policy: warn
+(record it and wait for the output), hold (use the newest output that was ready in time;
+a held perception is moved into the current ego frame, a held plan is re-anchored to the
+current pose), or failsafe. Perception older than `stale_input_s`, or perception that
+flags its frame unusable, triggers the fail-safe too: a bounded emergency stop. The
+command computed for frame k applies from tick k + round(latency / dt) until a newer one
+replaces it; the latency charged to each frame is recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from stagepilot.pipeline.config import ConfigError, StackConfig
+from stagepilot.pipeline.faults import FaultInjector
+from stagepilot.pipeline.messages import Control, EgoState, Observation, Perception, Plan
+from stagepilot.pipeline.roadmap import RoadMap
+from stagepilot.pipeline.run_outputs import FrameRecord
+from stagepilot.pipeline.stack import HOLD, DrivingStack
+from stagepilot.pipeline.trace import ChromeTrace
+
+STAGES = ("perception", "planner", "controller")
+
+
+@dataclass
+class StageTelemetry:
+    """Per-stage wall-clock latencies and budget misses."""
+
+    name: str
+    budget_ms: float
+    samples_ms: list[float] = field(default_factory=list)
+    misses: int = 0
+
+    def row(self) -> dict:
+        ms = np.array(self.samples_ms) if self.samples_ms else np.zeros(1)
+        return {
+            "count": len(self.samples_ms),
+            "p50_ms": round(float(np.percentile(ms, 50)), 3),
+            "p95_ms": round(float(np.percentile(ms, 95)), 3),
+            "p99_ms": round(float(np.percentile(ms, 99)), 3),
+            "max_ms": round(float(ms.max()), 3),
+            "budget_ms": self.budget_ms,
+            "misses": self.misses,
+        }
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """A perception output with the sim time it was ready and the ego pose of its frame."""
+
+    perception: Perception
+    frame_t: float
+    ready_t: float
+    ego: EgoState
+
+
+def _cuda_sync() -> None:
+    torch = __import__("sys").modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def reanchor_perception(perception: Perception, then: EgoState, now: EgoState, t: float) -> Perception:
+    """Detections seen from `then` re-expressed in the ego frame at `now` (objects predicted
+    at constant velocity to time t)."""
+    age = t - perception.t
+    ct, st = math.cos(then.yaw), math.sin(then.yaw)
+    cn, sn = math.cos(now.yaw), math.sin(now.yaw)
+    moved = []
+    for det in perception.detections:
+        ex, ey = det.position
+        vx, vy = det.velocity
+        wx, wy = then.x + ct * ex - st * ey, then.y + st * ex + ct * ey
+        wvx, wvy = ct * vx - st * vy, st * vx + ct * vy
+        wx, wy = wx + wvx * age, wy + wvy * age
+        dx, dy = wx - now.x, wy - now.y
+        moved.append(dataclasses.replace(
+            det, position=(cn * dx + sn * dy, -sn * dx + cn * dy),
+            yaw=det.yaw + then.yaw - now.yaw, velocity=(cn * wvx + sn * wvy, -sn * wvx + cn * wvy)))
+    return dataclasses.replace(perception, detections=tuple(moved))
+
+
+def reanchor_plan(plan: Plan, ego: EgoState, t: float) -> Plan:
+    """The plan's remaining trajectory shifted so that where it says the ego is now is where
+    the ego is."""
+    dt = t - plan.t
+    x0 = float(np.interp(dt, plan.times, plan.x))
+    y0 = float(np.interp(dt, plan.times, plan.y))
+    return dataclasses.replace(plan, x=plan.x + (ego.x - x0), y=plan.y + (ego.y - y0))
+
+
+class StagedRuntime:
+    """Runs the stack on each frame under the configured time model and miss policies."""
+
+    def __init__(self, config: StackConfig, road_map: RoadMap | None, stack: DrivingStack | None = None):
+        self.config = config
+        self.runtime = config.runtime
+        self.dt = config.sim.dt_s
+        self.stack = stack or DrivingStack(config, road_map)
+        self.faults = FaultInjector(config.faults)
+        stages = self.runtime.stages
+        self.budget_s = {name: getattr(stages, name).budget_ms / 1e3 for name in STAGES}
+        self.policy = {name: getattr(stages, name).on_miss for name in STAGES}
+        self.injected_s = {name: config.faults.stage_delay_ms.get(name, 0.0) / 1e3 for name in STAGES}
+        self.telemetry = {name: StageTelemetry(name, getattr(stages, name).budget_ms) for name in STAGES}
+        self.trace = ChromeTrace()
+        self.wall0 = time.perf_counter()
+        self._ready: list[_Ready] = []
+        self._last_plan: Plan | None = None
+        self._last_control: Control = HOLD
+        self._schedule: dict[int, Control] = {}
+        self._applied = HOLD
+        self.records: list[FrameRecord] = []
+        if self.runtime.pipelined and self.runtime.time_model == "ideal":
+            raise ConfigError("runtime.pipelined: pipelined execution needs a time model with latency (budget or measured)")
+
+    # ------------------------------------------------------------ timing
+
+    def _timed(self, name: str, frame: int, fn, *args):
+        """Run a stage; return (output, measured wall s, modelled sim s)."""
+        start = time.perf_counter()
+        out = fn(*args)
+        _cuda_sync()
+        measured = time.perf_counter() - start
+        self.telemetry[name].samples_ms.append(measured * 1e3)
+        self.trace.stage(name, start - self.wall0, measured, frame)
+        model = self.runtime.time_model
+        modelled = 0.0 if model == "ideal" else (self.budget_s[name] if model == "budget" else measured)
+        return out, measured, modelled + self.injected_s[name]
+
+    def _miss(self, name: str, latency_s: float, t: float, frame: int, misses: list[str]) -> bool:
+        if self.runtime.time_model == "ideal" or latency_s <= self.budget_s[name] + 1e-9:
+            return False
+        self.telemetry[name].misses += 1
+        line = f"{name}: {latency_s * 1e3:.1f} ms > {self.budget_s[name] * 1e3:.0f} ms budget ({self.policy[name]})"
+        misses.append(line)
+        self.trace.instant("budget miss", time.perf_counter() - self.wall0, stage=name, args={"frame": frame, "detail": line})
+        return True
+
+    # ------------------------------------------------------------ one frame
+
+    def perceive(self, obs: Observation) -> tuple[Observation, Perception, float, float]:
+        """Faults applied, then perception: (observation as seen, output, measured s, modelled s)."""
+        seen = self.faults.apply(obs)
+        perception, measured, modelled = self._timed("perception", obs.frame, self.stack.perception.step, seen)
+        return seen, perception, measured, modelled
+
+    def decide(self, obs: Observation, perceived: tuple) -> FrameRecord:
+        """Planner and controller for one frame, given its perception result."""
+        _, perception, p_measured, p_latency = perceived
+        t, ego, frame = obs.t, obs.ego, obs.frame
+        misses: list[str] = []
+        measured = {"perception": p_measured * 1e3}
+        failsafe = None
+        self._ready.append(_Ready(perception, t, t + p_latency, ego))
+        self._ready = self._ready[-64:]
+
+        start = t + p_latency
+        used = perception
+        if self._miss("perception", p_latency, t, frame, misses):
+            policy = self.policy["perception"]
+            if policy == "failsafe":
+                failsafe = "perception missed its budget"
+            elif policy == "hold":
+                start = t + self.budget_s["perception"]
+                ready = [r for r in self._ready[:-1] if r.ready_t <= start + 1e-9]
+                if not ready:
+                    failsafe = "perception missed its budget and no earlier output is ready"
+                else:
+                    held = ready[-1]
+                    used = reanchor_perception(held.perception, held.ego, ego, t)
+        if failsafe is None and t - used.t > self.runtime.stale_input_s + 1e-9:
+            failsafe = f"stale input: perception is {(t - used.t) * 1e3:.0f} ms old"
+        if failsafe is None and not used.usable:
+            failsafe = f"unusable input: {used.reason}"
+
+        plan, control = self._last_plan, self._last_control
+        if failsafe is None:
+            plan, pl_measured, pl_latency = self._timed("planner", frame, self.stack.planner.step, ego, obs.route, used)
+            measured["planner"] = pl_measured * 1e3
+            ctrl_start = start + pl_latency
+            if self._miss("planner", pl_latency, t, frame, misses):
+                if self.policy["planner"] == "failsafe":
+                    failsafe = "planner missed its budget"
+                elif self.policy["planner"] == "hold" and self._last_plan is not None:
+                    plan = reanchor_plan(self._last_plan, ego, t)
+                    ctrl_start = start + self.budget_s["planner"]
+            if failsafe is None:
+                control, c_measured, c_latency = self._timed("controller", frame, self.stack.controller.step, ego, plan, t)
+                measured["controller"] = c_measured * 1e3
+                ready_t = ctrl_start + c_latency
+                if self._miss("controller", c_latency, t, frame, misses):
+                    if self.policy["controller"] == "failsafe":
+                        failsafe = "controller missed its budget"
+                    elif self.policy["controller"] == "hold":
+                        control = self._last_control
+                        ready_t = ctrl_start + self.budget_s["controller"]
+                start = ready_t
+        if failsafe is not None:
+            control = Control(brake=self.runtime.failsafe_brake)
+            self.trace.instant("failsafe", time.perf_counter() - self.wall0, stage="controller",
+                               args={"frame": frame, "reason": failsafe})
+            start = max(start, t)
+        self._last_plan = plan if failsafe is None else self._last_plan
+        self._last_control = control
+        delay_s = 0.0 if self.runtime.time_model == "ideal" else start - t
+        self._schedule[frame + int(round(delay_s / self.dt))] = control
+        record = FrameRecord(t=t, frame=frame, ego=ego, control=control, plan=plan, perception=used,
+                             events=obs.events, stage_ms=measured, charged_delay_s=delay_s,
+                             misses=tuple(misses), failsafe=failsafe)
+        self.records.append(record)
+        return record
+
+    def command_for_step(self, tick: int) -> Control:
+        """The command in force during the step that starts at `tick`."""
+        for k in sorted(k for k in self._schedule if k <= tick):
+            self._applied = self._schedule.pop(k)
+        return self._applied
+
+    def latency_table(self) -> dict:
+        return {name: tel.row() for name, tel in self.telemetry.items()}
+
+    # ------------------------------------------------------------ the loop
+
+    def run(self, sim, obs: Observation, on_frame=None, max_time_s: float | None = None) -> Observation:
+        """Drive `sim` from `obs` until the scenario ends (or max_time_s). `on_frame(obs,
+        record)` sees every frame. Pipelined: perception of frame n+1 runs in a worker
+        thread while planner and controller work on frame n."""
+        limit = sim.scenario.duration_s if max_time_s is None else max_time_s
+        perceived = self.perceive(obs)
+        pool = ThreadPoolExecutor(max_workers=1) if self.runtime.pipelined else None
+        try:
+            while True:
+                if pool is not None and not (sim.done or obs.t >= limit - 1e-9):
+                    # The command for this step was decided by earlier frames (latency >= 1 tick).
+                    next_obs = sim.step(self.command_for_step(obs.frame))
+                    future = pool.submit(self.perceive, next_obs)
+                    record = self.decide(obs, perceived)
+                    if min(self._schedule, default=obs.frame + 1) <= obs.frame:
+                        raise ConfigError("runtime.pipelined: a command came due within its own tick; "
+                                          "pipelining needs stage budgets summing to at least half a tick")
+                    if on_frame:
+                        on_frame(obs, record)
+                    obs, perceived = next_obs, future.result()
+                    continue
+                record = self.decide(obs, perceived)
+                if on_frame:
+                    on_frame(obs, record)
+                if sim.done or obs.t >= limit - 1e-9:
+                    return obs
+                obs = sim.step(self.command_for_step(obs.frame))
+                perceived = self.perceive(obs)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+
+
+def as_record_arrays(records: list[FrameRecord]) -> dict[str, np.ndarray]:
+    """Ego trajectory and charged latencies of a run as arrays (for tests and plots)."""
+    return {
+        "t": np.array([r.t for r in records]),
+        "x": np.array([r.ego.x for r in records]),
+        "y": np.array([r.ego.y for r in records]),
+        "yaw": np.array([r.ego.yaw for r in records]),
+        "speed": np.array([r.ego.speed for r in records]),
+        "delay_s": np.array([r.charged_delay_s for r in records]),
+    }
+
