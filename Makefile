@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stagepilot-installed
 SCENARIO ?= town_loop
-OUT ?= runs/render-$(SCENARIO)
+OUT ?= runs/$(SCENARIO)
 
 .PHONY: drive test bench maps install clean
 
@@ -20,8 +20,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 drive: $(STAMP)
-	$(BIN)/stagepilot sim render --scenario $(SCENARIO) --out $(OUT)
-	@echo "video: $(OUT)/render.mp4"
+	$(BIN)/stagepilot drive --scenario $(SCENARIO) --out $(OUT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -121,6 +121,8 @@ class StagedRuntime:
         self.injected_s = {name: config.faults.stage_delay_ms.get(name, 0.0) / 1e3 for name in STAGES}
         self.telemetry = {name: StageTelemetry(name, getattr(stages, name).budget_ms) for name in STAGES}
         self.trace = ChromeTrace()
+        for name in STAGES:  # one track per stage, even for a stage that never ran
+            self.trace.tid(name)
         self.wall0 = time.perf_counter()
         self._ready: list[_Ready] = []
         self._last_plan: Plan | None = None
