@@ -46,7 +46,8 @@ class StageTelemetry:
     name: str
     budget_ms: float
     samples_ms: list[float] = field(default_factory=list)
-    misses: int = 0
+    misses: int = 0  # late under the time model: the miss policy acted
+    over_budget: int = 0  # wall clock over budget, whatever the time model (budget: no effect)
 
     def row(self) -> dict:
         ms = np.array(self.samples_ms) if self.samples_ms else np.zeros(1)
@@ -58,6 +59,7 @@ class StageTelemetry:
             "max_ms": round(float(ms.max()), 3),
             "budget_ms": self.budget_ms,
             "misses": self.misses,
+            "over_budget": self.over_budget,
         }
 
 
@@ -141,7 +143,9 @@ class StagedRuntime:
         out = fn(*args)
         _cuda_sync()
         measured = time.perf_counter() - start
-        self.telemetry[name].samples_ms.append(measured * 1e3)
+        telemetry = self.telemetry[name]
+        telemetry.samples_ms.append(measured * 1e3)
+        telemetry.over_budget += measured > self.budget_s[name]
         self.trace.stage(name, start - self.wall0, measured, frame)
         model = self.runtime.time_model
         modelled = 0.0 if model == "ideal" else (self.budget_s[name] if model == "budget" else measured)
