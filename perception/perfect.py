@@ -13,7 +13,7 @@ from collections import deque
 
 import numpy as np
 
-from stagepilot.pipeline.config import PerfectPerceptionConfig
+from stagepilot.pipeline.config import ConfigError, PerfectPerceptionConfig
 from stagepilot.pipeline.messages import (
     Detection,
     EgoState,
@@ -49,7 +49,7 @@ class PerfectPerception:
     def step(self, obs: Observation) -> Perception:
         truth = obs.ground_truth
         if truth is None:
-            raise ValueError("perfect perception needs observations with ground truth (sim.ground_truth: true)")
+            raise ConfigError("sim.ground_truth: perfect perception needs ground truth; set sim.ground_truth: true")
         problem = self.check.reason(obs)
         if problem is not None:
             return Perception(t=obs.t, frame=obs.frame, detections=(), usable=False, reason=problem)

@@ -29,6 +29,13 @@ def _add_stack_args(parser: argparse.ArgumentParser) -> None:
                         help="override a config value, e.g. sim.dt_s=0.02 or scenario.seed=3")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
 def _split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
     stack = [o for o in overrides if not o.startswith("scenario.")]
     scenario = [o[len("scenario."):] for o in overrides if o.startswith("scenario.")]
@@ -91,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_sim.add_argument("--json", action="store_true", help="print one JSON object")
     bench_sim.add_argument("--scenario", default="town_traffic", help="scenario to measure (default: town_traffic)")
-    bench_sim.add_argument("--steps", type=int, default=400, help="simulation steps to time")
-    bench_sim.add_argument("--frames", type=int, default=300, help="camera frames to time")
+    bench_sim.add_argument("--steps", type=_positive_int, default=400, help="simulation steps to time")
+    bench_sim.add_argument("--frames", type=_positive_int, default=300, help="camera frames to time")
     _add_stack_args(bench_sim)
     bench_sim.set_defaults(handler=_cmd_bench_sim)
 
@@ -102,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "p50/p99/max per call and the candidates it evaluates.",
     )
     bench_plan.add_argument("--json", action="store_true", help="print one JSON object")
-    bench_plan.add_argument("--calls", type=int, default=300, help="planner calls to time")
+    bench_plan.add_argument("--calls", type=_positive_int, default=300, help="planner calls to time")
     _add_stack_args(bench_plan)
     bench_plan.set_defaults(handler=_cmd_bench_plan)
 
@@ -112,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         "situations: p50/p99/max per call.",
     )
     bench_control.add_argument("--json", action="store_true", help="print one JSON object")
-    bench_control.add_argument("--calls", type=int, default=2000, help="controller calls to time")
+    bench_control.add_argument("--calls", type=_positive_int, default=2000, help="controller calls to time")
     _add_stack_args(bench_control)
     bench_control.set_defaults(handler=_cmd_bench_control)
 
@@ -218,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, MapError) as exc:
         print(f"stagepilot: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an unwritable output folder, a full disk
+        print(f"stagepilot: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("stagepilot: interrupted", file=sys.stderr)
         return 130

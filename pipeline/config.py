@@ -52,7 +52,6 @@ class TrafficLightConfig(Strict):
     green_s: float = Field(12.0, gt=0.0)
     yellow_s: float = Field(3.0, ge=0.0)
     all_red_s: float = Field(1.0, ge=0.0)
-    stop_line_setback_m: float = Field(1.0, ge=0.0)  # before the junction entry
 
 
 class IdmConfig(Strict):
@@ -83,7 +82,7 @@ class FollowerConfig(Strict):
 
 def _vehicle_config_model() -> type[BaseModel]:
     # Mirror the vehicle dataclass so its defaults and field names have one home.
-    from stagepilot.sim.vehicle import VehicleParams
+    from stagepilot.pipeline.vehicle_params import VehicleParams
 
     fields = {
         f.name: (float, Field(f.default, gt=0.0)) for f in dataclasses.fields(VehicleParams)
@@ -113,7 +112,6 @@ class BehaviourConfig(Strict):
     min_gap_m: float = Field(5.0, gt=0.0)  # [m] bumper to bumper when stopped behind a vehicle
     stop_margin_m: float = Field(4.0, ge=0.0)  # [m] left before a stopped obstacle or pedestrian
     stop_line_margin_m: float = Field(1.0, ge=0.0)  # [m] front bumper before the stop line
-    emergency_ttc_s: float = Field(1.2, gt=0.0)  # below this time to collision: emergency stop
     corridor_margin_m: float = Field(0.6, ge=0.0)  # [m] added to half widths to call something "in path"
     look_ahead_m: float = Field(80.0, gt=0.0)  # [m] along the route
     goal_tolerance_m: float = Field(1.0, ge=0.0)
@@ -183,7 +181,6 @@ class StackConfig(Strict):
     controller: ControllerConfig = ControllerConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     faults: FaultsConfig = FaultsConfig()
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 # ---------------------------------------------------------------- loading

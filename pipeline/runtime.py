@@ -80,8 +80,8 @@ def _cuda_sync() -> None:
 
 
 def reanchor_perception(perception: Perception, then: EgoState, now: EgoState, t: float) -> Perception:
-    """Detections seen from `then` re-expressed in the ego frame at `now` (objects predicted
-    at constant velocity to time t)."""
+    """Detections and the stop line seen from `then`, re-expressed in the ego frame at `now`
+    (objects predicted at constant velocity to time t)."""
     age = t - perception.t
     ct, st = math.cos(then.yaw), math.sin(then.yaw)
     cn, sn = math.cos(now.yaw), math.sin(now.yaw)
@@ -96,7 +96,15 @@ def reanchor_perception(perception: Perception, then: EgoState, now: EgoState, t
         moved.append(dataclasses.replace(
             det, position=(cn * dx + sn * dy, -sn * dx + cn * dy),
             yaw=det.yaw + then.yaw - now.yaw, velocity=(cn * wvx + sn * wvy, -sn * wvx + cn * wvy)))
-    return dataclasses.replace(perception, detections=tuple(moved))
+    light = perception.traffic_light
+    if light is not None:
+        ends = []
+        for ex, ey in (light.stop_line[:2], light.stop_line[2:]):
+            wx, wy = then.x + ct * ex - st * ey, then.y + st * ex + ct * ey
+            dx, dy = wx - now.x, wy - now.y
+            ends += [cn * dx + sn * dy, -sn * dx + cn * dy]
+        light = dataclasses.replace(light, stop_line=tuple(ends))
+    return dataclasses.replace(perception, detections=tuple(moved), traffic_light=light)
 
 
 def reanchor_plan(plan: Plan, ego: EgoState, t: float) -> Plan:
@@ -129,8 +137,8 @@ class StagedRuntime:
         self._ready: list[_Ready] = []
         self._last_plan: Plan | None = None
         self._last_control: Control = HOLD
-        self._schedule: dict[int, Control] = {}
-        self._applied = HOLD
+        self._schedule: dict[int, tuple[int, Control]] = {}  # due tick -> (source frame, command)
+        self._applied, self._applied_frame = HOLD, -1
         self.records: list[FrameRecord] = []
         if self.runtime.pipelined and self.runtime.time_model == "ideal":
             raise ConfigError("runtime.pipelined: pipelined execution needs a time model with latency (budget or measured)")
@@ -192,14 +200,15 @@ class StagedRuntime:
                 else:
                     held = ready[-1]
                     used = reanchor_perception(held.perception, held.ego, ego, t)
-        if failsafe is None and t - used.t > self.runtime.stale_input_s + 1e-9:
-            failsafe = f"stale input: perception is {(t - used.t) * 1e3:.0f} ms old"
+        age = max(start, t) - used.t  # when the planner gets to use it
+        if failsafe is None and age > self.runtime.stale_input_s + 1e-9:
+            failsafe = f"stale input: perception is {age * 1e3:.0f} ms old"
         if failsafe is None and not used.usable:
             failsafe = f"unusable input: {used.reason}"
 
         plan, control = self._last_plan, self._last_control
         if failsafe is None:
-            plan, pl_measured, pl_latency = self._timed("planner", frame, self.stack.planner.step, ego, obs.route, used)
+            plan, pl_measured, pl_latency = self._timed("planner", frame, self.stack.planner.step, ego, obs.route, used, t)
             measured["planner"] = pl_measured * 1e3
             ctrl_start = start + pl_latency
             if self._miss("planner", pl_latency, t, frame, misses):
@@ -227,17 +236,27 @@ class StagedRuntime:
         self._last_plan = plan if failsafe is None else self._last_plan
         self._last_control = control
         delay_s = 0.0 if self.runtime.time_model == "ideal" else start - t
-        self._schedule[frame + int(round(delay_s / self.dt))] = control
+        ticks = int(math.floor(delay_s / self.dt + 0.5))  # round half up
+        if self.runtime.pipelined:
+            ticks = max(ticks, 1)  # the step after this frame was already taken
+        due = frame + ticks
+        if due not in self._schedule or self._schedule[due][0] < frame:
+            self._schedule[due] = (frame, control)
         record = FrameRecord(t=t, frame=frame, ego=ego, control=control, plan=plan, perception=used,
                              events=obs.events, stage_ms=measured, charged_delay_s=delay_s,
                              misses=tuple(misses), failsafe=failsafe)
-        self.records.append(record)
+        # Keep the log light: the semantic mask goes to the video writer, not the records.
+        self.records.append(dataclasses.replace(record, perception=dataclasses.replace(used, semantic=None)))
         return record
 
     def command_for_step(self, tick: int) -> Control:
-        """The command in force during the step that starts at `tick`."""
+        """The command in force during the step that starts at `tick`: the newest frame's
+        command among those due; a command from an older frame than the one in force
+        (it took longer) is dropped."""
         for k in sorted(k for k in self._schedule if k <= tick):
-            self._applied = self._schedule.pop(k)
+            source, control = self._schedule.pop(k)
+            if source >= self._applied_frame:
+                self._applied, self._applied_frame = control, source
         return self._applied
 
     def latency_table(self) -> dict:
@@ -259,9 +278,6 @@ class StagedRuntime:
                     next_obs = sim.step(self.command_for_step(obs.frame))
                     future = pool.submit(self.perceive, next_obs)
                     record = self.decide(obs, perceived)
-                    if min(self._schedule, default=obs.frame + 1) <= obs.frame:
-                        raise ConfigError("runtime.pipelined: a command came due within its own tick; "
-                                          "pipelining needs stage budgets summing to at least half a tick")
                     if on_frame:
                         on_frame(obs, record)
                     obs, perceived = next_obs, future.result()

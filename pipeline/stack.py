@@ -46,7 +46,7 @@ class DrivingStack:
 
     def step(self, obs: Observation) -> tuple[Control, Perception, Plan]:
         perception = self.perception.step(obs)
-        plan = self.planner.step(obs.ego, obs.route, perception)
+        plan = self.planner.step(obs.ego, obs.route, perception, obs.t)
         control = self.controller.step(obs.ego, plan, obs.t)
         return control, perception, plan
 

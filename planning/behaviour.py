@@ -136,9 +136,9 @@ class BehaviourLayer:
         distance = stop_s - front_s
         needed = speed**2 / (2 * max(distance, 0.05))  # [m/s^2] to stop in time
         relevant = distance < speed**2 / (2 * 0.5) + 20.0  # within a gentle stop, plus 20 m
-        if stop_kind in ("stop_obstacle", "follow") and needed > 1.6 * cfg.comfort_decel and speed > 1.0:
+        if stop_kind == "stop_obstacle" and needed > 1.6 * cfg.comfort_decel and speed > 1.0:
             decision, reason = "emergency_stop", f"emergency {stop_reason} (needs {needed:.1f} m/s2)"
-        elif relevant and stop_kind != "follow":
+        elif relevant:
             decision, reason = stop_kind, stop_reason
         return Decision(decision, reason,
                         LatticeTarget(target_speed=target_speed, stop_s=stop_s, d_min=d_min, d_max=d_max),

@@ -42,7 +42,9 @@ class PlannerStage:
         self.last_candidates = 0
         self.wheelbase_m = wheelbase_m
 
-    def step(self, ego: EgoState, route: Route, perception: Perception) -> Plan:
+    def step(self, ego: EgoState, route: Route, perception: Perception, t: float | None = None) -> Plan:
+        """The plan at time t (default: the perception's time; a held perception is older)."""
+        t = perception.t if t is None else t
         if self._route is not route:
             self._route = route
             self.reference = reference_from_route(route)
@@ -51,20 +53,20 @@ class PlannerStage:
         ego_s, _ = ref.path.project(ego.x, ego.y, s_hint=self._ego_s)
         self._ego_s = ego_s
         if not perception.usable:
-            return self._braking_plan(ego, ref, ego_s, perception, "emergency_stop",
+            return self._braking_plan(ego, ref, ego_s, t, perception.frame, "emergency_stop",
                                       f"failsafe: perception unusable ({perception.reason})")
         decision = self.behaviour.decide(ego, ref, ego_s, perception)
         if decision.decision == "emergency_stop":
-            return self._braking_plan(ego, ref, ego_s, perception, decision.decision, decision.reason)
+            return self._braking_plan(ego, ref, ego_s, t, perception.frame, decision.decision, decision.reason)
         front_s = ego_s + self.vehicle.front_m
         target = decision.target
         if ego.speed < HOLD_SPEED_MPS and target.stop_s is not None and target.stop_s - front_s < HOLD_DISTANCE_M:
-            return self._braking_plan(ego, ref, ego_s, perception, decision.decision, decision.reason)
-        start = self._stitched(ego, perception.t)
+            return self._braking_plan(ego, ref, ego_s, t, perception.frame, decision.decision, decision.reason)
+        start = self._stitched(ego, t)
         result = self.lattice.plan(start, ref.path, ego_s, target, list(decision.obstacles))
         self.last_candidates = result.candidates
         reason = decision.reason if not result.fallback else f"{decision.reason}; fallback stop: {result.reason}"
-        self._last_plan = plan = Plan(t=perception.t, frame=perception.frame, times=result.times, x=result.x, y=result.y,
+        self._last_plan = plan = Plan(t=t, frame=perception.frame, times=result.times, x=result.x, y=result.y,
                     yaw=result.yaw, v=result.v, a=result.a, curvature=result.curvature,
                     decision=decision.decision if not result.fallback else "emergency_stop", reason=reason)
         return plan
@@ -88,8 +90,9 @@ class PlannerStage:
         return EgoState(x=at["x"], y=at["y"], yaw=yaw, speed=max(at["v"], 0.0), yaw_rate=at["v"] * at["curvature"],
                         accel=at["a"], steer_angle=math.atan(self.wheelbase_m * at["curvature"]))
 
-    def _braking_plan(self, ego, ref: ReferencePath, ego_s, perception, decision, reason) -> Plan:
-        """Brake at the behaviour layer's emergency deceleration along the reference."""
+    def _braking_plan(self, ego, ref: ReferencePath, ego_s, t, frame, decision, reason) -> Plan:
+        """Brake at the behaviour layer's emergency deceleration, keeping the ego's present
+        offset from the reference (mid-pass, it does not steer back towards what it passes)."""
         self._last_plan = None
         decel = self.config.behaviour.max_decel
         dt = self.config.lattice.dt_s
@@ -97,8 +100,10 @@ class PlannerStage:
         v0 = max(ego.speed, 0.0)
         v = np.maximum(v0 - decel * times, 0.0)
         travelled = np.where(v > 0, v0 * times - 0.5 * decel * times**2, v0**2 / (2 * decel))
+        _, offset = ref.path.project(ego.x, ego.y, s_hint=ego_s)
         x, y, yaw = ref.path.interpolate(ego_s + travelled)
+        x, y = x - np.sin(yaw) * offset, y + np.cos(yaw) * offset
         a = np.where(v > 0, -decel, 0.0)
-        return Plan(t=perception.t, frame=perception.frame, times=times, x=np.asarray(x), y=np.asarray(y),
+        return Plan(t=t, frame=frame, times=times, x=np.asarray(x), y=np.asarray(y),
                     yaw=np.asarray(yaw), v=v, a=a, curvature=ref.path.curvature_at(ego_s + travelled),
                     decision=decision, reason=reason)

@@ -12,7 +12,6 @@ from stagepilot.pipeline.messages import (
     LaneTruth,
     ObjectTruth,
     Observation,
-    Route,
     TrafficLightTruth,
 )
 from stagepilot.sim.render import palette
@@ -95,10 +94,8 @@ def build_observation(sim, events: tuple) -> Observation:
     if sim.config.sim.ground_truth:
         truth = GroundTruth(objects=_objects(sim, ego, boxes_2d), semantic=semantic, depth=depth,
                             traffic_lights=_lights(sim), lane=_lane(sim))
-    route = sim.route.path
     return Observation(
-        t=sim.t, frame=sim.frame, cameras=cameras, ego=ego,
-        route=Route(points=route.points, s=route.s, speed_limit=sim.scenario.speed_limit),
+        t=sim.t, frame=sim.frame, cameras=cameras, ego=ego, route=sim.route_message,
         route_progress=sim.monitor.progress, events=events, ground_truth=truth,
     )
 

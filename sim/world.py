@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 
 from stagepilot.pipeline.config import ConfigError, StackConfig
-from stagepilot.pipeline.messages import Control, Event, Observation
+from stagepilot.pipeline.messages import Control, Event, Observation, Route
 from stagepilot.pipeline.paths import Polyline
 from stagepilot.pipeline.roadmap import MapError, RoadMap
 from stagepilot.sim.events import EventMonitor
@@ -54,7 +54,10 @@ class EmbeddedSimulator(Simulator):
         self.config = config or StackConfig()
         self.dt = self.config.sim.dt_s
         self.render_enabled = render
-        self.vehicle_params = VehicleParams(**self.config.vehicle.model_dump())
+        try:
+            self.vehicle_params = VehicleParams(**self.config.vehicle.model_dump())
+        except ValueError as exc:
+            raise ConfigError(f"vehicle: {exc}") from None
         self.scenario: Scenario | None = None
 
     # ------------------------------------------------------------ reset
@@ -70,6 +73,9 @@ class EmbeddedSimulator(Simulator):
         self.frame = 0
         self._ended = False
         self.route = self._build_route(scenario)
+        # One Route message for the whole drive: consumers cache what they derive from it.
+        self.route_message = Route(points=self.route.path.points, s=self.route.path.s,
+                                   speed_limit=scenario.speed_limit)
         self.lights = self._build_lights(scenario)
         self.ego = self._build_ego(scenario)
         self.npcs: list[NpcVehicle] = []
