@@ -62,6 +62,8 @@ def test_default_budget_drive_has_no_misses_and_a_latency_table(tmp_path):
     result = run_drive(config, "lead_vehicle_braking", ["duration_s=5"], tmp_path / "run", show_progress=False)
     metrics = assert_complete_run_folder(result.out_dir, frames_at_least=100)
     assert metrics["outcome"]["collisions"] == 0 and not metrics["outcome"]["interrupted"]
+    assert all(row["misses"] == 0 for row in metrics["latency"].values())
+    assert metrics["misses"] == [] and metrics["failsafes"] == []
     assert metrics["sensor_to_actuator_ms"]["p50_ms"] == pytest.approx(45.0)
     run = read_json(result.out_dir / "run.json")
     assert run["scenario"]["seed"] == 2

@@ -108,6 +108,50 @@ def test_a_broken_camera_stops_the_car(fault):
     assert sim.ego.state.speed == 0.0  # it did not drive on blind
 
 
+def test_pipelined_fail_safe_and_measured_drives_run_through():
+    faulty = ["faults.frozen_camera_from_s=1.0"]
+    sequential = drive(faulty, render=True, max_time_s=4.0)[1]
+    pipelined = drive([*faulty, "runtime.pipelined=true"], render=True, max_time_s=4.0)[1]
+    assert any(r.failsafe for r in pipelined.records)
+    # A fail-safe command (25 ms) is due within a tick: pipelined applies it one tick later.
+    assert len(pipelined.records) == len(sequential.records) == 81
+    measured = drive(["runtime.time_model=measured", "runtime.pipelined=true"], max_time_s=3.0)[1]
+    assert len(measured.records) == 61
+
+
+def test_an_older_frames_late_command_never_replaces_a_newer_one():
+    config = load_stack([], ["runtime.time_model=measured"])
+    runtime = StagedRuntime(config, None)
+    from stagepilot.pipeline.messages import Control
+
+    slow, fast = Control(throttle=0.1), Control(throttle=0.9)
+    runtime._schedule = {5: (1, slow), 3: (2, fast)}  # frame 1 took longer than frame 2
+    assert runtime.command_for_step(3) == fast
+    assert runtime.command_for_step(5) == fast  # frame 1's command arrives late: dropped
+
+
+def test_held_perception_moves_the_stop_line_and_plans_are_stamped_now():
+    seen = {}
+
+    def watch(sim, obs, record):
+        if record.perception.traffic_light is not None and "light" not in seen:
+            seen["light"] = (obs.t, record)
+
+    sim, runtime = drive(["faults.stage_delay_ms={perception: 200}"], scenario="red_light_junction",
+                         max_time_s=12.0, on_frame=watch)
+    assert all(r.plan is None or r.plan.t == r.t for r in runtime.records)
+    assert "stop_light" in [r.plan.decision for r in runtime.records if r.plan is not None]
+    assert "red_light" not in [e.kind for e in sim.events]
+    # The held stop line, moved into the current frame, is where the map says it is.
+    _, record = seen["light"]
+    light = next(l for l in sim.lights if l.id == record.perception.traffic_light.id)
+    ego = record.ego
+    x0, y0 = record.perception.traffic_light.stop_line[:2]
+    wx = ego.x + math.cos(ego.yaw) * x0 - math.sin(ego.yaw) * y0
+    wy = ego.y + math.sin(ego.yaw) * x0 + math.cos(ego.yaw) * y0
+    assert math.hypot(wx - light.stop_line.p0[0], wy - light.stop_line.p0[1]) < 0.05
+
+
 def test_pipelining_needs_latency():
     config = load_stack([], ["runtime.time_model=ideal", "runtime.pipelined=true"])
     with pytest.raises(ConfigError, match="runtime.pipelined"):
