@@ -4,6 +4,7 @@
     stagepilot sim render --scenario NAME --out DIR [key.path=value ...]
     stagepilot sim list
     stagepilot bench sim|plan|control --json
+    stagepilot collect --out DIR --frames N [--split train|val|both] [--seed S]
     stagepilot config show [--config FILE] [key.path=value ...]
 
 Trailing `key.path=value` arguments override the stack config; those that start with
@@ -123,6 +124,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stack_args(bench_control)
     bench_control.set_defaults(handler=_cmd_bench_control)
 
+    collect = commands.add_parser(
+        "collect", help="render a perception dataset (COCO boxes, semantic masks) from the embedded simulator",
+        description="Render varied scenes (maps, traffic, pedestrians, parked cars, cones, weather) with the "
+        "embedded simulator and write the front camera's images, semantic masks (CARLA tags), optional depth, "
+        "COCO annotations per split and manifest.json. Training uses the project maps; validation uses "
+        "Town02 and held-out seeds. The same command writes the same bytes.",
+    )
+    collect.add_argument("--out", required=True, type=Path, help="dataset folder (must not hold a dataset yet)")
+    collect.add_argument("--frames", required=True, type=_positive_int, help="frames to write, over all splits")
+    collect.add_argument("--split", choices=["train", "val", "both"], default="both", help="splits to write (default: both)")
+    collect.add_argument("--seed", type=int, default=0, help="seed of everything sampled (default: 0)")
+    collect.add_argument("--val-fraction", type=float, default=0.2, help="share of frames for val with --split both")
+    collect.add_argument("--frames-per-scene", type=_positive_int, default=10, help="frames saved per sampled scene")
+    collect.add_argument("--interval", type=float, default=0.5, metavar="S", help="sim seconds between saved frames")
+    collect.add_argument("--image-format", choices=["jpg", "png"], default="jpg", help="camera image format")
+    collect.add_argument("--depth", action="store_true", help="also write depth as 16-bit PNG [cm]")
+    collect.add_argument("--workers", type=_positive_int, default=1, help="processes (the output does not depend on it)")
+    collect.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_stack_args(collect)
+    collect.set_defaults(handler=_cmd_collect)
+
     config = commands.add_parser("config", help="inspect the stack config")
     config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
     show = config_commands.add_parser("show", help="print the resolved config and its hash")
@@ -204,6 +226,33 @@ def _cmd_bench_control(args) -> int:
     config = load_stack(args.config, args.overrides)
     result = bench_control(config.controller, vehicle_geometry(config), config.sim.dt_s, calls=args.calls)
     _print_result(result, args.json)
+    return 0
+
+
+def _collect_command(args) -> str:
+    """The command with every option that shapes the dataset spelt out (not --workers/--quiet)."""
+    import shlex
+
+    options = {"--out": args.out, "--frames": args.frames, "--split": args.split, "--seed": args.seed,
+               "--val-fraction": args.val_fraction, "--frames-per-scene": args.frames_per_scene,
+               "--interval": args.interval, "--image-format": args.image_format}
+    words = [word for key, value in options.items() for word in (key, str(value))]
+    words += ["--depth"] * args.depth + [word for path in args.config for word in ("--config", path)]
+    return shlex.join(["stagepilot", "collect", *words, *args.overrides])
+
+
+def _cmd_collect(args) -> int:
+    from stagepilot.pipeline.collect import collect_dataset
+
+    config = load_stack(args.config, args.overrides)
+    manifest = collect_dataset(
+        config, args.out, args.frames, args.split, args.seed, val_fraction=args.val_fraction,
+        frames_per_scene=args.frames_per_scene, interval_s=args.interval, image_format=args.image_format,
+        depth=args.depth, workers=args.workers, show_progress=not args.quiet, command=_collect_command(args),
+    )
+    for name, split in manifest["splits"].items():
+        print(f"{name}: {split['frames']} frames, {split['annotations']} boxes, maps {', '.join(split['maps'])}")
+    print(f"wrote {args.out / 'manifest.json'}")
     return 0
 
 

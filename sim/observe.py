@@ -77,10 +77,10 @@ def _lane(sim) -> LaneTruth:
                      lateral_offset=offset, is_junction=lane.is_junction, on_road=on_road)
 
 
-def build_observation(sim, events: tuple) -> Observation:
+def build_observation(sim, events: tuple, render: bool = True) -> Observation:
     ego = ego_state(sim)
     cameras, semantic, depth, boxes_2d = {}, {}, {}, {}
-    if sim.sensors is not None:
+    if sim.sensors is not None and render:
         dynamic = dynamic_boxes(sim)
         outputs = sim.sensors.render((ego.x, ego.y, ego.yaw), dynamic, sim.frame)
         for name, out in outputs.items():

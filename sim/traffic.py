@@ -156,6 +156,7 @@ class NpcVehicle:
     lateral_rate: float = 0.0  # [m/s]
     forced_decel: float | None = None  # active 'brake' behaviour [m/s^2]
     held: bool = False  # 'stop' behaviour: stay stopped until 'go'
+    dead_end: bool = False  # a random route that reached a lane with no successor
 
 
 @dataclass
@@ -254,7 +255,8 @@ def npc_accel(npc: NpcVehicle, others: list[Agent], t: float, idm: IdmConfig) ->
         return -idm.comfortable_decel if speed > 0 else 0.0
     gap, leader_speed = leader_ahead(npc, others, idm.look_ahead_m)
     stop_gap = light_gap(npc, t, idm)
-    end_gap = None if npc.random_route else npc.path.length - npc.s - npc.agent.size[0] / 2
+    stops_at_end = not npc.random_route or npc.dead_end
+    end_gap = npc.path.length - npc.s - npc.agent.size[0] / 2 if stops_at_end else None
     candidates = [(gap, leader_speed), (stop_gap, 0.0), (end_gap, 0.0)]
     accel = min(idm_accel(idm, speed, npc.desired_speed, g, speed - v) for g, v in candidates if g is not None) \
         if any(g is not None for g, _ in candidates) else idm_accel(idm, speed, npc.desired_speed, None, 0.0)
@@ -285,7 +287,10 @@ def advance_npc(npc: NpcVehicle, accel: float, dt: float) -> None:
 def extend_random_path(npc: NpcVehicle, road_map: RoadMap, rng: np.random.Generator,
                        lights: list[TrafficLight], min_ahead_m: float = 150.0) -> None:
     """Grow a randomly-routed NPC's path with random successors so it never runs out."""
-    if not npc.random_route or npc.path.length - npc.s > min_ahead_m:
+    if not npc.random_route or npc.dead_end or npc.path.length - npc.s > min_ahead_m:
+        return
+    if not road_map.successors(npc.keys[-1]):
+        npc.dead_end = True  # nowhere to go: it stops at the end of its lane
         return
     keep_from = max(npc.s - 30.0, 0.0)
     points = npc.path.points[npc.path.s >= keep_from]
@@ -296,6 +301,7 @@ def extend_random_path(npc: NpcVehicle, road_map: RoadMap, rng: np.random.Genera
     while length - (npc.s - keep_from) < 2 * min_ahead_m:
         successors = road_map.successors(keys[-1])
         if not successors:
+            npc.dead_end = True
             break
         nxt = successors[int(rng.integers(len(successors)))]
         seg_points = road_map.segments[nxt].path.points

@@ -231,7 +231,9 @@ class EmbeddedSimulator(Simulator):
 
     # ------------------------------------------------------------ step
 
-    def step(self, control: Control) -> Observation:
+    def step(self, control: Control, render: bool = True) -> Observation:
+        """One fixed step. render=False skips the cameras for this step (ground truth of
+        objects, lights and lanes is still there), e.g. between the frames a tool keeps."""
         if self.scenario is None:
             raise RuntimeError("reset() the simulator with a scenario before step()")
         self.ego.step(control, self.dt)
@@ -241,7 +243,7 @@ class EmbeddedSimulator(Simulator):
         events = self.monitor.update(self.t, self.ego_agent(), self._ego_front(), self.agents())
         if self.t >= self.scenario.duration_s - 1e-9 or self.monitor.route_completed:
             self._ended = True
-        return self._observe(events)
+        return self._observe(events, render)
 
     def _step_traffic(self) -> None:
         ego = self.ego_agent()
@@ -303,11 +305,11 @@ class EmbeddedSimulator(Simulator):
     def light_states(self) -> dict[int, str]:
         return {light.id: light.state(self.t) for light in self.lights}
 
-    def _observe(self, events: list[Event]) -> Observation:
+    def _observe(self, events: list[Event], render: bool = True) -> Observation:
         from stagepilot.sim.observe import build_observation
 
         self.events.extend(events)
-        return build_observation(self, tuple(events))
+        return build_observation(self, tuple(events), render=render)
 
 
 def _trigger_order(b) -> tuple:

@@ -269,3 +269,12 @@ def test_drifting_into_the_oncoming_lane_is_a_lane_departure_then_off_road(stack
     crossed = next(e for e in events if e.kind == "off_road")
     assert sim.ego_agent().y > 7.0  # it ended beyond the far edge of the road
     assert departure.t < crossed.t - 1.0  # it left its lanes well before it left the road
+
+
+def test_random_traffic_stops_at_a_dead_end_instead_of_failing(stack):
+    sim = EmbeddedSimulator(stack, render=False)
+    sim.reset(load_scenario("curve_lane_keeping", ["random_vehicles=8", "seed=10000006", "duration_s=200"]))
+    run(sim, None, HOLD, 150.0)
+    stuck = [n for n in sim.npcs if n.dead_end]
+    assert stuck and all(n.agent.speed == 0.0 for n in stuck)
+    assert all(n.path.length - n.s - n.agent.size[0] / 2 > -0.5 for n in stuck)  # stopped before the end

@@ -1,0 +1,146 @@
+"""`stagepilot collect`: a small dataset, its boxes against its semantic masks, its splits and
+its determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from stagepilot.pipeline.collect import TRAIN_MAPS, VAL_MAP
+from stagepilot.pipeline.cli import main
+
+ARGS = ["--frames", "12", "--frames-per-scene", "4", "--val-fraction", "0.34", "--seed", "2", "--depth", "--quiet"]
+TAGS = {"vehicle": 14, "pedestrian": 12, "static_obstacle": 20}
+SKY = 11
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("collect") / "ds"
+    assert main(["collect", "--out", str(out), *ARGS]) == 0
+    return out
+
+
+def _coco(root: Path, split: str) -> dict:
+    return json.loads((root / "annotations" / f"{split}.json").read_text())
+
+
+def _manifest(root: Path) -> dict:
+    return json.loads((root / "manifest.json").read_text())
+
+
+def test_coco_files_hold_every_frame_with_its_files(dataset_dir):
+    manifest = _manifest(dataset_dir)
+    assert manifest["frames"] == {"train": 8, "val": 4}
+    for split, count in manifest["frames"].items():
+        coco = _coco(dataset_dir, split)
+        assert [c["name"] for c in coco["categories"]] == ["vehicle", "pedestrian", "traffic_light", "static_obstacle"]
+        assert len(coco["images"]) == count
+        for image in coco["images"]:
+            rgb = cv2.imread(str(dataset_dir / image["file_name"]))
+            semantic = cv2.imread(str(dataset_dir / image["semantic_file"]), cv2.IMREAD_UNCHANGED)
+            depth = cv2.imread(str(dataset_dir / image["depth_file"]), cv2.IMREAD_UNCHANGED)
+            assert rgb.shape == (360, 640, 3) and semantic.shape == (360, 640) and semantic.dtype == np.uint8
+            assert depth.dtype == np.uint16 and np.all(depth[semantic == SKY] == 65535)
+            assert np.all(depth[semantic == 1] < 20000)  # road: nearer than 200 m
+        ids = [a["id"] for a in coco["annotations"]]
+        assert ids == list(range(1, len(ids) + 1))
+
+
+@pytest.mark.parametrize("category", ["vehicle", "pedestrian", "static_obstacle"])
+def test_boxes_lie_in_the_image_tightly_around_pixels_of_their_class(dataset_dir, category):
+    fractions = []
+    for split in ("train", "val"):
+        coco = _coco(dataset_dir, split)
+        cat_id = next(c["id"] for c in coco["categories"] if c["name"] == category)
+        images = {i["id"]: i for i in coco["images"]}
+        for ann in (a for a in coco["annotations"] if a["category_id"] == cat_id):
+            image = images[ann["image_id"]]
+            x, y, w, h = ann["bbox"]
+            assert 0 <= x and 0 <= y and x + w <= image["width"] and y + h <= image["height"]
+            assert w >= 4 and h >= 4 and ann["visible_fraction"] >= 0.25
+            crop = cv2.imread(str(dataset_dir / image["semantic_file"]), cv2.IMREAD_UNCHANGED)[y:y + h, x:x + w]
+            mine = crop == TAGS[category]
+            # The box is the bounding box of the object's visible pixels: each edge touches one.
+            assert mine[0].any() and mine[-1].any() and mine[:, 0].any() and mine[:, -1].any()
+            fractions.append(mine.mean())
+    assert fractions, f"no {category} in the test dataset: pick another seed"
+    # Limbs and occluders leave gaps, so a few boxes fall under half; none by much, and not typically.
+    assert min(fractions) > 0.2
+    assert np.median(fractions) > 0.5
+
+
+def test_traffic_light_boxes_frame_the_housing_and_carry_the_state(dataset_dir):
+    lights = [(split, a) for split in ("train", "val") for a in _coco(dataset_dir, split)["annotations"]
+              if a["category_id"] == 3]
+    for split, ann in lights:
+        assert ann["attributes"]["state"] in ("red", "yellow", "green")
+        assert isinstance(ann["attributes"]["facing_camera"], bool)
+        image = next(i for i in _coco(dataset_dir, split)["images"] if i["id"] == ann["image_id"])
+        x, y, w, h = ann["bbox"]
+        crop = cv2.imread(str(dataset_dir / image["semantic_file"]), cv2.IMREAD_UNCHANGED)[y:y + h, x:x + w]
+        assert (crop == 7).mean() >= 0.3
+
+
+def test_annotations_carry_ego_position_track_and_visibility(dataset_dir):
+    for ann in _coco(dataset_dir, "train")["annotations"]:
+        forward, _, up = ann["center_ego"]
+        assert forward > 0.0 and up > 0.0  # in front of the camera, box centre above the ground
+        assert isinstance(ann["track_id"], int) and 0.25 <= ann["visible_fraction"] <= 1.0
+
+
+def test_train_and_val_never_share_a_map_seed_pair_or_a_seed(dataset_dir):
+    splits = _manifest(dataset_dir)["splits"]
+    pairs = {name: {(s["map"], s["seed"]) for s in split["scenes"]} for name, split in splits.items()}
+    assert pairs["train"].isdisjoint(pairs["val"])
+    assert set(splits["train"]["seeds"]).isdisjoint(splits["val"]["seeds"])
+    assert set(splits["train"]["maps"]) <= set(TRAIN_MAPS)
+    if VAL_MAP.is_file():
+        assert splits["val"]["maps"] == ["Town02"] and "note" not in splits["val"]
+    else:
+        assert "absent" in splits["val"]["note"]
+
+
+def test_manifest_lists_seeds_maps_and_provenance(dataset_dir):
+    manifest = _manifest(dataset_dir)
+    assert manifest["command"].startswith("stagepilot collect --out ")
+    assert manifest["seed"] == 2 and manifest["stagepilot_version"] and "commit" in manifest["git"]
+    for split in ("train", "val"):
+        images = _coco(dataset_dir, split)["images"]
+        entry = manifest["splits"][split]
+        assert entry["seeds"] == sorted({i["seed"] for i in images})
+        assert entry["maps"] == sorted({i["map"] for i in images})
+        for scene in entry["scenes"]:
+            assert scene["scenario"]["seed"] == scene["seed"] and scene["scenario"]["map"] == scene["map"]
+
+
+def test_the_same_command_writes_the_same_bytes(dataset_dir, tmp_path):
+    again = tmp_path / "ds"
+    assert main(["collect", "--out", str(again), *ARGS]) == 0
+    files = sorted(p.relative_to(dataset_dir) for p in dataset_dir.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    for relative in files:
+        if relative.name != "manifest.json":
+            assert (dataset_dir / relative).read_bytes() == (again / relative).read_bytes(), relative
+    first, second = _manifest(dataset_dir), _manifest(again)
+    first.pop("command"), second.pop("command")  # names the output folder
+    assert first == second
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "-1"], "--seed -1"),
+    (["--interval", "0"], "--interval 0"),
+])
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys, args, message):
+    assert main(["collect", "--out", str(tmp_path / "x"), "--frames", "4", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("stagepilot: error:") and message in err and "\n" not in err
+
+
+def test_an_existing_dataset_is_not_overwritten(dataset_dir, capsys):
+    assert main(["collect", "--out", str(dataset_dir), "--frames", "4", "--quiet"]) == 2
+    assert "already holds a dataset" in capsys.readouterr().err
