@@ -61,6 +61,8 @@ def run_drive(config: StackConfig, scenario_name: str, scenario_overrides: list[
         raise ConfigError(f"--sim {sim_kind}: only the embedded simulator is available so far (CARLA arrives in a later issue)")
     if perception != "perfect":
         raise ConfigError(f"--perception {perception}: learned perception is not available yet (issue 5); use perfect")
+    if perception == "perfect" and not config.sim.ground_truth:
+        raise ConfigError("sim.ground_truth: perfect perception needs ground truth; set sim.ground_truth: true")
     scenario = load_scenario(scenario_name, scenario_overrides)
     sim = EmbeddedSimulator(config, render=True)
     obs = sim.reset(scenario)
