@@ -3,7 +3,7 @@
     stagepilot drive [--scenario NAME] [--time-model budget] [--out DIR] [key.path=value ...]
     stagepilot sim render --scenario NAME --out DIR [key.path=value ...]
     stagepilot sim list
-    stagepilot bench sim|plan|control --json
+    stagepilot bench sim|plan|control|perception --json
     stagepilot collect --out DIR --frames N [--split train|val|both] [--seed S]
     stagepilot config show [--config FILE] [key.path=value ...]
 
@@ -124,6 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stack_args(bench_control)
     bench_control.set_defaults(handler=_cmd_bench_control)
 
+    bench_perception = bench_commands.add_parser(
+        "perception", help="perception network latency against the torchvision pair",
+        description="Time our multi-task network (forward + decode) and ssdlite320 + lraspp (MobileNetV3) "
+        "on one 640x360 frame, same device, dtype (bf16 autocast where it works) and channels_last: "
+        "p50/p99 per frame and the p50 speedup.",
+    )
+    bench_perception.add_argument("--json", action="store_true", help="print one JSON object")
+    bench_perception.add_argument("--iters", type=_positive_int, default=30, help="timed frames per model")
+    bench_perception.add_argument("--warmup", type=_positive_int, default=5, help="untimed frames first")
+    bench_perception.add_argument("--threads", type=_positive_int, default=None,
+                                  help="torch threads (default: all CPU cores)")
+    bench_perception.set_defaults(handler=_cmd_bench_perception)
+
     collect = commands.add_parser(
         "collect", help="render a perception dataset (COCO boxes, semantic masks) from the embedded simulator",
         description="Render varied scenes (maps, traffic, pedestrians, parked cars, cones, weather) with the "
@@ -226,6 +239,13 @@ def _cmd_bench_control(args) -> int:
     config = load_stack(args.config, args.overrides)
     result = bench_control(config.controller, vehicle_geometry(config), config.sim.dt_s, calls=args.calls)
     _print_result(result, args.json)
+    return 0
+
+
+def _cmd_bench_perception(args) -> int:
+    from stagepilot.perception.bench import bench_perception
+
+    _print_result(bench_perception(iters=args.iters, warmup=args.warmup, threads=args.threads), args.json)
     return 0
 
 

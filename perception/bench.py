@@ -1,0 +1,101 @@
+"""Latency of our multi-task network against the torchvision pair on one 640x360 frame.
+
+    stagepilot bench perception --json
+
+Both sides run in the same process with the same device, dtype (bf16 autocast where it
+works), memory format (channels_last), thread count and ``torch.inference_mode()``:
+- ours: ``PerceptionNet`` forward + ``decode`` (boxes through NMS, a full-resolution seg map);
+- the pair: ``ssdlite320_mobilenet_v3_large`` (its forward includes resize, decoding and NMS)
+  plus ``lraspp_mobilenet_v3_large`` (full-resolution logits), 7 classes each, random init.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from stagepilot.perception.model import build_model
+
+INPUT_H, INPUT_W = 360, 640
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 when autocast with it runs a conv on this device, else None (plain fp32)."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return None
+    try:
+        conv = torch.nn.Conv2d(3, 4, 3).to(device)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+            out = conv(torch.rand(1, 3, 8, 8, device=device))
+        return torch.bfloat16 if out.dtype == torch.bfloat16 else None
+    except (RuntimeError, TypeError):
+        return None
+
+
+def _time_interleaved(fns: list[Callable[[], Any]], iters: int, warmup: int,
+                      device: torch.device) -> list[dict[str, float]]:
+    """Time each fn per round, in turn, so drift in machine load hits all of them alike."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times: list[list[float]] = [[] for _ in fns]
+    for round_ in range(warmup + iters):
+        for fn, spent in zip(fns, times):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            if round_ >= warmup:
+                spent.append((time.perf_counter() - start) * 1000.0)
+    return [{"p50_ms": round(float(np.percentile(t, 50)), 2), "p99_ms": round(float(np.percentile(t, 99)), 2)}
+            for t in times]
+
+
+def bench_perception(iters: int = 30, warmup: int = 5, threads: int | None = None, *,
+                     architecture: str = "mtl_mbv3small_fpn96_s8") -> dict:
+    from torchvision.models.detection import ssdlite320_mobilenet_v3_large
+    from torchvision.models.segmentation import lraspp_mobilenet_v3_large
+
+    threads = threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = _autocast_dtype(device)
+    autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext())
+
+    ours = build_model(architecture).eval().to(device, memory_format=torch.channels_last)
+    ssd = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=7)
+    lraspp = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=7)
+    ssd = ssd.eval().to(device, memory_format=torch.channels_last)
+    lraspp = lraspp.eval().to(device, memory_format=torch.channels_last)
+
+    frame = torch.rand(1, 3, INPUT_H, INPUT_W, device=device)  # (B, 3, H, W) in [0, 1]
+    frame_cl = frame.contiguous(memory_format=torch.channels_last)
+    seg_input = ((frame - torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1))
+                 / torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1))
+    seg_input = seg_input.contiguous(memory_format=torch.channels_last)
+
+    def run_ours():
+        return ours.decode(ours(frame_cl), score_threshold=0.3)
+
+    def run_pair():
+        return ssd([frame[0]]), lraspp(seg_input)["out"]
+
+    with torch.inference_mode(), autocast:
+        result_ours, result_pair = _time_interleaved([run_ours, run_pair], iters, warmup, device)
+    return {
+        "ours": result_ours,
+        "torchvision_pair": result_pair,
+        "speedup_p50": round(result_pair["p50_ms"] / result_ours["p50_ms"], 2),
+        "device": device.type,
+        "dtype": "bfloat16" if dtype is not None else "float32",
+        "memory_format": "channels_last",
+        "threads": threads,
+        "input": f"{INPUT_W}x{INPUT_H}",
+        "architecture": ours.architecture,
+        "params_m": {"ours": round(sum(p.numel() for p in ours.parameters()) / 1e6, 2),
+                     "torchvision_pair": round(sum(p.numel() for m in (ssd, lraspp) for p in m.parameters()) / 1e6, 2)},
+    }

@@ -1,0 +1,157 @@
+"""The multi-task perception network: shapes, decoding, a short training run, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from stagepilot.perception.model import (
+    CARLA_TAG_TO_SEG,
+    CLASSES,
+    SEG_CLASSES,
+    CheckpointError,
+    PerceptionNet,
+    load_checkpoint,
+    save_checkpoint,
+    seg_mask_from_tags,
+)
+
+H, W = 360, 640
+# class index -> (RGB colour, seg class) of the synthetic rectangles
+_PAINT = {0: ((0.9, 0.1, 0.1), SEG_CLASSES.index("vehicle")),
+          1: ((0.1, 0.9, 0.1), SEG_CLASSES.index("pedestrian")),
+          5: ((0.1, 0.1, 0.9), 0)}
+
+
+def _synthetic(n: int, h: int = 192, w: int = 320, seed: int = 0):
+    """Noise frames with a road band and a few painted rectangles of known classes: (images, targets)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 3, h, w, generator=g) * 0.3       # (N, 3, H, W)
+    targets = []
+    for i in range(n):
+        mask = torch.zeros(h, w, dtype=torch.long)
+        images[i, :, h * 2 // 3:, :] += 0.4                    # road: the lower third, grey
+        mask[h * 2 // 3:, :] = SEG_CLASSES.index("road")
+        boxes, labels = [], []
+        for _ in range(3):
+            label = list(_PAINT)[int(torch.randint(len(_PAINT), (1,), generator=g))]
+            bw, bh = (int(v) for v in torch.randint(16, min(72, h // 2), (2,), generator=g))
+            x0 = int(torch.randint(0, w - bw, (1,), generator=g))
+            y0 = int(torch.randint(0, h - bh, (1,), generator=g))
+            colour, seg_class = _PAINT[label]
+            images[i, :, y0:y0 + bh, x0:x0 + bw] = torch.tensor(colour).view(3, 1, 1)
+            mask[y0:y0 + bh, x0:x0 + bw] = seg_class
+            boxes.append([x0, y0, x0 + bw, y0 + bh])
+            labels.append(label)
+        targets.append({"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels),
+                        "mask": mask})
+    return images.clamp(0, 1), targets
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return PerceptionNet().eval()
+
+
+def test_output_shapes_for_a_camera_frame(model):
+    with torch.inference_mode():
+        out = model(torch.rand(2, 3, H, W))
+    assert out["cls"].shape == (2, len(CLASSES), H // 8, W // 8)
+    assert out["box"].shape == (2, 4, H // 8, W // 8)
+    assert out["seg"].shape == (2, len(SEG_CLASSES), H // 8, W // 8)
+    assert out["image_size"] == (H, W)
+
+
+def test_channels_last_bf16_autocast_runs_on_cpu(model):
+    model = PerceptionNet().eval().to(memory_format=torch.channels_last)
+    x = torch.rand(1, 3, H, W).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        dets = model.decode(model(x), score_threshold=0.0)
+    assert dets[0]["seg"].shape == (H, W)
+    assert torch.isfinite(dets[0]["boxes"]).all()
+
+
+def test_decode_keeps_boxes_inside_the_image(model):
+    with torch.inference_mode():
+        out = model(torch.rand(1, 3, H, W))
+        out["box"] = out["box"] * 50.0  # huge distances: boxes must still be clipped to the frame
+        dets = model.decode(out, score_threshold=0.0, max_detections=300)
+    boxes = dets[0]["boxes"]
+    assert 0 < boxes.shape[0] <= 300
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+    assert (boxes[:, 2] <= W).all() and (boxes[:, 3] <= H).all()
+    assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
+    assert dets[0]["labels"].max() < len(CLASSES)
+    assert dets[0]["seg"].shape == (H, W)
+
+
+def test_carla_tags_map_to_seg_classes():
+    tags = torch.tensor([[0, 1, 24, 2], [14, 15, 16, 12]])
+    seg = seg_mask_from_tags(tags)
+    names = [[SEG_CLASSES[int(v)] for v in row] for row in seg]
+    assert names == [["background", "road", "road_line", "sidewalk"], ["vehicle", "vehicle", "vehicle", "pedestrian"]]
+    assert set(CARLA_TAG_TO_SEG.values()) <= set(range(len(SEG_CLASSES)))
+
+
+def test_short_training_run_lowers_the_loss():
+    torch.manual_seed(0)
+    net = PerceptionNet().train()
+    images, targets = _synthetic(4)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    losses, parts = [], {"cls": [], "box": [], "seg": []}
+    for step in range(40):
+        i = (step * 2) % 4
+        out = net(images[i:i + 2])
+        loss = net.loss(out, targets[i:i + 2])
+        opt.zero_grad()
+        loss["total"].backward()
+        opt.step()
+        losses.append(loss["total"].item())
+        for key, values in parts.items():
+            values.append(loss[key].item())
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.3 * first, (first, last, losses)  # about 4.0 -> 0.4 on this set
+    for key, values in parts.items():  # every head learns, not just one
+        assert sum(values[-5:]) < 0.7 * sum(values[:5]), (key, values)
+
+
+def test_loss_handles_an_image_without_boxes(model):
+    images, targets = _synthetic(1, 96, 160)
+    targets[0]["boxes"] = torch.zeros(0, 4)
+    targets[0]["labels"] = torch.zeros(0, dtype=torch.long)
+    loss = model.loss(model(images), targets)
+    assert torch.isfinite(loss["total"])
+
+
+def test_checkpoint_round_trip_keeps_meta_and_outputs(model, tmp_path):
+    meta = {"metrics": {"mAP50": 0.1}, "training_command": "stagepilot train --epochs 1",
+            "data_manifest": {"train": "data/train.json", "frames": 4}}
+    path = save_checkpoint(tmp_path / "net.pt", model, meta)
+    loaded, got = load_checkpoint(path)
+    assert got["classes"] == list(CLASSES) and got["seg_classes"] == list(SEG_CLASSES)
+    assert got["input_size"] == [H, W] and got["architecture"] == model.architecture
+    assert got["metrics"] == meta["metrics"] and got["training_command"] == meta["training_command"]
+    assert got["data_manifest"] == meta["data_manifest"]
+    x = torch.rand(1, 3, 96, 160)
+    with torch.inference_mode():
+        a, b = model(x), loaded.eval()(x)
+    for key in ("cls", "box", "seg"):
+        assert torch.equal(a[key], b[key])
+    again, _ = load_checkpoint(path, PerceptionNet())  # into a requested model of the same shape
+    assert torch.equal(again.eval()(x)["cls"], a["cls"])
+
+
+def test_corrupt_checkpoint_names_the_file(tmp_path):
+    path = tmp_path / "broken.pt"
+    path.write_bytes(b"not a torch file at all")
+    with pytest.raises(CheckpointError, match="broken.pt"):
+        load_checkpoint(path)
+
+
+def test_class_mismatch_names_the_file_and_the_field(model, tmp_path):
+    path = save_checkpoint(tmp_path / "seven.pt", PerceptionNet(num_classes=7), {})
+    with pytest.raises(ValueError, match=r"seven\.pt.*classes mismatch"):
+        load_checkpoint(path, model)
+    other = save_checkpoint(tmp_path / "wide.pt", PerceptionNet(width=64), {})
+    with pytest.raises(CheckpointError, match=r"wide\.pt.*architecture mismatch"):
+        load_checkpoint(other, model)
