@@ -6,6 +6,8 @@
     stagepilot bench sim|plan|control|perception --json
     stagepilot collect --out DIR --frames N [--split train|val|both] [--seed S]
     stagepilot config show [--config FILE] [key.path=value ...]
+    stagepilot train --config configs/training/default.yaml [--resume CKPT] [key.path=value ...]
+    stagepilot eval perception --checkpoint CKPT --data DIR [--split val] [--json]
 
 Trailing `key.path=value` arguments override the stack config; those that start with
 `scenario.` override the scenario file (`scenario.seed=3`).
@@ -158,6 +160,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stack_args(collect)
     collect.set_defaults(handler=_cmd_collect)
 
+    train = commands.add_parser("train", help="train the perception network on a collected dataset",
+                                description="Train PerceptionNet (perception/train.py) from a training YAML; "
+                                "checkpoints every epoch, then evaluates the val split into model.pt.")
+    train.add_argument("--config", required=True, type=Path, help="training YAML, e.g. configs/training/default.yaml")
+    train.add_argument("--resume", type=Path, default=None, metavar="CKPT", help="continue from an epoch checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("overrides", nargs="*", metavar="key.path=value", help="override a value, e.g. epochs=3")
+    train.set_defaults(handler=_cmd_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a trained model")
+    eval_commands = evaluate.add_subparsers(dest="eval_command", metavar="STAGE", required=True)
+    eval_perception = eval_commands.add_parser(
+        "perception", help="AP per class, seg IoU and position error of a checkpoint on a dataset split")
+    eval_perception.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint from `stagepilot train`")
+    eval_perception.add_argument("--data", required=True, type=Path, help="a dataset from `stagepilot collect`")
+    eval_perception.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    eval_perception.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
+    eval_perception.set_defaults(handler=_cmd_eval_perception)
+
     config = commands.add_parser("config", help="inspect the stack config")
     config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
     show = config_commands.add_parser("show", help="print the resolved config and its hash")
@@ -273,6 +294,29 @@ def _cmd_collect(args) -> int:
     for name, split in manifest["splits"].items():
         print(f"{name}: {split['frames']} frames, {split['annotations']} boxes, maps {', '.join(split['maps'])}")
     print(f"wrote {args.out / 'manifest.json'}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    import shlex
+
+    from stagepilot.perception.train import load_train_config, train
+
+    words = ["stagepilot", "train", "--config", str(args.config)]
+    words += ["--resume", str(args.resume)] if args.resume else []
+    config = load_train_config(args.config, args.overrides)
+    result = train(config, resume=args.resume, command=shlex.join(words + args.overrides),
+                   show_progress=not args.quiet)
+    print(f"wrote {result['checkpoint']}" + (f" and {result['model']}" if result["model"] else ""))
+    return 0
+
+
+def _cmd_eval_perception(args) -> int:
+    from stagepilot.perception.evaluate import evaluate_checkpoint
+
+    if not args.checkpoint.is_file():
+        raise ConfigError(f"{args.checkpoint}: checkpoint not found")
+    print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data, args.split)))
     return 0
 
 

@@ -1,0 +1,151 @@
+"""A torch Dataset over one split of a collected dataset (layout: perception/dataset.py).
+
+    ds = PerceptionDataset(root, "train", input_size=(288, 512), augment=Augment(), seed=0)
+    image, target = ds[0]        # (3, H, W) float in [0, 1]; target dict (below)
+    loader = DataLoader(ds, batch_size=8, collate_fn=collate)
+
+Label mapping (COCO category -> index in model.CLASSES):
+- vehicle, pedestrian, static_obstacle map to their class;
+- traffic_light maps to traffic_light_{red,yellow,green} by `attributes.state`.
+  Lights whose lamps do not face the camera (``facing_camera: false``) and lights of an
+  unknown state are left out: their state cannot be read from the image, so a box labelled
+  with it would teach the network to guess. The network therefore learns to detect only
+  lights it can read; a light seen from behind is background for it.
+
+Images and masks are resized to ``input_size`` (area / nearest); boxes are scaled with them,
+and ``target["scale"]`` (sx, sy) maps model pixels back to the original camera pixels.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from stagepilot.perception.model import CLASSES, seg_mask_from_tags
+from torch import Tensor
+from torch.utils.data import Dataset
+
+LIGHT_STATES = ("red", "yellow", "green")
+_PLAIN = {"vehicle": "vehicle", "pedestrian": "pedestrian", "static_obstacle": "static_obstacle"}
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training augmentation; every draw comes from (seed, epoch, index), so it does not depend on
+    the number of workers or the order in which they run."""
+
+    hflip: float = 0.5        # probability of a horizontal flip (image, boxes, mask)
+    brightness: float = 0.2   # factor drawn from [1 - b, 1 + b]
+    contrast: float = 0.2     # blend with the mean grey by a factor from [1 - c, 1 + c]
+
+
+def class_index(category: str, attributes: dict[str, Any] | None) -> int | None:
+    """COCO category name (+ traffic-light attributes) -> index in CLASSES, None to leave out."""
+    if category in _PLAIN:
+        return CLASSES.index(_PLAIN[category])
+    if category == "traffic_light":
+        attributes = attributes or {}
+        state = attributes.get("state")
+        if not attributes.get("facing_camera", False) or state not in LIGHT_STATES:
+            return None
+        return CLASSES.index(f"traffic_light_{state}")
+    return None
+
+
+class PerceptionDataset(Dataset):
+    """One split: item -> (image (3, H, W) float [0, 1], target) with target
+    {"boxes" (M, 4) xyxy model px, "labels" (M,), "mask" (H, W) int64 seg classes,
+    "center_ego" (M, 3) m, "extent" (M, 3) m, "image_id" int, "scale" (2,) sx, sy}."""
+
+    def __init__(self, root: str | Path, split: str = "train", *, input_size: tuple[int, int] | None = None,
+                 augment: Augment | None = None, seed: int = 0, limit: int | None = None) -> None:
+        self.root = Path(root)
+        path = self.root / "annotations" / f"{split}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no annotations for split {split!r}")
+        coco = json.loads(path.read_text())
+        self.split = split
+        self.camera = coco.get("camera")  # {"K", "T_ego_cam", "width", "height"} when collect wrote it
+        names = {c["id"]: c["name"] for c in coco["categories"]}
+        self.images = sorted(coco["images"], key=lambda i: i["id"])[:limit]
+        self.objects: dict[int, list[tuple[list[float], int, list[float], list[float]]]] = {
+            i["id"]: [] for i in self.images}
+        for ann in coco["annotations"]:
+            if ann["image_id"] not in self.objects:
+                continue
+            label = class_index(names[ann["category_id"]], ann.get("attributes"))
+            if label is None:
+                continue
+            x, y, w, h = ann["bbox"]
+            self.objects[ann["image_id"]].append(
+                ([x, y, x + w, y + h], label, ann.get("center_ego", [0.0, 0.0, 0.0]), ann.get("extent", [0.0, 0.0, 0.0])))
+        self.input_size = tuple(input_size) if input_size else None
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0  # set by the trainer before each epoch; with augment, draws depend on it
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
+        record = self.images[index]
+        bgr = cv2.imread(str(self.root / record["file_name"]), cv2.IMREAD_COLOR)
+        tags = cv2.imread(str(self.root / record["semantic_file"]), cv2.IMREAD_UNCHANGED)
+        if bgr is None or tags is None:
+            raise OSError(f"{self.root}: cannot read the files of image {record['id']}")
+        h0, w0 = bgr.shape[:2]
+        h, w = self.input_size or (h0, w0)
+        if (h, w) != (h0, w0):
+            bgr = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
+            tags = cv2.resize(tags, (w, h), interpolation=cv2.INTER_NEAREST)
+        sx, sy = w / w0, h / h0
+        image = torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).permute(2, 0, 1).float() / 255.0  # (3, H, W)
+        mask = seg_mask_from_tags(torch.from_numpy(tags))                                              # (H, W)
+        objects = self.objects[record["id"]]
+        boxes = torch.tensor([o[0] for o in objects], dtype=torch.float32).reshape(-1, 4)              # (M, 4)
+        boxes *= torch.tensor([sx, sy, sx, sy])
+        labels = torch.tensor([o[1] for o in objects], dtype=torch.long)
+        if self.augment is not None:
+            image, boxes, mask = self._augment(image, boxes, mask, index)
+        target = {"boxes": boxes, "labels": labels, "mask": mask,
+                  "center_ego": torch.tensor([o[2] for o in objects], dtype=torch.float32).reshape(-1, 3),
+                  "extent": torch.tensor([o[3] for o in objects], dtype=torch.float32).reshape(-1, 3),
+                  "image_id": int(record["id"]), "scale": torch.tensor([sx, sy])}
+        return image, target
+
+    def _augment(self, image: Tensor, boxes: Tensor, mask: Tensor, index: int) -> tuple[Tensor, Tensor, Tensor]:
+        aug = self.augment
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]))
+        u = torch.rand(3, generator=gen)
+        if u[0] < aug.hflip:
+            w = image.shape[-1]
+            image, mask = image.flip(-1), mask.flip(-1)
+            boxes = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], dim=1)
+        image = image * (1.0 + aug.brightness * (2.0 * u[1] - 1.0))
+        grey = image.mean()
+        image = (image - grey) * (1.0 + aug.contrast * (2.0 * u[2] - 1.0)) + grey
+        return image.clamp(0.0, 1.0), boxes, mask
+
+
+def collate(batch: list[tuple[Tensor, dict[str, Any]]]) -> tuple[Tensor, list[dict[str, Any]]]:
+    """-> images (B, 3, H, W), list of B targets (box counts differ between images)."""
+    images, targets = zip(*batch)
+    return torch.stack(images), list(targets)
+
+
+def manifest_record(root: str | Path) -> dict[str, Any]:
+    """{"path", "sha256" of manifest.json, "frames"} of a dataset, for a checkpoint's data_manifest."""
+    import hashlib
+
+    root = Path(root)
+    path = root / "manifest.json"
+    if not path.is_file():
+        return {"path": str(root.resolve()), "sha256": None, "frames": None}
+    blob = path.read_bytes()
+    frames = json.loads(blob).get("frames")
+    return {"path": str(root.resolve()), "sha256": hashlib.sha256(blob).hexdigest(), "frames": frames}

@@ -1,0 +1,227 @@
+"""`stagepilot train`: train PerceptionNet on a collected dataset.
+
+    stagepilot train --config configs/training/default.yaml [--resume CKPT] [key.path=value ...]
+
+The YAML (validated, unknown keys rejected) sets the data folder, the schedule and the model.
+Every epoch writes ``<out>/epoch_NNN.pt`` (and a copy ``last.pt``) with ``save_checkpoint``:
+the state dict plus meta (classes, input size, architecture, the exact training command, the
+data manifest's path and sha256, the epoch, and under ``resume`` the optimizer and LR-scheduler
+state). Everything in it is tensors and plain containers, so ``torch.load(weights_only=True)``
+reads it. After the last epoch the validation split is evaluated (perception/evaluate.py) and
+``<out>/model.pt`` is written with those metrics and without the resume state.
+
+Seeded: torch, numpy and random from ``seed``; the sample order of epoch e is a permutation
+drawn from (seed, e) and augmentation draws from (seed, e, index), so a resumed run sees the
+same batches as an uninterrupted one. ``--resume CKPT`` continues at the epoch after the
+checkpoint's; with the same ``epochs`` it restores the LR schedule exactly, with more epochs
+it re-plans the schedule for the new total at the step reached (optimizer state kept).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from stagepilot.perception.data import (
+    Augment,
+    PerceptionDataset,
+    collate,
+    manifest_record,
+)
+from stagepilot.perception.model import (
+    CLASSES,
+    SEG_CLASSES,
+    build_model,
+    load_checkpoint,
+    save_checkpoint,
+)
+from stagepilot.pipeline.config import (
+    COMMAND_LINE,
+    _Layered,
+    load_yaml,
+    parse_override,
+    validate,
+)
+from stagepilot.pipeline.config_base import ConfigError, Strict
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+
+class ModelOptions(Strict):
+    architecture: str = "mtl_mbv3small_fpn96_s8"
+    input_size: tuple[int, int] = (288, 512)  # (H, W) the images are resized to
+    backbone_weights: str | None = None       # a local torchvision ImageNet state dict; never downloaded
+
+
+class AugmentOptions(Strict):
+    hflip: float = Field(0.5, ge=0.0, le=1.0)
+    brightness: float = Field(0.2, ge=0.0, lt=1.0)
+    contrast: float = Field(0.2, ge=0.0, lt=1.0)
+
+
+class TrainConfig(Strict):
+    data: str                                  # dataset folder written by `stagepilot collect`
+    out: str = "runs/train/default"            # checkpoints go here
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(2e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    schedule: Literal["cosine", "onecycle"] = "onecycle"
+    grad_clip: float = Field(10.0, gt=0.0)
+    seed: int = 0
+    num_workers: int = Field(1, ge=0)
+    threads: int | None = Field(None, ge=1)    # torch CPU threads (default: torch's choice)
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 (fp16 without bf16) on CUDA, off on CPU
+    limit_frames: int | None = Field(None, ge=1)  # use only the first N training frames
+    val_split: str | None = "val"             # evaluated after the last epoch; null to skip
+    model: ModelOptions = ModelOptions()
+    augment: AugmentOptions = AugmentOptions()
+
+
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """YAML file, then `key.path=value` overrides -> TrainConfig; problems raise ConfigError naming the key."""
+    layered = _Layered()
+    layered.merge(load_yaml(path), str(path))
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        layered.set(keys, value, COMMAND_LINE)
+    return validate(TrainConfig, layered)  # type: ignore[return-value]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if config.amp == "off" or (config.amp == "auto" and device.type != "cuda"):
+        return None
+    if config.amp == "fp16" or (config.amp == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=0.15)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=config.lr * 0.01)
+
+
+def _to_plain(value: Any) -> Any:
+    """Optimizer / scheduler state -> tensors and plain containers only (weights_only loading)."""
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return None  # functions (older schedulers keep their anneal function): rebuilt by the constructor
+
+
+def _from_plain_scheduler(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in state.items() if v is not None or k in ("_last_lr",)}
+
+
+def train(config: TrainConfig, *, resume: str | Path | None = None, command: str = "",
+          show_progress: bool = True, device: str | torch.device | None = None) -> dict[str, Any]:
+    """Train; returns {"out", "checkpoint" (last epoch), "model" (final, or None), "losses" (mean per epoch),
+    "metrics", "epoch"}."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    seed_everything(config.seed)
+    out = Path(config.out)
+    input_size = tuple(config.model.input_size)
+    aug = Augment(**config.augment.model_dump())
+    train_set = PerceptionDataset(config.data, "train", input_size=input_size, augment=aug, seed=config.seed,
+                                  limit=config.limit_frames)
+    if len(train_set) == 0:
+        raise ConfigError(f"{config.data}: the train split holds no frames")
+    try:
+        model = build_model(config.model.architecture, input_size=input_size,
+                            backbone_weights=config.model.backbone_weights)
+    except ValueError as exc:
+        raise ConfigError(f"model.architecture: {exc}") from None
+    model.to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    scheduler = _scheduler(optimizer, config, steps_per_epoch)
+    start_epoch, losses = 0, []
+    if resume is not None:
+        model, meta = load_checkpoint(resume, model, map_location=device)
+        state = meta.get("resume")
+        if not state:
+            raise ConfigError(f"{resume}: holds no optimizer state to resume from (a final model.pt?)")
+        start_epoch, losses = int(meta["epoch"]), list(state.get("losses", []))
+        if start_epoch >= config.epochs:
+            raise ConfigError(f"{resume}: already trained {start_epoch} epochs; set epochs above that to continue")
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("plan") == [config.epochs, steps_per_epoch, config.schedule]:
+            scheduler.load_state_dict(_from_plain_scheduler(state["scheduler"]))
+        else:  # epochs (or the data) changed: re-plan the schedule for the new total, at the step reached
+            scheduler = _scheduler(optimizer, config, steps_per_epoch)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
+                for _ in range(start_epoch * steps_per_epoch):
+                    scheduler.step()
+    amp_dtype = _amp_dtype(config, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    base_meta = {"training_command": command, "data_manifest": manifest_record(config.data),
+                 "config": config.model_dump(mode="json")}
+    checkpoint = None
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        train_set.epoch = epoch
+        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+        loader = DataLoader(train_set, batch_size=config.batch_size, sampler=order.tolist(), collate_fn=collate,
+                            num_workers=config.num_workers, drop_last=False)
+        total, count = 0.0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not show_progress,
+                   leave=False)
+        for images, targets in bar:
+            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)  # (B, 3, H, W)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                outputs = model(images)
+            loss = model.loss(outputs, targets)  # computed in float32 (the loss casts)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss["total"]).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            total += loss["total"].item() * images.shape[0]
+            count += images.shape[0]
+            bar.set_postfix(loss=f"{total / count:.3f}", cls=f"{loss['cls'].item():.3f}",
+                            box=f"{loss['box'].item():.3f}", seg=f"{loss['seg'].item():.3f}")
+        bar.close()
+        losses.append(total / count)
+        if show_progress:
+            tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {losses[-1]:.4f}, lr {scheduler.get_last_lr()[0]:.2e}")
+        meta = {**base_meta, "epoch": epoch + 1, "losses": list(losses),
+                "resume": {"optimizer": _to_plain(optimizer.state_dict()),
+                           "scheduler": _to_plain(scheduler.state_dict()), "losses": list(losses),
+                           "plan": [config.epochs, steps_per_epoch, config.schedule]}}
+        checkpoint = save_checkpoint(out / f"epoch_{epoch + 1:03d}.pt", model, meta)
+        shutil.copyfile(checkpoint, out / "last.pt")
+    metrics, final = {}, None
+    if config.val_split and (Path(config.data) / "annotations" / f"{config.val_split}.json").is_file():
+        from stagepilot.perception.evaluate import evaluate_model
+
+        metrics = evaluate_model(model, config.data, config.val_split, device=device, batch_size=config.batch_size,
+                                 show_progress=show_progress)
+        final = save_checkpoint(out / "model.pt", model, {**base_meta, "epoch": config.epochs, "losses": losses,
+                                                          "metrics": {f"{config.val_split}": metrics}})
+    return {"out": out, "checkpoint": checkpoint, "model": final, "losses": losses, "metrics": metrics,
+            "epoch": config.epochs, "classes": list(CLASSES), "seg_classes": list(SEG_CLASSES)}

@@ -1,0 +1,124 @@
+"""`stagepilot train` / `stagepilot eval perception` on a tiny collected dataset: the loss falls, checkpoints
+carry their meta and resume where they stopped, evaluation reports every metric in range, and bad
+config keys are named. No accuracy thresholds: 8 frames train nothing useful."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from stagepilot.perception.data import Augment, PerceptionDataset, class_index
+from stagepilot.perception.evaluate import DEFAULT_CAMERA, centre_from_box, ground_point
+from stagepilot.perception.model import CLASSES, SEG_CLASSES
+from stagepilot.pipeline.cli import main
+from stagepilot.pipeline.collect import collect_dataset
+from stagepilot.pipeline.config import load_stack
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "training" / "default.yaml"
+SMALL = ["epochs=2", "batch_size=4", "model.input_size=[128,224]", "num_workers=0", "seed=3"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "ds"
+    collect_dataset(load_stack(), out, 12, frames_per_scene=4, val_fraction=0.34, seed=2, show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--quiet", "--config", str(CONFIG), f"data={data_dir}", f"out={out}", *SMALL]) == 0
+    return out
+
+
+def _meta(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["meta"]
+
+
+def test_dataset_items_match_the_model_classes_and_augmentation_flips_boxes_with_the_mask(data_dir):
+    plain = PerceptionDataset(data_dir, "train", input_size=(128, 224))
+    flipped = PerceptionDataset(data_dir, "train", input_size=(128, 224), augment=Augment(1.0, 0.0, 0.0))
+    for i in range(len(plain)):
+        image, target = plain[i]
+        assert image.shape == (3, 128, 224) and 0.0 <= image.min() and image.max() <= 1.0
+        assert target["mask"].shape == (128, 224) and int(target["mask"].max()) < len(SEG_CLASSES)
+        assert target["labels"].numel() == target["boxes"].shape[0] == target["center_ego"].shape[0]
+        assert torch.all(target["labels"] < len(CLASSES))
+        image_f, target_f = flipped[i]
+        assert torch.allclose(image_f, image.flip(-1), atol=1e-6) and torch.equal(target_f["mask"], target["mask"].flip(-1))
+        assert torch.allclose(target_f["boxes"][:, [2, 0]], 224 - target["boxes"][:, [0, 2]])
+
+
+@pytest.mark.parametrize("attributes, expected", [
+    ({"state": "red", "facing_camera": True}, "traffic_light_red"),
+    ({"state": "green", "facing_camera": True}, "traffic_light_green"),
+    ({"state": "red", "facing_camera": False}, None),  # lamps not visible: left out
+    ({"state": "unknown", "facing_camera": True}, None),
+])
+def test_traffic_lights_take_their_state_only_when_it_can_be_seen(attributes, expected):
+    index = class_index("traffic_light", attributes)
+    assert (None if index is None else CLASSES[index]) == expected
+
+
+def test_ground_point_inverts_the_camera_projection():
+    K, T = np.array(DEFAULT_CAMERA["K"]), np.array(DEFAULT_CAMERA["T_ego_cam"])
+    point = np.array([12.0, -2.0, 0.0, 1.0])  # on the ground, ego frame
+    cam = np.linalg.inv(T) @ point
+    u, v = (K @ cam[:3])[:2] / cam[2]
+    assert np.allclose(ground_point(u, v, K, T), point[:2], atol=1e-3)
+    # the vehicle centre is put half a car length behind its contact point, along the ray
+    centre = centre_from_box(np.array([u - 20, v - 30, u + 20, v]), "vehicle", K, T)
+    assert np.isclose(np.linalg.norm(centre - point[:2]), 2.25, atol=1e-3)
+    assert np.linalg.norm(centre - T[:2, 3]) > np.linalg.norm(point[:2] - T[:2, 3])
+
+
+def test_training_lowers_the_loss_and_writes_checkpoints_with_their_meta(trained, data_dir):
+    meta = _meta(trained / "epoch_002.pt")
+    assert meta["epoch"] == 2 and meta["losses"][1] < meta["losses"][0]
+    assert meta["classes"] == list(CLASSES) and meta["seg_classes"] == list(SEG_CLASSES)
+    assert meta["input_size"] == [128, 224] and meta["architecture"] == "mtl_mbv3small_fpn96_s8"
+    assert meta["training_command"].startswith("stagepilot train --config ") and "epochs=2" in meta["training_command"]
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    assert meta["data_manifest"]["frames"] == manifest["frames"] and len(meta["data_manifest"]["sha256"]) == 64
+    assert meta["resume"]["optimizer"]["state"]  # AdamW moments, for --resume
+    final = _meta(trained / "model.pt")
+    assert "resume" not in final and set(final["metrics"]["val"]["ap50"]) == set(CLASSES)
+
+
+def test_resume_continues_the_epoch_count_from_the_checkpoint(trained, data_dir):
+    before = _meta(trained / "epoch_002.pt")
+    args = ["train", "--quiet", "--config", str(CONFIG), "--resume", str(trained / "epoch_002.pt"),
+            f"data={data_dir}", f"out={trained}", *SMALL, "epochs=3", "val_split=null"]
+    assert main(args) == 0
+    meta = _meta(trained / "epoch_003.pt")
+    assert meta["epoch"] == 3 and meta["losses"][:2] == before["losses"] and len(meta["losses"]) == 3
+    assert meta["resume"]["scheduler"]["last_epoch"] == 3 * 2  # 8 train frames / batch 4 = 2 steps an epoch
+    assert "--resume" in meta["training_command"]
+
+
+def test_eval_prints_one_json_object_with_every_metric_in_range(trained, data_dir, capsys):
+    capsys.readouterr()
+    assert main(["eval", "perception", "--checkpoint", str(trained / "model.pt"), "--data", str(data_dir),
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["ap50"]) == set(result["ap50_95"]) == set(CLASSES)
+    assert set(result["iou"]) == set(SEG_CLASSES)
+    assert set(result["position_error_median_m"]) == {"vehicle", "pedestrian"}
+    for value in [*result["ap50"].values(), *result["ap50_95"].values(), *result["iou"].values(), result["miou"]]:
+        assert value is None or 0.0 <= value <= 1.0
+    assert any(v is not None for v in result["ap50"].values()) and result["miou"] is not None
+    for value in result["position_error_median_m"].values():
+        assert value is None or value >= 0.0
+
+
+@pytest.mark.parametrize("override, key", [("optimiser=adam", "optimiser"), ("model.depth=3", "model.depth"),
+                                           ("epochs=0", "epochs")])
+def test_a_bad_training_config_key_is_rejected_by_name(override, key, data_dir, tmp_path, capsys):
+    assert main(["train", "--config", str(CONFIG), f"data={data_dir}", f"out={tmp_path}", override]) == 2
+    assert f"{key}:" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.pt"))
