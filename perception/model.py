@@ -130,6 +130,11 @@ class PerceptionNet(nn.Module):
         self.seg_out = nn.Conv2d(width, num_seg_classes, 1)
         nn.init.normal_(self.cls_out.weight, std=0.01)
         nn.init.constant_(self.cls_out.bias, -math.log((1 - 0.01) / 0.01))  # prior 0.01 for focal loss
+        # torchvision's MobileNetV3 tracks BatchNorm statistics with momentum 0.01, which lags far
+        # behind the weights on a short schedule and breaks eval mode; 0.1 keeps up.
+        for module in self.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = 0.1
         nn.init.normal_(self.box_out.weight, std=0.01)
         nn.init.zeros_(self.box_out.bias)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -337,3 +342,24 @@ def load_checkpoint(path: str | Path, model: PerceptionNet | None = None, *,
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: state dict does not fit {want['architecture']}: {exc}") from exc
     return model, meta
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches) -> int:
+    """Re-estimate every BatchNorm's running statistics as a plain average over `batches` of
+    images (B, 3, H, W) with the final weights; returns how many batches were used."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    was_training = model.training
+    model.train()
+    count = 0
+    for images in batches:
+        model(images)
+        count += 1
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.train(was_training)
+    return count

@@ -19,6 +19,7 @@ it re-plans the schedule for the new total at the step reached (optimizer state 
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import shutil
@@ -36,6 +37,7 @@ from stagepilot.perception.data import (
     manifest_record,
 )
 from stagepilot.perception.model import (
+    recalibrate_batchnorm,
     CLASSES,
     SEG_CLASSES,
     build_model,
@@ -52,6 +54,8 @@ from stagepilot.pipeline.config import (
 from stagepilot.pipeline.config_base import ConfigError, Strict
 from torch.utils.data import DataLoader
 from tqdm import tqdm
+
+BN_RECALIBRATION_BATCHES = 50  # batches of training images that re-estimate BatchNorm statistics
 
 
 class ModelOptions(Strict):
@@ -215,6 +219,13 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, command: str
                            "plan": [config.epochs, steps_per_epoch, config.schedule]}}
         checkpoint = save_checkpoint(out / f"epoch_{epoch + 1:03d}.pt", model, meta)
         shutil.copyfile(checkpoint, out / "last.pt")
+    if start_epoch < config.epochs:
+        # Running statistics that lagged the weights during training are re-estimated with
+        # the final weights before the model is evaluated and saved.
+        calib = DataLoader(train_set, batch_size=config.batch_size, shuffle=False, collate_fn=collate,
+                           num_workers=config.num_workers)
+        images = (batch[0].to(device).contiguous(memory_format=torch.channels_last) for batch in calib)
+        recalibrate_batchnorm(model, itertools.islice(images, BN_RECALIBRATION_BATCHES))
     metrics, final = {}, None
     if config.val_split and (Path(config.data) / "annotations" / f"{config.val_split}.json").is_file():
         from stagepilot.perception.evaluate import evaluate_model

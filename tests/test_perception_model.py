@@ -155,3 +155,31 @@ def test_class_mismatch_names_the_file_and_the_field(model, tmp_path):
     other = save_checkpoint(tmp_path / "wide.pt", PerceptionNet(width=64), {})
     with pytest.raises(CheckpointError, match=r"wide\.pt.*architecture mismatch"):
         load_checkpoint(other, model)
+
+
+def test_batchnorm_recalibration_makes_eval_mode_match_the_batch_statistics():
+    from stagepilot.perception.model import PerceptionNet, recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = PerceptionNet(input_size=(96, 160))
+    images = torch.rand(4, 3, 96, 160)
+    model.train()
+    with torch.no_grad():
+        train_seg = model(images)["seg"]
+    assert recalibrate_batchnorm(model, [images]) == 1
+    model.eval()
+    with torch.no_grad():
+        eval_seg = model(images)["seg"]
+    # Only the unbiased-vs-biased variance differs between the two; without the
+    # recalibration the fresh statistics (mean 0, var 1) give a very different output.
+    fresh = PerceptionNet(input_size=(96, 160))
+    fresh.load_state_dict({k: v for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k},
+                          strict=False)
+    fresh.eval()
+    with torch.no_grad():
+        stale_seg = fresh(images)["seg"]
+    scale = train_seg.abs().mean()
+    assert (eval_seg - train_seg).abs().mean() < 0.2 * scale
+    assert (stale_seg - train_seg).abs().mean() > 3 * (eval_seg - train_seg).abs().mean()
+    momenta = {m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert momenta == {0.1}
