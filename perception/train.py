@@ -44,13 +44,7 @@ from stagepilot.perception.model import (
     load_checkpoint,
     save_checkpoint,
 )
-from stagepilot.pipeline.config import (
-    COMMAND_LINE,
-    _Layered,
-    load_yaml,
-    parse_override,
-    validate,
-)
+from stagepilot.pipeline.config import load_config
 from stagepilot.pipeline.config_base import ConfigError, Strict
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -91,12 +85,7 @@ class TrainConfig(Strict):
 
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     """YAML file, then `key.path=value` overrides -> TrainConfig; problems raise ConfigError naming the key."""
-    layered = _Layered()
-    layered.merge(load_yaml(path), str(path))
-    for text in overrides or []:
-        keys, value = parse_override(text)
-        layered.set(keys, value, COMMAND_LINE)
-    return validate(TrainConfig, layered)  # type: ignore[return-value]
+    return load_config(TrainConfig, [path], overrides)  # type: ignore[return-value]
 
 
 def seed_everything(seed: int) -> None:

@@ -311,17 +311,23 @@ def validate(model: type[BaseModel], layered: _Layered) -> BaseModel:
         raise ConfigError(format_validation_error(exc, layered.source_of, layered.data)) from None
 
 
+def load_config(model: type[BaseModel], files: list[str | Path], overrides: list[str] | None = None) -> BaseModel:
+    """Each YAML file in order, then each `key.path=value` override, validated as `model`;
+    a problem raises ConfigError naming the file (or command line) and the key."""
+    layered = _Layered()
+    for path in files:
+        layered.merge(load_yaml(path), str(path))
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        layered.set(keys, value, COMMAND_LINE)
+    return validate(model, layered)
+
+
 def load_stack(
     files: list[str | Path] | None = None, overrides: list[str] | None = None
 ) -> StackConfig:
     """Default stack.yaml, then each file in order, then each `key.path=value` override."""
-    layered = _Layered()
-    for path in [DEFAULT_STACK, *(files or [])]:
-        layered.merge(load_yaml(path), str(path))
-    for text in overrides or []:
-        path, value = parse_override(text)
-        layered.set(path, value, COMMAND_LINE)
-    return validate(StackConfig, layered)  # type: ignore[return-value]
+    return load_config(StackConfig, [DEFAULT_STACK, *(files or [])], overrides)  # type: ignore[return-value]
 
 
 def config_hash(config: BaseModel) -> str:

@@ -18,10 +18,7 @@ from stagepilot.pipeline.config import (
     CONFIG_ROOT,
     ConfigError,
     Strict,
-    _Layered,
-    load_yaml,
-    parse_override,
-    validate,
+    load_config,
 )
 
 SCENARIO_DIR = CONFIG_ROOT / "scenarios"
@@ -182,11 +179,6 @@ def resolve_map(text: str, scenario_file: Path) -> Path:
 
 def load_scenario(name_or_path: str | Path, overrides: list[str] | None = None) -> Scenario:
     path = scenario_path(name_or_path)
-    layered = _Layered()
-    layered.merge(load_yaml(path), str(path))
-    for text in overrides or []:
-        keys, value = parse_override(text)
-        layered.set(keys, value, "command line")
-    scenario = validate(Scenario, layered)
+    scenario = load_config(Scenario, [path], overrides)
     map_path = resolve_map(scenario.map, path)
     return scenario.model_copy(update={"source": str(path), "map_path": str(map_path)})
