@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from stagepilot.perception import geometry
 from stagepilot.perception.data import PerceptionDataset, collate
 from stagepilot.perception.model import IGNORE_INDEX, PerceptionNet, load_checkpoint
 from torch.utils.data import DataLoader
@@ -51,26 +52,9 @@ DEFAULT_CAMERA = {  # configs/stack.yaml front camera (640x360, fov 90, x 1.5 m,
 }
 
 
-def ground_point(u: float, v: float, K: np.ndarray, T_ego_cam: np.ndarray) -> np.ndarray | None:
-    """Pixel (u, v) -> its ray's crossing of the ground plane z = 0, (x, y) in the ego frame [m];
-    None when the ray does not point down."""
-    ray_cam = np.linalg.solve(K, np.array([u, v, 1.0]))   # camera frame (x right, y down, z forward)
-    ray = T_ego_cam[:3, :3] @ ray_cam                     # ego frame
-    origin = T_ego_cam[:3, 3]
-    if ray[2] >= -1e-6:
-        return None
-    s = -origin[2] / ray[2]
-    return (origin + s * ray)[:2]
-
-
 def centre_from_box(box: np.ndarray, kind: str, K: np.ndarray, T_ego_cam: np.ndarray) -> np.ndarray | None:
-    """Box (4,) xyxy camera px -> estimated object centre (x, y) ego frame [m]."""
-    contact = ground_point(0.5 * (box[0] + box[2]), float(box[3]), K, T_ego_cam)
-    if contact is None:
-        return None
-    direction = contact - T_ego_cam[:2, 3]
-    norm = float(np.linalg.norm(direction))
-    return contact if norm < 1e-6 else contact + HALF_DEPTH_M[kind] * direction / norm
+    """Box (4,) xyxy camera px -> estimated object centre (x, y) in the ego frame [m]."""
+    return geometry.centre_from_box(box, HALF_DEPTH_M[kind], K, T_ego_cam)
 
 
 def _null(value: float) -> float | None:

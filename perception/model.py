@@ -5,19 +5,22 @@
     dets = model.decode(out, score_threshold=0.3)   # list of {"boxes", "scores", "labels"}, "seg"
     losses = model.loss(out, targets)           # dict of scalars, "total" to backprop
 
-Architecture (``architecture`` string ``mtl_{backbone}_fpn{width}_s8``, default
-``mtl_mbv3small_fpn96_s8``):
+Architecture (``architecture`` string ``mtl_{backbone}_fpn{width}_s8_seg4``, default
+``mtl_mbv3small_fpn96_s8_seg4``):
 - backbone: torchvision MobileNetV3-Small ``features`` up to the stride-32 stage, without its
-  576-channel 1x1 head (C3 24 ch @ s8, C4 48 ch @ s16, C5 96 ch @ s32). ``backbone="mbv3large"``
-  (C3 40 / C4 112 / C5 160) is the heavier option: on the 2-core CPU, bf16 + channels_last,
+  576-channel 1x1 head (C2 16 ch @ s4, C3 24 ch @ s8, C4 48 ch @ s16, C5 96 ch @ s32).
+  ``backbone="mbv3large"`` (C2 24 / C3 40 / C4 112 / C5 160) is the heavier option: on the 2-core CPU, bf16 + channels_last,
   forward + decode of one 640x360 frame takes about 19 ms with mbv3small/96 and 40 ms with
   mbv3large/64, against 58 ms for ssdlite320 + lraspp (``stagepilot bench perception``);
 - neck: a small top-down FPN fused to one stride-8 map of ``width`` channels;
 - detection: an anchor-free FCOS-style dense head at stride 8 (sigmoid class logits with focal
   loss, left/top/right/bottom distances with GIoU loss, centre sampling instead of centre-ness);
   traffic-light state is part of the class (red / yellow / green);
-- segmentation: a light head on the same stride-8 map, logits upsampled to the input size in
-  ``loss`` and ``decode``.
+- segmentation: a light head on the same stride-8 map, upsampled and fused with the stride-4
+  C2 features (``SEG4_WIDTH`` channels) so that thin classes (road lines, far pedestrians) keep
+  their shape; stride-4 logits are upsampled to the input size in ``loss`` and ``decode``.
+  The loss is cross-entropy plus a soft Dice term over the classes the mIoU is taken on,
+  since road lines and pedestrians cover a few percent of the pixels.
 
 Checkpoints follow the shape of torchvision's weights metadata: the file carries the
 classes, the input size, the architecture, the metrics reached, the training command and the
@@ -35,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import mobilenet_v3_large, mobilenet_v3_small
+
+from stagepilot.pipeline.config_base import ConfigError
 from torchvision.ops import (
     batched_nms,
     box_convert,
@@ -68,12 +73,15 @@ INPUT_SIZE = (360, 640)  # (H, W) of the front camera
 STRIDE = 8
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_ARCH_RE = re.compile(r"^mtl_(mbv3large|mbv3small)_fpn(\d+)_s8$")
-# backbone -> (builder, feature slices for C3/C4/C5, their channels)
+_ARCH_RE = re.compile(r"^mtl_(mbv3large|mbv3small)_fpn(\d+)_s8_seg4$")
+# backbone -> (builder, feature slices for C2/C3/C4/C5, their channels)
 BACKBONES = {
-    "mbv3large": (mobilenet_v3_large, (slice(0, 7), slice(7, 13), slice(13, 16)), (40, 112, 160)),
-    "mbv3small": (mobilenet_v3_small, (slice(0, 4), slice(4, 9), slice(9, 12)), (24, 48, 96)),
+    "mbv3large": (mobilenet_v3_large, (slice(0, 4), slice(4, 7), slice(7, 13), slice(13, 16)), (24, 40, 112, 160)),
+    "mbv3small": (mobilenet_v3_small, (slice(0, 2), slice(2, 4), slice(4, 9), slice(9, 12)), (16, 24, 48, 96)),
 }
+SEG4_WIDTH = 32  # channels of the stride-4 segmentation decoder
+# seg classes the Dice term (and the evaluation's mIoU) cover
+DICE_CLASSES = ("road", "road_line", "sidewalk", "vehicle", "pedestrian")
 
 
 def seg_mask_from_tags(tags: Tensor) -> Tensor:
@@ -105,7 +113,7 @@ class PerceptionNet(nn.Module):
         self.width = width
         self.input_size = tuple(input_size)
         self.stride = STRIDE
-        builder, (s3, s4, s5), (ch3, ch4, ch5) = BACKBONES[backbone]
+        builder, (s2, s3, s4, s5), (ch2, ch3, ch4, ch5) = BACKBONES[backbone]
         trunk = builder(weights=None)
         if backbone_weights is not None:  # a local ImageNet state dict of the torchvision model; never downloaded
             path = Path(backbone_weights)
@@ -115,6 +123,7 @@ class PerceptionNet(nn.Module):
             except Exception as exc:
                 raise CheckpointError(f"{path}: not a {builder.__name__} state dict ({str(exc).splitlines()[0]})") from exc
         feats = trunk.features
+        self.c2 = feats[s2]  # (B, ch2, H/4, W/4)
         self.c3 = feats[s3]  # (B, ch3, H/8, W/8)
         self.c4 = feats[s4]  # (B, ch4, H/16, W/16)
         self.c5 = feats[s5]  # (B, ch5, H/32, W/32)
@@ -127,7 +136,12 @@ class PerceptionNet(nn.Module):
         self.cls_out = nn.Conv2d(width, num_classes, 3, padding=1)
         self.box_out = nn.Conv2d(width, 4, 3, padding=1)
         self.seg_tower = _sep_block(width)
-        self.seg_out = nn.Conv2d(width, num_seg_classes, 1)
+        self.seg_reduce = _conv_bn_relu(width, SEG4_WIDTH, 1)
+        self.lat2 = _conv_bn_relu(ch2, SEG4_WIDTH, 1)
+        self.seg_fuse = _sep_block(SEG4_WIDTH)
+        self.seg_out = nn.Conv2d(SEG4_WIDTH, num_seg_classes, 1)
+        dice = [self.seg_classes.index(c) for c in DICE_CLASSES if c in self.seg_classes]
+        self.register_buffer("dice_index", torch.tensor(dice, dtype=torch.long), persistent=False)
         nn.init.normal_(self.cls_out.weight, std=0.01)
         nn.init.constant_(self.cls_out.bias, -math.log((1 - 0.01) / 0.01))  # prior 0.01 for focal loss
         # torchvision's MobileNetV3 tracks BatchNorm statistics with momentum 0.01, which lags far
@@ -142,12 +156,14 @@ class PerceptionNet(nn.Module):
 
     @property
     def architecture(self) -> str:
-        return f"mtl_{self.backbone}_fpn{self.width}_s8"
+        return f"mtl_{self.backbone}_fpn{self.width}_s8_seg4"
 
     def forward(self, images: Tensor) -> dict[str, Any]:
-        """images (B, 3, H, W) float RGB in [0, 1] -> raw head outputs at stride 8."""
+        """images (B, 3, H, W) float RGB in [0, 1] -> raw head outputs (detection at stride 8,
+        segmentation at stride 4)."""
         x = (images - self.mean) / self.std            # (B, 3, H, W)
-        c3 = self.c3(x)                                # (B, 40, H/8, W/8)    (24 for mbv3small)
+        c2 = self.c2(x)                                # (B, 24, H/4, W/4)    (16 for mbv3small)
+        c3 = self.c3(c2)                               # (B, 40, H/8, W/8)    (24)
         c4 = self.c4(c3)                               # (B, 112, H/16, W/16) (48)
         c5 = self.c5(c4)                               # (B, 160, H/32, W/32) (96)
         p4 = self.lat4(c4) + F.interpolate(self.lat5(c5), size=c4.shape[-2:], mode="nearest")  # (B, w, H/16, W/16)
@@ -155,7 +171,9 @@ class PerceptionNet(nn.Module):
         p3 = self.smooth(p3)                           # (B, w, H/8, W/8)
         cls = self.cls_out(self.cls_tower(p3))         # (B, C, H/8, W/8) logits
         ltrb = F.softplus(self.box_out(self.box_tower(p3)).float()) * self.stride  # (B, 4, H/8, W/8) px
-        seg = self.seg_out(self.seg_tower(p3))         # (B, K, H/8, W/8) logits
+        s3 = self.seg_reduce(self.seg_tower(p3))       # (B, 32, H/8, W/8)
+        s2 = self.lat2(c2) + F.interpolate(s3, size=c2.shape[-2:], mode="bilinear", align_corners=False)
+        seg = self.seg_out(self.seg_fuse(s2))          # (B, K, H/4, W/4) logits
         return {"cls": cls, "box": ltrb, "seg": seg, "image_size": tuple(images.shape[-2:])}
 
     # ---- helpers -----------------------------------------------------------------------------
@@ -260,20 +278,36 @@ class PerceptionNet(nn.Module):
         masks = torch.stack([t["mask"].to(seg.device, torch.long) for t in targets])  # (B, H, W)
         seg_up = F.interpolate(seg, size=masks.shape[-2:], mode="bilinear", align_corners=False)  # (B, K, H, W)
         loss_seg = F.cross_entropy(seg_up, masks, ignore_index=IGNORE_INDEX)
-        total = loss_cls + 2.0 * loss_box + loss_seg
-        return {"cls": loss_cls, "box": loss_box, "seg": loss_seg, "total": total}
+        loss_dice = self._dice_loss(seg_up, masks)
+        total = loss_cls + 2.0 * loss_box + loss_seg + loss_dice
+        return {"cls": loss_cls, "box": loss_box, "seg": loss_seg, "dice": loss_dice, "total": total}
+
+    def _dice_loss(self, logits: Tensor, masks: Tensor) -> Tensor:
+        """1 - soft Dice over the batch, averaged over DICE_CLASSES; logits (B, K, H, W), masks (B, H, W)."""
+        if self.dice_index.numel() == 0:
+            return logits.sum() * 0.0
+        valid = (masks != IGNORE_INDEX).unsqueeze(1)                  # (B, 1, H, W)
+        probs = logits.softmax(1).index_select(1, self.dice_index) * valid  # (B, D, H, W)
+        onehot = (masks.unsqueeze(1) == self.dice_index.view(1, -1, 1, 1)) & valid
+        onehot = onehot.to(probs.dtype)
+        inter = (probs * onehot).sum((0, 2, 3))
+        denom = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+        present = onehot.sum((0, 2, 3)) > 0                          # a class absent from the batch says nothing
+        dice = (2 * inter + 1.0) / (denom + 1.0)
+        return (1.0 - dice)[present].mean() if present.any() else logits.sum() * 0.0
 
 
-def build_model(architecture: str = "mtl_mbv3small_fpn96_s8", **kwargs: Any) -> PerceptionNet:
+def build_model(architecture: str = "mtl_mbv3small_fpn96_s8_seg4", **kwargs: Any) -> PerceptionNet:
     match = _ARCH_RE.match(architecture)
     if not match:
-        raise ValueError(f"unknown architecture {architecture!r} (expected like 'mtl_mbv3large_fpn64_s8')")
+        raise ValueError(f"unknown architecture {architecture!r} (expected like 'mtl_mbv3large_fpn64_s8_seg4')")
     return PerceptionNet(backbone=match.group(1), width=int(match.group(2)), **kwargs)
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read, or that does not fit the requested model."""
+class CheckpointError(ConfigError):
+    """A checkpoint file that cannot be read, or that does not fit the requested model (a
+    ValueError; the CLI prints it as one line, like a config error)."""
 
 
 META_KEYS = ("classes", "seg_classes", "input_size", "architecture", "metrics", "training_command",

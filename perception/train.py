@@ -53,7 +53,7 @@ BN_RECALIBRATION_BATCHES = 50  # batches of training images that re-estimate Bat
 
 
 class ModelOptions(Strict):
-    architecture: str = "mtl_mbv3small_fpn96_s8"
+    architecture: str = "mtl_mbv3small_fpn96_s8_seg4"
     input_size: tuple[int, int] = (288, 512)  # (H, W) the images are resized to
     backbone_weights: str | None = None       # a local torchvision ImageNet state dict; never downloaded
 

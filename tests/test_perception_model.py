@@ -58,7 +58,7 @@ def test_output_shapes_for_a_camera_frame(model):
         out = model(torch.rand(2, 3, H, W))
     assert out["cls"].shape == (2, len(CLASSES), H // 8, W // 8)
     assert out["box"].shape == (2, 4, H // 8, W // 8)
-    assert out["seg"].shape == (2, len(SEG_CLASSES), H // 8, W // 8)
+    assert out["seg"].shape == (2, len(SEG_CLASSES), H // 4, W // 4)
     assert out["image_size"] == (H, W)
 
 
