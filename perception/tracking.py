@@ -1,0 +1,201 @@
+"""Tracker: stable ids and velocities for the learned detections, kept in the world frame.
+
+Each track holds x = [px, py, vx, vy] (world frame, [m] and [m/s]) and its covariance P.
+- Measurement: a detection's ground centre, moved from the ego frame into the world frame with
+  the ego pose from odometry, so that ego motion does not look like object motion. Its noise
+  is isotropic with std = position_std_m + position_std_per_m * range from the ego, since
+  camera depth error grows with distance.
+- Prediction: constant velocity, x' = F x and P' = F P F^T + Q, with the discrete white-noise
+  acceleration (discrete Wiener) model per axis: Q = G G^T accel_std^2, G = [dt^2/2, dt].
+- Association, per kind: Hungarian assignment (scipy linear_sum_assignment) on the Euclidean
+  distance between prediction and measurement; pairs farther apart than gate_m are rejected.
+- Lifecycle: an unmatched detection starts a track at rest with a large velocity variance.
+  A track is reported once it has min_hits hits and keeps being reported while it coasts;
+  it is dropped once it has gone unseen for more than max_misses frames.
+Output: Detection in the ego frame at the update's time, velocity over ground in ego axes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from stagepilot.pipeline.config import TrackerConfig
+from stagepilot.pipeline.messages import Detection, EgoState
+
+INITIAL_SPEED_STD = 10.0  # [m/s] a new track's velocity is unknown
+MOVING_MPS = 0.5  # above this the heading of the velocity is the reported yaw
+MISS_SCORE_DECAY = 0.9  # score factor per frame a track goes unseen
+GATED_COST = 1e6  # [m] stands in for a pair outside the gate; rejected after assignment
+MEASURE = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])  # H: state -> position
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One detection of this frame, before tracking."""
+
+    kind: str  # vehicle | pedestrian | static
+    score: float
+    position: tuple[float, float]  # [m] box centre on the ground, ego frame
+    extent: tuple[float, float, float]  # [m] length, width, height
+    box_2d: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 [px], main camera
+
+
+@dataclass
+class _Track:
+    track_id: int
+    kind: str
+    state: np.ndarray  # (4,) px, py, vx, vy, world frame
+    cov: np.ndarray  # (4, 4)
+    score: float
+    extent: tuple[float, float, float]
+    box_2d: tuple[float, float, float, float] | None
+    heading: float  # [rad] world frame, last heading while moving
+    hits: int = 1
+    misses: int = 0
+    confirmed: bool = False
+
+
+def _rotation(yaw: float) -> np.ndarray:
+    """(2, 2) rotation from ego axes to world axes."""
+    c, s = math.cos(yaw), math.sin(yaw)
+    return np.array([[c, -s], [s, c]])
+
+
+def _wrap(angle: float) -> float:
+    return (angle + math.pi) % (2.0 * math.pi) - math.pi
+
+
+def _transition(dt_s: float, accel_std: float) -> tuple[np.ndarray, np.ndarray]:
+    """F and Q of the constant-velocity model over dt_s, state ordered px, py, vx, vy."""
+    eye = np.eye(2)
+    f = np.block([[eye, dt_s * eye], [np.zeros((2, 2)), eye]])
+    g = np.concatenate([0.5 * dt_s**2 * eye, dt_s * eye])  # (4, 2)
+    return f, accel_std**2 * g @ g.T
+
+
+def _kalman_update(track: _Track, z: np.ndarray, std_m: float) -> None:
+    innovation = z - MEASURE @ track.state
+    s = MEASURE @ track.cov @ MEASURE.T + std_m**2 * np.eye(2)
+    gain = np.linalg.solve(s, MEASURE @ track.cov).T  # P H^T S^-1, S symmetric
+    track.state = track.state + gain @ innovation
+    # Joseph form keeps P symmetric and positive definite.
+    i_kh = np.eye(4) - gain @ MEASURE
+    track.cov = i_kh @ track.cov @ i_kh.T + std_m**2 * gain @ gain.T
+
+
+def _associate(predicted: np.ndarray, measured: np.ndarray, gate_m: float) -> list[tuple[int, int]]:
+    """(track index, measurement index) pairs of minimum total distance, all within the gate.
+    predicted (T, 2), measured (M, 2), world frame."""
+    if len(predicted) == 0 or len(measured) == 0:
+        return []
+    cost = np.linalg.norm(predicted[:, None, :] - measured[None, :, :], axis=2)  # (T, M)
+    cost = np.where(cost > gate_m, GATED_COST, cost)
+    rows, cols = linear_sum_assignment(cost)
+    return [(int(r), int(c)) for r, c in zip(rows, cols) if cost[r, c] <= gate_m]
+
+
+class Tracker:
+    """Measurements of one frame (ego frame) -> confirmed tracks (ego frame)."""
+
+    def __init__(self, config: TrackerConfig):
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        self._tracks: list[_Track] = []
+        self._next_id = 0
+        self._t: float | None = None
+
+    def update(self, t: float, ego: EgoState, measurements: Sequence[Measurement]) -> tuple[Detection, ...]:
+        """Predict every track to t [s], associate per kind, update, start and drop tracks;
+        return the confirmed tracks in the ego frame at t, ordered by track id."""
+        dt_s = 0.0 if self._t is None else t - self._t
+        if dt_s < 0.0:
+            raise ValueError(f"tracker time went back from {self._t} s to {t} s")
+        self._t = t
+        self._predict(dt_s)
+        world, stds = self._to_world(ego, measurements)
+        matched = self._match(measurements, world)
+        for track_index, track in enumerate(self._tracks):
+            j = matched.get(track_index)
+            if j is None:
+                self._coast(track)
+            else:
+                self._correct(track, measurements[j], world[j], stds[j])
+        used = set(matched.values())
+        for i, m in enumerate(measurements):
+            if i not in used:
+                self._start(m, world[i], stds[i], ego.yaw)
+        self._tracks = [tr for tr in self._tracks if tr.misses <= self.config.max_misses]
+        return tuple(self._report(tr, ego) for tr in self._tracks if tr.confirmed)
+
+    def _predict(self, dt_s: float) -> None:
+        f, q = _transition(dt_s, self.config.accel_std)
+        for track in self._tracks:
+            track.state = f @ track.state
+            track.cov = f @ track.cov @ f.T + q
+
+    def _to_world(self, ego: EgoState, measurements: Sequence[Measurement]) -> tuple[np.ndarray, np.ndarray]:
+        """Positions (M, 2) in the world frame and their noise std (M,) [m]."""
+        ego_xy = np.array([[m.position[0], m.position[1]] for m in measurements]).reshape(-1, 2)
+        ranges = np.linalg.norm(ego_xy, axis=1)
+        world = ego_xy @ _rotation(ego.yaw).T + np.array([ego.x, ego.y])
+        return world, self.config.position_std_m + self.config.position_std_per_m * ranges
+
+    def _match(self, measurements: Sequence[Measurement], world: np.ndarray) -> dict[int, int]:
+        """Track index -> measurement index; a detection only joins a track of its own kind."""
+        matched: dict[int, int] = {}
+        for kind in sorted({m.kind for m in measurements}):
+            track_ids = [i for i, tr in enumerate(self._tracks) if tr.kind == kind]
+            meas_ids = [i for i, m in enumerate(measurements) if m.kind == kind]
+            predicted = np.array([self._tracks[i].state[:2] for i in track_ids]).reshape(-1, 2)
+            for r, c in _associate(predicted, world[meas_ids], self.config.gate_m):
+                matched[track_ids[r]] = meas_ids[c]
+        return matched
+
+    def _correct(self, track: _Track, m: Measurement, z: np.ndarray, std_m: float) -> None:
+        _kalman_update(track, z, std_m)
+        track.hits += 1
+        track.misses = 0
+        track.confirmed = track.confirmed or track.hits >= self.config.min_hits
+        track.score, track.extent, track.box_2d = m.score, m.extent, m.box_2d
+        speed_mps = math.hypot(track.state[2], track.state[3])
+        speed_std_mps = math.sqrt(track.cov[2, 2] + track.cov[3, 3])
+        # Learn the heading only from a speed that stands out of its noise, so that the
+        # first frames of a parked car do not leave it facing a random way.
+        if speed_mps > max(MOVING_MPS, 2.0 * speed_std_mps):
+            track.heading = math.atan2(track.state[3], track.state[2])
+
+    def _coast(self, track: _Track) -> None:
+        track.misses += 1
+        track.score *= MISS_SCORE_DECAY
+        track.box_2d = None  # the box belongs to an image this frame did not match
+
+    def _start(self, m: Measurement, z: np.ndarray, std_m: float, ego_yaw: float) -> None:
+        cov = np.diag([std_m**2, std_m**2, INITIAL_SPEED_STD**2, INITIAL_SPEED_STD**2])
+        track = _Track(track_id=self._next_id, kind=m.kind, state=np.array([z[0], z[1], 0.0, 0.0]),
+                       cov=cov, score=m.score, extent=m.extent, box_2d=m.box_2d,
+                       heading=ego_yaw)  # unknown until it moves: assume aligned with the ego
+        track.confirmed = track.hits >= self.config.min_hits
+        self._next_id += 1
+        self._tracks.append(track)
+
+    def _report(self, track: _Track, ego: EgoState) -> Detection:
+        to_ego = _rotation(ego.yaw).T
+        position = to_ego @ (track.state[:2] - np.array([ego.x, ego.y]))
+        velocity = to_ego @ track.state[2:] if track.hits >= 2 else np.zeros(2)
+        if math.hypot(velocity[0], velocity[1]) > MOVING_MPS:
+            yaw = math.atan2(velocity[1], velocity[0])
+        elif track.kind in ("static", "pedestrian"):
+            yaw = 0.0
+        else:
+            yaw = _wrap(track.heading - ego.yaw)
+        return Detection(track_id=track.track_id, kind=track.kind, score=track.score,
+                         position=(float(position[0]), float(position[1])), yaw=yaw,
+                         extent=track.extent, velocity=(float(velocity[0]), float(velocity[1])),
+                         box_2d=track.box_2d)
