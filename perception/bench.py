@@ -4,7 +4,10 @@
 
 Both sides run in the same process with the same device, dtype (bf16 autocast where it
 works), memory format (channels_last), thread count and ``torch.inference_mode()``:
-- ours: ``PerceptionNet`` forward + ``decode`` (boxes through NMS, a full-resolution seg map);
+- ours: what the learned stage runs per frame (perception/learned.py ``NetworkRunner``): the
+  640x360 uint8 frame to the device, scaled to the network's input size (288x512 for the
+  shipped model), ``PerceptionNet`` forward and ``decode`` (boxes through NMS, the seg map);
+  the shipped weights when present, else random init;
 - the pair: ``ssdlite320_mobilenet_v3_large`` (its forward includes resize, decoding and NMS)
   plus ``lraspp_mobilenet_v3_large`` (full-resolution logits), 7 classes each, random init.
 """
@@ -19,7 +22,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from stagepilot.perception.model import build_model
+from stagepilot.perception.learned import SHIPPED_CHECKPOINT, NetworkRunner
+from stagepilot.perception.model import build_model, load_checkpoint
+from stagepilot.pipeline.config import LearnedPerceptionConfig
 
 INPUT_H, INPUT_W = 360, 640
 
@@ -55,7 +60,7 @@ def _time_interleaved(fns: list[Callable[[], Any]], iters: int, warmup: int,
 
 
 def bench_perception(iters: int = 30, warmup: int = 5, threads: int | None = None, *,
-                     architecture: str = "mtl_mbv3small_fpn96_s8") -> dict:
+                     architecture: str = "mtl_mbv3small_fpn96_s8_seg4") -> dict:
     from torchvision.models.detection import ssdlite320_mobilenet_v3_large
     from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
@@ -66,20 +71,27 @@ def bench_perception(iters: int = 30, warmup: int = 5, threads: int | None = Non
     dtype = _autocast_dtype(device)
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext())
 
-    ours = build_model(architecture).eval().to(device, memory_format=torch.channels_last)
+    if SHIPPED_CHECKPOINT.is_file() and architecture == "mtl_mbv3small_fpn96_s8_seg4":
+        ours, _ = load_checkpoint(SHIPPED_CHECKPOINT, map_location=device)
+    else:
+        ours = build_model(architecture, input_size=(288, 512))
+    ours = ours.eval().to(device, memory_format=torch.channels_last)
     ssd = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=7)
     lraspp = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=7)
     ssd = ssd.eval().to(device, memory_format=torch.channels_last)
     lraspp = lraspp.eval().to(device, memory_format=torch.channels_last)
 
     frame = torch.rand(1, 3, INPUT_H, INPUT_W, device=device)  # (B, 3, H, W) in [0, 1]
-    frame_cl = frame.contiguous(memory_format=torch.channels_last)
     seg_input = ((frame - torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1))
                  / torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1))
     seg_input = seg_input.contiguous(memory_format=torch.channels_last)
 
+    rgb = (frame[0].permute(1, 2, 0) * 255).to(torch.uint8).cpu().numpy()  # (H, W, 3) camera frame
+    stage = NetworkRunner(LearnedPerceptionConfig(device=device.type, threads=threads,
+                                                  bf16="on" if dtype is not None else "off"), model=ours)
+
     def run_ours():
-        return ours.decode(ours(frame_cl), score_threshold=0.3)
+        return stage(rgb)
 
     def run_pair():
         return ssd([frame[0]]), lraspp(seg_input)["out"]
@@ -96,6 +108,7 @@ def bench_perception(iters: int = 30, warmup: int = 5, threads: int | None = Non
         "threads": threads,
         "input": f"{INPUT_W}x{INPUT_H}",
         "architecture": ours.architecture,
+        "ours_input": f"{ours.input_size[1]}x{ours.input_size[0]}",
         "params_m": {"ours": round(sum(p.numel() for p in ours.parameters()) / 1e6, 2),
                      "torchvision_pair": round(sum(p.numel() for m in (ssd, lraspp) for p in m.parameters()) / 1e6, 2)},
     }

@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     drive.add_argument("--scenario", default="town_loop",
                        help="a name from configs/scenarios/ or a path to a YAML file (default: town_loop)")
     drive.add_argument("--sim", default="embedded", choices=["embedded", "carla"], help="world source (default: embedded)")
-    drive.add_argument("--perception", default="perfect", choices=["perfect", "learned"],
-                       help="perception stage (default: perfect, the ground-truth stand-in)")
+    drive.add_argument("--perception", default=None, choices=["learned", "perfect"],
+                       help="perception stage: learned (the trained network, the default from configs/stack.yaml) "
+                            "or perfect (the ground-truth stand-in); overrides perception.kind")
     drive.add_argument("--time-model", choices=["ideal", "budget", "measured"], default=None,
                        help="when commands take effect (default: runtime.time_model from config, budget)")
     drive.add_argument("--pipelined", action="store_true", help="overlap perception of frame n+1 with planning of frame n")
@@ -178,6 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
     eval_perception.add_argument("--split", default="val", help="split to evaluate (default: val)")
     eval_perception.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
     eval_perception.set_defaults(handler=_cmd_eval_perception)
+
+    export = commands.add_parser("export", help="export a model to another runtime")
+    export_commands = export.add_subparsers(dest="export_command", metavar="FORMAT", required=True)
+    export_onnx = export_commands.add_parser(
+        "onnx", help="the perception network as ONNX, checked against PyTorch with onnxruntime",
+        description="Write the perception network's raw heads (cls, box, seg) as an ONNX graph with a dynamic "
+        "batch axis, run it with onnxruntime and print the largest difference from PyTorch per output.")
+    export_onnx.add_argument("--checkpoint", type=Path, default=None, help="checkpoint (default: the shipped model)")
+    export_onnx.add_argument("--out", required=True, type=Path, help="ONNX file to write")
+    export_onnx.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset (default: 18)")
+    export_onnx.set_defaults(handler=_cmd_export_onnx)
 
     config = commands.add_parser("config", help="inspect the stack config")
     config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
@@ -317,6 +329,13 @@ def _cmd_eval_perception(args) -> int:
     if not args.checkpoint.is_file():
         raise ConfigError(f"{args.checkpoint}: checkpoint not found")
     print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data, args.split)))
+    return 0
+
+
+def _cmd_export_onnx(args) -> int:
+    from stagepilot.perception.export import export_checkpoint
+
+    print(json.dumps(export_checkpoint(args.checkpoint, args.out, opset=args.opset)))
     return 0
 
 

@@ -135,6 +135,47 @@ class PerfectPerceptionConfig(Strict):
     seed: int = Field(0, ge=0)
 
 
+class TrackerConfig(Strict):
+    """Multi-object tracking of the learned detections (perception/tracking.py): association by
+    gated assignment, a constant-velocity Kalman filter per track, in the world frame."""
+
+    gate_m: float = Field(3.0, gt=0.0)  # [m] a detection farther than this from a track's prediction starts a new one
+    min_hits: int = Field(2, ge=1)  # frames a track needs before it is reported
+    max_misses: int = Field(4, ge=0)  # frames a track may go unseen before it is dropped
+    accel_std: float = Field(3.0, gt=0.0)  # [m/s^2] process noise of the constant-velocity model
+    position_std_m: float = Field(0.3, gt=0.0)  # [m] measurement noise at 0 m
+    position_std_per_m: float = Field(0.03, ge=0.0)  # [m/m] measurement noise growth with range
+
+
+class LearnedPerceptionConfig(Strict):
+    """The trained network (perception/learned.py) as the perception stage."""
+
+    checkpoint: str | None = None  # null: the shipped model (perception/weights/)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present, else CPU
+    threads: int | None = Field(None, ge=1)  # torch CPU threads; null: torch's default
+    bf16: Literal["auto", "on", "off"] = "auto"  # autocast bf16 (auto: on CUDA, and on CPUs with AVX-512 BF16/AMX)
+    channels_last: bool = True
+    score_threshold: dict[str, float] = {"vehicle": 0.4, "pedestrian": 0.35, "static_obstacle": 0.4,
+                                         "traffic_light": 0.4}
+    nms_iou: float = Field(0.5, gt=0.0, le=1.0)
+    max_range_m: float = Field(60.0, gt=0.0)  # detections projected beyond this are dropped
+    # Assumed size of what a box shows, to place its centre behind the visible ground contact.
+    extent_m: dict[str, tuple[float, float, float]] = {
+        "vehicle": (4.5, 1.9, 1.5), "pedestrian": (0.5, 0.5, 1.8), "static_obstacle": (0.6, 0.6, 1.0)}
+    light_height_m: float = Field(4.2, gt=0.0)  # [m] signal housing centre above the road
+    light_gate_m: float = Field(6.0, gt=0.0)  # [m] housing estimate to the stop line's signal position
+    light_hold_s: float = Field(0.5, ge=0.0)  # keep the last read state this long when the light is not seen
+    tracker: TrackerConfig = TrackerConfig()
+
+
+class PerceptionConfig(Strict):
+    """Which perception stage drives (``kind``) and the settings of each."""
+
+    kind: Literal["learned", "perfect"] = "learned"
+    learned: LearnedPerceptionConfig = LearnedPerceptionConfig()
+    perfect: PerfectPerceptionConfig = PerfectPerceptionConfig()
+
+
 class StageRuntimeConfig(Strict):
     budget_ms: float = Field(gt=0.0)
     # What happens when the stage is late: warn (record, wait for it), hold (reuse the
@@ -176,7 +217,7 @@ class StackConfig(Strict):
     vehicle: VehicleConfig = VehicleConfig()  # type: ignore[valid-type]
     traffic: TrafficConfig = TrafficConfig()
     follower: FollowerConfig = FollowerConfig()
-    perception: PerfectPerceptionConfig = PerfectPerceptionConfig()
+    perception: PerceptionConfig = PerceptionConfig()
     planner: PlannerConfig = PlannerConfig()
     controller: ControllerConfig = ControllerConfig()
     runtime: RuntimeConfig = RuntimeConfig()

@@ -55,13 +55,15 @@ def _outcome(sim, runtime, interrupted: bool, error: str | None) -> dict:
 
 
 def run_drive(config: StackConfig, scenario_name: str, scenario_overrides: list[str],
-              out_dir: Path | None = None, sim_kind: str = "embedded", perception: str = "perfect",
+              out_dir: Path | None = None, sim_kind: str = "embedded", perception: str | None = None,
               show_progress: bool = True) -> DriveResult:
+    """Drive one scenario with the stack; ``perception`` (learned | perfect) overrides
+    ``config.perception.kind``."""
     if sim_kind != "embedded":
         raise ConfigError(f"--sim {sim_kind}: only the embedded simulator is available so far (CARLA arrives in a later issue)")
-    if perception != "perfect":
-        raise ConfigError(f"--perception {perception}: learned perception is not available yet (issue 5); use perfect")
-    if perception == "perfect" and not config.sim.ground_truth:
+    if perception is not None and perception != config.perception.kind:
+        config = config.model_copy(update={"perception": config.perception.model_copy(update={"kind": perception})})
+    if config.perception.kind == "perfect" and not config.sim.ground_truth:
         raise ConfigError("sim.ground_truth: perfect perception needs ground truth; set sim.ground_truth: true")
     scenario = load_scenario(scenario_name, scenario_overrides)
     sim = EmbeddedSimulator(config, render=True)

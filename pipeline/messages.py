@@ -182,6 +182,23 @@ class TrafficLightAhead:
 
 
 @dataclass(frozen=True)
+class RoadSurface:
+    """The road as the camera sees it, on the ground plane of the ego frame.
+
+    drivable: (H, W) bool bird's-eye grid; cell (i, j) covers x = x_max - (i + 0.5) * resolution,
+    y = y_max - (j + 0.5) * resolution (row 0 is farthest ahead, column 0 leftmost).
+    Boundaries are (N, 2) ego-frame points [m] ordered by x, or None when not seen.
+    """
+
+    drivable: np.ndarray
+    resolution: float  # [m] per cell
+    x_max: float  # [m] far edge of the grid
+    y_max: float  # [m] left edge of the grid
+    left_boundary: np.ndarray | None = None  # nearest lane boundary left of the ego
+    right_boundary: np.ndarray | None = None  # nearest lane boundary right of the ego
+
+
+@dataclass(frozen=True)
 class Perception:
     """What the perception stage knows at frame `frame`.
 
@@ -194,6 +211,7 @@ class Perception:
     detections: tuple[Detection, ...]
     traffic_light: TrafficLightAhead | None = None
     semantic: np.ndarray | None = None  # (H, W) uint8 CARLA tags, main camera
+    road: RoadSurface | None = None  # drivable area and lane boundaries (learned perception)
     usable: bool = True
     reason: str = ""
 

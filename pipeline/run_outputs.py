@@ -97,7 +97,7 @@ def run_info(config: StackConfig, scenario, started: datetime.datetime) -> dict[
         "config_hash": config_hash(config),
         "scenario": {"name": scenario.name, "source": scenario.source, "seed": scenario.seed,
                      "map": scenario.map_path or scenario.map, "duration_s": scenario.duration_s},
-        "perception_seed": config.perception.seed,
+        "perception_seed": config.perception.perfect.seed,
         "versions": {
             "python": platform.python_version(),
             "stagepilot": _version("stagepilot"),

@@ -31,18 +31,27 @@ def vehicle_geometry(config: StackConfig) -> VehicleGeometry:
                            max_steer_rate_rad_s=vehicle.max_steer_rate_rad_s)
 
 
+def build_perception(config: StackConfig, road_map: RoadMap | None = None):
+    """The perception stage ``config.perception.kind`` names: the trained network (``learned``)
+    or the ground-truth stand-in (``perfect``)."""
+    if config.perception.kind == "perfect":
+        return PerfectPerception(config.perception.perfect, config.sim.dt_s)
+    from stagepilot.perception.learned import LearnedPerception  # torch loads only when it is used
+
+    return LearnedPerception(config.perception.learned, road_map)
+
+
 class DrivingStack:
-    """Perfect perception, behaviour + lattice planner, and the configured controller."""
+    """The configured perception stage, behaviour + lattice planner, and the configured controller."""
 
     def __init__(self, config: StackConfig, road_map: RoadMap | None = None):
         self.config = config
         vehicle = config.vehicle
-        dt = config.sim.dt_s
-        self.perception = PerfectPerception(config.perception, dt)
+        self.perception = build_perception(config, road_map)
         self.planner = PlannerStage(
             config.planner, VehicleShape(vehicle.length_m, vehicle.width_m, vehicle.rear_overhang_m), road_map,
             wheelbase_m=vehicle.cg_to_front_axle_m + vehicle.cg_to_rear_axle_m)
-        self.controller = build_controller(config.controller, vehicle_geometry(config), dt)
+        self.controller = build_controller(config.controller, vehicle_geometry(config), config.sim.dt_s)
 
     def step(self, obs: Observation) -> tuple[Control, Perception, Plan]:
         perception = self.perception.step(obs)

@@ -11,11 +11,14 @@ from stagepilot.pipeline.config import load_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MAPS = ROOT.parent / "shared" / "maps"
+# Tests of planning, control and the runtime drive on ground truth, so that they test those
+# stages and not the network; tests of learned perception ask for it.
+PERFECT = "perception.kind=perfect"
 
 
 @pytest.fixture(scope="session")
 def stack():
-    return load_stack()
+    return load_stack([], [PERFECT])
 
 
 @pytest.fixture

@@ -16,11 +16,11 @@ from stagepilot.pipeline.stack import DrivingStack, drive
 from stagepilot.sim.scenario import load_scenario
 from stagepilot.sim.world import EmbeddedSimulator
 
-from conftest import shared_map
+from conftest import PERFECT, shared_map
 
 
 def run(name: str, overrides: list[str] | None = None, scenario_overrides: list[str] | None = None):
-    config = load_stack([], overrides or [])
+    config = load_stack([], [PERFECT, *(overrides or [])])
     sim = EmbeddedSimulator(config, render=False)
     scenario = load_scenario(name, scenario_overrides or [])
     sim.reset(scenario)  # loads the road map the planner shares
@@ -76,7 +76,7 @@ def test_follows_a_lead_car_that_brakes_hard():
 
 
 def test_stops_for_a_crossing_pedestrian_then_goes_on():
-    config = load_stack()
+    config = load_stack([], [PERFECT])
     sim = EmbeddedSimulator(config, render=False)
     scenario = load_scenario("pedestrian_crossing")
     obs = sim.reset(scenario)

@@ -14,6 +14,8 @@ import pytest
 from stagepilot.pipeline.config import load_stack
 from stagepilot.pipeline.drive import run_drive
 
+from conftest import PERFECT
+
 STAGES = {"perception", "planner", "controller"}
 
 
@@ -46,7 +48,7 @@ def assert_complete_run_folder(out, frames_at_least: int) -> dict:
 
 
 def test_failsafe_miss_shows_in_metrics_and_trace(tmp_path):
-    config = load_stack([], ["faults.stage_delay_ms={perception: 200}", "runtime.stages.perception.on_miss=failsafe"])
+    config = load_stack([], [PERFECT, "faults.stage_delay_ms={perception: 200}", "runtime.stages.perception.on_miss=failsafe"])
     result = run_drive(config, "pedestrian_crossing", ["duration_s=6"], tmp_path / "run", show_progress=False)
     metrics = assert_complete_run_folder(result.out_dir, frames_at_least=100)
     assert metrics["latency"]["perception"]["misses"] == metrics["frames"]
@@ -58,7 +60,7 @@ def test_failsafe_miss_shows_in_metrics_and_trace(tmp_path):
 
 
 def test_default_budget_drive_has_no_misses_and_a_latency_table(tmp_path):
-    config = load_stack()
+    config = load_stack([], [PERFECT])
     result = run_drive(config, "lead_vehicle_braking", ["duration_s=5"], tmp_path / "run", show_progress=False)
     metrics = assert_complete_run_folder(result.out_dir, frames_at_least=100)
     assert metrics["outcome"]["collisions"] == 0 and not metrics["outcome"]["interrupted"]

@@ -104,7 +104,7 @@ def test_config_and_run_json_reproduce_the_run(drive, stack, scenario) -> None:
     run = _strict_json(drive / "run.json")
     assert run["config_hash"] == config_hash(stack)
     assert run["scenario"]["name"] == "lead_vehicle_braking" and run["scenario"]["seed"] == scenario.seed
-    assert run["perception_seed"] == stack.perception.seed
+    assert run["perception_seed"] == stack.perception.perfect.seed
     assert run["versions"]["python"] and run["versions"]["numpy"] == np.__version__
     assert "commit" in run["git"] and run["started"] and run["host"]
 

@@ -13,10 +13,12 @@ from stagepilot.pipeline.runtime import StagedRuntime, as_record_arrays
 from stagepilot.sim.scenario import load_scenario
 from stagepilot.sim.world import EmbeddedSimulator
 
+from conftest import PERFECT
+
 
 def drive(overrides: list[str], scenario: str = "pedestrian_crossing", render: bool = False,
           max_time_s: float | None = None, on_frame=None):
-    config = load_stack([], overrides)
+    config = load_stack([], [PERFECT, *overrides])
     sim = EmbeddedSimulator(config, render=render)
     obs = sim.reset(load_scenario(scenario))
     runtime = StagedRuntime(config, sim.road_map)
@@ -120,7 +122,7 @@ def test_pipelined_fail_safe_and_measured_drives_run_through():
 
 
 def test_an_older_frames_late_command_never_replaces_a_newer_one():
-    config = load_stack([], ["runtime.time_model=measured"])
+    config = load_stack([], [PERFECT, "runtime.time_model=measured"])
     runtime = StagedRuntime(config, None)
     from stagepilot.pipeline.messages import Control
 
@@ -153,6 +155,6 @@ def test_held_perception_moves_the_stop_line_and_plans_are_stamped_now():
 
 
 def test_pipelining_needs_latency():
-    config = load_stack([], ["runtime.time_model=ideal", "runtime.pipelined=true"])
+    config = load_stack([], [PERFECT, "runtime.time_model=ideal", "runtime.pipelined=true"])
     with pytest.raises(ConfigError, match="runtime.pipelined"):
         StagedRuntime(config, None)

@@ -1,0 +1,282 @@
+"""LearnedPerception: the trained PerceptionNet as the perception stage.
+
+One frame goes through, in order:
+1. ``FrameCheck``: a missing, NaN, blank or frozen frame gives an unusable Perception;
+2. ``NetworkRunner``: the uint8 frame is copied to the device once, scaled to the network's
+   input size there (area filter, as the training data was), and run under
+   ``torch.inference_mode`` with channels-last memory and bf16 autocast where the device runs it
+   natively; boxes come back in camera pixels, the segmentation at the network's size;
+3. ego-frame placement: each vehicle, pedestrian and static-obstacle box is put on the road
+   through its bottom-centre ground contact and the camera model, then pushed back half the
+   object's assumed depth (perception/geometry.py);
+4. tracking (perception/tracking.py): association and a constant-velocity Kalman filter give
+   each object a track id and a velocity over the ground;
+5. the road (perception/road.py): drivable area and the lane boundaries either side of the
+   ego, on the ground plane, from the segmentation;
+6. the traffic light ahead: the next stop line on the route comes from the map; its state is
+   read from the light boxes whose housing, placed at ``light_height_m`` through the camera
+   model, lies near that stop line. A light not seen for ``light_hold_s`` is ``unknown``.
+
+Nothing here reads the simulator's ground truth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stagepilot.perception.checks import FrameCheck
+from stagepilot.perception.geometry import centre_from_box, point_at_height, scale_intrinsics
+from stagepilot.perception.model import PerceptionNet, load_checkpoint
+from stagepilot.perception.road import RoadExtractor
+from stagepilot.perception.tracking import Measurement, Tracker
+from stagepilot.pipeline.config import ConfigError, LearnedPerceptionConfig
+from stagepilot.pipeline.messages import CameraImage, Observation, Perception, TrafficLightAhead
+from stagepilot.pipeline.paths import Polyline
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+SHIPPED_CHECKPOINT = WEIGHTS_DIR / "mtl_mbv3small_fpn96_s8_seg4.pt"
+# network class -> Detection.kind
+KINDS = {"vehicle": "vehicle", "pedestrian": "pedestrian", "static_obstacle": "static"}
+LIGHT_PREFIX = "traffic_light_"
+# seg class -> a CARLA tag id that stands for it, for Perception.semantic (background -> 0, unlabelled)
+SEG_TO_CARLA_TAG = {"background": 0, "road": 1, "road_line": 24, "sidewalk": 2, "vehicle": 14, "pedestrian": 12,
+                    "traffic_light": 7, "pole": 6, "vegetation": 9, "building": 3, "sky": 11}
+
+
+def select_device(name: str) -> torch.device:
+    """``auto``: CUDA when present, else CPU. Asking for CUDA without one is a config error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("perception.learned.device: cuda was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Does this device run bf16 natively? CUDA: torch says so. CPU: the processor has AVX-512 BF16
+    or AMX (Linux /proc/cpuinfo flags); emulated bf16 on other CPUs is slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_checkpoint(path: str | None) -> Path:
+    checkpoint = SHIPPED_CHECKPOINT if path is None else Path(path).expanduser()
+    if not checkpoint.is_file():
+        where = "perception.learned.checkpoint" if path is not None else "the shipped model"
+        raise ConfigError(f"{where}: checkpoint {checkpoint} not found")
+    return checkpoint
+
+
+@dataclass(frozen=True)
+class NetworkOutput:
+    """Decoded network output for one frame: boxes in camera px."""
+
+    boxes: np.ndarray   # (N, 4) xyxy camera px
+    scores: np.ndarray  # (N,)
+    labels: list[str]   # class names, (N,)
+    seg: np.ndarray     # (h, w) uint8 seg class ids at the network's input size
+
+
+class NetworkRunner:
+    """A checkpoint on its device with the inference settings of ``LearnedPerceptionConfig``."""
+
+    def __init__(self, config: LearnedPerceptionConfig, model: PerceptionNet | None = None):
+        self.config = config
+        self.device = select_device(config.device)
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        if model is None:
+            path = resolve_checkpoint(config.checkpoint)
+            model, self.meta = load_checkpoint(path, map_location=self.device)
+        else:
+            self.meta = {}
+        memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.model = model.eval().to(self.device, memory_format=memory_format)
+        self.memory_format = memory_format
+        self.classes = list(self.model.classes)
+        self.input_size = tuple(self.model.input_size)  # (H, W)
+        use_bf16 = config.bf16 == "on" or (config.bf16 == "auto" and native_bf16(self.device))
+        self.dtype = torch.bfloat16 if use_bf16 else torch.float32
+        self.min_score = min(config.score_threshold.values())
+
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def preprocess(self, rgb: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (1, 3, h, w) float in [0, 1] at the input size, on the device."""
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device, non_blocking=True)  # (H, W, 3) uint8
+        x = x.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)                            # (1, 3, H, W)
+        if tuple(x.shape[-2:]) != self.input_size:
+            x = F.interpolate(x, size=self.input_size, mode="area")
+        return x.contiguous(memory_format=self.memory_format)
+
+    @torch.inference_mode()
+    def __call__(self, rgb: np.ndarray) -> NetworkOutput:
+        h0, w0 = rgb.shape[:2]
+        x = self.preprocess(rgb)
+        with self._autocast():
+            raw = self.model(x)
+        det = self.model.decode(raw, score_threshold=self.min_score, nms_iou=self.config.nms_iou)[0]
+        sx, sy = w0 / self.input_size[1], h0 / self.input_size[0]
+        boxes = det["boxes"].float().cpu().numpy() * np.array([sx, sy, sx, sy])
+        return NetworkOutput(boxes=boxes, scores=det["scores"].float().cpu().numpy(),
+                             labels=[self.classes[int(i)] for i in det["labels"].cpu()],
+                             seg=det["seg"].to(torch.uint8).cpu().numpy())
+
+
+class LearnedPerception:
+    """One stage: Observation (camera frames) -> Perception, with no ground truth."""
+
+    name = "perception"
+
+    def __init__(self, config: LearnedPerceptionConfig, road_map=None, camera: str = "front",
+                 runner: NetworkRunner | None = None):
+        self.config = config
+        self.camera = camera
+        self.road_map = road_map
+        self.runner = runner or NetworkRunner(config)
+        self.check = FrameCheck(camera)
+        self.tracker = Tracker(config.tracker)
+        seg_classes = list(self.runner.model.seg_classes)
+        lut = np.zeros(256, dtype=np.uint8)
+        for i, name in enumerate(seg_classes):
+            lut[i] = SEG_TO_CARLA_TAG.get(name, 0)
+        self._seg_to_tags = lut
+        self._road: RoadExtractor | None = None
+        self._road_key: tuple | None = None
+        self._route: Polyline | None = None
+        self._light_memory: tuple[int, str, float] | None = None  # (stop line id, state, t last seen)
+
+    def reset(self) -> None:
+        self.tracker.reset()
+        self.check = FrameCheck(self.camera)
+        self._light_memory = None
+
+    def step(self, obs: Observation) -> Perception:
+        problem = self.check.reason(obs)
+        if problem is not None:
+            return Perception(t=obs.t, frame=obs.frame, detections=(), usable=False, reason=problem)
+        image = obs.cameras.get(self.camera) if obs.cameras else None
+        if image is None:  # a run without cameras has nothing to perceive from
+            return Perception(t=obs.t, frame=obs.frame, detections=(), usable=False,
+                              reason=f"no {self.camera} camera in the observation")
+        out = self.runner(image.rgb)
+        measurements, lights = self._measurements(out, image)
+        detections = self.tracker.update(obs.t, obs.ego, measurements)
+        semantic_small = self._seg_to_tags[out.seg]                                   # (h, w) CARLA tags
+        h0, w0 = image.rgb.shape[:2]
+        semantic = cv2.resize(semantic_small, (w0, h0), interpolation=cv2.INTER_NEAREST)
+        return Perception(t=obs.t, frame=obs.frame, detections=detections,
+                          traffic_light=self._light_ahead(obs, lights),
+                          semantic=semantic, road=self._road_surface(out.seg, image))
+
+    # ---- objects -----------------------------------------------------------------------------
+    def _measurements(self, out: NetworkOutput, image: CameraImage):
+        cfg = self.config
+        K, T = np.asarray(image.K, dtype=float), np.asarray(image.T_ego_cam, dtype=float)
+        measurements, lights = [], []
+        for box, score, label in zip(out.boxes, out.scores, out.labels):
+            if label.startswith(LIGHT_PREFIX):
+                if score >= cfg.score_threshold.get("traffic_light", 0.5):
+                    housing = point_at_height(0.5 * (box[0] + box[2]), 0.5 * (box[1] + box[3]), K, T,
+                                              cfg.light_height_m)
+                    if housing is not None:
+                        lights.append((float(score), label[len(LIGHT_PREFIX):], housing))
+                continue
+            kind = KINDS.get(label)
+            if kind is None or score < cfg.score_threshold.get(label, 0.5):
+                continue
+            extent = tuple(float(v) for v in cfg.extent_m.get(label, (1.0, 1.0, 1.0)))
+            centre = centre_from_box(box, extent[0] / 2, K, T)
+            if centre is None or math.hypot(*centre) > cfg.max_range_m:
+                continue
+            measurements.append(Measurement(kind=kind, score=float(score), position=(float(centre[0]), float(centre[1])),
+                                            extent=extent, box_2d=tuple(float(v) for v in box)))
+        return measurements, lights
+
+    # ---- road --------------------------------------------------------------------------------
+    def _road_surface(self, seg: np.ndarray, image: CameraImage):
+        h0, w0 = image.rgb.shape[:2]
+        h, w = seg.shape
+        key = (h, w, h0, w0, np.asarray(image.K).tobytes(), np.asarray(image.T_ego_cam).tobytes())
+        if self._road is None or key != self._road_key:
+            K = scale_intrinsics(np.asarray(image.K, dtype=float), w / w0, h / h0)
+            self._road = RoadExtractor(K, np.asarray(image.T_ego_cam, dtype=float), (h, w))
+            self._road_key = key
+        return self._road.extract(seg)
+
+    # ---- traffic light -----------------------------------------------------------------------
+    def _next_stop_line(self, obs: Observation):
+        """(id, stop line, metres ahead along the route) of the next stop line the route crosses."""
+        if self.road_map is None:
+            return None
+        if self._route is None or self._route.points is not obs.route.points:
+            self._route = Polyline(obs.route.points)
+        best = None
+        for index, line in enumerate(self.road_map.stop_lines):
+            cx, cy = line.center
+            if math.hypot(cx - obs.ego.x, cy - obs.ego.y) > self.config.max_range_m + 10.0:
+                continue
+            s, offset = self._route.project(cx, cy, s_hint=obs.route_progress + 40.0, window_m=45.0)
+            ahead = s - obs.route_progress
+            half_length = math.hypot(line.p1[0] - line.p0[0], line.p1[1] - line.p0[1]) / 2
+            if abs(offset) > half_length + 1.0 or ahead <= -2.0 or ahead > self.config.max_range_m:
+                continue
+            _, _, route_yaw = self._route.interpolate(s)
+            if math.cos(line.heading - float(route_yaw)) < 0.5:
+                continue
+            if best is None or ahead < best[2]:
+                best = (index, line, ahead)
+        return best
+
+    def _light_ahead(self, obs: Observation, lights) -> TrafficLightAhead | None:
+        found = self._next_stop_line(obs)
+        if found is None:
+            self._light_memory = None
+            return None
+        index, line, _ = found
+        ego = obs.ego
+        c, s = math.cos(ego.yaw), math.sin(ego.yaw)
+
+        def to_ego(x: float, y: float) -> tuple[float, float]:
+            dx, dy = x - ego.x, y - ego.y
+            return c * dx + s * dy, -s * dx + c * dy
+
+        p0, p1 = to_ego(*line.p0), to_ego(*line.p1)
+        # The signal stands at the stop line: along the line's own direction the housing may be
+        # anywhere within the approach's width plus the gate, across it within the gate.
+        gate = self.config.light_gate_m
+        centre = np.array([(p0[0] + p1[0]) / 2, (p0[1] + p1[1]) / 2])
+        along = np.array([p1[0] - p0[0], p1[1] - p0[1]])
+        half = float(np.linalg.norm(along)) / 2
+        along = along / max(2 * half, 1e-6)
+        normal = np.array([-along[1], along[0]])
+        best = None
+        for score, state, housing in lights:
+            d = housing - centre
+            if abs(float(d @ normal)) <= gate and abs(float(d @ along)) <= half + gate:
+                if best is None or score > best[0]:
+                    best = (score, state)
+        state = "unknown"
+        if best is not None:
+            state = best[1]
+            self._light_memory = (index, state, obs.t)
+        elif self._light_memory is not None and self._light_memory[0] == index \
+                and obs.t - self._light_memory[2] <= self.config.light_hold_s:
+            state = self._light_memory[1]
+        return TrafficLightAhead(id=index, state=state, stop_line=(*p0, *p1))
