@@ -60,7 +60,8 @@ def _time_interleaved(fns: list[Callable[[], Any]], iters: int, warmup: int,
 
 
 def bench_perception(iters: int = 30, warmup: int = 5, threads: int | None = None, *,
-                     architecture: str = "mtl_mbv3small_fpn96_s8_seg4") -> dict:
+                     architecture: str = "mtl_mbv3small_fpn96_s8_seg4",
+                     input_size: tuple[int, int] = (288, 512)) -> dict:
     from torchvision.models.detection import ssdlite320_mobilenet_v3_large
     from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
@@ -71,10 +72,13 @@ def bench_perception(iters: int = 30, warmup: int = 5, threads: int | None = Non
     dtype = _autocast_dtype(device)
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext())
 
-    if SHIPPED_CHECKPOINT.is_file() and architecture == "mtl_mbv3small_fpn96_s8_seg4":
-        ours, _ = load_checkpoint(SHIPPED_CHECKPOINT, map_location=device)
-    else:
-        ours = build_model(architecture, input_size=(288, 512))
+    ours, weights = None, "random"
+    if SHIPPED_CHECKPOINT.is_file():
+        shipped, meta = load_checkpoint(SHIPPED_CHECKPOINT, map_location=device)
+        if meta["architecture"] == architecture and tuple(meta["input_size"]) == tuple(input_size):
+            ours, weights = shipped, "shipped"
+    if ours is None:
+        ours = build_model(architecture, input_size=tuple(input_size))
     ours = ours.eval().to(device, memory_format=torch.channels_last)
     ssd = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=7)
     lraspp = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=7)
@@ -109,6 +113,7 @@ def bench_perception(iters: int = 30, warmup: int = 5, threads: int | None = Non
         "input": f"{INPUT_W}x{INPUT_H}",
         "architecture": ours.architecture,
         "ours_input": f"{ours.input_size[1]}x{ours.input_size[0]}",
+        "ours_weights": weights,
         "params_m": {"ours": round(sum(p.numel() for p in ours.parameters()) / 1e6, 2),
                      "torchvision_pair": round(sum(p.numel() for m in (ssd, lraspp) for p in m.parameters()) / 1e6, 2)},
     }

@@ -145,8 +145,13 @@ class LearnedPerception:
     name = "perception"
 
     def __init__(self, config: LearnedPerceptionConfig, road_map=None, camera: str = "front",
-                 runner: NetworkRunner | None = None):
+                 runner: NetworkRunner | None = None, stop_reach_m: float | None = None):
+        """``stop_reach_m``: rear axle to where the planner puts the front bumper's stop, i.e. the
+        bumper's reach plus the stop-line margin; with it, a stop line is moved back where the
+        signal would otherwise leave the camera's view before the car stops (see _view_limit)."""
         self.config = config
+        self.stop_reach_m = stop_reach_m
+        self._view_limit_world: tuple[float, float] | None = None  # (x, y) the rear axle should not pass
         self.camera = camera
         self.road_map = road_map
         self.runner = runner or NetworkRunner(config)
@@ -166,6 +171,7 @@ class LearnedPerception:
         self.tracker.reset()
         self.check = FrameCheck(self.camera)
         self._light_memory = None
+        self._view_limit_world = None
 
     def step(self, obs: Observation) -> Perception:
         problem = self.check.reason(obs)
@@ -196,7 +202,7 @@ class LearnedPerception:
                     housing = point_at_height(0.5 * (box[0] + box[2]), 0.5 * (box[1] + box[3]), K, T,
                                               cfg.light_height_m)
                     if housing is not None:
-                        lights.append((float(score), label[len(LIGHT_PREFIX):], housing))
+                        lights.append((float(score), label[len(LIGHT_PREFIX):], housing, image))
                 continue
             kind = KINDS.get(label)
             if kind is None or score < cfg.score_threshold.get(label, 0.5):
@@ -267,16 +273,63 @@ class LearnedPerception:
         along = along / max(2 * half, 1e-6)
         normal = np.array([-along[1], along[0]])
         best = None
-        for score, state, housing in lights:
+        for score, state, housing, image in lights:
             d = housing - centre
             if abs(float(d @ normal)) <= gate and abs(float(d @ along)) <= half + gate:
                 if best is None or score > best[0]:
-                    best = (score, state)
+                    best = (score, state, housing, image)
         state = "unknown"
         if best is not None:
             state = best[1]
+            if self._light_memory is None or self._light_memory[0] != index:
+                self._view_limit_world = None
             self._light_memory = (index, state, obs.t)
+            if self.stop_reach_m is not None:
+                advance = self._view_limit(best[2], best[3])
+                self._view_limit_world = (ego.x + advance * c, ego.y + advance * s)
         elif self._light_memory is not None and self._light_memory[0] == index \
                 and obs.t - self._light_memory[2] <= self.config.light_hold_s:
             state = self._light_memory[1]
+        if self._light_memory is None or self._light_memory[0] != index:
+            self._view_limit_world = None
+        if self._view_limit_world is not None:
+            # Stop where the signal is still in view: move the line back (towards the ego) until
+            # the bumper's stop leaves the rear axle short of the view limit.
+            lx, ly = to_ego(*self._view_limit_world)
+            forward = normal if float(normal @ np.array([1.0, 0.0])) >= 0 else -normal
+            ahead = float(centre @ forward)
+            shift = max(0.0, ahead - (lx + self.stop_reach_m))
+            if shift > 0.0:
+                p0 = (p0[0] - shift * forward[0], p0[1] - shift * forward[1])
+                p1 = (p1[0] - shift * forward[0], p1[1] - shift * forward[1])
         return TrafficLightAhead(id=index, state=state, stop_line=(*p0, *p1))
+
+    def _view_limit(self, housing: np.ndarray, image: CameraImage) -> float:
+        """How far the ego may drive straight ahead [m] before the signal housing at `housing`
+        (x, y ego frame, centre ``light_height_m`` up) leaves the camera's view, keeping
+        ``light_view_margin_px`` from the image edges. Bisection: moving closer only ever pushes
+        the housing outwards in the image."""
+        cfg = self.config
+        K, T = np.asarray(image.K, dtype=float), np.asarray(image.T_ego_cam, dtype=float)
+        h_img, w_img = image.rgb.shape[:2]
+        cam_from_ego = np.linalg.inv(T)
+        hw, hh = cfg.light_housing_m[0] / 2, cfg.light_housing_m[1] / 2
+        offsets = np.array([[0.0, dy, dz] for dy in (-hw, hw) for dz in (-hh, hh)])  # (4, 3)
+        centre = np.array([float(housing[0]), float(housing[1]), cfg.light_height_m])
+        m = cfg.light_view_margin_px
+
+        def visible(advance: float) -> bool:
+            corners = centre - np.array([advance, 0.0, 0.0]) + offsets          # (4, 3) ego frame
+            cam = corners @ cam_from_ego[:3, :3].T + cam_from_ego[:3, 3]       # (4, 3) camera frame
+            if cam[:, 2].min() <= 0.5:
+                return False
+            uv = (cam @ K.T)[:, :2] / cam[:, 2:3]
+            return bool(np.all((uv[:, 0] >= m) & (uv[:, 0] <= w_img - m) & (uv[:, 1] >= m) & (uv[:, 1] <= h_img - m)))
+
+        if not visible(0.0):
+            return 0.0
+        low, high = 0.0, float(housing[0])
+        for _ in range(20):
+            mid = 0.5 * (low + high)
+            low, high = (mid, high) if visible(mid) else (low, mid)
+        return low

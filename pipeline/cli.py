@@ -129,15 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_perception = bench_commands.add_parser(
         "perception", help="perception network latency against the torchvision pair",
-        description="Time our multi-task network (forward + decode) and ssdlite320 + lraspp (MobileNetV3) "
-        "on one 640x360 frame, same device, dtype (bf16 autocast where it works) and channels_last: "
-        "p50/p99 per frame and the p50 speedup.",
+        description="Time what the learned stage runs per frame (scale the 640x360 frame to the network's "
+        "input, forward, decode) against ssdlite320 + lraspp (MobileNetV3) on the same frame, same device, "
+        "dtype (bf16 autocast where it works), channels_last and threads: p50/p99 and the p50 speedup.",
     )
     bench_perception.add_argument("--json", action="store_true", help="print one JSON object")
     bench_perception.add_argument("--iters", type=_positive_int, default=30, help="timed frames per model")
     bench_perception.add_argument("--warmup", type=_positive_int, default=5, help="untimed frames first")
     bench_perception.add_argument("--threads", type=_positive_int, default=None,
                                   help="torch threads (default: all CPU cores)")
+    bench_perception.add_argument("--architecture", default="mtl_mbv3small_fpn96_s8_seg4",
+                                  help="our network (random weights unless it is the shipped one), e.g. "
+                                       "mtl_mbv3large_fpn64_s8_seg4")
+    bench_perception.add_argument("--input-size", type=_positive_int, nargs=2, default=(288, 512), metavar=("H", "W"),
+                                  help="our network's input size for random-weight candidates (default: 288 512)")
     bench_perception.set_defaults(handler=_cmd_bench_perception)
 
     collect = commands.add_parser(
@@ -278,7 +283,8 @@ def _cmd_bench_control(args) -> int:
 def _cmd_bench_perception(args) -> int:
     from stagepilot.perception.bench import bench_perception
 
-    _print_result(bench_perception(iters=args.iters, warmup=args.warmup, threads=args.threads), args.json)
+    _print_result(bench_perception(iters=args.iters, warmup=args.warmup, threads=args.threads,
+                                   architecture=args.architecture, input_size=tuple(args.input_size)), args.json)
     return 0
 
 

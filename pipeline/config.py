@@ -165,6 +165,10 @@ class LearnedPerceptionConfig(Strict):
     light_height_m: float = Field(4.2, gt=0.0)  # [m] signal housing centre above the road
     light_gate_m: float = Field(6.0, gt=0.0)  # [m] housing estimate to the stop line's signal position
     light_hold_s: float = Field(0.5, ge=0.0)  # keep the last read state this long when the light is not seen
+    # Signal housing (width, height) [m], and how far inside the image edges it must stay: a car
+    # stopping at a light keeps it in view, so that it sees the light turn green.
+    light_housing_m: tuple[float, float] = (0.36, 0.95)
+    light_view_margin_px: float = Field(6.0, ge=0.0)
     tracker: TrackerConfig = TrackerConfig()
 
 

@@ -45,6 +45,7 @@ INSET_M_PER_PX = 0.2  # [m/px]: 41 m ahead of the ego, 84 m across
 SEGMENTATION_ALPHA = 0.35
 NEAR_M = 0.5  # [m] points closer to the camera plane than this are not drawn
 PLAN_BGR = (255, 255, 0)
+LANE_BGR = (0, 215, 255)  # lane boundaries found by perception (amber)
 MISS_BGR = (60, 60, 255)
 EVENT_BGR = (0, 220, 255)
 TEXT_BGR = (240, 240, 240)
@@ -199,6 +200,7 @@ class FrameDrawer:
             if record.plan is not None:
                 self._plan(frame, record.plan, record.ego, image, scale, offset)
             if record.perception is not None:
+                self._road(frame, record.perception, image, scale, offset)
                 self._detections(frame, record.perception, image, scale, offset)
         if self.bev is not None:
             self._inset(frame, obs, record)
@@ -241,6 +243,21 @@ class FrameDrawer:
         cv2.fillPoly(overlay, [np.vstack([left, right[::-1]])], PLAN_BGR, cv2.LINE_AA)
         cv2.addWeighted(overlay, 0.3, frame, 0.7, 0, dst=frame)
         cv2.polylines(frame, [left, right], False, PLAN_BGR, 2, cv2.LINE_AA)
+
+    def _road(self, frame, perception: Perception, image, scale: float, offset: np.ndarray) -> None:
+        """The lane boundaries perception found, drawn back on the ground in the image."""
+        road = perception.road
+        if road is None:
+            return
+        for boundary in (road.left_boundary, road.right_boundary):
+            if boundary is None or len(boundary) < 2:
+                continue
+            points = np.hstack([boundary, np.zeros((len(boundary), 1))])
+            uv, in_front = project_to_image(points, image.K, image.T_ego_cam)
+            if in_front.sum() < 2:
+                continue
+            px = np.rint(uv[in_front] * scale + offset).astype(np.int32)
+            cv2.polylines(frame, [px], False, LANE_BGR, 3, cv2.LINE_AA)
 
     def _detections(self, frame, perception: Perception, image, scale: float, offset: np.ndarray) -> None:
         for det in perception.detections:
@@ -286,6 +303,8 @@ class FrameDrawer:
             *([(f"FAIL-SAFE: {record.failsafe}", MISS_BGR)] if record.failsafe else []),
             *[(f"{e.t:6.2f} s {e.kind}: {e.detail}", EVENT_BGR) for e in self.recent_events],
             *([(f"segmentation: {seg_source}", (200, 200, 200))] if seg_source else []),
+            *([(f"light ahead: {record.perception.traffic_light.state}", (200, 200, 200))]
+              if record.perception is not None and record.perception.traffic_light is not None else []),
         ]
         width = VIDEO_SIZE[0] - INSET_SIZE[0] - 40
         shade = frame[8:16 + 22 * len(lines), 8:8 + width]

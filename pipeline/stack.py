@@ -38,7 +38,9 @@ def build_perception(config: StackConfig, road_map: RoadMap | None = None):
         return PerfectPerception(config.perception.perfect, config.sim.dt_s)
     from stagepilot.perception.learned import LearnedPerception  # torch loads only when it is used
 
-    return LearnedPerception(config.perception.learned, road_map)
+    vehicle = config.vehicle
+    reach = vehicle.length_m - vehicle.rear_overhang_m + config.planner.behaviour.stop_line_margin_m
+    return LearnedPerception(config.perception.learned, road_map, stop_reach_m=reach)
 
 
 class DrivingStack:
