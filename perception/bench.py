@@ -92,7 +92,7 @@ def bench_perception(iters: int = 30, warmup: int = 5, threads: int | None = Non
 
     rgb = (frame[0].permute(1, 2, 0) * 255).to(torch.uint8).cpu().numpy()  # (H, W, 3) camera frame
     stage = NetworkRunner(LearnedPerceptionConfig(device=device.type, threads=threads,
-                                                  bf16="on" if dtype is not None else "off"), model=ours)
+                                                  precision="bf16" if dtype is not None else "fp32"), model=ours)
 
     def run_ours():
         return stage(rgb)

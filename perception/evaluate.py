@@ -64,10 +64,11 @@ def _null(value: float) -> float | None:
 @torch.no_grad()
 def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *, device: str | torch.device = "cpu",
                    batch_size: int = 8, score_threshold: float = 0.3, num_workers: int = 0,
-                   show_progress: bool = False) -> dict[str, Any]:
-    """Run `model` over a split -> the metrics dict described in the module docstring."""
+                   show_progress: bool = False, limit: int | None = None) -> dict[str, Any]:
+    """Run `model` over a split (its first `limit` frames) -> the metrics dict described in the
+    module docstring."""
     device = torch.device(device)
-    dataset = PerceptionDataset(data, split, input_size=tuple(model.input_size))
+    dataset = PerceptionDataset(data, split, input_size=tuple(model.input_size), limit=limit)
     camera = dataset.camera or DEFAULT_CAMERA
     K, T = np.asarray(camera["K"], dtype=float), np.asarray(camera["T_ego_cam"], dtype=float)
     classes, seg_classes = list(model.classes), list(model.seg_classes)

@@ -108,7 +108,7 @@ class NetworkRunner:
         self.memory_format = memory_format
         self.classes = list(self.model.classes)
         self.input_size = tuple(self.model.input_size)  # (H, W)
-        use_bf16 = config.bf16 == "on" or (config.bf16 == "auto" and native_bf16(self.device))
+        use_bf16 = config.precision == "bf16" or (config.precision == "auto" and native_bf16(self.device))
         self.dtype = torch.bfloat16 if use_bf16 else torch.float32
         self.min_score = min(config.score_threshold.values())
 

@@ -3,12 +3,14 @@
 Each track holds x = [px, py, vx, vy] (world frame, [m] and [m/s]) and its covariance P.
 - Measurement: a detection's ground centre, moved from the ego frame into the world frame with
   the ego pose from odometry, so that ego motion does not look like object motion. Its noise
-  is isotropic with std = position_std_m + position_std_per_m * range from the ego, since
-  camera depth error grows with distance.
+  follows the camera: along the viewing ray a pixel of the box's ground contact is worth
+  range^2 / (f h) metres, so std_along = position_std_m + depth_std_per_m2 * range^2; across
+  the ray it grows with the bearing error, std_across = position_std_m + bearing_std_rad * range.
 - Prediction: constant velocity, x' = F x and P' = F P F^T + Q, with the discrete white-noise
   acceleration (discrete Wiener) model per axis: Q = G G^T accel_std^2, G = [dt^2/2, dt].
-- Association, per kind: Hungarian assignment (scipy linear_sum_assignment) on the Euclidean
-  distance between prediction and measurement; pairs farther apart than gate_m are rejected.
+- Association, per kind: Hungarian assignment (scipy linear_sum_assignment) on the Mahalanobis
+  distance of each measurement from each track's predicted position (innovation covariance
+  S = H P H^T + R); pairs beyond gate_sigma are rejected.
 - Lifecycle: an unmatched detection starts a track at rest with a large velocity variance.
   A track is reported once it has min_hits hits and keeps being reported while it coasts;
   it is dropped once it has gone unseen for more than max_misses frames.
@@ -30,7 +32,7 @@ from stagepilot.pipeline.messages import Detection, EgoState
 INITIAL_SPEED_STD = 10.0  # [m/s] a new track's velocity is unknown
 MOVING_MPS = 0.5  # above this the heading of the velocity is the reported yaw
 MISS_SCORE_DECAY = 0.9  # score factor per frame a track goes unseen
-GATED_COST = 1e6  # [m] stands in for a pair outside the gate; rejected after assignment
+GATED_COST = 1e6  # stands in for a pair outside the gate; rejected after assignment
 MEASURE = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])  # H: state -> position
 
 
@@ -78,25 +80,31 @@ def _transition(dt_s: float, accel_std: float) -> tuple[np.ndarray, np.ndarray]:
     return f, accel_std**2 * g @ g.T
 
 
-def _kalman_update(track: _Track, z: np.ndarray, std_m: float) -> None:
+def _kalman_update(track: _Track, z: np.ndarray, r: np.ndarray) -> None:
+    """z (2,) world position, r (2, 2) its noise covariance."""
     innovation = z - MEASURE @ track.state
-    s = MEASURE @ track.cov @ MEASURE.T + std_m**2 * np.eye(2)
+    s = MEASURE @ track.cov @ MEASURE.T + r
     gain = np.linalg.solve(s, MEASURE @ track.cov).T  # P H^T S^-1, S symmetric
     track.state = track.state + gain @ innovation
     # Joseph form keeps P symmetric and positive definite.
     i_kh = np.eye(4) - gain @ MEASURE
-    track.cov = i_kh @ track.cov @ i_kh.T + std_m**2 * gain @ gain.T
+    track.cov = i_kh @ track.cov @ i_kh.T + gain @ r @ gain.T
 
 
-def _associate(predicted: np.ndarray, measured: np.ndarray, gate_m: float) -> list[tuple[int, int]]:
-    """(track index, measurement index) pairs of minimum total distance, all within the gate.
-    predicted (T, 2), measured (M, 2), world frame."""
-    if len(predicted) == 0 or len(measured) == 0:
+def _associate(tracks: list[_Track], measured: np.ndarray, noise: np.ndarray, gate_sigma: float) -> list[tuple[int, int]]:
+    """(track index, measurement index) pairs of minimum total Mahalanobis distance, all within
+    the gate. measured (M, 2) world frame, noise (M, 2, 2) their covariances."""
+    if not tracks or len(measured) == 0:
         return []
-    cost = np.linalg.norm(predicted[:, None, :] - measured[None, :, :], axis=2)  # (T, M)
-    cost = np.where(cost > gate_m, GATED_COST, cost)
+    cost = np.empty((len(tracks), len(measured)))
+    for i, track in enumerate(tracks):
+        p = MEASURE @ track.cov @ MEASURE.T                              # (2, 2)
+        d = measured - track.state[:2]                                   # (M, 2)
+        s_inv = np.linalg.inv(p[None] + noise)                           # (M, 2, 2)
+        cost[i] = np.sqrt(np.einsum("mi,mij,mj->m", d, s_inv, d))
+    cost = np.where(cost > gate_sigma, GATED_COST, cost)
     rows, cols = linear_sum_assignment(cost)
-    return [(int(r), int(c)) for r, c in zip(rows, cols) if cost[r, c] <= gate_m]
+    return [(int(r), int(c)) for r, c in zip(rows, cols) if cost[r, c] <= gate_sigma]
 
 
 class Tracker:
@@ -119,18 +127,18 @@ class Tracker:
             raise ValueError(f"tracker time went back from {self._t} s to {t} s")
         self._t = t
         self._predict(dt_s)
-        world, stds = self._to_world(ego, measurements)
-        matched = self._match(measurements, world)
+        world, noise = self._to_world(ego, measurements)
+        matched = self._match(measurements, world, noise)
         for track_index, track in enumerate(self._tracks):
             j = matched.get(track_index)
             if j is None:
                 self._coast(track)
             else:
-                self._correct(track, measurements[j], world[j], stds[j])
+                self._correct(track, measurements[j], world[j], noise[j])
         used = set(matched.values())
         for i, m in enumerate(measurements):
             if i not in used:
-                self._start(m, world[i], stds[i], ego.yaw)
+                self._start(m, world[i], noise[i], ego.yaw)
         self._tracks = [tr for tr in self._tracks if tr.misses <= self.config.max_misses]
         return tuple(self._report(tr, ego) for tr in self._tracks if tr.confirmed)
 
@@ -141,25 +149,33 @@ class Tracker:
             track.cov = f @ track.cov @ f.T + q
 
     def _to_world(self, ego: EgoState, measurements: Sequence[Measurement]) -> tuple[np.ndarray, np.ndarray]:
-        """Positions (M, 2) in the world frame and their noise std (M,) [m]."""
+        """Positions (M, 2) in the world frame and their noise covariances (M, 2, 2) [m^2]."""
+        cfg = self.config
         ego_xy = np.array([[m.position[0], m.position[1]] for m in measurements]).reshape(-1, 2)
         ranges = np.linalg.norm(ego_xy, axis=1)
         world = ego_xy @ _rotation(ego.yaw).T + np.array([ego.x, ego.y])
-        return world, self.config.position_std_m + self.config.position_std_per_m * ranges
+        along = cfg.position_std_m + cfg.depth_std_per_m2 * ranges**2          # (M,)
+        across = cfg.position_std_m + cfg.bearing_std_rad * ranges            # (M,)
+        bearing = np.arctan2(ego_xy[:, 1], ego_xy[:, 0]) + ego.yaw            # ray direction, world
+        c, s = np.cos(bearing), np.sin(bearing)
+        rot = np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)     # (M, 2, 2) ray -> world
+        diag = np.zeros((len(ranges), 2, 2))
+        diag[:, 0, 0], diag[:, 1, 1] = along**2, across**2
+        return world, rot @ diag @ rot.transpose(0, 2, 1)
 
-    def _match(self, measurements: Sequence[Measurement], world: np.ndarray) -> dict[int, int]:
+    def _match(self, measurements: Sequence[Measurement], world: np.ndarray, noise: np.ndarray) -> dict[int, int]:
         """Track index -> measurement index; a detection only joins a track of its own kind."""
         matched: dict[int, int] = {}
         for kind in sorted({m.kind for m in measurements}):
             track_ids = [i for i, tr in enumerate(self._tracks) if tr.kind == kind]
             meas_ids = [i for i, m in enumerate(measurements) if m.kind == kind]
-            predicted = np.array([self._tracks[i].state[:2] for i in track_ids]).reshape(-1, 2)
-            for r, c in _associate(predicted, world[meas_ids], self.config.gate_m):
+            tracks = [self._tracks[i] for i in track_ids]
+            for r, c in _associate(tracks, world[meas_ids], noise[meas_ids], self.config.gate_sigma):
                 matched[track_ids[r]] = meas_ids[c]
         return matched
 
-    def _correct(self, track: _Track, m: Measurement, z: np.ndarray, std_m: float) -> None:
-        _kalman_update(track, z, std_m)
+    def _correct(self, track: _Track, m: Measurement, z: np.ndarray, r: np.ndarray) -> None:
+        _kalman_update(track, z, r)
         track.hits += 1
         track.misses = 0
         track.confirmed = track.confirmed or track.hits >= self.config.min_hits
@@ -176,8 +192,10 @@ class Tracker:
         track.score *= MISS_SCORE_DECAY
         track.box_2d = None  # the box belongs to an image this frame did not match
 
-    def _start(self, m: Measurement, z: np.ndarray, std_m: float, ego_yaw: float) -> None:
-        cov = np.diag([std_m**2, std_m**2, INITIAL_SPEED_STD**2, INITIAL_SPEED_STD**2])
+    def _start(self, m: Measurement, z: np.ndarray, r: np.ndarray, ego_yaw: float) -> None:
+        cov = np.zeros((4, 4))
+        cov[:2, :2] = r
+        cov[2, 2] = cov[3, 3] = INITIAL_SPEED_STD**2
         track = _Track(track_id=self._next_id, kind=m.kind, state=np.array([z[0], z[1], 0.0, 0.0]),
                        cov=cov, score=m.score, extent=m.extent, box_2d=m.box_2d,
                        heading=ego_yaw)  # unknown until it moves: assume aligned with the ego

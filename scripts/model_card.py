@@ -1,0 +1,106 @@
+"""Write a checkpoint's model card from its own metadata (the figures cannot drift from the file).
+
+    python scripts/model_card.py perception/weights/mtl_mbv3small_fpn96_s8_seg4.pt \
+        --collect "stagepilot collect --out data/perception --frames 3000 --workers 2" \
+        --timing "collect 3.2 min + train 66 min on the 2-core CPU" > perception/weights/MODEL_CARD.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+from stagepilot.perception.evaluate import MIOU_CLASSES
+from stagepilot.perception.model import load_checkpoint
+
+BARS = {"vehicle AP@0.5": (">=", 0.85), "pedestrian AP@0.5": (">=", 0.75), "mIoU (5 classes)": (">=", 0.80),
+        "vehicle position error, median within 30 m": ("<=", 1.0)}
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def card(path: Path, collect: str, timing: str) -> str:
+    model, meta = load_checkpoint(path)
+    split, metrics = next(iter(meta["metrics"].items()))
+    size = path.stat().st_size
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    params = sum(p.numel() for p in model.parameters())
+    figures = {
+        "vehicle AP@0.5": metrics["ap50"]["vehicle"],
+        "pedestrian AP@0.5": metrics["ap50"]["pedestrian"],
+        "mIoU (5 classes)": metrics["miou"],
+        "vehicle position error, median within 30 m": metrics["position_error_median_m"]["vehicle"],
+    }
+    lines = [
+        f"# Model card: `{meta['architecture']}`",
+        "",
+        f"File `{path.name}` ({size / 1e6:.1f} MB, sha256 {digest}...), {params / 1e6:.2f} M parameters, "
+        f"trained {meta.get('epoch')} epochs from scratch (no pretrained weights) on frames of the embedded simulator.",
+        "",
+        "## Inputs and outputs",
+        "",
+        f"- Input: RGB, float in [0, 1], {meta['input_size'][0]}x{meta['input_size'][1]} (H x W); the stage "
+        "area-scales the 640x360 front camera to it. ImageNet mean/std normalisation is inside the model.",
+        f"- Detection classes: {', '.join(meta['classes'])}.",
+        f"- Segmentation classes: {', '.join(meta['seg_classes'])} (from CARLA semantic tags).",
+        "",
+        f"## Metrics on the held-out split `{split}` ({metrics['frames']} frames)",
+        "",
+        "Town02 (a map training never sees), seeds training never draws. "
+        "`stagepilot eval perception --checkpoint <this file> --data data/perception --json`.",
+        "",
+        "| figure | value | bar |",
+        "|---|---|---|",
+    ]
+    for name, value in figures.items():
+        op, bar = BARS[name]
+        ok = value is not None and (value >= bar if op == ">=" else value <= bar)
+        lines.append(f"| {name} | {_fmt(value)} | {op} {bar} ({'met' if ok else 'MISSED'}) |")
+    lines += ["", "AP@0.5 and AP@0.5:0.95 per class (COCO, torchmetrics / pycocotools):", "",
+              "| class | AP@0.5 | AP@0.5:0.95 |", "|---|---|---|"]
+    for cls in meta["classes"]:
+        lines.append(f"| {cls} | {_fmt(metrics['ap50'][cls])} | {_fmt(metrics['ap50_95'][cls])} |")
+    lines += ["", f"IoU per segmentation class (mIoU over {', '.join(MIOU_CLASSES)}: {_fmt(metrics['miou'])}):", "",
+              "| class | IoU |", "|---|---|"]
+    for cls, value in metrics["iou"].items():
+        lines.append(f"| {cls} | {_fmt(value)} |")
+    matches = metrics.get("position_matches", {})
+    lines += ["", "Median ego-frame position error within 30 m (box ground contact through the camera model):", ""]
+    for cls, value in metrics["position_error_median_m"].items():
+        m = matches.get(cls, {})
+        lines.append(f"- {cls}: {_fmt(value)} m ({m.get('matched')} of {m.get('eligible')} objects matched)")
+    lines += [
+        "",
+        "## Reproduce",
+        "",
+        "```sh",
+        collect,
+        meta["training_command"],
+        "```",
+        "",
+        f"Data manifest: `{Path(meta['data_manifest']['path']).name}/manifest.json`, sha256 "
+        f"{meta['data_manifest']['sha256']}, {meta['data_manifest']['frames']} frames.",
+        "",
+        f"Time: {timing}.",
+        "",
+        "`tests/test_learned_perception.py::test_shipped_model_meets_the_bars_on_freshly_generated_frames` "
+        "renders new validation frames and recomputes these figures against the bars.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--collect", required=True, help="the collect command that made the data")
+    parser.add_argument("--timing", required=True, help="how long collecting and training took, and where")
+    args = parser.parse_args()
+    print(card(args.checkpoint, args.collect, args.timing), end="")
+
+
+if __name__ == "__main__":
+    main()
