@@ -15,7 +15,10 @@ One frame goes through, in order:
    ego, on the ground plane, from the segmentation;
 6. the traffic light ahead: the next stop line on the route comes from the map; its state is
    read from the light boxes whose housing, placed at ``light_height_m`` through the camera
-   model, lies near that stop line. A light not seen for ``light_hold_s`` is ``unknown``.
+   model, lies near that stop line. Unseen, a light last read red or yellow stays so (the car
+   must not run it on a missed detection); green turns ``unknown`` after ``light_hold_s``. The
+   reported stop line is moved back where needed so that the car stops with the signal still
+   in the camera's view, and so sees it turn green.
 
 Nothing here reads the simulator's ground truth.
 """
@@ -166,11 +169,13 @@ class LearnedPerception:
         self._road_key: tuple | None = None
         self._route: Polyline | None = None
         self._light_memory: tuple[int, str, float] | None = None  # (stop line id, state, t last seen)
+        self._pending: tuple[str, int] = ("", 0)  # a new reading and how many frames in a row it came
 
     def reset(self) -> None:
         self.tracker.reset()
         self.check = FrameCheck(self.camera)
         self._light_memory = None
+        self._pending = ("", 0)
         self._view_limit_world = None
 
     def step(self, obs: Observation) -> Perception:
@@ -198,7 +203,10 @@ class LearnedPerception:
         measurements, lights = [], []
         for box, score, label in zip(out.boxes, out.scores, out.labels):
             if label.startswith(LIGHT_PREFIX):
-                if score >= cfg.score_threshold.get("traffic_light", 0.5):
+                h_img, w_img = image.rgb.shape[:2]
+                cut = box[0] < 2 or box[1] < 2 or box[2] > w_img - 2 or box[3] > h_img - 2
+                # A housing cut by the image edge may hide the lit lamp: its state is not read.
+                if score >= cfg.score_threshold.get("traffic_light", 0.5) and not cut:
                     housing = point_at_height(0.5 * (box[0] + box[2]), 0.5 * (box[1] + box[3]), K, T,
                                               cfg.light_height_m)
                     if housing is not None:
@@ -280,16 +288,16 @@ class LearnedPerception:
                     best = (score, state, housing, image)
         state = "unknown"
         if best is not None:
-            state = best[1]
-            if self._light_memory is None or self._light_memory[0] != index:
-                self._view_limit_world = None
-            self._light_memory = (index, state, obs.t)
+            state = self._confirmed_state(index, best[1], obs.t)
             if self.stop_reach_m is not None:
                 advance = self._view_limit(best[2], best[3])
                 self._view_limit_world = (ego.x + advance * c, ego.y + advance * s)
-        elif self._light_memory is not None and self._light_memory[0] == index \
-                and obs.t - self._light_memory[2] <= self.config.light_hold_s:
-            state = self._light_memory[1]
+        elif self._light_memory is not None and self._light_memory[0] == index:
+            # Unseen now: a red or yellow light is taken to stay so until it is seen otherwise
+            # (running it on a missed detection is the worse error); green fades to unknown.
+            last_state, last_seen = self._light_memory[1], self._light_memory[2]
+            if last_state in ("red", "yellow") or obs.t - last_seen <= self.config.light_hold_s:
+                state = last_state
         if self._light_memory is None or self._light_memory[0] != index:
             self._view_limit_world = None
         if self._view_limit_world is not None:
@@ -303,6 +311,26 @@ class LearnedPerception:
                 p0 = (p0[0] - shift * forward[0], p0[1] - shift * forward[1])
                 p1 = (p1[0] - shift * forward[0], p1[1] - shift * forward[1])
         return TrafficLightAhead(id=index, state=state, stop_line=(*p0, *p1))
+
+    def _confirmed_state(self, index: int, reading: str, t: float) -> str:
+        """The light's state given this frame's reading. The first reading of a stop line's light
+        counts at once; a change of state needs ``light_confirm_frames`` equal readings in a
+        row, so that one misread frame neither starts nor stops the car."""
+        memory = self._light_memory
+        if memory is None or memory[0] != index:
+            self._view_limit_world = None
+            self._light_memory, self._pending = (index, reading, t), ("", 0)
+            return reading
+        if reading == memory[1]:
+            self._light_memory, self._pending = (index, reading, t), ("", 0)
+            return reading
+        count = self._pending[1] + 1 if self._pending[0] == reading else 1
+        self._pending = (reading, count)
+        if count >= self.config.light_confirm_frames:
+            self._light_memory, self._pending = (index, reading, t), ("", 0)
+            return reading
+        self._light_memory = (index, memory[1], t)
+        return memory[1]
 
     def _view_limit(self, housing: np.ndarray, image: CameraImage) -> float:
         """How far the ego may drive straight ahead [m] before the signal housing at `housing`

@@ -7,7 +7,8 @@ Each track holds x = [px, py, vx, vy] (world frame, [m] and [m/s]) and its covar
   range^2 / (f h) metres, so std_along = position_std_m + depth_std_per_m2 * range^2; across
   the ray it grows with the bearing error, std_across = position_std_m + bearing_std_rad * range.
 - Prediction: constant velocity, x' = F x and P' = F P F^T + Q, with the discrete white-noise
-  acceleration (discrete Wiener) model per axis: Q = G G^T accel_std^2, G = [dt^2/2, dt].
+  acceleration (discrete Wiener) model per axis: Q = G G^T accel_std^2, G = [dt^2/2, dt], with
+  accel_std per kind (a car brakes at 7 m/s^2, a pedestrian does not).
 - Association, per kind: Hungarian assignment (scipy linear_sum_assignment) on the Mahalanobis
   distance of each measurement from each track's predicted position (innovation covariance
   S = H P H^T + R); pairs beyond gate_sigma are rejected.
@@ -143,8 +144,9 @@ class Tracker:
         return tuple(self._report(tr, ego) for tr in self._tracks if tr.confirmed)
 
     def _predict(self, dt_s: float) -> None:
-        f, q = _transition(dt_s, self.config.accel_std)
+        models = {kind: _transition(dt_s, std) for kind, std in self.config.accel_std.items()}
         for track in self._tracks:
+            f, q = models.get(track.kind) or _transition(dt_s, max(self.config.accel_std.values()))
             track.state = f @ track.state
             track.cov = f @ track.cov @ f.T + q
 

@@ -142,11 +142,13 @@ class TrackerConfig(Strict):
     gate_sigma: float = Field(3.5, gt=0.0)  # Mahalanobis distance beyond which a detection starts a new track
     min_hits: int = Field(2, ge=1)  # frames a track needs before it is reported
     max_misses: int = Field(4, ge=0)  # frames a track may go unseen before it is dropped
-    accel_std: float = Field(3.0, gt=0.0)  # [m/s^2] process noise of the constant-velocity model
+    # [m/s^2] process noise per kind: a hard-braking car (7 m/s^2) stays inside it; walkers change pace gently
+    accel_std: dict[Literal["vehicle", "pedestrian", "static"], float] = {"vehicle": 8.0, "pedestrian": 1.5,
+                                                                           "static": 0.5}
     position_std_m: float = Field(0.3, gt=0.0)  # [m] measurement noise at 0 m
     # Along the viewing ray a pixel of ground contact is worth range^2 / (f h) metres
     # (f 256 px at the network's input, camera 1.6 m up): ~0.7 px of box error.
-    depth_std_per_m2: float = Field(0.0017, ge=0.0)  # [1/m]
+    depth_std_per_m2: float = Field(0.0005, ge=0.0)  # [1/m]
     bearing_std_rad: float = Field(0.003, ge=0.0)  # across the ray: ~0.7 px
 
 
@@ -167,11 +169,12 @@ class LearnedPerceptionConfig(Strict):
         "vehicle": (4.5, 1.9, 1.5), "pedestrian": (0.5, 0.5, 1.8), "static_obstacle": (0.6, 0.6, 1.0)}
     light_height_m: float = Field(4.2, gt=0.0)  # [m] signal housing centre above the road
     light_gate_m: float = Field(6.0, gt=0.0)  # [m] housing estimate to the stop line's signal position
-    light_hold_s: float = Field(0.5, ge=0.0)  # keep the last read state this long when the light is not seen
+    light_confirm_frames: int = Field(3, ge=1)  # equal readings in a row before the light's state changes
+    light_hold_s: float = Field(0.5, ge=0.0)  # keep a green reading this long when the light is not seen (red / yellow stay)
     # Signal housing (width, height) [m], and how far inside the image edges it must stay: a car
     # stopping at a light keeps it in view, so that it sees the light turn green.
     light_housing_m: tuple[float, float] = (0.36, 0.95)
-    light_view_margin_px: float = Field(6.0, ge=0.0)
+    light_view_margin_px: float = Field(14.0, ge=0.0)
     tracker: TrackerConfig = TrackerConfig()
 
 

@@ -164,7 +164,8 @@ def test_stationary_object_from_a_moving_turning_ego_has_no_velocity(kind):
         ego = ego_on_arc(t, speed_mps=15.0, yaw_rate=0.2)
         out = tracker.update(t, ego, [seen(cone, ego, rng, kind=kind)])
         if t >= 1.0 - 1e-9:
-            assert math.hypot(*out[0].velocity) < 0.3
+            # a vehicle's filter admits hard braking (accel_std 8 m/s^2), so it follows noise more
+            assert math.hypot(*out[0].velocity) < (0.3 if kind == "static" else 0.5)
             assert np.linalg.norm(np.array(out[0].position) - to_ego(cone, ego)) < 0.3
     # Not moving: a static object faces 0; a vehicle keeps its heading (assumed the ego's at birth).
     expected_yaw = 0.0 if kind == "static" else -ego.yaw
