@@ -22,6 +22,7 @@ import math
 import shlex
 import subprocess
 import sys
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -374,7 +375,10 @@ def _run_jobs(jobs: list[SceneJob], frames: int, workers: int, show_progress: bo
                 results.append(run_scene(job))
                 bar.update(job.frames)
         else:
-            with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
+            # spawn, not fork: a forked child of a process whose OpenMP (torch) or OpenCV thread
+            # pools already ran can deadlock on their locks.
+            with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
+                                     mp_context=multiprocessing.get_context("spawn")) as pool:
                 for job, result in zip(jobs, pool.map(run_scene, jobs)):
                     results.append(result)
                     bar.update(job.frames)
