@@ -2,8 +2,8 @@
 
     stagepilot bench perception --json
 
-Both sides run in the same process with the same device, dtype (bf16 autocast where it
-works), memory format (channels_last), thread count and ``torch.inference_mode()``:
+Both sides run in the same process with the same device, dtype (bf16 autocast where the
+device runs it natively, as the stage decides), memory format (channels_last), thread count and ``torch.inference_mode()``:
 - ours: what the learned stage runs per frame (perception/learned.py ``NetworkRunner``): the
   640x360 uint8 frame to the device, scaled to the network's input size (288x512 for the
   shipped model), ``PerceptionNet`` forward and ``decode`` (boxes through NMS, the seg map);
@@ -22,24 +22,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from stagepilot.perception.learned import SHIPPED_CHECKPOINT, NetworkRunner
+from stagepilot.perception.learned import SHIPPED_CHECKPOINT, NetworkRunner, native_bf16
 from stagepilot.perception.model import build_model, load_checkpoint
 from stagepilot.pipeline.config import LearnedPerceptionConfig
 
 INPUT_H, INPUT_W = 360, 640
-
-
-def _autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 when autocast with it runs a conv on this device, else None (plain fp32)."""
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return None
-    try:
-        conv = torch.nn.Conv2d(3, 4, 3).to(device)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
-            out = conv(torch.rand(1, 3, 8, 8, device=device))
-        return torch.bfloat16 if out.dtype == torch.bfloat16 else None
-    except (RuntimeError, TypeError):
-        return None
 
 
 def _time_interleaved(fns: list[Callable[[], Any]], iters: int, warmup: int,
@@ -69,7 +56,7 @@ def bench_perception(iters: int = 30, warmup: int = 5, threads: int | None = Non
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = _autocast_dtype(device)
+    dtype = torch.bfloat16 if native_bf16(device) else None  # the stage's own rule (precision: auto)
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext())
 
     ours, weights = None, "random"

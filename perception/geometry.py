@@ -8,7 +8,13 @@ image the pixels come from.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+from typing import Any
+
 import numpy as np
+
+NEAR_M = 0.5  # [m] points closer to the camera plane than this do not project
 
 
 def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:
@@ -52,3 +58,48 @@ def centre_from_box(box: np.ndarray, half_depth_m: float, K: np.ndarray, T_ego_c
     direction = contact - T_ego_cam[:2, 3]
     norm = float(np.linalg.norm(direction))
     return contact if norm < 1e-6 else contact + half_depth_m * direction / norm
+
+
+def world_to_ego(xy: np.ndarray, ego) -> np.ndarray:
+    """(N, 2) world points -> (N, 2) ego frame (rear-axle origin, x forward, y left) [m];
+    ``ego`` is an EgoState (x, y, yaw)."""
+    c, s = math.cos(ego.yaw), math.sin(ego.yaw)
+    d = np.asarray(xy, float).reshape(-1, 2) - (ego.x, ego.y)
+    return np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1]], 1)
+
+
+def project_to_image(points_ego: np.ndarray, K: np.ndarray, T_ego_cam: np.ndarray,  # noqa: N803
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 3) ego-frame points [m] -> (N, 2) pixels and (N,) whether each lies in front of the
+    camera (depth > NEAR_M); pixels of points behind it are NaN."""
+    p = np.asarray(points_ego, float).reshape(-1, 3)
+    cam = (p - T_ego_cam[:3, 3]) @ T_ego_cam[:3, :3]  # R^T (p - t), row-wise: (N, 3) camera frame
+    in_front = cam[:, 2] > NEAR_M
+    uv = np.full((len(p), 2), np.nan)
+    uvw = cam[in_front] @ np.asarray(K, float).T
+    uv[in_front] = uvw[:, :2] / uvw[:, 2:3]
+    return uv, in_front
+
+
+def stop_line_ahead(route, progress_m: float, lines: Iterable[tuple[Any, tuple[float, float], tuple[float, float]]],
+                    max_range_m: float) -> tuple[Any, float] | None:
+    """The first stop line the route crosses ahead: (its key, metres ahead along the route), or None.
+
+    ``route`` is the route's Polyline, ``progress_m`` the ego's arc length on it; each line is
+    (key, p0, p1) in the world frame with p0 its left end, so it governs traffic crossing it in
+    the direction of p0 -> p1 turned left by 90 degrees, which must run with the route."""
+    best = None
+    for key, p0, p1 in lines:
+        cx, cy = (p0[0] + p1[0]) / 2, (p0[1] + p1[1]) / 2
+        s, offset = route.project(cx, cy, s_hint=progress_m + 40.0, window_m=45.0)
+        ahead = s - progress_m
+        half_length = math.hypot(p1[0] - p0[0], p1[1] - p0[1]) / 2
+        if abs(offset) > half_length + 1.0 or ahead <= -2.0 or ahead > max_range_m:
+            continue
+        travel = math.atan2(p1[1] - p0[1], p1[0] - p0[0]) + math.pi / 2
+        _, _, route_yaw = route.interpolate(s)
+        if math.cos(travel - float(route_yaw)) < 0.5:
+            continue
+        if best is None or ahead < best[1]:
+            best = (key, ahead)
+    return best

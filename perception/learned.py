@@ -36,7 +36,14 @@ import torch
 import torch.nn.functional as F
 
 from stagepilot.perception.checks import FrameCheck
-from stagepilot.perception.geometry import centre_from_box, point_at_height, scale_intrinsics
+from stagepilot.perception.geometry import (
+    centre_from_box,
+    point_at_height,
+    project_to_image,
+    scale_intrinsics,
+    stop_line_ahead,
+    world_to_ego,
+)
 from stagepilot.perception.model import PerceptionNet, load_checkpoint
 from stagepilot.perception.road import RoadExtractor
 from stagepilot.perception.tracking import Measurement, Tracker
@@ -200,10 +207,10 @@ class LearnedPerception:
     def _measurements(self, out: NetworkOutput, image: CameraImage):
         cfg = self.config
         K, T = np.asarray(image.K, dtype=float), np.asarray(image.T_ego_cam, dtype=float)
+        h_img, w_img = image.rgb.shape[:2]
         measurements, lights = [], []
         for box, score, label in zip(out.boxes, out.scores, out.labels):
             if label.startswith(LIGHT_PREFIX):
-                h_img, w_img = image.rgb.shape[:2]
                 cut = box[0] < 2 or box[1] < 2 or box[2] > w_img - 2 or box[3] > h_img - 2
                 # A housing cut by the image edge may hide the lit lamp: its state is not read.
                 if score >= cfg.score_threshold.get("traffic_light", 0.5) and not cut:
@@ -236,42 +243,26 @@ class LearnedPerception:
 
     # ---- traffic light -----------------------------------------------------------------------
     def _next_stop_line(self, obs: Observation):
-        """(id, stop line, metres ahead along the route) of the next stop line the route crosses."""
+        """(index in the map's stop lines, the line) of the next stop line the route crosses."""
         if self.road_map is None:
             return None
         if self._route is None or self._route.points is not obs.route.points:
             self._route = Polyline(obs.route.points)
-        best = None
-        for index, line in enumerate(self.road_map.stop_lines):
-            cx, cy = line.center
-            if math.hypot(cx - obs.ego.x, cy - obs.ego.y) > self.config.max_range_m + 10.0:
-                continue
-            s, offset = self._route.project(cx, cy, s_hint=obs.route_progress + 40.0, window_m=45.0)
-            ahead = s - obs.route_progress
-            half_length = math.hypot(line.p1[0] - line.p0[0], line.p1[1] - line.p0[1]) / 2
-            if abs(offset) > half_length + 1.0 or ahead <= -2.0 or ahead > self.config.max_range_m:
-                continue
-            _, _, route_yaw = self._route.interpolate(s)
-            if math.cos(line.heading - float(route_yaw)) < 0.5:
-                continue
-            if best is None or ahead < best[2]:
-                best = (index, line, ahead)
-        return best
+        reach = self.config.max_range_m + 10.0
+        near = ((index, line.p0, line.p1) for index, line in enumerate(self.road_map.stop_lines)
+                if math.hypot(line.center[0] - obs.ego.x, line.center[1] - obs.ego.y) <= reach)
+        found = stop_line_ahead(self._route, obs.route_progress, near, self.config.max_range_m)
+        return None if found is None else (found[0], self.road_map.stop_lines[found[0]])
 
     def _light_ahead(self, obs: Observation, lights) -> TrafficLightAhead | None:
         found = self._next_stop_line(obs)
         if found is None:
             self._light_memory = None
             return None
-        index, line, _ = found
+        index, line = found
         ego = obs.ego
         c, s = math.cos(ego.yaw), math.sin(ego.yaw)
-
-        def to_ego(x: float, y: float) -> tuple[float, float]:
-            dx, dy = x - ego.x, y - ego.y
-            return c * dx + s * dy, -s * dx + c * dy
-
-        p0, p1 = to_ego(*line.p0), to_ego(*line.p1)
+        p0, p1 = (tuple(map(float, p)) for p in world_to_ego(np.array([line.p0, line.p1]), ego))
         # The signal stands at the stop line: along the line's own direction the housing may be
         # anywhere within the approach's width plus the gate, across it within the gate.
         gate = self.config.light_gate_m
@@ -303,7 +294,7 @@ class LearnedPerception:
         if self._view_limit_world is not None:
             # Stop where the signal is still in view: move the line back (towards the ego) until
             # the bumper's stop leaves the rear axle short of the view limit.
-            lx, ly = to_ego(*self._view_limit_world)
+            lx = float(world_to_ego(np.array(self._view_limit_world), ego)[0, 0])
             forward = normal if float(normal @ np.array([1.0, 0.0])) >= 0 else -normal
             ahead = float(centre @ forward)
             shift = max(0.0, ahead - (lx + self.stop_reach_m))
@@ -340,19 +331,15 @@ class LearnedPerception:
         cfg = self.config
         K, T = np.asarray(image.K, dtype=float), np.asarray(image.T_ego_cam, dtype=float)
         h_img, w_img = image.rgb.shape[:2]
-        cam_from_ego = np.linalg.inv(T)
         hw, hh = cfg.light_housing_m[0] / 2, cfg.light_housing_m[1] / 2
         offsets = np.array([[0.0, dy, dz] for dy in (-hw, hw) for dz in (-hh, hh)])  # (4, 3)
         centre = np.array([float(housing[0]), float(housing[1]), cfg.light_height_m])
         m = cfg.light_view_margin_px
 
         def visible(advance: float) -> bool:
-            corners = centre - np.array([advance, 0.0, 0.0]) + offsets          # (4, 3) ego frame
-            cam = corners @ cam_from_ego[:3, :3].T + cam_from_ego[:3, 3]       # (4, 3) camera frame
-            if cam[:, 2].min() <= 0.5:
-                return False
-            uv = (cam @ K.T)[:, :2] / cam[:, 2:3]
-            return bool(np.all((uv[:, 0] >= m) & (uv[:, 0] <= w_img - m) & (uv[:, 1] >= m) & (uv[:, 1] <= h_img - m)))
+            uv, in_front = project_to_image(centre - np.array([advance, 0.0, 0.0]) + offsets, K, T)
+            return bool(in_front.all() and np.all((uv[:, 0] >= m) & (uv[:, 0] <= w_img - m)
+                                                  & (uv[:, 1] >= m) & (uv[:, 1] <= h_img - m)))
 
         if not visible(0.0):
             return 0.0

@@ -22,6 +22,7 @@ from stagepilot.pipeline.messages import (
     TrafficLightAhead,
 )
 from stagepilot.perception.checks import FrameCheck
+from stagepilot.perception.geometry import stop_line_ahead
 from stagepilot.pipeline.paths import Polyline
 
 
@@ -97,25 +98,11 @@ class PerfectPerception:
     def _light_ahead(self, source: Observation, obs: Observation) -> TrafficLightAhead | None:
         if self._route is None or self._route.points is not obs.route.points:
             self._route = Polyline(obs.route.points)
-        best = None
-        for light in source.ground_truth.traffic_lights:
-            x0, y0, x1, y1 = light.stop_line
-            s, offset = self._route.project((x0 + x1) / 2, (y0 + y1) / 2, s_hint=obs.route_progress + 40.0, window_m=45.0)
-            ahead = s - obs.route_progress
-            half_length = math.hypot(x1 - x0, y1 - y0) / 2
-            if abs(offset) > half_length + 1.0 or ahead <= -2.0 or ahead > self.config.max_range_m:
-                continue
-            # The line governs traffic crossing it left-to-right-end rotated forward (p0 is the
-            # left end): it must point the way the route goes.
-            travel = math.atan2(y1 - y0, x1 - x0) + math.pi / 2
-            _, _, route_yaw = self._route.interpolate(s)
-            if math.cos(travel - float(route_yaw)) < 0.5:
-                continue
-            if best is None or ahead < best[0]:
-                best = (ahead, light)
-        if best is None:
+        lines = ((light, light.stop_line[:2], light.stop_line[2:]) for light in source.ground_truth.traffic_lights)
+        found = stop_line_ahead(self._route, obs.route_progress, lines, self.config.max_range_m)
+        if found is None:
             return None
-        light = best[1]
+        light = found[0]
         p0 = to_ego(light.stop_line[0], light.stop_line[1], obs.ego)
         p1 = to_ego(light.stop_line[2], light.stop_line[3], obs.ego)
         return TrafficLightAhead(id=light.id, state=light.state, stop_line=(*p0, *p1))

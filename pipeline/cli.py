@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         "perception", help="perception network latency against the torchvision pair",
         description="Time what the learned stage runs per frame (scale the 640x360 frame to the network's "
         "input, forward, decode) against ssdlite320 + lraspp (MobileNetV3) on the same frame, same device, "
-        "dtype (bf16 autocast where it works), channels_last and threads: p50/p99 and the p50 speedup.",
+        "dtype (bf16 autocast where the device runs it natively), channels_last and threads: p50/p99 and the p50 speedup.",
     )
     bench_perception.add_argument("--json", action="store_true", help="print one JSON object")
     bench_perception.add_argument("--iters", type=_positive_int, default=30, help="timed frames per model")

@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 import yaml
 
+from stagepilot.perception.geometry import project_to_image, world_to_ego
 from stagepilot.pipeline.config import StackConfig, config_hash
 from stagepilot.pipeline.messages import Control, EgoState, Event, Observation, Perception, Plan
 from stagepilot.pipeline.metrics import comfort, tracking_error
@@ -43,7 +44,6 @@ VIDEO_SIZE = (1280, 720)  # [px] width, height
 INSET_SIZE = (420, 300)  # [px] bird's-eye inset
 INSET_M_PER_PX = 0.2  # [m/px]: 41 m ahead of the ego, 84 m across
 SEGMENTATION_ALPHA = 0.35
-NEAR_M = 0.5  # [m] points closer to the camera plane than this are not drawn
 PLAN_BGR = (255, 255, 0)
 LANE_BGR = (0, 215, 255)  # lane boundaries found by perception (amber)
 MISS_BGR = (60, 60, 255)
@@ -122,26 +122,6 @@ def write_json(path: Path, data: Any) -> None:
 
 
 # ---------------------------------------------------------------- geometry
-
-
-def world_to_ego(xy: np.ndarray, ego: EgoState) -> np.ndarray:
-    """(N, 2) world points -> (N, 2) ego frame (rear-axle origin, x forward, y left) [m]."""
-    c, s = math.cos(ego.yaw), math.sin(ego.yaw)
-    d = np.asarray(xy, float).reshape(-1, 2) - (ego.x, ego.y)
-    return np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1]], 1)
-
-
-def project_to_image(points_ego: np.ndarray, K: np.ndarray, T_ego_cam: np.ndarray,  # noqa: N803
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 3) ego-frame points [m] -> (N, 2) pixels and (N,) whether each lies in front of the
-    camera (depth > NEAR_M); pixels of points behind it are NaN."""
-    p = np.asarray(points_ego, float).reshape(-1, 3)
-    cam = (p - T_ego_cam[:3, 3]) @ T_ego_cam[:3, :3]  # R^T (p - t), row-wise: (N, 3) camera frame
-    in_front = cam[:, 2] > NEAR_M
-    uv = np.full((len(p), 2), np.nan)
-    uvw = cam[in_front] @ np.asarray(K, float).T
-    uv[in_front] = uvw[:, :2] / uvw[:, 2:3]
-    return uv, in_front
 
 
 def footprint_ego(position: tuple[float, float], yaw: float, length: float, width: float) -> np.ndarray:

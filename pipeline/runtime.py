@@ -245,10 +245,9 @@ class StagedRuntime:
         record = FrameRecord(t=t, frame=frame, ego=ego, control=control, plan=plan, perception=used,
                              events=obs.events, stage_ms=measured, charged_delay_s=delay_s,
                              misses=tuple(misses), failsafe=failsafe)
-        # Keep the log light: the semantic mask and the drivable grid go to the video writer,
-        # not the records (the lane boundaries stay).
-        road = used.road if used.road is None else dataclasses.replace(used.road, drivable=used.road.drivable[:0, :0])
-        self.records.append(dataclasses.replace(record, perception=dataclasses.replace(used, semantic=None, road=road)))
+        # Keep the log light: the semantic mask and the road surface go to the video writer,
+        # not the records.
+        self.records.append(dataclasses.replace(record, perception=dataclasses.replace(used, semantic=None, road=None)))
         return record
 
     def command_for_step(self, tick: int) -> Control:
