@@ -47,7 +47,7 @@ def _time_interleaved(fns: list[Callable[[], Any]], iters: int, warmup: int,
 
 
 def bench_perception(iters: int = 30, warmup: int = 5, threads: int | None = None, *,
-                     architecture: str = "mtl_mbv3small_fpn96_s8_seg4",
+                     architecture: str = "mtl_mbv3small_fpn96_s48_seg4",
                      input_size: tuple[int, int] = (288, 512)) -> dict:
     from torchvision.models.detection import ssdlite320_mobilenet_v3_large
     from torchvision.models.segmentation import lraspp_mobilenet_v3_large

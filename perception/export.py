@@ -24,19 +24,22 @@ from torch import nn
 
 from stagepilot.perception.model import PerceptionNet, load_checkpoint
 
-OUTPUTS = ("cls", "box", "seg")
+def output_names(model: PerceptionNet) -> list[str]:
+    """ONNX output names: class logits and box distances per detection stride, then the segmentation
+    logits, e.g. cls_s4, cls_s8, box_s4, box_s8, seg."""
+    return ([f"cls_s{s}" for s in model.strides] + [f"box_s{s}" for s in model.strides] + ["seg"])
 
 
 class _Heads(nn.Module):
-    """PerceptionNet with a tuple of tensors as its output, as ONNX wants."""
+    """PerceptionNet with a flat tuple of tensors as its output, as ONNX wants."""
 
     def __init__(self, model: PerceptionNet):
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(images)
-        return out["cls"], out["box"], out["seg"]
+        return (*out["cls"], *out["box"], out["seg"])
 
 
 def export_onnx(model: PerceptionNet, out: str | Path, *, opset: int = 18, tolerance: float = 1e-3,
@@ -56,8 +59,9 @@ def export_onnx(model: PerceptionNet, out: str | Path, *, opset: int = 18, toler
     # The torch.export-based exporter: the older TorchScript one (dynamo=False) gave outputs far
     # off PyTorch's for this network under torch 2.14 (max |diff| ~1 on the logits).
     heads = _Heads(model).eval()
+    names = output_names(model)
     with contextlib.redirect_stdout(sys.stderr):  # the exporter reports its steps on stdout
-        torch.onnx.export(heads, (example,), str(out), input_names=["images"], output_names=list(OUTPUTS),
+        torch.onnx.export(heads, (example,), str(out), input_names=["images"], output_names=names,
                           opset_version=opset, dynamo=True, verbose=False,
                           dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},))
     graph = onnx.load(str(out))
@@ -72,10 +76,10 @@ def export_onnx(model: PerceptionNet, out: str | Path, *, opset: int = 18, toler
     onnx.save(graph, str(out))
 
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    got = session.run(list(OUTPUTS), {"images": example.numpy()})
+    got = session.run(names, {"images": example.numpy()})
     with torch.inference_mode():
         want = heads(example)
-    diffs = {name: float(np.max(np.abs(g - w_.numpy()))) for name, g, w_ in zip(OUTPUTS, got, want)}
+    diffs = {name: float(np.max(np.abs(g - w_.numpy()))) for name, g, w_ in zip(names, got, want)}
     bad = {k: v for k, v in diffs.items() if not v <= tolerance}
     if bad:
         raise RuntimeError(f"{out}: onnxruntime differs from PyTorch beyond {tolerance}: {bad}")

@@ -5,8 +5,9 @@
     dets = model.decode(out, score_threshold=0.3)   # list of {"boxes", "scores", "labels"}, "seg"
     losses = model.loss(out, targets)           # dict of scalars, "total" to backprop
 
-Architecture (``architecture`` string ``mtl_{backbone}_fpn{width}_s8_seg4``, default
-``mtl_mbv3small_fpn96_s8_seg4``):
+Architecture (``architecture`` string ``mtl_{backbone}_fpn{width}_s{levels}_seg4``, default
+``mtl_mbv3small_fpn96_s48_seg4``; ``levels`` is ``8`` for one stride-8 detection level or ``48``
+for stride 4 and stride 8):
 - backbone: torchvision MobileNetV3-Small ``features`` up to the stride-32 stage, without its
   576-channel 1x1 head (C2 16 ch @ s4, C3 24 ch @ s8, C4 48 ch @ s16, C5 96 ch @ s32).
   ``backbone="mbv3large"`` (C2 24 / C3 40 / C4 112 / C5 160) is the heavier option: on the 2-core CPU, bf16 + channels_last,
@@ -15,7 +16,11 @@ Architecture (``architecture`` string ``mtl_{backbone}_fpn{width}_s8_seg4``, def
 - neck: a small top-down FPN fused to one stride-8 map of ``width`` channels;
 - detection: an anchor-free FCOS-style dense head at stride 8 (sigmoid class logits with focal
   loss, left/top/right/bottom distances with GIoU loss, centre sampling instead of centre-ness);
-  traffic-light state is part of the class (red / yellow / green);
+  traffic-light state is part of the class (red / yellow / green). With ``s48`` a second, light
+  head runs on the stride-4 decoder features that the segmentation head also uses; boxes up to
+  ``P2_MAX_SIDE`` px (in input pixels) are its targets and boxes from ``P3_MIN_SIDE`` px the
+  stride-8 head's (FCOS's assignment by object size, with an overlap). Distant cars and people
+  are a few pixels tall, and a stride-8 cell blurs them (docs/perception.md);
 - segmentation: a light head on the same stride-8 map, upsampled and fused with the stride-4
   C2 features (``SEG4_WIDTH`` channels) so that thin classes (road lines, far pedestrians) keep
   their shape; stride-4 logits are upsampled to the input size in ``loss`` and ``decode``.
@@ -73,7 +78,10 @@ INPUT_SIZE = (360, 640)  # (H, W) of the front camera
 STRIDE = 8
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_ARCH_RE = re.compile(r"^mtl_(mbv3large|mbv3small)_fpn(\d+)_s8_seg4$")
+_ARCH_RE = re.compile(r"^mtl_(mbv3large|mbv3small)_fpn(\d+)_s(8|48)_seg4$")
+DEFAULT_ARCHITECTURE = "mtl_mbv3small_fpn96_s48_seg4"
+P2_MAX_SIDE = 32.0  # [input px] boxes whose longer side is at most this are stride-4 targets ...
+P3_MIN_SIDE = 16.0  # ... and boxes whose longer side is at least this are stride-8 targets
 # backbone -> (builder, feature slices for C2/C3/C4/C5, their channels)
 BACKBONES = {
     "mbv3large": (mobilenet_v3_large, (slice(0, 4), slice(4, 7), slice(7, 13), slice(13, 16)), (24, 40, 112, 160)),
@@ -102,15 +110,18 @@ def _sep_block(c: int) -> nn.Sequential:
 class PerceptionNet(nn.Module):
     def __init__(self, *, num_classes: int = len(CLASSES), num_seg_classes: int = len(SEG_CLASSES),
                  backbone: str = "mbv3small", width: int = 96, input_size: tuple[int, int] = INPUT_SIZE,
-                 backbone_weights: str | Path | None = None) -> None:
+                 levels: str = "48", backbone_weights: str | Path | None = None) -> None:
         super().__init__()
         self.classes = CLASSES if num_classes == len(CLASSES) else tuple(f"class_{i}" for i in range(num_classes))
         self.seg_classes = (SEG_CLASSES if num_seg_classes == len(SEG_CLASSES)
                             else tuple(f"seg_{i}" for i in range(num_seg_classes)))
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r} (one of {', '.join(BACKBONES)})")
+        if levels not in ("8", "48"):
+            raise ValueError(f"unknown detection levels {levels!r} (8 or 48)")
         self.backbone = backbone
         self.width = width
+        self.levels = levels
         self.input_size = tuple(input_size)
         self.stride = STRIDE
         builder, (s2, s3, s4, s5), (ch2, ch3, ch4, ch5) = BACKBONES[backbone]
@@ -140,27 +151,41 @@ class PerceptionNet(nn.Module):
         self.lat2 = _conv_bn_relu(ch2, SEG4_WIDTH, 1)
         self.seg_fuse = _sep_block(SEG4_WIDTH)
         self.seg_out = nn.Conv2d(SEG4_WIDTH, num_seg_classes, 1)
+        if levels == "48":  # stride-4 detection on the decoder features the segmentation uses
+            self.cls_tower4 = _sep_block(SEG4_WIDTH)
+            self.box_tower4 = _sep_block(SEG4_WIDTH)
+            self.cls_out4 = nn.Conv2d(SEG4_WIDTH, num_classes, 3, padding=1)
+            self.box_out4 = nn.Conv2d(SEG4_WIDTH, 4, 3, padding=1)
         dice = [self.seg_classes.index(c) for c in DICE_CLASSES if c in self.seg_classes]
         self.register_buffer("dice_index", torch.tensor(dice, dtype=torch.long), persistent=False)
-        nn.init.normal_(self.cls_out.weight, std=0.01)
-        nn.init.constant_(self.cls_out.bias, -math.log((1 - 0.01) / 0.01))  # prior 0.01 for focal loss
+        for cls_out in (self.cls_out, getattr(self, "cls_out4", None)):
+            if cls_out is not None:
+                nn.init.normal_(cls_out.weight, std=0.01)
+                nn.init.constant_(cls_out.bias, -math.log((1 - 0.01) / 0.01))  # prior 0.01 for focal loss
         # torchvision's MobileNetV3 tracks BatchNorm statistics with momentum 0.01, which lags far
         # behind the weights on a short schedule and breaks eval mode; 0.1 keeps up.
         for module in self.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.momentum = 0.1
-        nn.init.normal_(self.box_out.weight, std=0.01)
-        nn.init.zeros_(self.box_out.bias)
+        for box_out in (self.box_out, getattr(self, "box_out4", None)):
+            if box_out is not None:
+                nn.init.normal_(box_out.weight, std=0.01)
+                nn.init.zeros_(box_out.bias)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     @property
     def architecture(self) -> str:
-        return f"mtl_{self.backbone}_fpn{self.width}_s8_seg4"
+        return f"mtl_{self.backbone}_fpn{self.width}_s{self.levels}_seg4"
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Detection strides, in the order of the ``cls`` / ``box`` output lists."""
+        return (STRIDE,) if self.levels == "8" else (4, STRIDE)
 
     def forward(self, images: Tensor) -> dict[str, Any]:
-        """images (B, 3, H, W) float RGB in [0, 1] -> raw head outputs (detection at stride 8,
-        segmentation at stride 4)."""
+        """images (B, 3, H, W) float RGB in [0, 1] -> raw head outputs: ``cls`` and ``box``, lists with
+        one map per detection stride (``strides``), and ``seg`` at stride 4."""
         x = (images - self.mean) / self.std            # (B, 3, H, W)
         c2 = self.c2(x)                                # (B, 24, H/4, W/4)    (16 for mbv3small)
         c3 = self.c3(c2)                               # (B, 40, H/8, W/8)    (24)
@@ -173,14 +198,20 @@ class PerceptionNet(nn.Module):
         ltrb = F.softplus(self.box_out(self.box_tower(p3)).float()) * self.stride  # (B, 4, H/8, W/8) px
         s3 = self.seg_reduce(self.seg_tower(p3))       # (B, 32, H/8, W/8)
         s2 = self.lat2(c2) + F.interpolate(s3, size=c2.shape[-2:], mode="bilinear", align_corners=False)
-        seg = self.seg_out(self.seg_fuse(s2))          # (B, K, H/4, W/4) logits
-        return {"cls": cls, "box": ltrb, "seg": seg, "image_size": tuple(images.shape[-2:])}
+        f2 = self.seg_fuse(s2)                         # (B, 32, H/4, W/4)
+        seg = self.seg_out(f2)                         # (B, K, H/4, W/4) logits
+        if self.levels == "8":
+            return {"cls": [cls], "box": [ltrb], "seg": seg, "image_size": tuple(images.shape[-2:])}
+        cls4 = self.cls_out4(self.cls_tower4(f2))      # (B, C, H/4, W/4) logits
+        ltrb4 = F.softplus(self.box_out4(self.box_tower4(f2)).float()) * 4  # (B, 4, H/4, W/4) px
+        return {"cls": [cls4, cls], "box": [ltrb4, ltrb], "seg": seg, "image_size": tuple(images.shape[-2:])}
 
     # ---- helpers -----------------------------------------------------------------------------
-    def _points(self, h: int, w: int, device: torch.device) -> Tensor:
-        """Centres of the stride-8 cells in px, (h*w, 2) as (x, y), row-major."""
-        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * self.stride
-        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * self.stride
+    @staticmethod
+    def _points(h: int, w: int, stride: int, device: torch.device) -> Tensor:
+        """Centres of the cells of a stride-`stride` map in px, (h*w, 2) as (x, y), row-major."""
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * stride
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * stride
         yy, xx = torch.meshgrid(ys, xs, indexing="ij")
         return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
 
@@ -189,19 +220,17 @@ class PerceptionNet(nn.Module):
                max_candidates: int = 1000, max_detections: int = 100, with_seg: bool = True) -> list[dict[str, Tensor]]:
         """Raw outputs -> per image {"boxes" (N, 4) xyxy px inside the image, "scores" (N,), "labels" (N,),
         "seg" (H, W) int64 class map when with_seg}."""
-        cls, ltrb = outputs["cls"].float(), outputs["box"].float()   # (B, C, h, w), (B, 4, h, w)
         image_size = tuple(outputs["image_size"])
-        b, c, h, w = cls.shape
-        points = self._points(h, w, cls.device)                      # (h*w, 2)
-        scores_all = cls.sigmoid().flatten(2).transpose(1, 2)        # (B, h*w, C)
-        dist = ltrb.flatten(2).transpose(1, 2)                       # (B, h*w, 4)
+        points, scores_all, dist = self._flatten_levels(outputs)     # (P, 2), (B, P, C), (B, P, 4)
+        b, c = scores_all.shape[0], scores_all.shape[2]
+        scores_all = scores_all.sigmoid()
         seg = None
         if with_seg:
             seg = F.interpolate(outputs["seg"].float(), size=image_size, mode="bilinear",
                                 align_corners=False).argmax(1)       # (B, H, W)
         results = []
         for i in range(b):
-            flat = scores_all[i].reshape(-1)                         # (h*w*C,)
+            flat = scores_all[i].reshape(-1)                         # (P*C,)
             keep = flat > score_threshold
             scores = flat[keep]
             idx = keep.nonzero().squeeze(1)
@@ -220,26 +249,47 @@ class PerceptionNet(nn.Module):
             results.append(result)
         return results
 
-    def _assign(self, boxes: Tensor, labels: Tensor, points: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
+    def _flatten_levels(self, outputs: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-level maps -> all cells of all levels: points (P, 2) px, class logits (B, P, C), ltrb (B, P, 4)."""
+        points, logits, dists = [], [], []
+        for stride, cls, ltrb in zip(self.strides, outputs["cls"], outputs["box"]):
+            h, w = cls.shape[-2:]
+            points.append(self._points(h, w, stride, cls.device))
+            logits.append(cls.float().flatten(2).transpose(1, 2))
+            dists.append(ltrb.float().flatten(2).transpose(1, 2))
+        return torch.cat(points), torch.cat(logits, 1), torch.cat(dists, 1)
+
+    def _level_sides(self, stride: int) -> tuple[float, float]:
+        """Longer-side range [px] of the boxes a level is assigned."""
+        if len(self.strides) == 1:
+            return 0.0, float("inf")
+        return (0.0, P2_MAX_SIDE) if stride < STRIDE else (P3_MIN_SIDE, float("inf"))
+
+    def _assign(self, boxes: Tensor, labels: Tensor, points: Tensor, h: int, w: int,
+                stride: int = STRIDE) -> tuple[Tensor, Tensor]:
         """FCOS assignment with centre sampling on one level.
 
         boxes (M, 4) xyxy, labels (M,), points (P = h*w, 2) -> matched box index per point (P,) (-1: background)
-        and the class target (P, C)."""
+        and the class target (P, C). Only boxes whose longer side is in the level's range take part."""
         p = points.shape[0]
         target = torch.zeros(p, len(self.classes), device=points.device)
         if boxes.numel() == 0:
             return torch.full((p,), -1, dtype=torch.long, device=points.device), target
         x, y = points[:, 0:1], points[:, 1:2]                        # (P, 1)
         inside = (x > boxes[:, 0]) & (x < boxes[:, 2]) & (y > boxes[:, 1]) & (y < boxes[:, 3])  # (P, M)
-        centre = box_convert(boxes, "xyxy", "cxcywh")[:, :2]         # (M, 2)
-        radius = 1.5 * self.stride
+        cxcywh = box_convert(boxes, "xyxy", "cxcywh")
+        centre = cxcywh[:, :2]                                       # (M, 2)
+        radius = 1.5 * stride
         near = ((x - centre[:, 0]).abs() < radius) & ((y - centre[:, 1]).abs() < radius)
         positive = inside & near                                     # (P, M)
         # a box smaller than a cell still gets the cell holding its centre
-        cell = (torch.div(centre, self.stride, rounding_mode="floor")).long()
+        cell = (torch.div(centre, stride, rounding_mode="floor")).long()
         cx = cell[:, 0].clamp(0, w - 1)
         cy = cell[:, 1].clamp(0, h - 1)
         positive[cy * w + cx, torch.arange(boxes.shape[0], device=boxes.device)] = True
+        low, high = self._level_sides(stride)
+        side = cxcywh[:, 2:].max(dim=1).values                       # (M,)
+        positive &= ((side >= low) & (side <= high)).unsqueeze(0)
         area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).expand(p, -1)
         area = torch.where(positive, area, torch.full_like(area, float("inf")))
         best_area, match = area.min(dim=1)                           # (P,)
@@ -251,16 +301,21 @@ class PerceptionNet(nn.Module):
     def loss(self, outputs: dict[str, Any], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """targets[i]: {"boxes" (M, 4) xyxy px, "labels" (M,) index in CLASSES, "mask" (H, W) seg class ids
         (IGNORE_INDEX left out)}. Returns {"cls", "box", "seg", "total"}."""
-        cls, ltrb, seg = outputs["cls"].float(), outputs["box"].float(), outputs["seg"].float()
-        h, w = cls.shape[-2:]
-        points = self._points(h, w, cls.device)                      # (P, 2)
-        cls_flat = cls.flatten(2).transpose(1, 2)                    # (B, P, C)
-        dist = ltrb.flatten(2).transpose(1, 2)                       # (B, P, 4)
+        seg = outputs["seg"].float()
+        points, cls_flat, dist = self._flatten_levels(outputs)       # (P, 2), (B, P, C), (B, P, 4)
+        device = cls_flat.device
         cls_targets, pred_boxes, gt_boxes = [], [], []
         for i, t in enumerate(targets):
-            boxes = t["boxes"].to(cls.device, torch.float32).reshape(-1, 4)
-            labels = t["labels"].to(cls.device, torch.long).reshape(-1)
-            match, cls_t = self._assign(boxes, labels, points, h, w)
+            boxes = t["boxes"].to(device, torch.float32).reshape(-1, 4)
+            labels = t["labels"].to(device, torch.long).reshape(-1)
+            matches, level_targets, start = [], [], 0
+            for stride, cls in zip(self.strides, outputs["cls"]):
+                h, w = cls.shape[-2:]
+                m, ct = self._assign(boxes, labels, points[start:start + h * w], h, w, stride)
+                matches.append(m)
+                level_targets.append(ct)
+                start += h * w
+            match, cls_t = torch.cat(matches), torch.cat(level_targets)
             cls_targets.append(cls_t)
             pos = match >= 0
             d = dist[i, pos]                                         # (N, 4)
@@ -277,31 +332,33 @@ class PerceptionNet(nn.Module):
             loss_box = dist.sum() * 0.0
         masks = torch.stack([t["mask"].to(seg.device, torch.long) for t in targets])  # (B, H, W)
         seg_up = F.interpolate(seg, size=masks.shape[-2:], mode="bilinear", align_corners=False)  # (B, K, H, W)
-        loss_seg = F.cross_entropy(seg_up, masks, ignore_index=IGNORE_INDEX)
-        loss_dice = self._dice_loss(seg_up, masks)
+        log_probs = F.log_softmax(seg_up, dim=1)                      # once for both terms
+        loss_seg = F.nll_loss(log_probs, masks, ignore_index=IGNORE_INDEX)
+        loss_dice = self._dice_loss(log_probs, masks)
         total = loss_cls + 2.0 * loss_box + loss_seg + loss_dice
         return {"cls": loss_cls, "box": loss_box, "seg": loss_seg, "dice": loss_dice, "total": total}
 
-    def _dice_loss(self, logits: Tensor, masks: Tensor) -> Tensor:
-        """1 - soft Dice over the batch, averaged over DICE_CLASSES; logits (B, K, H, W), masks (B, H, W)."""
+    def _dice_loss(self, log_probs: Tensor, masks: Tensor) -> Tensor:
+        """1 - soft Dice over the batch, averaged over DICE_CLASSES; log_probs (B, K, H, W) (log-softmax
+        over K), masks (B, H, W)."""
         if self.dice_index.numel() == 0:
-            return logits.sum() * 0.0
+            return log_probs.sum() * 0.0
         valid = (masks != IGNORE_INDEX).unsqueeze(1)                  # (B, 1, H, W)
-        probs = logits.softmax(1).index_select(1, self.dice_index) * valid  # (B, D, H, W)
+        probs = log_probs.index_select(1, self.dice_index).exp() * valid  # (B, D, H, W)
         onehot = (masks.unsqueeze(1) == self.dice_index.view(1, -1, 1, 1)) & valid
         onehot = onehot.to(probs.dtype)
         inter = (probs * onehot).sum((0, 2, 3))
         denom = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
         present = onehot.sum((0, 2, 3)) > 0                          # a class absent from the batch says nothing
         dice = (2 * inter + 1.0) / (denom + 1.0)
-        return (1.0 - dice)[present].mean() if present.any() else logits.sum() * 0.0
+        return (1.0 - dice)[present].mean() if present.any() else log_probs.sum() * 0.0
 
 
-def build_model(architecture: str = "mtl_mbv3small_fpn96_s8_seg4", **kwargs: Any) -> PerceptionNet:
+def build_model(architecture: str = DEFAULT_ARCHITECTURE, **kwargs: Any) -> PerceptionNet:
     match = _ARCH_RE.match(architecture)
     if not match:
-        raise ValueError(f"unknown architecture {architecture!r} (expected like 'mtl_mbv3large_fpn64_s8_seg4')")
-    return PerceptionNet(backbone=match.group(1), width=int(match.group(2)), **kwargs)
+        raise ValueError(f"unknown architecture {architecture!r} (expected like 'mtl_mbv3large_fpn64_s48_seg4')")
+    return PerceptionNet(backbone=match.group(1), width=int(match.group(2)), levels=match.group(3), **kwargs)
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------

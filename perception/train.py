@@ -37,6 +37,7 @@ from stagepilot.perception.data import (
     manifest_record,
 )
 from stagepilot.perception.model import (
+    DEFAULT_ARCHITECTURE,
     recalibrate_batchnorm,
     CLASSES,
     SEG_CLASSES,
@@ -53,7 +54,7 @@ BN_RECALIBRATION_BATCHES = 50  # batches of training images that re-estimate Bat
 
 
 class ModelOptions(Strict):
-    architecture: str = "mtl_mbv3small_fpn96_s8_seg4"
+    architecture: str = DEFAULT_ARCHITECTURE
     input_size: tuple[int, int] = (288, 512)  # (H, W) the images are resized to
     backbone_weights: str | None = None       # a local torchvision ImageNet state dict; never downloaded
 

@@ -41,9 +41,14 @@ from stagepilot.sim.scenario import MAP_DIR, Scenario
 from stagepilot.sim.world import EmbeddedSimulator, load_road_map
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TRAIN_MAPS = ("straight", "curvy", "junction", "town")
-TRAIN_MAP_WEIGHTS = (1.0, 1.0, 1.5, 2.0)  # junctions and the town hold lights and crossings
-VAL_MAP = REPO_ROOT.parent / "shared" / "maps" / "Town02.xodr"
+SHARED_MAPS = REPO_ROOT.parent / "shared" / "maps"
+TRAIN_MAPS = ("straight", "curvy", "junction", "town")  # the project's own maps (sim/maps)
+# CARLA's Town01 trains too when ../shared/maps holds it: without a real town the network learned
+# the project maps' road markings and kerbs and lost half its road-line IoU on Town02.
+TRAIN_TOWN = SHARED_MAPS / "Town01.xodr"
+# scene share per training map: junctions and the towns hold lights and crossings
+TRAIN_MAP_WEIGHTS = {"straight": 1.0, "curvy": 1.0, "junction": 1.5, "town": 2.0, "Town01": 4.0}
+VAL_MAP = SHARED_MAPS / "Town02.xodr"
 SPLITS = ("train", "val")
 SEED_STRIDE = 1_000_000  # scene seeds of one --seed: 2 * (seed * SEED_STRIDE + scene) + split
 CAMERA = "front"
@@ -90,10 +95,12 @@ def scene_seed(seed: int, split: str, index: int) -> int:
 
 
 def split_maps(split: str) -> tuple[list[tuple[str, str]], str | None]:
-    """(map name, path) pairs of a split, and a note when validation falls back."""
+    """(map name, path) pairs of a split, and a note when a CARLA town is absent."""
     train = [(name, str(MAP_DIR / f"{name}.xodr")) for name in TRAIN_MAPS]
     if split == "train":
-        return train, None
+        if TRAIN_TOWN.is_file():
+            return [*train, (TRAIN_TOWN.stem, str(TRAIN_TOWN.resolve()))], None
+        return train, f"{TRAIN_TOWN} is absent: training uses the project's own maps only"
     if VAL_MAP.is_file():
         return [(VAL_MAP.stem, str(VAL_MAP.resolve()))], None
     return train, (f"{VAL_MAP} is absent: validation uses the training maps with held-out (odd) seeds, "
@@ -112,7 +119,7 @@ def split_frames(frames: int, split: str, val_fraction: float) -> dict[str, int]
 def plan_scenes(split: str, frames: int, frames_per_scene: int, seed: int,
                 **common) -> tuple[list[SceneJob], str | None]:
     maps, note = split_maps(split)
-    weights = np.array(TRAIN_MAP_WEIGHTS if len(maps) == len(TRAIN_MAPS) else [1.0] * len(maps))
+    weights = np.array([TRAIN_MAP_WEIGHTS.get(name, 1.0) for name, _ in maps])
     count = math.ceil(frames / frames_per_scene)
     choice = np.random.default_rng([seed, SPLITS.index(split)]).choice(len(maps), size=count, p=weights / weights.sum())
     jobs = []

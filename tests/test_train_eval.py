@@ -82,7 +82,7 @@ def test_training_lowers_the_loss_and_writes_checkpoints_with_their_meta(trained
     meta = _meta(trained / "epoch_002.pt")
     assert meta["epoch"] == 2 and meta["losses"][1] < meta["losses"][0]
     assert meta["classes"] == list(CLASSES) and meta["seg_classes"] == list(SEG_CLASSES)
-    assert meta["input_size"] == [128, 224] and meta["architecture"] == "mtl_mbv3small_fpn96_s8_seg4"
+    assert meta["input_size"] == [128, 224] and meta["architecture"] == "mtl_mbv3small_fpn96_s48_seg4"
     assert meta["training_command"].startswith("stagepilot train --config ") and "epochs=2" in meta["training_command"]
     manifest = json.loads((data_dir / "manifest.json").read_text())
     assert meta["data_manifest"]["frames"] == manifest["frames"] and len(meta["data_manifest"]["sha256"]) == 64
