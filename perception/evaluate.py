@@ -20,6 +20,10 @@ Prints one JSON object:
   2.25 m = half of a 4.5 m car seen from behind or ahead; pedestrian 0.25 m). The error is the
   xy distance to the ground-truth centre; its median per class is reported (``null`` with no
   match), with ``position_matches`` the matched / eligible counts.
+- ``recall_by_height``: for vehicles and pedestrians, per band of ground-truth box height in
+  camera pixels (``HEIGHT_BANDS_PX``), the number of boxes and the share found by a detection of
+  the same class (score >= ``score_threshold``, IoU >= 0.5, each detection used once): where
+  the accuracy is lost, which AP alone does not say.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ POSITION_RANGE_M = 30.0
 HALF_DEPTH_M = {"vehicle": 2.25, "pedestrian": 0.25}  # centre behind the visible contact point
 MATCH_IOU = 0.5
 AP_SCORE_THRESHOLD = 0.05  # AP integrates over scores: keep low-confidence detections
+HEIGHT_BANDS_PX = (0, 12, 20, 32, 64)  # lower edges of the recall bands [camera px]; the last is open
 DEFAULT_CAMERA = {  # configs/stack.yaml front camera (640x360, fov 90, x 1.5 m, z 1.6 m, pitch 3 deg down)
     "K": [[320.0, 0.0, 320.0], [0.0, 320.0, 180.0], [0.0, 0.0, 1.0]],
     "T_ego_cam": [[0.0, -0.052336, 0.99863, 1.5], [-1.0, 0.0, 0.0, 0.0], [0.0, -0.99863, -0.052336, 1.6],
@@ -78,6 +83,7 @@ def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *
     jaccard = MulticlassJaccardIndex(num_classes=len(seg_classes), average=None, ignore_index=IGNORE_INDEX)
     present = torch.zeros(len(seg_classes), dtype=torch.bool)
     errors: dict[str, list[float]] = {k: [] for k in POSITION_CLASSES}
+    found = {k: np.zeros((2, len(HEIGHT_BANDS_PX)), dtype=int) for k in POSITION_CLASSES}  # [found, total]
     eligible = {k: 0 for k in POSITION_CLASSES}
     was_training = model.training
     model.eval().to(device)
@@ -102,6 +108,8 @@ def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *
             present |= torch.bincount(mask[valid], minlength=len(seg_classes)).bool()
             _position_errors(boxes, det["scores"].cpu(), det["labels"].cpu(), gt_boxes, tgt, classes,
                              score_threshold, K, T, errors, eligible)
+            _recall_by_height(boxes, det["scores"].cpu(), det["labels"].cpu(), gt_boxes, tgt["labels"], classes,
+                              score_threshold, found)
         ap50.update(preds, gts)
         ap.update(preds, gts)
     if was_training:
@@ -122,6 +130,9 @@ def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *
         "position_error_median_m": {k: (round(float(np.median(v)), 3) if v else None) for k, v in errors.items()},
         "position_matches": {k: {"matched": len(errors[k]), "eligible": eligible[k]} for k in POSITION_CLASSES},
         "position_range_m": POSITION_RANGE_M,
+        "recall_by_height": {k: {_band(i): {"boxes": int(v[1, i]), "recall": (round(float(v[0, i] / v[1, i]), 3)
+                                                                            if v[1, i] else None)}
+                                 for i in range(len(HEIGHT_BANDS_PX))} for k, v in found.items()},
         "score_threshold": score_threshold,
     }
 
@@ -134,6 +145,32 @@ def _per_class(result: dict[str, torch.Tensor], classes: list[str]) -> dict[str,
         if 0 <= int(cid) < len(classes):
             values[classes[int(cid)]] = _null(value)
     return values
+
+
+def _band(i: int) -> str:
+    low = HEIGHT_BANDS_PX[i]
+    return f"{low}-{HEIGHT_BANDS_PX[i + 1]}px" if i + 1 < len(HEIGHT_BANDS_PX) else f">={low}px"
+
+
+def _recall_by_height(boxes, scores, labels, gt_boxes, gt_labels, classes, score_threshold, found) -> None:
+    """Count, per class and height band, the ground-truth boxes and those a detection finds."""
+    keep = scores >= score_threshold
+    boxes, labels, scores = boxes[keep], labels[keep], scores[keep]
+    order = scores.argsort(descending=True)
+    boxes, labels = boxes[order], labels[order]
+    used = torch.zeros(len(boxes), dtype=torch.bool)
+    ious = box_iou(gt_boxes, boxes) if len(boxes) and len(gt_boxes) else torch.zeros(len(gt_boxes), len(boxes))
+    heights = (gt_boxes[:, 3] - gt_boxes[:, 1]).tolist()
+    for j in sorted(range(len(gt_boxes)), key=lambda j: -heights[j]):  # larger boxes pick first
+        kind = classes[int(gt_labels[j])]
+        if kind not in found:
+            continue
+        band = int(np.searchsorted(HEIGHT_BANDS_PX, heights[j], side="right")) - 1
+        found[kind][1, band] += 1
+        candidates = (labels == gt_labels[j]) & ~used & (ious[j] >= MATCH_IOU)
+        if candidates.any():
+            used[int(torch.where(candidates, ious[j], torch.tensor(-1.0)).argmax())] = True
+            found[kind][0, band] += 1
 
 
 def _position_errors(boxes, scores, labels, gt_boxes, target, classes, score_threshold, K, T,

@@ -87,6 +87,26 @@ def test_decode_keeps_boxes_inside_the_image(model):
     assert dets[0]["seg"].shape == (H, W)
 
 
+def test_small_boxes_train_the_stride_4_head_and_large_ones_the_stride_8_head(model):
+    """FCOS assignment by size: a 10 px car has positives only on the stride-4 map, a 60 px car only
+    on the stride-8 map, and a 24 px car (in the overlap) on both."""
+    with torch.inference_mode():
+        out = model(torch.rand(1, 3, H, W))
+    points, _, _ = model._flatten_levels(out)
+    n4 = out["cls"][0].shape[-2] * out["cls"][0].shape[-1]
+    for side, on4, on8 in ((10, True, False), (60, False, True), (24, True, True)):
+        box = torch.tensor([[300.0, 200.0, 300.0 + side, 200.0 + side * 0.6]])
+        matches, start = [], 0
+        for stride, cls in zip(model.strides, out["cls"]):
+            h, w = cls.shape[-2:]
+            m, target = model._assign(box, torch.tensor([0]), points[start:start + h * w], h, w, stride)
+            assert torch.equal(target.sum(1) > 0, m >= 0)
+            matches.append(m)
+            start += h * w
+        assert bool((matches[0] >= 0).any()) == on4 and bool((matches[1] >= 0).any()) == on8, side
+    assert n4 == (H // 4) * (W // 4)
+
+
 def test_carla_tags_map_to_seg_classes():
     tags = torch.tensor([[0, 1, 24, 2], [14, 15, 16, 12]])
     seg = seg_mask_from_tags(tags)

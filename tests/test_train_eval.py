@@ -115,6 +115,12 @@ def test_eval_prints_one_json_object_with_every_metric_in_range(trained, data_di
     assert any(v is not None for v in result["ap50"].values()) and result["miou"] is not None
     for value in result["position_error_median_m"].values():
         assert value is None or value >= 0.0
+    coco = json.loads((data_dir / "annotations" / "val.json").read_text())
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    for kind, bands in result["recall_by_height"].items():  # every box of the split is in one band
+        assert sum(b["boxes"] for b in bands.values()) == sum(names[a["category_id"]] == kind
+                                                            for a in coco["annotations"])
+        assert all(b["recall"] is None or 0.0 <= b["recall"] <= 1.0 for b in bands.values())
 
 
 @pytest.mark.parametrize("override, key", [("optimiser=adam", "optimiser"), ("model.depth=3", "model.depth"),
