@@ -52,7 +52,7 @@ from stagepilot.pipeline.messages import CameraImage, Observation, Perception, T
 from stagepilot.pipeline.paths import Polyline
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-SHIPPED_CHECKPOINT = WEIGHTS_DIR / "mtl_mbv3small_fpn96_s8_seg4.pt"
+SHIPPED_CHECKPOINT = WEIGHTS_DIR / "mtl_mbv3small_fpn96_s48_seg4.pt"
 # network class -> Detection.kind
 KINDS = {"vehicle": "vehicle", "pedestrian": "pedestrian", "static_obstacle": "static"}
 LIGHT_PREFIX = "traffic_light_"

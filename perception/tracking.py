@@ -14,7 +14,10 @@ Each track holds x = [px, py, vx, vy] (world frame, [m] and [m/s]) and its covar
   S = H P H^T + R); pairs beyond gate_sigma are rejected.
 - Lifecycle: an unmatched detection starts a track at rest with a large velocity variance.
   A track is reported once it has min_hits hits and keeps being reported while it coasts;
-  it is dropped once it has gone unseen for more than max_misses frames.
+  it is dropped once it has gone unseen for more than max_misses frames. Its velocity is
+  reported once the speed exceeds velocity_sigma times its standard deviation (at rest
+  before): two noisy positions of a far box otherwise give a walker metres per second
+  towards the road, and the planner brakes for a crossing that is not there.
 Output: Detection in the ego frame at the update's time, velocity over ground in ego axes.
 """
 
@@ -205,10 +208,17 @@ class Tracker:
         self._next_id += 1
         self._tracks.append(track)
 
+    def _speed_known(self, track: _Track) -> bool:
+        """Whether the track's speed stands out of its uncertainty (``velocity_sigma``)."""
+        if track.hits < 2:
+            return False
+        speed_mps = math.hypot(track.state[2], track.state[3])
+        return speed_mps > self.config.velocity_sigma * math.sqrt(track.cov[2, 2] + track.cov[3, 3])
+
     def _report(self, track: _Track, ego: EgoState) -> Detection:
         to_ego = _rotation(ego.yaw).T
         position = to_ego @ (track.state[:2] - np.array([ego.x, ego.y]))
-        velocity = to_ego @ track.state[2:] if track.hits >= 2 else np.zeros(2)
+        velocity = to_ego @ track.state[2:] if self._speed_known(track) else np.zeros(2)
         if math.hypot(velocity[0], velocity[1]) > MOVING_MPS:
             yaw = math.atan2(velocity[1], velocity[0])
         elif track.kind in ("static", "pedestrian"):

@@ -150,6 +150,10 @@ class TrackerConfig(Strict):
     # (f 256 px at the network's input, camera 1.6 m up): ~0.7 px of box error.
     depth_std_per_m2: float = Field(0.0005, ge=0.0)  # [1/m]
     bearing_std_rad: float = Field(0.003, ge=0.0)  # across the ray: ~0.7 px
+    # A track's velocity is reported once its speed stands this many standard deviations out of
+    # the filter's own velocity uncertainty; before that it is reported at rest. A new track's
+    # speed is its first two positions differenced, metres of noise at 30 m over 50 ms.
+    velocity_sigma: float = Field(2.0, ge=0.0)
 
 
 class LearnedPerceptionConfig(Strict):
@@ -160,7 +164,7 @@ class LearnedPerceptionConfig(Strict):
     threads: int | None = Field(None, ge=1)  # torch CPU threads; null: torch's default
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA and on CPUs with AVX-512 BF16/AMX
     channels_last: bool = True
-    score_threshold: dict[str, float] = {"vehicle": 0.4, "pedestrian": 0.35, "static_obstacle": 0.4,
+    score_threshold: dict[str, float] = {"vehicle": 0.4, "pedestrian": 0.6, "static_obstacle": 0.4,
                                          "traffic_light": 0.4}
     nms_iou: float = Field(0.5, gt=0.0, le=1.0)
     max_range_m: float = Field(60.0, gt=0.0)  # detections projected beyond this are dropped

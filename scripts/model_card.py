@@ -1,6 +1,6 @@
 """Write a checkpoint's model card from its own metadata (the figures cannot drift from the file).
 
-    python scripts/model_card.py perception/weights/mtl_mbv3small_fpn96_s8_seg4.pt \
+    python scripts/model_card.py perception/weights/mtl_mbv3small_fpn96_s48_seg4.pt \
         --collect "stagepilot collect --out data/perception --frames 3000 --workers 2" \
         --timing "collect 3.2 min + train 66 min on the 2-core CPU" > perception/weights/MODEL_CARD.md
 """
@@ -49,7 +49,8 @@ def card(path: Path, collect: str, timing: str) -> str:
         "",
         f"## Metrics on the held-out split `{split}` ({metrics['frames']} frames)",
         "",
-        "Town02 (a map training never sees), seeds training never draws. "
+        "CARLA's Town02 (a map training never sees; training draws the four project maps and CARLA's Town01), "
+        "seeds training never draws. "
         "`stagepilot eval perception --checkpoint <this file> --data data/perception --json`.",
         "",
         "| figure | value | bar |",
@@ -72,6 +73,15 @@ def card(path: Path, collect: str, timing: str) -> str:
     for cls, value in metrics["position_error_median_m"].items():
         m = matches.get(cls, {})
         lines.append(f"- {cls}: {_fmt(value)} m ({m.get('matched')} of {m.get('eligible')} objects matched)")
+    by_height = metrics.get("recall_by_height")
+    if by_height:
+        bands = list(next(iter(by_height.values())))
+        lines += ["", f"Recall by ground-truth box height in the 640x360 camera (score >= {metrics['score_threshold']}, "
+                  "IoU >= 0.5): boxes, recall.", "", "| class | " + " | ".join(bands) + " |",
+                  "|---|" + "---|" * len(bands)]
+        for cls, row in by_height.items():
+            cells = [f"{row[b]['boxes']}, {_fmt(row[b]['recall'])}" for b in bands]
+            lines.append(f"| {cls} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "## Reproduce",
