@@ -74,9 +74,12 @@ def test_default_budget_drive_has_no_misses_and_a_latency_table(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_leaves_a_complete_run_folder_and_exits_130(tmp_path):
     out = tmp_path / "run"
+    # A shell starts background jobs with SIGINT ignored, and the child would inherit that
+    # (`make test &` would then drive to the end): give the child the default action back.
     proc = subprocess.Popen(
         [sys.executable, "-m", "stagepilot.pipeline.cli", "drive", "--scenario", "town_loop", "--out", str(out), "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     video = out / "video.mp4"
     deadline = time.monotonic() + 120
