@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from stagepilot.perception import geometry
 from stagepilot.perception.data import PerceptionDataset, collate
 from stagepilot.perception.model import IGNORE_INDEX, PerceptionNet, load_checkpoint
@@ -152,49 +153,52 @@ def _band(i: int) -> str:
     return f"{low}-{HEIGHT_BANDS_PX[i + 1]}px" if i + 1 < len(HEIGHT_BANDS_PX) else f">={low}px"
 
 
-def _recall_by_height(boxes, scores, labels, gt_boxes, gt_labels, classes, score_threshold, found) -> None:
-    """Count, per class and height band, the ground-truth boxes and those a detection finds."""
+def _greedy_match(boxes, scores, labels, gt_boxes, gt_labels, score_threshold, gt_order) -> dict[int, Tensor]:
+    """Ground-truth index -> the box (4,) of the detection it is matched to. Ground truths take
+    their turn in ``gt_order``; each takes the unused detection of its class (score >=
+    ``score_threshold``) with the highest IoU, at least MATCH_IOU."""
     keep = scores >= score_threshold
-    boxes, labels, scores = boxes[keep], labels[keep], scores[keep]
-    order = scores.argsort(descending=True)
-    boxes, labels = boxes[order], labels[order]
+    order = scores[keep].argsort(descending=True)
+    boxes, labels = boxes[keep][order], labels[keep][order]
     used = torch.zeros(len(boxes), dtype=torch.bool)
     ious = box_iou(gt_boxes, boxes) if len(boxes) and len(gt_boxes) else torch.zeros(len(gt_boxes), len(boxes))
-    heights = (gt_boxes[:, 3] - gt_boxes[:, 1]).tolist()
-    for j in sorted(range(len(gt_boxes)), key=lambda j: -heights[j]):  # larger boxes pick first
-        kind = classes[int(gt_labels[j])]
-        if kind not in found:
-            continue
-        band = int(np.searchsorted(HEIGHT_BANDS_PX, heights[j], side="right")) - 1
-        found[kind][1, band] += 1
-        candidates = (labels == gt_labels[j]) & ~used & (ious[j] >= MATCH_IOU)
+    matches = {}
+    for j in gt_order:
+        candidates = (labels == int(gt_labels[j])) & ~used & (ious[j] >= MATCH_IOU)
         if candidates.any():
-            used[int(torch.where(candidates, ious[j], torch.tensor(-1.0)).argmax())] = True
-            found[kind][0, band] += 1
+            best = int(torch.where(candidates, ious[j], torch.tensor(-1.0)).argmax())
+            used[best] = True
+            matches[j] = boxes[best]
+    return matches
+
+
+def _recall_by_height(boxes, scores, labels, gt_boxes, gt_labels, classes, score_threshold, found) -> None:
+    """Count, per class and height band, the ground-truth boxes and those a detection finds."""
+    heights = (gt_boxes[:, 3] - gt_boxes[:, 1]).tolist()
+    counted = [j for j in range(len(gt_boxes)) if classes[int(gt_labels[j])] in found]
+    counted.sort(key=lambda j: -heights[j])  # larger boxes pick first
+    matches = _greedy_match(boxes, scores, labels, gt_boxes, gt_labels, score_threshold, counted)
+    for j in counted:
+        band = int(np.searchsorted(HEIGHT_BANDS_PX, heights[j], side="right")) - 1
+        kind = classes[int(gt_labels[j])]
+        found[kind][1, band] += 1
+        found[kind][0, band] += j in matches
 
 
 def _position_errors(boxes, scores, labels, gt_boxes, target, classes, score_threshold, K, T,
                      errors, eligible) -> None:
     """Match each near ground-truth vehicle / pedestrian to one detection; collect the xy errors [m]."""
-    keep = scores >= score_threshold
-    boxes, labels = boxes[keep], labels[keep]
-    order = scores[keep].argsort(descending=True)
-    boxes, labels = boxes[order], labels[order]
-    used = torch.zeros(len(boxes), dtype=torch.bool)
-    ious = box_iou(gt_boxes, boxes) if len(boxes) and len(gt_boxes) else torch.zeros(len(gt_boxes), len(boxes))
-    for j, (label, centre) in enumerate(zip(target["labels"].tolist(), target["center_ego"])):
-        kind = classes[label]
-        if kind not in POSITION_CLASSES or float(centre[:2].norm()) > POSITION_RANGE_M:
-            continue
+    gt_labels, centres = target["labels"], target["center_ego"]
+    near = [j for j, label in enumerate(gt_labels.tolist()) if classes[label] in POSITION_CLASSES
+            and float(centres[j][:2].norm()) <= POSITION_RANGE_M]
+    matches = _greedy_match(boxes, scores, labels, gt_boxes, gt_labels, score_threshold, near)
+    for j in near:
+        kind = classes[int(gt_labels[j])]
         eligible[kind] += 1
-        candidates = (labels == label) & ~used & (ious[j] >= MATCH_IOU)
-        if not candidates.any():
-            continue
-        best = int(torch.where(candidates, ious[j], torch.tensor(-1.0)).argmax())
-        used[best] = True
-        estimate = centre_from_box(boxes[best].numpy(), kind, K, T)
-        if estimate is not None:
-            errors[kind].append(float(np.linalg.norm(estimate - centre[:2].numpy())))
+        if j in matches:
+            estimate = centre_from_box(matches[j].numpy(), kind, K, T)
+            if estimate is not None:
+                errors[kind].append(float(np.linalg.norm(estimate - centres[j][:2].numpy())))
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "val", *,

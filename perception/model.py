@@ -34,6 +34,7 @@ data manifest next to the state dict (``save_checkpoint`` / ``load_checkpoint``)
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from pathlib import Path
@@ -208,8 +209,10 @@ class PerceptionNet(nn.Module):
 
     # ---- helpers -----------------------------------------------------------------------------
     @staticmethod
+    @functools.lru_cache(maxsize=16)
     def _points(h: int, w: int, stride: int, device: torch.device) -> Tensor:
-        """Centres of the cells of a stride-`stride` map in px, (h*w, 2) as (x, y), row-major."""
+        """Centres of the cells of a stride-`stride` map in px, (h*w, 2) as (x, y), row-major; cached
+        per map size (every frame has the same), callers never write to it."""
         ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * stride
         xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * stride
         yy, xx = torch.meshgrid(ys, xs, indexing="ij")

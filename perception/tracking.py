@@ -84,6 +84,11 @@ def _transition(dt_s: float, accel_std: float) -> tuple[np.ndarray, np.ndarray]:
     return f, accel_std**2 * g @ g.T
 
 
+def _speed(track: _Track) -> tuple[float, float]:
+    """A track's speed over ground [m/s] and its standard deviation from the filter."""
+    return math.hypot(track.state[2], track.state[3]), math.sqrt(track.cov[2, 2] + track.cov[3, 3])
+
+
 def _kalman_update(track: _Track, z: np.ndarray, r: np.ndarray) -> None:
     """z (2,) world position, r (2, 2) its noise covariance."""
     innovation = z - MEASURE @ track.state
@@ -185,10 +190,9 @@ class Tracker:
         track.misses = 0
         track.confirmed = track.confirmed or track.hits >= self.config.min_hits
         track.score, track.extent, track.box_2d = m.score, m.extent, m.box_2d
-        speed_mps = math.hypot(track.state[2], track.state[3])
-        speed_std_mps = math.sqrt(track.cov[2, 2] + track.cov[3, 3])
         # Learn the heading only from a speed that stands out of its noise, so that the
         # first frames of a parked car do not leave it facing a random way.
+        speed_mps, speed_std_mps = _speed(track)
         if speed_mps > max(MOVING_MPS, 2.0 * speed_std_mps):
             track.heading = math.atan2(track.state[3], track.state[2])
 
@@ -210,10 +214,8 @@ class Tracker:
 
     def _speed_known(self, track: _Track) -> bool:
         """Whether the track's speed stands out of its uncertainty (``velocity_sigma``)."""
-        if track.hits < 2:
-            return False
-        speed_mps = math.hypot(track.state[2], track.state[3])
-        return speed_mps > self.config.velocity_sigma * math.sqrt(track.cov[2, 2] + track.cov[3, 3])
+        speed_mps, speed_std_mps = _speed(track)
+        return track.hits >= 2 and speed_mps > self.config.velocity_sigma * speed_std_mps
 
     def _report(self, track: _Track, ego: EgoState) -> Detection:
         to_ego = _rotation(ego.yaw).T
