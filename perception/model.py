@@ -220,17 +220,17 @@ class PerceptionNet(nn.Module):
 
     @torch.no_grad()
     def decode(self, outputs: dict[str, Any], score_threshold: float = 0.3, *, nms_iou: float = 0.5,
-               max_candidates: int = 1000, max_detections: int = 100, with_seg: bool = True) -> list[dict[str, Tensor]]:
+               max_candidates: int = 1000, max_detections: int = 100, with_seg: bool = True,
+               seg_stride: int = 1) -> list[dict[str, Tensor]]:
         """Raw outputs -> per image {"boxes" (N, 4) xyxy px inside the image, "scores" (N,), "labels" (N,),
-        "seg" (H, W) int64 class map when with_seg}."""
+        "seg" (H, W) int64 class map when with_seg, its class taken every ``seg_stride`` px (_seg_classes)}."""
         image_size = tuple(outputs["image_size"])
         points, scores_all, dist = self._flatten_levels(outputs)     # (P, 2), (B, P, C), (B, P, 4)
         b, c = scores_all.shape[0], scores_all.shape[2]
         scores_all = scores_all.sigmoid()
         seg = None
         if with_seg:
-            seg = F.interpolate(outputs["seg"].float(), size=image_size, mode="bilinear",
-                                align_corners=False).argmax(1)       # (B, H, W)
+            seg = self._seg_classes(outputs["seg"], image_size, seg_stride)  # (B, H, W)
         results = []
         for i in range(b):
             flat = scores_all[i].reshape(-1)                         # (P*C,)
@@ -251,6 +251,19 @@ class PerceptionNet(nn.Module):
                 result["seg"] = seg[i]
             results.append(result)
         return results
+
+    @staticmethod
+    def _seg_classes(logits: Tensor, image_size: tuple[int, int], s: int = 1) -> Tensor:
+        """Stride-4 logits (B, K, h, w) -> class map (B, H, W) int64 at the image size: the logits are
+        upsampled bilinearly to 1/s of the image size, the class is taken there and repeated s x s.
+        On a CPU the class decision (argmax over K) costs more than the upsampling; with s = 2 it
+        costs a quarter, which the learned stage takes (evaluation keeps s = 1)."""
+        h, w = image_size
+        small = (math.ceil(h / s), math.ceil(w / s))
+        classes = F.interpolate(logits.float(), size=small, mode="bilinear", align_corners=False).argmax(1)
+        if s == 1:
+            return classes
+        return classes.repeat_interleave(s, 1).repeat_interleave(s, 2)[:, :h, :w]
 
     def _flatten_levels(self, outputs: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         """Per-level maps -> all cells of all levels: points (P, 2) px, class logits (B, P, C), ltrb (B, P, 4)."""

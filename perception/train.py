@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from stagepilot.perception.data import (
     Augment,
     PerceptionDataset,
@@ -63,6 +63,16 @@ class AugmentOptions(Strict):
     hflip: float = Field(0.5, ge=0.0, le=1.0)
     brightness: float = Field(0.2, ge=0.0, lt=1.0)
     contrast: float = Field(0.2, ge=0.0, lt=1.0)
+    crop: tuple[int, int] | None = None        # (H, W) random training window of the input-size image
+    scale: tuple[float, float] = (1.0, 1.0)    # random zoom range before the crop
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "AugmentOptions":
+        if not 0.0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"scale: need 0 < low <= high, got {list(self.scale)}")
+        if self.crop is not None and min(self.crop) < 32:
+            raise ValueError(f"crop: at least 32 px each side, got {list(self.crop)}")
+        return self
 
 
 class TrainConfig(Strict):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from stagepilot.perception.data import Augment, PerceptionDataset, class_index
+from stagepilot.perception.data import CROP_KEEP, Augment, PerceptionDataset, _zoom_crop, class_index
 from stagepilot.perception.evaluate import DEFAULT_CAMERA, centre_from_box
 from stagepilot.perception.geometry import ground_point
 from stagepilot.perception.model import CLASSES, SEG_CLASSES
@@ -53,6 +53,48 @@ def test_dataset_items_match_the_model_classes_and_augmentation_flips_boxes_with
         image_f, target_f = flipped[i]
         assert torch.allclose(image_f, image.flip(-1), atol=1e-6) and torch.equal(target_f["mask"], target["mask"].flip(-1))
         assert torch.allclose(target_f["boxes"][:, [2, 0]], 224 - target["boxes"][:, [0, 2]])
+
+
+def test_a_training_crop_cuts_image_mask_and_boxes_alike_and_drops_boxes_mostly_outside(data_dir):
+    plain = PerceptionDataset(data_dir, "train", input_size=(128, 224))
+    dropped = 0
+    for i in range(len(plain)):
+        image, target = plain[i]
+        for u in ([0.0, 0.0, 0.0], [0.0, 0.3, 0.7], [0.0, 0.999, 0.999]):
+            image_c, boxes_c, mask_c, kept = _zoom_crop(image, target["boxes"], target["mask"], (64, 112),
+                                                        (1.0, 1.0), torch.tensor(u))
+            y0, x0 = int(u[1] * (128 - 64 + 1)), int(u[2] * (224 - 112 + 1))
+            assert torch.equal(image_c, image[:, y0:y0 + 64, x0:x0 + 112])
+            assert torch.equal(mask_c, target["mask"][y0:y0 + 64, x0:x0 + 112])
+            boxes = target["boxes"] - torch.tensor([x0, y0, x0, y0])
+            clipped = torch.stack([boxes[:, 0].clamp(0, 112), boxes[:, 1].clamp(0, 64),
+                                   boxes[:, 2].clamp(0, 112), boxes[:, 3].clamp(0, 64)], dim=1)
+            inside = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            keep = (inside >= CROP_KEEP * area).nonzero().squeeze(1)
+            assert torch.equal(kept, keep) and torch.allclose(boxes_c, clipped[keep])
+            dropped += len(boxes) - len(keep)
+    assert dropped > 0  # boxes mostly outside a window go
+    # through the dataset: the labels and positions follow the boxes kept
+    cropped = PerceptionDataset(data_dir, "train", input_size=(128, 224),
+                                augment=Augment(0.0, 0.0, 0.0, crop=(64, 112), scale=(0.9, 1.2)))
+    for i in range(len(cropped)):
+        image_c, target_c = cropped[i]
+        assert image_c.shape == (3, 64, 112) and target_c["mask"].shape == (64, 112)
+        n = target_c["boxes"].shape[0]
+        assert target_c["labels"].shape == (n,) and target_c["center_ego"].shape == (n, 3)
+        assert torch.all(target_c["boxes"] >= 0) and torch.all(target_c["boxes"][:, [2, 3]] <= torch.tensor([112, 64]))
+
+
+def test_a_zoom_below_the_window_pads_the_mask_with_the_ignore_label(data_dir):
+    from stagepilot.perception.model import IGNORE_INDEX
+
+    ds = PerceptionDataset(data_dir, "train", input_size=(128, 224),
+                           augment=Augment(0.0, 0.0, 0.0, crop=(128, 224), scale=(0.5, 0.5)))
+    image, target = ds[0]
+    assert image.shape == (3, 128, 224)
+    assert torch.all(target["mask"][64:, :] == IGNORE_INDEX) and torch.all(target["mask"][:, 112:] == IGNORE_INDEX)
+    assert torch.all(image[:, 64:, :] == 0) and torch.all(target["boxes"] <= torch.tensor([112, 64, 112, 64]))
 
 
 @pytest.mark.parametrize("attributes, expected", [
@@ -124,7 +166,8 @@ def test_eval_prints_one_json_object_with_every_metric_in_range(trained, data_di
 
 
 @pytest.mark.parametrize("override, key", [("optimiser=adam", "optimiser"), ("model.depth=3", "model.depth"),
-                                           ("epochs=0", "epochs")])
+                                           ("epochs=0", "epochs"), ("augment.scale=[1.2,0.8]", "augment"),
+                                           ("augment.crop=[16,16]", "augment")])
 def test_a_bad_training_config_key_is_rejected_by_name(override, key, data_dir, tmp_path, capsys):
     assert main(["train", "--config", str(CONFIG), f"data={data_dir}", f"out={tmp_path}", override]) == 2
     assert f"{key}:" in capsys.readouterr().err
