@@ -40,6 +40,7 @@ from stagepilot.perception.dataset import MIN_VISIBLE_FRACTION
 from stagepilot.perception.model import CLASSES, IGNORE_INDEX, seg_mask_from_tags
 from torch import Tensor
 from torch.utils.data import Dataset
+from torchvision.ops import box_area, clip_boxes_to_image
 
 LIGHT_STATES = ("red", "yellow", "green")
 CROP_KEEP = MIN_VISIBLE_FRACTION  # share of a box's area that must be inside a training crop for it to stay
@@ -175,11 +176,8 @@ def _zoom_crop(image: Tensor, boxes: Tensor, mask: Tensor, crop: tuple[int, int]
     x0 = int(u[2] * (zw - cw + 1)) if zw > cw else 0
     image, mask = image[:, y0:y0 + ch, x0:x0 + cw], mask[y0:y0 + ch, x0:x0 + cw]
     shifted = boxes - torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
-    clipped = torch.stack([shifted[:, 0].clamp(0, cw), shifted[:, 1].clamp(0, ch),
-                           shifted[:, 2].clamp(0, cw), shifted[:, 3].clamp(0, ch)], dim=1)
-    area = (shifted[:, 2] - shifted[:, 0]) * (shifted[:, 3] - shifted[:, 1])
-    inside = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
-    kept = (inside >= CROP_KEEP * area.clamp(min=1e-6)).nonzero().squeeze(1)
+    clipped = clip_boxes_to_image(shifted, (ch, cw))
+    kept = (box_area(clipped) >= CROP_KEEP * box_area(shifted).clamp(min=1e-6)).nonzero().squeeze(1)
     return image.contiguous(), clipped[kept], mask.contiguous(), kept
 
 

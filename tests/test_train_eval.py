@@ -13,7 +13,7 @@ import torch
 from stagepilot.perception.data import CROP_KEEP, Augment, PerceptionDataset, _zoom_crop, class_index
 from stagepilot.perception.evaluate import DEFAULT_CAMERA, centre_from_box
 from stagepilot.perception.geometry import ground_point
-from stagepilot.perception.model import CLASSES, SEG_CLASSES
+from stagepilot.perception.model import CLASSES, IGNORE_INDEX, SEG_CLASSES
 from stagepilot.pipeline.cli import main
 from stagepilot.pipeline.collect import collect_dataset
 from stagepilot.pipeline.config import load_stack
@@ -87,8 +87,6 @@ def test_a_training_crop_cuts_image_mask_and_boxes_alike_and_drops_boxes_mostly_
 
 
 def test_a_zoom_below_the_window_pads_the_mask_with_the_ignore_label(data_dir):
-    from stagepilot.perception.model import IGNORE_INDEX
-
     ds = PerceptionDataset(data_dir, "train", input_size=(128, 224),
                            augment=Augment(0.0, 0.0, 0.0, crop=(128, 224), scale=(0.5, 0.5)))
     image, target = ds[0]
