@@ -5,8 +5,8 @@
 Both sides run in the same process with the same device, dtype (bf16 autocast where the
 device runs it natively, as the stage decides), memory format (channels_last), thread count and ``torch.inference_mode()``:
 - ours: what the learned stage runs per frame (perception/learned.py ``NetworkRunner``): the
-  640x360 uint8 frame to the device, scaled to the network's input size (288x512 for the
-  shipped model), ``PerceptionNet`` forward and ``decode`` (boxes through NMS, the seg map);
+  640x360 uint8 frame to the device, scaled to the network's input size (the shipped
+  checkpoint's), ``PerceptionNet`` forward and ``decode`` (boxes through NMS, the seg map);
   the shipped weights when present, else random init;
 - the pair: ``ssdlite320_mobilenet_v3_large`` (its forward includes resize, decoding and NMS)
   plus ``lraspp_mobilenet_v3_large`` (full-resolution logits), 7 classes each, random init.
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from stagepilot.perception.learned import SHIPPED_CHECKPOINT, NetworkRunner, native_bf16
-from stagepilot.perception.model import build_model, load_checkpoint
+from stagepilot.perception.model import DEFAULT_ARCHITECTURE, build_model, load_checkpoint
 from stagepilot.pipeline.config import LearnedPerceptionConfig
 
 INPUT_H, INPUT_W = 360, 640
@@ -47,8 +47,8 @@ def _time_interleaved(fns: list[Callable[[], Any]], iters: int, warmup: int,
 
 
 def bench_perception(iters: int = 30, warmup: int = 5, threads: int | None = None, *,
-                     architecture: str = "mtl_mbv3small_fpn96_s48_seg4",
-                     input_size: tuple[int, int] = (288, 512)) -> dict:
+                     architecture: str | None = None, input_size: tuple[int, int] | None = None) -> dict:
+    """Architecture and input size default to the shipped checkpoint's (else the model's defaults)."""
     from torchvision.models.detection import ssdlite320_mobilenet_v3_large
     from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
@@ -62,10 +62,13 @@ def bench_perception(iters: int = 30, warmup: int = 5, threads: int | None = Non
     ours, weights = None, "random"
     if SHIPPED_CHECKPOINT.is_file():
         shipped, meta = load_checkpoint(SHIPPED_CHECKPOINT, map_location=device)
-        if meta["architecture"] == architecture and tuple(meta["input_size"]) == tuple(input_size):
+        architecture = architecture or meta["architecture"]
+        input_size = tuple(input_size or meta["input_size"])
+        if meta["architecture"] == architecture and tuple(meta["input_size"]) == input_size:
             ours, weights = shipped, "shipped"
     if ours is None:
-        ours = build_model(architecture, input_size=tuple(input_size))
+        kwargs = {"input_size": tuple(input_size)} if input_size else {}
+        ours = build_model(architecture or DEFAULT_ARCHITECTURE, **kwargs)
     ours = ours.eval().to(device, memory_format=torch.channels_last)
     ssd = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=7)
     lraspp = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=7)

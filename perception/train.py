@@ -19,6 +19,7 @@ it re-plans the schedule for the new total at the step reached (optimizer state 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
@@ -65,6 +66,7 @@ class AugmentOptions(Strict):
     contrast: float = Field(0.2, ge=0.0, lt=1.0)
     crop: tuple[int, int] | None = None        # (H, W) random training window of the input-size image
     scale: tuple[float, float] = (1.0, 1.0)    # random zoom range before the crop
+    whole_frames_last: int = Field(0, ge=0)    # the last N epochs see whole frames (no crop, no zoom)
 
     @model_validator(mode="after")
     def _ranges(self) -> "AugmentOptions":
@@ -93,6 +95,13 @@ class TrainConfig(Strict):
     model: ModelOptions = ModelOptions()
     augment: AugmentOptions = AugmentOptions()
 
+    @model_validator(mode="after")
+    def _whole_frames(self) -> "TrainConfig":
+        if self.augment.whole_frames_last > self.epochs:
+            raise ValueError(f"augment.whole_frames_last: {self.augment.whole_frames_last} is more than "
+                             f"epochs ({self.epochs})")
+        return self
+
 
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     """YAML file, then `key.path=value` overrides -> TrainConfig; problems raise ConfigError naming the key."""
@@ -103,6 +112,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def epoch_augment(config: TrainConfig, epoch: int) -> Augment:
+    """The augmentation of 0-based ``epoch``: the last ``augment.whole_frames_last`` epochs see whole
+    frames (no crop, no zoom), the others the configured crop."""
+    aug = Augment(**config.augment.model_dump(exclude={"whole_frames_last"}))
+    if epoch >= config.epochs - config.augment.whole_frames_last:
+        return dataclasses.replace(aug, crop=None, scale=(1.0, 1.0))
+    return aug
 
 
 def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -147,7 +165,7 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, command: str
     seed_everything(config.seed)
     out = Path(config.out)
     input_size = tuple(config.model.input_size)
-    aug = Augment(**config.augment.model_dump())
+    aug = epoch_augment(config, 0)
     train_set = PerceptionDataset(config.data, "train", input_size=input_size, augment=aug, seed=config.seed,
                                   limit=config.limit_frames)
     if len(train_set) == 0:
@@ -187,6 +205,7 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, command: str
     for epoch in range(start_epoch, config.epochs):
         model.train()
         train_set.epoch = epoch
+        train_set.augment = epoch_augment(config, epoch)
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
         loader = DataLoader(train_set, batch_size=config.batch_size, sampler=order.tolist(), collate_fn=collate,
                             num_workers=config.num_workers, drop_last=False)

@@ -138,11 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench_perception.add_argument("--warmup", type=_positive_int, default=5, help="untimed frames first")
     bench_perception.add_argument("--threads", type=_positive_int, default=None,
                                   help="torch threads (default: all CPU cores)")
-    bench_perception.add_argument("--architecture", default="mtl_mbv3small_fpn96_s48_seg4",
-                                  help="our network (random weights unless it is the shipped one), e.g. "
-                                       "mtl_mbv3large_fpn64_s48_seg4 or mtl_mbv3small_fpn96_s8_seg4")
-    bench_perception.add_argument("--input-size", type=_positive_int, nargs=2, default=(288, 512), metavar=("H", "W"),
-                                  help="our network's input size for random-weight candidates (default: 288 512)")
+    bench_perception.add_argument("--architecture", default=None,
+                                  help="our network (random weights unless it is the shipped one; default: the "
+                                       "shipped one), e.g. mtl_mbv3large_fpn64_s48_seg4")
+    bench_perception.add_argument("--input-size", type=_positive_int, nargs=2, default=None, metavar=("H", "W"),
+                                  help="our network's input size (default: the shipped checkpoint's)")
     bench_perception.set_defaults(handler=_cmd_bench_perception)
 
     collect = commands.add_parser(
@@ -284,7 +284,8 @@ def _cmd_bench_perception(args) -> int:
     from stagepilot.perception.bench import bench_perception
 
     _print_result(bench_perception(iters=args.iters, warmup=args.warmup, threads=args.threads,
-                                   architecture=args.architecture, input_size=tuple(args.input_size)), args.json)
+                                   architecture=args.architecture,
+                                   input_size=tuple(args.input_size) if args.input_size else None), args.json)
     return 0
 
 

@@ -115,6 +115,9 @@ class BehaviourConfig(Strict):
     corridor_margin_m: float = Field(0.6, ge=0.0)  # [m] added to half widths to call something "in path"
     look_ahead_m: float = Field(80.0, gt=0.0)  # [m] along the route
     goal_tolerance_m: float = Field(1.0, ge=0.0)
+    # [s] while the car moves, a pedestrian it stops for stays, as last seen, this long after its
+    # track is lost (0: off; see docs/perception.md for what 1.0 did to the learned drives)
+    pedestrian_hold_s: float = Field(0.0, ge=0.0)
 
 
 class PlannerConfig(Strict):

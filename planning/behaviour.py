@@ -81,12 +81,16 @@ class BehaviourLayer:
         self.road_map = road_map
         self._last_moving: dict[int, float] = {}  # track id -> last time seen moving [s]
         self._now = 0.0
+        # pedestrian track id -> (its obstacle when last seen, that time [s]), for those that made the car stop
+        self._stopped_for: dict[int, tuple[Obstacle, float]] = {}
 
     def decide(self, ego: EgoState, ref: ReferencePath, ego_s: float, perception: Perception) -> Decision:
         cfg, speed = self.config, max(ego.speed, 0.0)
         front_s = ego_s + self.vehicle.front_m
         obstacles = world_obstacles(perception, ego)
         self._remember_motion(obstacles, perception.t)
+        held = self._held_pedestrians(obstacles, perception.t) if speed > STOPPED_MPS else ()
+        obstacles += held
         tracked = [self._track(o, ref, ego_s) for o in obstacles]
         tracked = [t for t in tracked if t is not None]
 
@@ -121,6 +125,8 @@ class BehaviourLayer:
             ttc = gap / speed if speed > 0.1 else math.inf
             stops.append((rear_s - cfg.stop_margin_m, "stop_obstacle",
                           f"stop: {t.obstacle.kind} {t.obstacle.id} at {gap:.1f} m, TTC {min(ttc, 99.0):.1f} s"))
+            if t.obstacle.kind == "pedestrian" and t.obstacle not in held:
+                self._stopped_for[t.obstacle.id] = (t.obstacle, perception.t)
 
         if leader is not None:
             t, gap = leader
@@ -145,6 +151,16 @@ class BehaviourLayer:
                         obstacles)
 
     # ------------------------------------------------------------ helpers
+
+    def _held_pedestrians(self, obstacles: tuple[Obstacle, ...], t: float) -> tuple[Obstacle, ...]:
+        """Pedestrians the car stopped for whose tracks were lost within ``pedestrian_hold_s``, as last
+        seen. A far walker's track can break and restart under a new id (the box jumps, the
+        tracker confirms the new one frames later); without this the stop would be released
+        for those frames and braking would start again, a jerk the passengers feel."""
+        hold = self.config.pedestrian_hold_s
+        self._stopped_for = {i: (o, seen) for i, (o, seen) in self._stopped_for.items() if t - seen <= hold}
+        present = {o.id for o in obstacles}
+        return tuple(o for i, (o, _) in self._stopped_for.items() if i not in present)
 
     def _remember_motion(self, obstacles, t: float) -> None:
         for o in obstacles:

@@ -22,6 +22,15 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _crop_note(augment: dict) -> str:
+    if not augment.get("crop"):
+        return ""
+    (ch, cw), (lo, hi) = augment["crop"], augment.get("scale", (1.0, 1.0))
+    whole = augment.get("whole_frames_last", 0)
+    note = f", on random {cw}x{ch} windows of frames zoomed by {lo}-{hi}"
+    return note + (f", the last {whole} epochs on whole frames" if whole else "")
+
+
 def card(path: Path, collect: str, timing: str) -> str:
     model, meta = load_checkpoint(path)
     split, metrics = next(iter(meta["metrics"].items()))
@@ -38,12 +47,15 @@ def card(path: Path, collect: str, timing: str) -> str:
         f"# Model card: `{meta['architecture']}`",
         "",
         f"File `{path.name}` ({size / 1e6:.1f} MB, sha256 {digest}...), {params / 1e6:.2f} M parameters, "
-        f"trained {meta.get('epoch')} epochs from scratch (no pretrained weights) on frames of the embedded simulator.",
+        f"trained {meta.get('epoch')} epochs from scratch (no pretrained weights) on frames of the embedded simulator"
+        + _crop_note(meta.get("config", {}).get("augment", {})) + ".",
         "",
         "## Inputs and outputs",
         "",
-        f"- Input: RGB, float in [0, 1], {meta['input_size'][0]}x{meta['input_size'][1]} (H x W); the stage "
-        "area-scales the 640x360 front camera to it. ImageNet mean/std normalisation is inside the model.",
+        f"- Input: RGB, float in [0, 1], {meta['input_size'][0]}x{meta['input_size'][1]} (H x W); "
+        + ("the 640x360 front camera as it is. " if tuple(meta["input_size"]) == (360, 640)
+           else "the stage area-scales the 640x360 front camera to it. ")
+        + "ImageNet mean/std normalisation is inside the model.",
         f"- Detection classes: {', '.join(meta['classes'])}.",
         f"- Segmentation classes: {', '.join(meta['seg_classes'])} (from CARLA semantic tags).",
         "",

@@ -29,7 +29,8 @@ from stagepilot.pipeline.collect import collect_dataset
 from stagepilot.pipeline.config import ConfigError, load_stack
 from stagepilot.sim.scenario import load_scenario
 from stagepilot.pipeline.runtime import StagedRuntime
-from stagepilot.pipeline.stack import DrivingStack, drive
+from stagepilot.pipeline.paths import Polyline
+from stagepilot.pipeline.stack import DriveLog, DrivingStack, drive
 from stagepilot.sim.world import EmbeddedSimulator
 
 from conftest import shared_map
@@ -204,8 +205,10 @@ def test_closed_loop_learned_stops_for_the_pedestrian():
     runtime = StagedRuntime(config, sim.road_map)
     ped = sim.pedestrians[0].agent
     seen = {"closest": math.inf, "slowest_near": math.inf}
+    log = DriveLog(dt=sim.dt, route=Polyline(obs.route.points))
 
     def watch(obs, record):
+        log.record(obs, record.plan, record.control)
         gap = gap_to(sim, ped)
         seen["closest"] = min(seen["closest"], gap)
         if gap < 15.0:
@@ -218,6 +221,11 @@ def test_closed_loop_learned_stops_for_the_pedestrian():
     assert seen["slowest_near"] < 0.05 and seen["closest"] >= 2.0, seen
     assert sim.monitor.route_completed and "collision" not in [e.kind for e in sim.events]
     assert "stop_obstacle" in [r.plan.decision for r in runtime.records if r.plan is not None]
+    # Comfort is not asserted here: with the default config a walker whose far track breaks
+    # releases the stop for 0.35 s and the car brakes again (jerk p95 4.23 against nuPlan's 4.13).
+    # planner.behaviour.pedestrian_hold_s=1.0 fixes this drive (3.01) but not the town loop; see
+    # docs/perception.md.
+    print(log.comfort())
 
 
 @pytest.mark.slow

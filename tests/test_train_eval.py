@@ -14,6 +14,7 @@ from stagepilot.perception.data import CROP_KEEP, Augment, PerceptionDataset, _z
 from stagepilot.perception.evaluate import DEFAULT_CAMERA, centre_from_box
 from stagepilot.perception.geometry import ground_point
 from stagepilot.perception.model import CLASSES, IGNORE_INDEX, SEG_CLASSES
+from stagepilot.perception.train import epoch_augment, load_train_config
 from stagepilot.pipeline.cli import main
 from stagepilot.pipeline.collect import collect_dataset
 from stagepilot.pipeline.config import load_stack
@@ -84,6 +85,19 @@ def test_a_training_crop_cuts_image_mask_and_boxes_alike_and_drops_boxes_mostly_
         n = target_c["boxes"].shape[0]
         assert target_c["labels"].shape == (n,) and target_c["center_ego"].shape == (n, 3)
         assert torch.all(target_c["boxes"] >= 0) and torch.all(target_c["boxes"][:, [2, 3]] <= torch.tensor([112, 64]))
+
+
+def test_the_last_epochs_train_on_whole_frames_when_asked(data_dir):
+    config = load_train_config(ROOT / "configs" / "training" / "crops640.yaml",
+                               [f"data={data_dir}", "epochs=3", "augment.whole_frames_last=1"])
+    sizes = []
+    for epoch in range(3):
+        dataset = PerceptionDataset(data_dir, "train", input_size=config.model.input_size,
+                                    augment=epoch_augment(config, epoch), seed=0)
+        dataset.epoch = epoch
+        sizes.append(tuple(dataset[0][0].shape[-2:]))
+    assert sizes == [(288, 512), (288, 512), (360, 640)]
+    assert epoch_augment(config, 2).hflip == config.augment.hflip  # only the crop and zoom are dropped
 
 
 def test_a_zoom_below_the_window_pads_the_mask_with_the_ignore_label(data_dir):
@@ -165,7 +179,8 @@ def test_eval_prints_one_json_object_with_every_metric_in_range(trained, data_di
 
 @pytest.mark.parametrize("override, key", [("optimiser=adam", "optimiser"), ("model.depth=3", "model.depth"),
                                            ("epochs=0", "epochs"), ("augment.scale=[1.2,0.8]", "augment"),
-                                           ("augment.crop=[16,16]", "augment")])
+                                           ("augment.crop=[16,16]", "augment"),
+                                           ("augment.whole_frames_last=21", "augment.whole_frames_last")])
 def test_a_bad_training_config_key_is_rejected_by_name(override, key, data_dir, tmp_path, capsys):
     assert main(["train", "--config", str(CONFIG), f"data={data_dir}", f"out={tmp_path}", override]) == 2
     assert f"{key}:" in capsys.readouterr().err
