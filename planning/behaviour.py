@@ -89,7 +89,8 @@ class BehaviourLayer:
         front_s = ego_s + self.vehicle.front_m
         obstacles = world_obstacles(perception, ego)
         self._remember_motion(obstacles, perception.t)
-        held = self._held_pedestrians(obstacles, perception.t) if speed > STOPPED_MPS else ()
+        held = self._held_pedestrians(obstacles, perception.t, speed)
+        held_ids = {o.id for o in held}
         obstacles += held
         tracked = [self._track(o, ref, ego_s) for o in obstacles]
         tracked = [t for t in tracked if t is not None]
@@ -125,7 +126,7 @@ class BehaviourLayer:
             ttc = gap / speed if speed > 0.1 else math.inf
             stops.append((rear_s - cfg.stop_margin_m, "stop_obstacle",
                           f"stop: {t.obstacle.kind} {t.obstacle.id} at {gap:.1f} m, TTC {min(ttc, 99.0):.1f} s"))
-            if t.obstacle.kind == "pedestrian" and t.obstacle not in held:
+            if cfg.pedestrian_hold_s > 0.0 and t.obstacle.kind == "pedestrian" and t.obstacle.id not in held_ids:
                 self._stopped_for[t.obstacle.id] = (t.obstacle, perception.t)
 
         if leader is not None:
@@ -152,13 +153,15 @@ class BehaviourLayer:
 
     # ------------------------------------------------------------ helpers
 
-    def _held_pedestrians(self, obstacles: tuple[Obstacle, ...], t: float) -> tuple[Obstacle, ...]:
-        """Pedestrians the car stopped for whose tracks were lost within ``pedestrian_hold_s``, as last
-        seen. A far walker's track can break and restart under a new id (the box jumps, the
-        tracker confirms the new one frames later); without this the stop would be released
-        for those frames and braking would start again, a jerk the passengers feel."""
+    def _held_pedestrians(self, obstacles: tuple[Obstacle, ...], t: float, speed: float) -> tuple[Obstacle, ...]:
+        """While the car moves: pedestrians it stopped for whose tracks were lost within
+        ``pedestrian_hold_s``, as last seen. A far walker's track can break and restart under a new
+        id (the box jumps, the tracker confirms the new one frames later); without this the stop
+        would be released for those frames and braking would start again, a jerk the passengers feel."""
         hold = self.config.pedestrian_hold_s
         self._stopped_for = {i: (o, seen) for i, (o, seen) in self._stopped_for.items() if t - seen <= hold}
+        if speed <= STOPPED_MPS:
+            return ()
         present = {o.id for o in obstacles}
         return tuple(o for i, (o, _) in self._stopped_for.items() if i not in present)
 
