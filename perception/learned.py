@@ -16,7 +16,8 @@ One frame goes through, in order:
 6. the traffic light ahead: the next stop line on the route comes from the map; its state is
    read from the light boxes whose housing, placed at ``light_height_m`` through the camera
    model, lies near that stop line. Unseen, a light last read red or yellow stays so (the car
-   must not run it on a missed detection); green turns ``unknown`` after ``light_hold_s``. The
+   must not run it on a missed detection); green turns ``unknown`` after ``light_hold_s``. A
+   light in view is never taken from red to yellow (signals go red, green, yellow). The
    reported stop line is moved back where needed so that the car stops with the signal still
    in the camera's view, and so sees it turn green.
 
@@ -52,10 +53,11 @@ from stagepilot.pipeline.messages import CameraImage, Observation, Perception, T
 from stagepilot.pipeline.paths import Polyline
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-SHIPPED_CHECKPOINT = WEIGHTS_DIR / "mtl_mbv3small_fpn96_s48_seg4.pt"
+SHIPPED_CHECKPOINT = WEIGHTS_DIR / "mtl_mbv3small_fpn96_s48_seg4_cs.pt"
 # network class -> Detection.kind
 KINDS = {"vehicle": "vehicle", "pedestrian": "pedestrian", "static_obstacle": "static"}
 LIGHT_PREFIX = "traffic_light_"
+LIGHT_SEQUENCE_GAP_S = 1.0  # [s] a light unseen longer than this may have gone through green meanwhile
 # The stage takes the segmentation class every 2 px and repeats it (PerceptionNet._seg_classes):
 # on the 2-core CPU that is about 3 ms a frame less. It differs from the full-size decision only
 # along class edges (about 1 % of the pixels): over the 600 Town02 validation frames the stage's
@@ -312,7 +314,8 @@ class LearnedPerception:
     def _confirmed_state(self, index: int, reading: str, t: float) -> str:
         """The light's state given this frame's reading. The first reading of a stop line's light
         counts at once; a change of state needs ``light_confirm_frames`` equal readings in a
-        row, so that one misread frame neither starts nor stops the car."""
+        row, so that one misread frame neither starts nor stops the car. Red never turns yellow
+        while the light stays in view (``LIGHT_SEQUENCE_GAP_S``)."""
         memory = self._light_memory
         if memory is None or memory[0] != index:
             self._view_limit_world = None
@@ -321,6 +324,12 @@ class LearnedPerception:
         if reading == memory[1]:
             self._light_memory, self._pending = (index, reading, t), ("", 0)
             return reading
+        if (memory[1] == "red" and reading == "yellow" and self._pending[0] != "yellow"
+                and t - memory[2] <= LIGHT_SEQUENCE_GAP_S):  # (a yellow streak only starts after a gap)
+            # Signals go red -> green -> yellow: a yellow read straight after red, with the light in
+            # view, is a misread, and taking it would let the yellow rule release a stop under way.
+            self._light_memory, self._pending = (index, "red", t), ("", 0)
+            return "red"
         count = self._pending[1] + 1 if self._pending[0] == reading else 1
         self._pending = (reading, count)
         if count >= self.config.light_confirm_frames:

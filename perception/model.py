@@ -5,9 +5,10 @@
     dets = model.decode(out, score_threshold=0.3)   # list of {"boxes", "scores", "labels"}, "seg"
     losses = model.loss(out, targets)           # dict of scalars, "total" to backprop
 
-Architecture (``architecture`` string ``mtl_{backbone}_fpn{width}_s{levels}_seg4``, default
+Architecture (``architecture`` string ``mtl_{backbone}_fpn{width}_s{levels}_seg4[_cs]``, default
 ``mtl_mbv3small_fpn96_s48_seg4``; ``levels`` is ``8`` for one stride-8 detection level or ``48``
-for stride 4 and stride 8):
+for stride 4 and stride 8; ``_cs`` regresses boxes as centre offset and size instead of FCOS's
+distances to the four edges, see ``PerceptionNet._ltrb``):
 - backbone: torchvision MobileNetV3-Small ``features`` up to the stride-32 stage, without its
   576-channel 1x1 head (C2 16 ch @ s4, C3 24 ch @ s8, C4 48 ch @ s16, C5 96 ch @ s32).
   ``backbone="mbv3large"`` (C2 24 / C3 40 / C4 112 / C5 160) is the heavier option: on the 2-core CPU, bf16 + channels_last,
@@ -79,7 +80,8 @@ INPUT_SIZE = (360, 640)  # (H, W) of the front camera
 STRIDE = 8
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_ARCH_RE = re.compile(r"^mtl_(mbv3large|mbv3small)_fpn(\d+)_s(8|48)_seg4$")
+_ARCH_RE = re.compile(r"^mtl_(mbv3large|mbv3small)_fpn(\d+)_s(8|48)_seg4(_cs)?$")
+CS_OFFSET_CELLS = 2.0  # ``_cs`` boxes: the centre lies within this many cells of the point (centre sampling: 1.5)
 DEFAULT_ARCHITECTURE = "mtl_mbv3small_fpn96_s48_seg4"
 P2_MAX_SIDE = 32.0  # [input px] boxes whose longer side is at most this are stride-4 targets ...
 P3_MIN_SIDE = 16.0  # ... and boxes whose longer side is at least this are stride-8 targets
@@ -111,7 +113,7 @@ def _sep_block(c: int) -> nn.Sequential:
 class PerceptionNet(nn.Module):
     def __init__(self, *, num_classes: int = len(CLASSES), num_seg_classes: int = len(SEG_CLASSES),
                  backbone: str = "mbv3small", width: int = 96, input_size: tuple[int, int] = INPUT_SIZE,
-                 levels: str = "48", backbone_weights: str | Path | None = None) -> None:
+                 levels: str = "48", box_param: str = "ltrb", backbone_weights: str | Path | None = None) -> None:
         super().__init__()
         self.classes = CLASSES if num_classes == len(CLASSES) else tuple(f"class_{i}" for i in range(num_classes))
         self.seg_classes = (SEG_CLASSES if num_seg_classes == len(SEG_CLASSES)
@@ -120,6 +122,9 @@ class PerceptionNet(nn.Module):
             raise ValueError(f"unknown backbone {backbone!r} (one of {', '.join(BACKBONES)})")
         if levels not in ("8", "48"):
             raise ValueError(f"unknown detection levels {levels!r} (8 or 48)")
+        if box_param not in ("ltrb", "cs"):
+            raise ValueError(f"unknown box parametrisation {box_param!r} (ltrb or cs)")
+        self.box_param = box_param
         self.backbone = backbone
         self.width = width
         self.levels = levels
@@ -177,7 +182,8 @@ class PerceptionNet(nn.Module):
 
     @property
     def architecture(self) -> str:
-        return f"mtl_{self.backbone}_fpn{self.width}_s{self.levels}_seg4"
+        suffix = "_cs" if self.box_param == "cs" else ""
+        return f"mtl_{self.backbone}_fpn{self.width}_s{self.levels}_seg4{suffix}"
 
     @property
     def strides(self) -> tuple[int, ...]:
@@ -196,7 +202,7 @@ class PerceptionNet(nn.Module):
         p3 = self.lat3(c3) + F.interpolate(p4, size=c3.shape[-2:], mode="nearest")            # (B, w, H/8, W/8)
         p3 = self.smooth(p3)                           # (B, w, H/8, W/8)
         cls = self.cls_out(self.cls_tower(p3))         # (B, C, H/8, W/8) logits
-        ltrb = F.softplus(self.box_out(self.box_tower(p3)).float()) * self.stride  # (B, 4, H/8, W/8) px
+        ltrb = self._ltrb(self.box_out(self.box_tower(p3)), self.stride)  # (B, 4, H/8, W/8) px
         s3 = self.seg_reduce(self.seg_tower(p3))       # (B, 32, H/8, W/8)
         s2 = self.lat2(c2) + F.interpolate(s3, size=c2.shape[-2:], mode="bilinear", align_corners=False)
         f2 = self.seg_fuse(s2)                         # (B, 32, H/4, W/4)
@@ -204,10 +210,27 @@ class PerceptionNet(nn.Module):
         if self.levels == "8":
             return {"cls": [cls], "box": [ltrb], "seg": seg, "image_size": tuple(images.shape[-2:])}
         cls4 = self.cls_out4(self.cls_tower4(f2))      # (B, C, H/4, W/4) logits
-        ltrb4 = F.softplus(self.box_out4(self.box_tower4(f2)).float()) * 4  # (B, 4, H/4, W/4) px
+        ltrb4 = self._ltrb(self.box_out4(self.box_tower4(f2)), 4)  # (B, 4, H/4, W/4) px
         return {"cls": [cls4, cls], "box": [ltrb4, ltrb], "seg": seg, "image_size": tuple(images.shape[-2:])}
 
     # ---- helpers -----------------------------------------------------------------------------
+    def _ltrb(self, raw: Tensor, stride: int) -> Tensor:
+        """Box head output (B, 4, h, w) -> distances from each cell's centre to the box's left, top,
+        right and bottom edges (B, 4, h, w) px, float32.
+
+        ``ltrb``: softplus(raw) * stride, so every box contains its cell's centre. A box narrower
+        than a cell whose centre cell is assigned to it (``_assign``) may not, and is then learned
+        too wide: before ``cs``, the shipped model's boxes for pedestrians under 12 px were a median
+        1.7x too wide. ``cs``: the box centre is offset from the cell's centre by at most
+        ``CS_OFFSET_CELLS`` cells (tanh) and its width and height are softplus(raw) * stride, so a
+        box may lie beside the point (negative distances) and still has a positive size."""
+        raw = raw.float()
+        if self.box_param == "ltrb":
+            return F.softplus(raw) * stride
+        offset = torch.tanh(raw[:, :2]) * (CS_OFFSET_CELLS * stride)  # (B, 2, h, w) centre - point, x and y
+        half = F.softplus(raw[:, 2:]) * (0.5 * stride)                # (B, 2, h, w) half width, half height
+        return torch.cat([half - offset, half + offset], dim=1)       # l, t, r, b
+
     @staticmethod
     @functools.lru_cache(maxsize=16)
     def _points(h: int, w: int, stride: int, device: torch.device) -> Tensor:
@@ -374,7 +397,8 @@ def build_model(architecture: str = DEFAULT_ARCHITECTURE, **kwargs: Any) -> Perc
     match = _ARCH_RE.match(architecture)
     if not match:
         raise ValueError(f"unknown architecture {architecture!r} (expected like 'mtl_mbv3large_fpn64_s48_seg4')")
-    return PerceptionNet(backbone=match.group(1), width=int(match.group(2)), levels=match.group(3), **kwargs)
+    return PerceptionNet(backbone=match.group(1), width=int(match.group(2)), levels=match.group(3),
+                         box_param="cs" if match.group(4) else "ltrb", **kwargs)
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------

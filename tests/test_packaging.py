@@ -28,5 +28,5 @@ def test_pip_install_puts_only_stagepilot_at_the_top(tmp_path):
     assert (target / "stagepilot" / "configs" / "scenarios" / "town_loop.yaml").exists()
     assert (target / "stagepilot" / "sim" / "render" / "renderer.py").exists()
     # the shipped perception model and its card travel with the package
-    assert (target / "stagepilot" / "perception" / "weights" / "mtl_mbv3small_fpn96_s48_seg4.pt").exists()
+    assert (target / "stagepilot" / "perception" / "weights" / "mtl_mbv3small_fpn96_s48_seg4_cs.pt").exists()
     assert (target / "stagepilot" / "perception" / "weights" / "MODEL_CARD.md").exists()

@@ -10,6 +10,7 @@ from stagepilot.perception.model import (
     SEG_CLASSES,
     CheckpointError,
     PerceptionNet,
+    build_model,
     load_checkpoint,
     save_checkpoint,
     seg_mask_from_tags,
@@ -105,6 +106,38 @@ def test_small_boxes_train_the_stride_4_head_and_large_ones_the_stride_8_head(mo
             start += h * w
         assert bool((matches[0] >= 0).any()) == on4 and bool((matches[1] >= 0).any()) == on8, side
     assert n4 == (H // 4) * (W // 4)
+
+
+def _fit_one_tiny_box(architecture: str, steps: int = 200) -> tuple[list[float], list[float]]:
+    """Train on one frame holding a pedestrian 1.3 px wide that lies inside stride-4 cell (1, 1)
+    but beside its centre (6, 6): -> (its box, the box the cell predicts) in px."""
+    torch.manual_seed(0)
+    net = build_model(architecture, input_size=(96, 160)).train()
+    images = torch.rand(2, 3, 96, 160)
+    box = [6.5, 4.2, 7.8, 7.9]
+    target = {"boxes": torch.tensor([box, [20.0, 20.0, 60.0, 50.0]]), "labels": torch.tensor([1, 0]),
+              "mask": torch.zeros(96, 160, dtype=torch.long)}
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss = net.loss(net(images), [target, target])
+        opt.zero_grad()
+        loss["total"].backward()
+        opt.step()
+    with torch.no_grad():
+        points, _, dist = net._flatten_levels(net(images))
+    cell = 1 * (160 // 4) + 1                                   # stride-4 cell (1, 1), centre (6, 6)
+    assert points[cell].tolist() == [6.0, 6.0]
+    d = dist[0, cell]
+    return box, torch.cat([points[cell] - d[:2], points[cell] + d[2:]]).tolist()
+
+
+def test_centre_size_boxes_fit_a_box_beside_its_cell_centre_which_ltrb_cannot():
+    box, cs = _fit_one_tiny_box("mtl_mbv3small_fpn96_s48_seg4_cs")
+    assert max(abs(a - b) for a, b in zip(cs, box)) < 0.3, cs
+    box, ltrb = _fit_one_tiny_box("mtl_mbv3small_fpn96_s48_seg4")
+    assert ltrb[0] <= 6.0 + 1e-3 < box[0], ltrb             # held to the cell centre: 0.5 px too wide
+    assert build_model("mtl_mbv3small_fpn96_s48_seg4_cs").architecture.endswith("_seg4_cs")
+    assert PerceptionNet().architecture == "mtl_mbv3small_fpn96_s48_seg4"
 
 
 def test_carla_tags_map_to_seg_classes():
