@@ -170,6 +170,35 @@ def test_short_training_run_lowers_the_loss():
         assert sum(values[-5:]) < 0.7 * sum(values[:5]), (key, values)
 
 
+def test_segmentation_loss_on_every_second_pixel_teaches_the_full_resolution_mask():
+    """``seg_stride=2`` (the 30-epoch recipe) samples the mask; what it teaches must hold at every pixel."""
+    torch.manual_seed(0)
+    net = PerceptionNet().train()
+    images, targets = _synthetic(4)
+
+    def full_res_seg(net):
+        with torch.no_grad():
+            loss = net.loss(net(images), targets)
+        return loss["seg"].item() + loss["dice"].item()
+
+    with torch.no_grad():
+        out = net(images)
+        full, sampled = net.loss(out, targets), net.loss(out, targets, seg_stride=2)
+    assert sampled["seg"].item() == pytest.approx(full["seg"].item(), rel=0.05)  # a fair estimate at the start
+    before = full_res_seg(net)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    for step in range(30):
+        i = (step * 2) % 4
+        loss = net.loss(net(images[i:i + 2]), targets[i:i + 2], seg_stride=2)
+        opt.zero_grad()
+        loss["total"].backward()
+        opt.step()
+    net.train()  # batch statistics, as during the steps
+    assert full_res_seg(net) < 0.4 * before, (before, full_res_seg(net))
+    with pytest.raises(ValueError, match="seg_stride"):
+        net.loss(out, targets, seg_stride=0)
+
+
 def test_loss_handles_an_image_without_boxes(model):
     images, targets = _synthetic(1, 96, 160)
     targets[0]["boxes"] = torch.zeros(0, 4)

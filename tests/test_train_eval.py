@@ -13,7 +13,7 @@ import torch
 from stagepilot.perception.data import CROP_KEEP, Augment, PerceptionDataset, _zoom_crop, class_index
 from stagepilot.perception.evaluate import DEFAULT_CAMERA, centre_from_box
 from stagepilot.perception.geometry import ground_point
-from stagepilot.perception.model import CLASSES, IGNORE_INDEX, SEG_CLASSES
+from stagepilot.perception.model import CLASSES, IGNORE_INDEX, SEG_CLASSES, build_model
 from stagepilot.perception.train import epoch_augment, load_train_config
 from stagepilot.pipeline.cli import main
 from stagepilot.pipeline.collect import collect_dataset
@@ -85,6 +85,14 @@ def test_a_training_crop_cuts_image_mask_and_boxes_alike_and_drops_boxes_mostly_
         n = target_c["boxes"].shape[0]
         assert target_c["labels"].shape == (n,) and target_c["center_ego"].shape == (n, 3)
         assert torch.all(target_c["boxes"] >= 0) and torch.all(target_c["boxes"][:, [2, 3]] <= torch.tensor([112, 64]))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "training").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_training_recipe_loads_and_fits_its_architecture(path):
+    config = load_train_config(path)
+    model = build_model(config.model.architecture, input_size=tuple(config.model.input_size))
+    assert model.architecture == config.model.architecture
+    assert config.augment.whole_frames_last <= config.epochs
 
 
 def test_the_last_epochs_train_on_whole_frames_when_asked(data_dir):
