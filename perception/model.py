@@ -380,7 +380,7 @@ class PerceptionNet(nn.Module):
         masks = torch.stack([t["mask"].to(seg.device, torch.long) for t in targets])  # (B, H, W)
         if seg_stride > 1:
             masks = masks[:, seg_stride // 2::seg_stride, seg_stride // 2::seg_stride]  # (B, H/s, W/s)
-        seg_up = F.interpolate(seg, size=masks.shape[-2:], mode="bilinear", align_corners=False)  # (B, K, H, W)
+        seg_up = F.interpolate(seg, size=masks.shape[-2:], mode="bilinear", align_corners=False)  # (B, K, H/s, W/s)
         log_probs = F.log_softmax(seg_up, dim=1)                      # once for both terms
         loss_seg = F.nll_loss(log_probs, masks, ignore_index=IGNORE_INDEX)
         loss_dice = self._dice_loss(log_probs, masks)

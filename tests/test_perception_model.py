@@ -193,7 +193,6 @@ def test_segmentation_loss_on_every_second_pixel_teaches_the_full_resolution_mas
         opt.zero_grad()
         loss["total"].backward()
         opt.step()
-    net.train()  # batch statistics, as during the steps
     assert full_res_seg(net) < 0.4 * before, (before, full_res_seg(net))
     with pytest.raises(ValueError, match="seg_stride"):
         net.loss(out, targets, seg_stride=0)
