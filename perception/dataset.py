@@ -47,11 +47,13 @@ def coco_categories() -> list[dict[str, Any]]:
 
 
 def camera_record(name: str, width: int, height: int, K: np.ndarray, T_ego_cam: np.ndarray,  # noqa: N803
-                  ) -> dict[str, Any]:
+                  outline_margin_px: float) -> dict[str, Any]:
     """A camera's calibration as plain lists: K (3, 3) intrinsics, T_ego_cam (4, 4) its pose in
-    the ego frame (camera frame OpenCV: x right, y down, z forward)."""
+    the ego frame (camera frame OpenCV: x right, y down, z forward), and how far its silhouettes
+    reach past an object's outline (pipeline/messages.py CameraImage)."""
     return {"name": name, "width": int(width), "height": int(height),
-            "K": np.round(K, 6).tolist(), "T_ego_cam": np.round(T_ego_cam, 6).tolist()}
+            "K": np.round(K, 6).tolist(), "T_ego_cam": np.round(T_ego_cam, 6).tolist(),
+            "outline_margin_px": float(outline_margin_px)}
 
 
 def _encode(image: np.ndarray, suffix: str) -> bytes:

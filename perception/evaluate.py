@@ -14,10 +14,12 @@ Prints one JSON object:
 - ``position_error_median_m``: for vehicles and pedestrians whose ground-truth centre lies
   within 30 m (ego xy), the detection of the same class with the highest IoU (>= 0.5, score
   >= ``score_threshold``, each used once) is placed on the ground: the bottom-centre of its box
-  is back-projected through K and T_ego_cam (from the annotation file's camera record) onto
-  z = 0 (ego frame, the ground under the ego). That is the object's nearest contact point, so
-  the centre estimate adds half a typical depth along the horizontal viewing ray (vehicle
-  2.25 m = half of a 4.5 m car seen from behind or ahead; pedestrian 0.25 m). The error is the
+  (in K's pixel coordinates, less the camera's outline margin: perception/geometry.py) is
+  back-projected through K and T_ego_cam (from the annotation file's camera record) onto z = 0
+  (ego frame, the ground under the ego). That is the object's lowest visible point, so the
+  centre estimate adds the stage's ``contact_depth_m`` along the horizontal viewing ray
+  (vehicle 1.73 m: a car seen from behind touches the road at its rear tyres, 0.385 of its
+  length behind its centre; pedestrian 0.25 m). The error is the
   xy distance to the ground-truth centre; its median per class is reported (``null`` with no
   match), with ``position_matches`` the matched / eligible counts.
 - ``recall_by_height``: for vehicles and pedestrians, per band of ground-truth box height in
@@ -38,6 +40,8 @@ from torch import Tensor
 from stagepilot.perception import geometry
 from stagepilot.perception.data import PerceptionDataset, collate
 from stagepilot.perception.model import IGNORE_INDEX, PerceptionNet, load_checkpoint
+from stagepilot.pipeline.config import LearnedPerceptionConfig
+from stagepilot.sim.render.renderer import OUTLINE_MARGIN_PX
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassJaccardIndex
 from torchmetrics.detection import MeanAveragePrecision
@@ -47,7 +51,7 @@ from tqdm import tqdm
 MIOU_CLASSES = ("road", "road_line", "sidewalk", "vehicle", "pedestrian")
 POSITION_CLASSES = ("vehicle", "pedestrian")
 POSITION_RANGE_M = 30.0
-HALF_DEPTH_M = {"vehicle": 2.25, "pedestrian": 0.25}  # centre behind the visible contact point
+CONTACT_DEPTH_M = LearnedPerceptionConfig().contact_depth_m  # [m] centre behind the lowest visible point
 MATCH_IOU = 0.5
 AP_SCORE_THRESHOLD = 0.05  # AP integrates over scores: keep low-confidence detections
 HEIGHT_BANDS_PX = (0, 12, 20, 32, 64)  # lower edges of the recall bands [camera px]; the last is open
@@ -55,12 +59,14 @@ DEFAULT_CAMERA = {  # configs/stack.yaml front camera (640x360, fov 90, x 1.5 m,
     "K": [[320.0, 0.0, 320.0], [0.0, 320.0, 180.0], [0.0, 0.0, 1.0]],
     "T_ego_cam": [[0.0, -0.052336, 0.99863, 1.5], [-1.0, 0.0, 0.0, 0.0], [0.0, -0.99863, -0.052336, 1.6],
                   [0.0, 0.0, 0.0, 1.0]],
+    "outline_margin_px": OUTLINE_MARGIN_PX,
 }
 
 
-def centre_from_box(box: np.ndarray, kind: str, K: np.ndarray, T_ego_cam: np.ndarray) -> np.ndarray | None:
-    """Box (4,) xyxy camera px -> estimated object centre (x, y) in the ego frame [m]."""
-    return geometry.centre_from_box(box, HALF_DEPTH_M[kind], K, T_ego_cam)
+def centre_from_box(box: np.ndarray, kind: str, K: np.ndarray, T_ego_cam: np.ndarray,
+                    margin_px: float = OUTLINE_MARGIN_PX) -> np.ndarray | None:
+    """Box (4,) xyxy camera px (edges) -> estimated object centre (x, y) in the ego frame [m]."""
+    return geometry.centre_from_box(box, CONTACT_DEPTH_M[kind], K, T_ego_cam, margin_px)
 
 
 def _null(value: float) -> float | None:
@@ -77,6 +83,8 @@ def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *
     dataset = PerceptionDataset(data, split, input_size=tuple(model.input_size), limit=limit)
     camera = dataset.camera or DEFAULT_CAMERA
     K, T = np.asarray(camera["K"], dtype=float), np.asarray(camera["T_ego_cam"], dtype=float)
+    # files written before the record carried it came from the embedded renderer
+    margin = float(camera.get("outline_margin_px", OUTLINE_MARGIN_PX))
     classes, seg_classes = list(model.classes), list(model.seg_classes)
     ap50 = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, iou_thresholds=[0.5],
                                 backend="pycocotools")
@@ -108,7 +116,7 @@ def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *
             present |= torch.bincount(seg[valid], minlength=len(seg_classes)).bool()
             present |= torch.bincount(mask[valid], minlength=len(seg_classes)).bool()
             _position_errors(boxes, det["scores"].cpu(), det["labels"].cpu(), gt_boxes, tgt, classes,
-                             score_threshold, K, T, errors, eligible)
+                             score_threshold, (K, T, margin), errors, eligible)
             _recall_by_height(boxes, det["scores"].cpu(), det["labels"].cpu(), gt_boxes, tgt["labels"], classes,
                               score_threshold, found)
         ap50.update(preds, gts)
@@ -185,7 +193,7 @@ def _recall_by_height(boxes, scores, labels, gt_boxes, gt_labels, classes, score
         found[kind][0, band] += j in matches
 
 
-def _position_errors(boxes, scores, labels, gt_boxes, target, classes, score_threshold, K, T,
+def _position_errors(boxes, scores, labels, gt_boxes, target, classes, score_threshold, camera,
                      errors, eligible) -> None:
     """Match each near ground-truth vehicle / pedestrian to one detection; collect the xy errors [m]."""
     gt_labels, centres = target["labels"], target["center_ego"]
@@ -196,7 +204,7 @@ def _position_errors(boxes, scores, labels, gt_boxes, target, classes, score_thr
         kind = classes[int(gt_labels[j])]
         eligible[kind] += 1
         if j in matches:
-            estimate = centre_from_box(matches[j].numpy(), kind, K, T)
+            estimate = centre_from_box(matches[j].numpy(), kind, *camera)
             if estimate is not None:
                 errors[kind].append(float(np.linalg.norm(estimate - centres[j][:2].numpy())))
 

@@ -4,6 +4,14 @@ Frames (DESIGN.md): the ego frame has x forward, y left, z up, with its origin o
 under the rear axle, so the road is the plane z = 0. ``T_ego_cam`` maps camera-frame points
 (OpenCV: x right, y down, z forward) into the ego frame; ``K`` is the pinhole intrinsics of the
 image the pixels come from.
+
+Pixels (OpenCV's convention, which ``K`` follows): the centre of pixel (row r, column c) lies at
+(c, r), so column c spans [c - 0.5, c + 0.5]. 2D boxes (ground truth, COCO files, detections)
+count edges instead: a box x0 <= x < x1 covers columns x0 .. x1 - 1, so column c spans [c, c + 1]
+and an edge at e lies at e - 0.5 in K's coordinates (``box_to_pixels``). A camera whose
+silhouettes reach past the true outline (``CameraImage.outline_margin_px``; the embedded renderer
+fills the pixels an outline crosses) has boxes that much too large on every side, which
+``box_to_pixels`` takes off again. Ignoring both half pixels placed a car 30 m ahead 0.8 m short.
 """
 
 from __future__ import annotations
@@ -17,10 +25,34 @@ import numpy as np
 NEAR_M = 0.5  # [m] points closer to the camera plane than this do not project
 
 
+EDGE_TO_PIXEL = -0.5  # a box edge at e lies at e + EDGE_TO_PIXEL in K's pixel coordinates
+
+
 def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:
-    """Intrinsics of the same camera after resizing its image by (sx, sy)."""
-    S = np.diag([sx, sy, 1.0])
+    """Intrinsics of the same camera after resizing its image by (sx, sy), with pixel centres
+    where a half-pixel-aligned resize puts them (cv2.resize, F.interpolate with
+    align_corners=False): column c' of the resized image is centred on c = (c' + 0.5) / sx - 0.5."""
+    S = np.array([[sx, 0.0, 0.5 * (sx - 1.0)], [0.0, sy, 0.5 * (sy - 1.0)], [0.0, 0.0, 1.0]])
     return S @ np.asarray(K, dtype=float)
+
+
+def box_to_pixels(box, margin_px: float = 0.0) -> np.ndarray:
+    """Box (4,) xyxy in edge coordinates -> the object's outline (x0, y0, x1, y1) in K's pixel
+    coordinates, the camera's outline margin taken off every side (module docstring)."""
+    return np.asarray(box, dtype=float)[:4] + EDGE_TO_PIXEL + np.array([1.0, 1.0, -1.0, -1.0]) * margin_px
+
+
+def contact_pixel(box, margin_px: float = 0.0) -> tuple[float, float]:
+    """Box (4,) xyxy edges -> (u, v) in K's pixel coordinates of its bottom-centre, where an object
+    standing on the road touches it."""
+    x0, _, x1, y1 = box_to_pixels(box, margin_px)
+    return 0.5 * (x0 + x1), y1
+
+
+def centre_pixel(box) -> tuple[float, float]:
+    """Box (4,) xyxy edges -> (u, v) in K's pixel coordinates of its centre."""
+    x0, y0, x1, y1 = box_to_pixels(box)
+    return 0.5 * (x0 + x1), 0.5 * (y0 + y1)
 
 
 def pixel_ray(u: float, v: float, K: np.ndarray, T_ego_cam: np.ndarray) -> np.ndarray:
@@ -46,18 +78,21 @@ def ground_point(u: float, v: float, K: np.ndarray, T_ego_cam: np.ndarray) -> np
     return point_at_height(u, v, K, T_ego_cam, 0.0)
 
 
-def centre_from_box(box: np.ndarray, half_depth_m: float, K: np.ndarray, T_ego_cam: np.ndarray) -> np.ndarray | None:
-    """Box (4,) xyxy px -> estimated object centre (x, y) in the ego frame [m].
+def centre_from_box(box: np.ndarray, depth_m: float, K: np.ndarray, T_ego_cam: np.ndarray,
+                    margin_px: float = 0.0) -> np.ndarray | None:
+    """Box (4,) xyxy px, edge coordinates -> estimated object centre (x, y) in the ego frame [m].
 
     The bottom-centre of the box is the object's nearest contact with the road: it is placed on
-    the ground through the camera model, then pushed back half the object's depth along the
-    horizontal viewing ray (the centre lies behind the visible face)."""
-    contact = ground_point(0.5 * (float(box[0]) + float(box[2])), float(box[3]), K, T_ego_cam)
+    the ground through the camera model, then pushed back ``depth_m`` along the horizontal
+    viewing ray (the centre lies behind the visible contact: for a car seen from behind, the
+    rear tyres' contact, not the bumper, which rides above the road). ``margin_px``: the
+    camera's outline margin."""
+    contact = ground_point(*contact_pixel(box, margin_px), K, T_ego_cam)
     if contact is None:
         return None
     direction = contact - T_ego_cam[:2, 3]
     norm = float(np.linalg.norm(direction))
-    return contact if norm < 1e-6 else contact + half_depth_m * direction / norm
+    return contact if norm < 1e-6 else contact + depth_m * direction / norm
 
 
 def world_to_ego(xy: np.ndarray, ego) -> np.ndarray:

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from stagepilot.perception.checks import FrameCheck
 from stagepilot.perception.geometry import (
     centre_from_box,
+    centre_pixel,
     point_at_height,
     project_to_image,
     scale_intrinsics,
@@ -222,8 +223,7 @@ class LearnedPerception:
                 cut = box[0] < 2 or box[1] < 2 or box[2] > w_img - 2 or box[3] > h_img - 2
                 # A housing cut by the image edge may hide the lit lamp: its state is not read.
                 if score >= cfg.score_threshold.get("traffic_light", 0.5) and not cut:
-                    housing = point_at_height(0.5 * (box[0] + box[2]), 0.5 * (box[1] + box[3]), K, T,
-                                              cfg.light_height_m)
+                    housing = point_at_height(*centre_pixel(box), K, T, cfg.light_height_m)
                     if housing is not None:
                         lights.append((float(score), label[len(LIGHT_PREFIX):], housing, image))
                 continue
@@ -231,7 +231,8 @@ class LearnedPerception:
             if kind is None or score < cfg.score_threshold.get(label, 0.5):
                 continue
             extent = tuple(float(v) for v in cfg.extent_m.get(label, (1.0, 1.0, 1.0)))
-            centre = centre_from_box(box, extent[0] / 2, K, T)
+            depth = cfg.contact_depth_m.get(label, extent[0] / 2)
+            centre = centre_from_box(box, depth, K, T, image.outline_margin_px)
             if centre is None or math.hypot(*centre) > cfg.max_range_m:
                 continue
             measurements.append(Measurement(kind=kind, score=float(score), position=(float(centre[0]), float(centre[1])),

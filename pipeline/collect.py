@@ -37,6 +37,7 @@ from stagepilot.pipeline.config import ConfigError, StackConfig
 from stagepilot.pipeline.roadmap import MapError, RoadMap
 from stagepilot.sim.follower import make_follower
 from stagepilot.sim.render.camera import CameraSpec
+from stagepilot.sim.render.renderer import OUTLINE_MARGIN_PX
 from stagepilot.sim.scenario import MAP_DIR, Scenario
 from stagepilot.sim.world import EmbeddedSimulator, load_road_map
 
@@ -408,7 +409,7 @@ def _camera(config: StackConfig) -> dict[str, Any]:
     if cam is None:
         raise ConfigError(f"sim.cameras: collect needs a camera named {CAMERA!r}")
     spec = CameraSpec(name=CAMERA, **cam.model_dump())
-    return dataset.camera_record(CAMERA, spec.width, spec.height, spec.K, spec.T_ego_cam)
+    return dataset.camera_record(CAMERA, spec.width, spec.height, spec.K, spec.T_ego_cam, OUTLINE_MARGIN_PX)
 
 
 def _check(out: Path, seed: int, val_fraction: float, interval_s: float) -> None:

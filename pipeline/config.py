@@ -174,6 +174,11 @@ class LearnedPerceptionConfig(Strict):
     # Assumed size of what a box shows, to place its centre behind the visible ground contact.
     extent_m: dict[str, tuple[float, float, float]] = {
         "vehicle": (4.5, 1.9, 1.5), "pedestrian": (0.5, 0.5, 1.8), "static_obstacle": (0.6, 0.6, 1.0)}
+    # How far the centre lies behind the lowest point a box shows, along the viewing ray [m]. A
+    # car's lowest point seen from behind (or ahead) is where its rear (front) tyres touch the
+    # road, 0.385 of its length from its centre in the embedded simulator (sim/render/shapes.py),
+    # not its bumper, which rides above the road.
+    contact_depth_m: dict[str, float] = {"vehicle": 1.73, "pedestrian": 0.25, "static_obstacle": 0.3}
     light_height_m: float = Field(4.2, gt=0.0)  # [m] signal housing centre above the road
     light_gate_m: float = Field(6.0, gt=0.0)  # [m] housing estimate to the stop line's signal position
     light_confirm_frames: int = Field(3, ge=1)  # equal readings in a row before the light's state changes

@@ -15,6 +15,7 @@ from stagepilot.pipeline.messages import (
     TrafficLightTruth,
 )
 from stagepilot.sim.render import palette
+from stagepilot.sim.render.renderer import OUTLINE_MARGIN_PX
 from stagepilot.sim.sensors import dynamic_boxes
 
 KIND_TAGS = {"vehicle": palette.CAR, "pedestrian": palette.PEDESTRIAN, "static": palette.STATIC}
@@ -85,7 +86,8 @@ def build_observation(sim, events: tuple, render: bool = True) -> Observation:
         outputs = sim.sensors.render((ego.x, ego.y, ego.yaw), dynamic, sim.frame)
         for name, out in outputs.items():
             spec = sim.sensors.specs[name]
-            cameras[name] = CameraImage(name=name, rgb=out.rgb, K=spec.K, T_ego_cam=spec.T_ego_cam)
+            cameras[name] = CameraImage(name=name, rgb=out.rgb, K=spec.K, T_ego_cam=spec.T_ego_cam,
+                                        outline_margin_px=OUTLINE_MARGIN_PX)
             semantic[name] = out.semantic
             depth[name] = out.depth
             if sim.config.sim.ground_truth:

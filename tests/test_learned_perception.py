@@ -87,9 +87,10 @@ def test_fresh_frames_reproduce_the_model_card(fresh_figures):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 5 is open: the shipped model misses the AP bars (its card: vehicle AP50 0.832 "
-                          "of 0.85, pedestrian AP50 0.744 of 0.75; mIoU 0.891 and position 0.55 m meet theirs); "
-                          "this turns to a pass when a model meets them", strict=False)
+@pytest.mark.xfail(reason="issue 5 is open: the shipped model meets the four bars on its card's held-out frames "
+                          "(vehicle AP50 0.863, pedestrian 0.766, mIoU 0.888, position 0.549 m), but on these fresh "
+                          "frames its vehicle AP50 is 0.849 of 0.85 (2026-11-29); this turns to a pass when a model "
+                          "meets them here too", strict=False)
 def test_shipped_model_meets_the_bars_on_freshly_generated_frames(fresh_figures):
     assert fresh_figures["vehicle_ap50"] >= BARS["vehicle_ap50"], fresh_figures
     assert fresh_figures["pedestrian_ap50"] >= BARS["pedestrian_ap50"], fresh_figures

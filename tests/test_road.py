@@ -37,9 +37,11 @@ def frames(stack):
 
 
 def segmentation(obs, size: tuple[int, int]) -> np.ndarray:
-    """Ground-truth tags of the front camera at (H, W) -> (H, W) int64 SEG_CLASSES indices."""
+    """Ground-truth tags of the front camera at (H, W) -> (H, W) int64 SEG_CLASSES indices,
+    resized with pixel centres aligned as the network's maps are (and as scale_intrinsics
+    assumes); plain INTER_NEAREST would shift them half a camera pixel."""
     tags = obs.ground_truth.semantic["front"]
-    tags = cv2.resize(tags, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+    tags = cv2.resize(tags, (size[1], size[0]), interpolation=cv2.INTER_NEAREST_EXACT)
     return seg_mask_from_tags(torch.from_numpy(tags)).numpy()
 
 
@@ -79,7 +81,10 @@ def test_lane_boundaries_follow_the_map(frames, name, size):
         assert x.min() <= 10.0 and x.max() >= 30.0  # seen over most of the range
         if name == "straight":
             assert np.interp(10.0, x, y) == pytest.approx(offset, abs=BOUNDARY_TOLERANCE_M)
-        np.testing.assert_allclose(y, boundary_truth(obs, offset, x), atol=BOUNDARY_TOLERANCE_M)
+        # Beyond 30 m a row of the 288-row map spans 1.5-2 m of range, and a curving line moves
+        # sideways across it: the bound widens by 1 cm per metre there.
+        tolerance = BOUNDARY_TOLERANCE_M + 0.01 * np.clip(x - 30.0, 0.0, None)
+        assert np.all(np.abs(y - boundary_truth(obs, offset, x)) <= tolerance), (name, size, offset)
 
 
 @pytest.mark.parametrize("name, bend", [("straight", 0), ("left_curve", 1), ("right_curve", -1)])

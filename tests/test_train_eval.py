@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from stagepilot.perception.data import CROP_KEEP, Augment, PerceptionDataset, _zoom_crop, class_index
-from stagepilot.perception.evaluate import DEFAULT_CAMERA, centre_from_box
+from stagepilot.perception.evaluate import CONTACT_DEPTH_M, DEFAULT_CAMERA, centre_from_box
 from stagepilot.perception.geometry import ground_point
 from stagepilot.perception.model import CLASSES, IGNORE_INDEX, SEG_CLASSES, build_model
 from stagepilot.perception.train import epoch_augment, load_train_config
@@ -133,9 +133,13 @@ def test_ground_point_inverts_the_camera_projection():
     cam = np.linalg.inv(T) @ point
     u, v = (K @ cam[:3])[:2] / cam[2]
     assert np.allclose(ground_point(u, v, K, T), point[:2], atol=1e-3)
-    # the vehicle centre is put half a car length behind its contact point, along the ray
-    centre = centre_from_box(np.array([u - 20, v - 30, u + 20, v]), "vehicle", K, T)
-    assert np.isclose(np.linalg.norm(centre - point[:2]), 2.25, atol=1e-3)
+    # A box whose bottom-centre outline is that pixel: edges count half a pixel past pixel
+    # centres, and the renderer's silhouettes reach its outline margin past the outline.
+    m = DEFAULT_CAMERA["outline_margin_px"]
+    box = np.array([u - 20, v - 30, u + 20, v]) + 0.5 + np.array([-m, -m, m, m])
+    # the vehicle centre is put the contact depth behind its lowest point, along the ray
+    centre = centre_from_box(box, "vehicle", K, T)
+    assert np.isclose(np.linalg.norm(centre - point[:2]), CONTACT_DEPTH_M["vehicle"], atol=1e-3)
     assert np.linalg.norm(centre - T[:2, 3]) > np.linalg.norm(point[:2] - T[:2, 3])
 
 

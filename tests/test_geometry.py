@@ -1,0 +1,66 @@
+"""Camera geometry against the renderer: pixel conventions and ground placement.
+
+K follows OpenCV (pixel centres at integer coordinates); 2D boxes count pixel edges. These tests
+pin the half pixel between them, which once put a lead car half a metre short."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from stagepilot.perception.geometry import box_to_pixels, centre_from_box, project_to_image, scale_intrinsics
+from stagepilot.pipeline.config import LearnedPerceptionConfig, load_stack
+from stagepilot.sim.scenario import load_scenario
+from stagepilot.sim.world import EmbeddedSimulator
+
+from conftest import ROOT
+
+
+def test_ground_truth_boxes_place_the_car_they_box(tmp_path):
+    """The bottom-centre of a rendered car's box, put on the road through K and T_ego_cam (edges
+    to pixel centres, less the renderer's outline margin) and pushed back the contact depth, lands
+    on the car's centre from 7 to 40 m. Reading the box edges as K's pixel coordinates put the car
+    up to 0.9 m short at 30 m; pushing back half its length, 0.45 m long nearer than 20 m."""
+    scenario = yaml.safe_load((ROOT / "configs" / "scenarios" / "lead_vehicle_braking.yaml").read_text())
+    sim = EmbeddedSimulator(load_stack(), render=True)
+    depth = LearnedPerceptionConfig().contact_depth_m["vehicle"]
+    errors = []
+    for s in np.arange(26.0, 60.0, 1.37):  # the lead car from 7 m to 40 m ahead of the ego
+        scenario["actors"][0]["start"]["s"] = float(s)
+        path = tmp_path / "lead.yaml"
+        path.write_text(yaml.safe_dump(scenario))
+        obs = sim.reset(load_scenario(str(path)))
+        car = next(o for o in obs.ground_truth.objects if o.kind == "vehicle")
+        box, cam = car.boxes_2d["front"], obs.cameras["front"]
+        centre = centre_from_box(np.array([box.x0, box.y0, box.x1, box.y1]), depth, cam.K, cam.T_ego_cam,
+                                 cam.outline_margin_px)
+        errors.append((car.center_ego[0], centre[0] - car.center_ego[0]))
+    ahead, error = np.array(errors).T
+    assert ahead.min() < 8.0 and ahead.max() > 38.0
+    # one pixel of the box is 0.15 m at 10 m and 1.6 m at 30 m: the bound widens with the distance
+    assert np.all(np.abs(error) <= 0.15 + 0.0018 * ahead**2), np.round(errors, 2)
+    assert abs(np.mean(error)) < 0.15, np.round(errors, 2)
+
+
+def test_box_edges_are_half_a_pixel_from_pixel_centres():
+    assert box_to_pixels([10, 20, 12, 24]).tolist() == [9.5, 19.5, 11.5, 23.5]  # columns 10-11, rows 20-23
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.25])
+def test_scaled_intrinsics_see_a_resized_image_where_resize_puts_it(scale):
+    """A point projected with the scaled K lands on the centroid of the blob its pixel becomes
+    when the image is resized by cv2 (half-pixel aligned, as F.interpolate with align_corners=False)."""
+    K = np.array([[320.0, 0.0, 320.0], [0.0, 320.0, 180.0], [0.0, 0.0, 1.0]])
+    T = np.eye(4)  # camera frame = ego frame, for this check only
+    block = int(round(1 / scale))
+    u0, v0 = 200, 60  # the top-left pixel of one block of the resize (both divisible by 2 and 4)
+    image = np.zeros((360, 640), np.float32)
+    image[v0:v0 + block, u0:u0 + block] = 1.0   # one whole block: its pixel centres average to...
+    centre = (u0 + (block - 1) / 2, v0 + (block - 1) / 2)  # ...this, in K's pixel coordinates
+    point = np.linalg.solve(K, np.array([*centre, 1.0])) * 10.0  # a point 10 m out on that pixel's ray
+    uv, _ = project_to_image(point[None], scale_intrinsics(K, scale, scale), T)
+    small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    rows, cols = np.nonzero(small > 0.5)
+    assert uv[0] == pytest.approx([cols.mean(), rows.mean()], abs=1e-6)
