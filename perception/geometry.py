@@ -11,7 +11,7 @@ count edges instead: a box x0 <= x < x1 covers columns x0 .. x1 - 1, so column c
 and an edge at e lies at e - 0.5 in K's coordinates (``box_to_pixels``). A camera whose
 silhouettes reach past the true outline (``CameraImage.outline_margin_px``; the embedded renderer
 fills the pixels an outline crosses) has boxes that much too large on every side, which
-``box_to_pixels`` takes off again. Ignoring both half pixels placed a car 30 m ahead 0.8 m short.
+``box_to_pixels`` takes off again. Ignoring both half pixels placed a car 30 m ahead about 1 m short.
 """
 
 from __future__ import annotations
