@@ -26,6 +26,7 @@ NEAR_M = 0.5  # [m] points closer to the camera plane than this do not project
 
 
 EDGE_TO_PIXEL = -0.5  # a box edge at e lies at e + EDGE_TO_PIXEL in K's pixel coordinates
+_INWARD = np.array([1.0, 1.0, -1.0, -1.0])  # x0, y0 move right / down, x1, y1 left / up
 
 
 def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:
@@ -39,7 +40,7 @@ def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:
 def box_to_pixels(box, margin_px: float = 0.0) -> np.ndarray:
     """Box (4,) xyxy in edge coordinates -> the object's outline (x0, y0, x1, y1) in K's pixel
     coordinates, the camera's outline margin taken off every side (module docstring)."""
-    return np.asarray(box, dtype=float)[:4] + EDGE_TO_PIXEL + np.array([1.0, 1.0, -1.0, -1.0]) * margin_px
+    return np.asarray(box, dtype=float)[:4] + EDGE_TO_PIXEL + _INWARD * margin_px
 
 
 def contact_pixel(box, margin_px: float = 0.0) -> tuple[float, float]:

@@ -171,7 +171,7 @@ class LearnedPerceptionConfig(Strict):
                                          "traffic_light": 0.4}
     nms_iou: float = Field(0.5, gt=0.0, le=1.0)
     max_range_m: float = Field(60.0, gt=0.0)  # detections projected beyond this are dropped
-    # Assumed size of what a box shows, to place its centre behind the visible ground contact.
+    # Assumed length, width, height of what a box shows: the footprint its track gives the planner.
     extent_m: dict[str, tuple[float, float, float]] = {
         "vehicle": (4.5, 1.9, 1.5), "pedestrian": (0.5, 0.5, 1.8), "static_obstacle": (0.6, 0.6, 1.0)}
     # How far the centre lies behind the lowest point a box shows, along the viewing ray [m]. A

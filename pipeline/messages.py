@@ -62,9 +62,10 @@ class CameraImage:
 
     rgb: (H, W, 3) uint8. K: (3, 3) intrinsics in OpenCV's pixel convention (the centre of pixel
     (row r, column c) at (c, r)); a camera whose K counts pixel centres at c + 0.5 converts at its
-    boundary (its principal point moves by -0.5 px on both axes). T_ego_cam: (4, 4) pose of the camera in the ego frame, mapping camera-frame
-    points (OpenCV: x right, y down, z forward) to ego frame. 2D boxes count pixel edges, half a
-    pixel from K's coordinates: see perception/geometry.py. outline_margin_px: how far this
+    boundary (its principal point moves by -0.5 px on both axes). T_ego_cam: (4, 4) pose of the
+    camera in the ego frame, mapping camera-frame points (OpenCV: x right, y down, z forward) to
+    ego frame. 2D boxes count pixel edges, half a pixel from K's coordinates: see
+    perception/geometry.py. outline_margin_px: how far this
     camera's silhouettes reach past an object's true outline (the embedded renderer's
     OUTLINE_MARGIN_PX; 0 for a camera that samples pixel centres), so that boxes drawn around
     them, or learned from them, are read back at the true outline.
