@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,16 @@ STAGE_SEG_STRIDE = 2
 # seg class -> a CARLA tag id that stands for it, for Perception.semantic (background -> 0, unlabelled)
 SEG_TO_CARLA_TAG = {"background": 0, "road": 1, "road_line": 24, "sidewalk": 2, "vehicle": 14, "pedestrian": 12,
                     "traffic_light": 7, "pole": 6, "vegetation": 9, "building": 3, "sky": 11}
+
+
+def ground_in_view(image: CameraImage, points_xy: np.ndarray) -> np.ndarray:
+    """(N, 2) ego-frame ground points [m] -> (N,) bool: in front of `image`'s camera and inside its
+    frame (pixel centres at 0 .. W - 1, perception/geometry.py), so that it could see them."""
+    h, w = image.rgb.shape[:2]
+    points = np.column_stack([np.asarray(points_xy, dtype=float).reshape(-1, 2), np.zeros(len(points_xy))])
+    uv, in_front = project_to_image(points, image.K, image.T_ego_cam)
+    inside = (uv[:, 0] >= -0.5) & (uv[:, 0] <= w - 0.5) & (uv[:, 1] >= -0.5) & (uv[:, 1] <= h - 0.5)
+    return in_front & inside
 
 
 def select_device(name: str) -> torch.device:
@@ -204,7 +215,7 @@ class LearnedPerception:
                               reason=f"no {self.camera} camera in the observation")
         out = self.runner(image.rgb)
         measurements, lights = self._measurements(out, image)
-        detections = self.tracker.update(obs.t, obs.ego, measurements)
+        detections = self.tracker.update(obs.t, obs.ego, measurements, in_view=partial(ground_in_view, image))
         semantic_small = self._seg_to_tags[out.seg]                                   # (h, w) CARLA tags
         h0, w0 = image.rgb.shape[:2]
         semantic = cv2.resize(semantic_small, (w0, h0), interpolation=cv2.INTER_NEAREST)

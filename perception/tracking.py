@@ -14,7 +14,10 @@ Each track holds x = [px, py, vx, vy] (world frame, [m] and [m/s]) and its covar
   S = H P H^T + R); pairs beyond gate_sigma are rejected.
 - Lifecycle: an unmatched detection starts a track at rest with a large velocity variance.
   A track is reported once it has min_hits hits and keeps being reported while it coasts;
-  it is dropped once it has gone unseen for more than max_misses frames. Its velocity is
+  it is dropped once it has gone unseen for more than max_misses frames, or, when the camera
+  could not have seen it (its predicted ground point outside the view: beside the image, or
+  under the bonnet), once it has been hidden longer than hidden_max_s: a walker who steps in
+  front of the car leaves the view while still in its way. Its velocity is
   reported once the speed exceeds velocity_sigma times its standard deviation (at rest
   before): two noisy positions of a far box otherwise give a walker metres per second
   towards the road, and the planner brakes for a crossing that is not there.
@@ -24,7 +27,7 @@ Output: Detection in the ego frame at the update's time, velocity over ground in
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +66,7 @@ class _Track:
     heading: float  # [rad] world frame, last heading while moving
     hits: int = 1
     misses: int = 0
+    hidden_s: float = 0.0  # [s] unseen while out of the camera's view
     confirmed: bool = False
 
 
@@ -128,9 +132,12 @@ class Tracker:
         self._next_id = 0
         self._t: float | None = None
 
-    def update(self, t: float, ego: EgoState, measurements: Sequence[Measurement]) -> tuple[Detection, ...]:
+    def update(self, t: float, ego: EgoState, measurements: Sequence[Measurement],
+               in_view: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[Detection, ...]:
         """Predict every track to t [s], associate per kind, update, start and drop tracks;
-        return the confirmed tracks in the ego frame at t, ordered by track id."""
+        return the confirmed tracks in the ego frame at t, ordered by track id. ``in_view``:
+        (N, 2) ego-frame ground points -> (N,) bool, whether the camera sees them; without it
+        every track counts as in view."""
         dt_s = 0.0 if self._t is None else t - self._t
         if dt_s < 0.0:
             raise ValueError(f"tracker time went back from {self._t} s to {t} s")
@@ -138,17 +145,21 @@ class Tracker:
         self._predict(dt_s)
         world, noise = self._to_world(ego, measurements)
         matched = self._match(measurements, world, noise)
-        for track_index, track in enumerate(self._tracks):
-            j = matched.get(track_index)
-            if j is None:
-                self._coast(track)
-            else:
-                self._correct(track, measurements[j], world[j], noise[j])
+        unmatched = [i for i in range(len(self._tracks)) if i not in matched]
+        seen = np.ones(len(unmatched), dtype=bool)
+        if in_view is not None and unmatched:
+            world_xy = np.array([self._tracks[i].state[:2] for i in unmatched])  # (U, 2)
+            seen = np.asarray(in_view((world_xy - (ego.x, ego.y)) @ _rotation(ego.yaw)), dtype=bool)
+        for track_index, visible in zip(unmatched, seen):
+            self._coast(self._tracks[track_index], None if visible else dt_s)
+        for track_index, j in matched.items():
+            self._correct(self._tracks[track_index], measurements[j], world[j], noise[j])
         used = set(matched.values())
         for i, m in enumerate(measurements):
             if i not in used:
                 self._start(m, world[i], noise[i], ego.yaw)
-        self._tracks = [tr for tr in self._tracks if tr.misses <= self.config.max_misses]
+        self._tracks = [tr for tr in self._tracks
+                        if tr.misses <= self.config.max_misses and tr.hidden_s <= self.config.hidden_max_s]
         return tuple(self._report(tr, ego) for tr in self._tracks if tr.confirmed)
 
     def _predict(self, dt_s: float) -> None:
@@ -188,6 +199,7 @@ class Tracker:
         _kalman_update(track, z, r)
         track.hits += 1
         track.misses = 0
+        track.hidden_s = 0.0
         track.confirmed = track.confirmed or track.hits >= self.config.min_hits
         track.score, track.extent, track.box_2d = m.score, m.extent, m.box_2d
         # Learn the heading only from a speed that stands out of its noise, so that the
@@ -196,8 +208,13 @@ class Tracker:
         if speed_mps > max(MOVING_MPS, 2.0 * speed_std_mps):
             track.heading = math.atan2(track.state[3], track.state[2])
 
-    def _coast(self, track: _Track) -> None:
-        track.misses += 1
+    def _coast(self, track: _Track, hidden_dt_s: float | None = None) -> None:
+        """An unmatched track: a miss when the camera could see it, else ``hidden_dt_s`` more
+        seconds hidden."""
+        if hidden_dt_s is None:
+            track.misses += 1
+        else:
+            track.hidden_s += hidden_dt_s
         track.score *= MISS_SCORE_DECAY
         track.box_2d = None  # the box belongs to an image this frame did not match
 

@@ -144,7 +144,10 @@ class TrackerConfig(Strict):
 
     gate_sigma: float = Field(3.5, gt=0.0)  # Mahalanobis distance beyond which a detection starts a new track
     min_hits: int = Field(2, ge=1)  # frames a track needs before it is reported
-    max_misses: int = Field(4, ge=0)  # frames a track may go unseen before it is dropped
+    max_misses: int = Field(4, ge=0)  # frames a track may go unseen in the camera's view before it is dropped
+    # [s] how long a track whose predicted ground point the camera cannot see (beside the view,
+    # under the bonnet) is kept on its prediction: it left the view, it did not vanish
+    hidden_max_s: float = Field(1.5, ge=0.0)
     # [m/s^2] process noise per kind: a hard-braking car (7 m/s^2) stays inside it; walkers change pace gently
     accel_std: dict[Literal["vehicle", "pedestrian", "static"], float] = {"vehicle": 8.0, "pedestrian": 1.5,
                                                                            "static": 0.5}

@@ -11,7 +11,10 @@ import pytest
 import yaml
 
 from stagepilot.perception.geometry import box_to_pixels, centre_from_box, project_to_image, scale_intrinsics
+from stagepilot.perception.evaluate import DEFAULT_CAMERA
+from stagepilot.perception.learned import ground_in_view
 from stagepilot.pipeline.config import LearnedPerceptionConfig, load_stack
+from stagepilot.pipeline.messages import CameraImage
 from stagepilot.sim.scenario import load_scenario
 from stagepilot.sim.world import EmbeddedSimulator
 
@@ -64,3 +67,13 @@ def test_scaled_intrinsics_see_a_resized_image_where_resize_puts_it(scale):
     small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     rows, cols = np.nonzero(small > 0.5)
     assert uv[0] == pytest.approx([cols.mean(), rows.mean()], abs=1e-6)
+
+
+def test_ground_in_view_is_what_the_front_camera_frames():
+    camera = DEFAULT_CAMERA  # 640x360, fov 90, 1.5 m ahead of the rear axle, 1.6 m up, pitched 3 deg down
+    image = CameraImage(name="front", rgb=np.zeros((360, 640, 3), np.uint8), K=np.array(camera["K"]),
+                        T_ego_cam=np.array(camera["T_ego_cam"]))
+    points = np.array([[10.0, 0.0], [40.0, -5.0], [2.5, 0.0], [5.0, 8.0], [-5.0, 0.0]])
+    # ahead; far ahead and right; under the bonnet (the road 1 m ahead of the lens is below the
+    # frame); 58 degrees left, beyond the 45 of half the field of view; behind
+    assert ground_in_view(image, points).tolist() == [True, True, False, False, False]

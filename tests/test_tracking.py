@@ -239,3 +239,29 @@ def test_a_far_standing_walker_is_reported_at_rest_and_a_crossing_one_with_its_s
                 crossing_seen = t
     assert worst_standing < 1.0, worst_standing
     assert crossing_seen is not None and crossing_seen <= 1.0, crossing_seen
+
+
+def test_a_walker_who_leaves_the_view_is_kept_on_its_prediction_and_then_dropped():
+    """A walker crossing in front of a parked ego is seen for 1 s, then walks under the bonnet,
+    out of the camera's view: the track goes on, moving as it did, for hidden_max_s; the same
+    walker merely missed in view is dropped after max_misses frames."""
+    config = TrackerConfig()
+    ego = parked_ego(0.0)
+    start, v = np.array([ego.x + 6.0, ego.y + 3.0]), np.array([0.0, -1.4])  # 6 m ahead, 3 m left
+    for in_view, kept_s in ((lambda xy: xy[:, 1] > 2.0, config.hidden_max_s),
+                            (None, config.max_misses * DT_S)):
+        rng = np.random.default_rng(1)
+        tracker = Tracker(config)
+        for k in range(21):  # seen for 1 s: y 3.0 -> 1.6 m in the ego frame, inside the view
+            out = tracker.update(k * DT_S, ego, [seen(tuple(start + v * k * DT_S), ego, rng, "pedestrian", 0.05)],
+                                 in_view=in_view)
+        reported = []
+        for k in range(21, 21 + int(3.0 / DT_S)):  # then nothing is detected for 3 s
+            out = tracker.update(k * DT_S, ego, [], in_view=in_view)
+            if out:
+                reported.append((k - 20) * DT_S)
+                position = np.array(out[0].position)
+        assert reported and max(reported) == pytest.approx(kept_s + DT_S, abs=1.5 * DT_S), (kept_s, reported)
+        if in_view is not None:  # still where the walk takes it: from 1.6 m left to across the lane
+            truth = to_ego(tuple(start + v * (20 * DT_S + max(reported))), ego)
+            assert np.linalg.norm(position - truth) < 0.5 and position[1] < 0.0, (position, truth)
