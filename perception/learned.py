@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from stagepilot.perception.geometry import world_to_ego
 from stagepilot.pipeline.config import TrackerConfig
 from stagepilot.pipeline.messages import Detection, EgoState
 
@@ -149,7 +150,7 @@ class Tracker:
         seen = np.ones(len(unmatched), dtype=bool)
         if in_view is not None and unmatched:
             world_xy = np.array([self._tracks[i].state[:2] for i in unmatched])  # (U, 2)
-            seen = np.asarray(in_view((world_xy - (ego.x, ego.y)) @ _rotation(ego.yaw)), dtype=bool)
+            seen = np.asarray(in_view(world_to_ego(world_xy, ego)), dtype=bool)
         for track_index, visible in zip(unmatched, seen):
             self._coast(self._tracks[track_index], None if visible else dt_s)
         for track_index, j in matched.items():
