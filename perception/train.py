@@ -93,6 +93,7 @@ class TrainConfig(Strict):
     limit_frames: int | None = Field(None, ge=1)  # use only the first N training frames
     val_split: str | None = "val"             # evaluated after the last epoch; null to skip
     seg_loss_stride: int = Field(1, ge=1, le=8)  # segmentation loss on every Nth mask pixel (PerceptionNet.loss)
+    cls_loss: Literal["focal", "quality_focal"] = "focal"  # detection class loss (PerceptionNet.loss)
     model: ModelOptions = ModelOptions()
     augment: AugmentOptions = AugmentOptions()
 
@@ -217,7 +218,8 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, command: str
             images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)  # (B, 3, H, W)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 outputs = model(images)
-            loss = model.loss(outputs, targets, seg_stride=config.seg_loss_stride)  # float32 (the loss casts)
+            loss = model.loss(outputs, targets, seg_stride=config.seg_loss_stride,
+                              cls_loss=config.cls_loss)  # float32 (the loss casts)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss["total"]).backward()
             scaler.unscale_(optimizer)
