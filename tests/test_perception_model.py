@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torchvision.ops import box_iou
 from stagepilot.perception.model import (
     CARLA_TAG_TO_SEG,
     CLASSES,
@@ -13,6 +14,7 @@ from stagepilot.perception.model import (
     build_model,
     load_checkpoint,
     save_checkpoint,
+    _quality_focal_loss,
     seg_mask_from_tags,
 )
 
@@ -148,7 +150,8 @@ def test_carla_tags_map_to_seg_classes():
     assert set(CARLA_TAG_TO_SEG.values()) <= set(range(len(SEG_CLASSES)))
 
 
-def test_short_training_run_lowers_the_loss():
+@pytest.mark.parametrize("cls_loss", ["focal", "quality_focal"])
+def test_short_training_run_lowers_the_loss(cls_loss):
     torch.manual_seed(0)
     net = PerceptionNet().train()
     images, targets = _synthetic(4)
@@ -157,7 +160,7 @@ def test_short_training_run_lowers_the_loss():
     for step in range(40):
         i = (step * 2) % 4
         out = net(images[i:i + 2])
-        loss = net.loss(out, targets[i:i + 2])
+        loss = net.loss(out, targets[i:i + 2], cls_loss=cls_loss)
         opt.zero_grad()
         loss["total"].backward()
         opt.step()
@@ -202,8 +205,63 @@ def test_loss_handles_an_image_without_boxes(model):
     images, targets = _synthetic(1, 96, 160)
     targets[0]["boxes"] = torch.zeros(0, 4)
     targets[0]["labels"] = torch.zeros(0, dtype=torch.long)
-    loss = model.loss(model(images), targets)
-    assert torch.isfinite(loss["total"])
+    out = model(images)
+    for cls_loss in ("focal", "quality_focal"):
+        assert torch.isfinite(model.loss(out, targets, cls_loss=cls_loss)["total"])
+    with pytest.raises(ValueError, match="cls_loss"):
+        model.loss(out, targets, cls_loss="varifocal")
+
+
+def test_quality_focal_loss_pulls_a_score_to_its_box_iou_and_background_to_zero():
+    """GFL's quality focal loss: an assigned cell's score settles at its box's IoU (not at 1, where
+    focal loss puts every assigned cell), an unassigned one at 0."""
+    quality = torch.tensor([[[0.9, 0.0], [0.35, 0.0], [0.0, 0.0]]])  # (B=1, P=3, C=2)
+    logits = torch.zeros_like(quality, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.05)
+    for _ in range(1500):
+        loss = _quality_focal_loss(logits, quality)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    scores = logits.detach().sigmoid()
+    assert scores[0, 0, 0] == pytest.approx(0.9, abs=0.02) and scores[0, 1, 0] == pytest.approx(0.35, abs=0.02)
+    assert scores[0, :, 1].max() < 0.1 and scores[0, 2, 0] < 0.1
+
+
+def test_quality_focal_targets_are_the_ious_of_the_assigned_cells_boxes(model):
+    """The loss's class target at an assigned cell is the IoU of that cell's predicted box with its
+    ground-truth box: at a cell whose logit already equals that IoU the loss has no pull."""
+    images, targets = _synthetic(1, 96, 160)
+    out = model(images)
+    points, cls_flat, dist = model._flatten_levels(out)
+    start, match = 0, []
+    for stride, cls in zip(model.strides, out["cls"]):
+        h, w = cls.shape[-2:]
+        m, _ = model._assign(targets[0]["boxes"], targets[0]["labels"], points[start:start + h * w], h, w, stride)
+        match.append(m)
+        start += h * w
+    match = torch.cat(match)
+    pos = (match >= 0).nonzero().squeeze(1)
+    d = dist[0, pos]
+    pred = torch.cat([points[pos] - d[:, :2], points[pos] + d[:, 2:]], dim=1)
+    iou = torch.diag(box_iou(pred, targets[0]["boxes"][match[pos]])).clamp(min=0.01)
+    labels = targets[0]["labels"][match[pos]]
+    # every logit at its target: background very negative, assigned cells at logit(IoU)
+    logits = torch.full_like(cls_flat, -30.0)
+    logits[0, pos, labels] = torch.logit(iou)
+    assert model.loss({**out, "cls": _as_levels(logits, out["cls"])}, targets, cls_loss="quality_focal")["cls"] < 1e-4
+    logits[0, pos, labels] = 6.0  # scores near 1, where focal loss would put them
+    assert model.loss({**out, "cls": _as_levels(logits, out["cls"])}, targets, cls_loss="quality_focal")["cls"] > 0.05
+
+
+def _as_levels(flat, like):
+    """(B, P, C) logits back into per-level maps shaped like ``like`` (the inverse of _flatten_levels)."""
+    levels, begin = [], 0
+    for cls in like:
+        b, c, h, w = cls.shape
+        levels.append(flat[:, begin:begin + h * w].transpose(1, 2).reshape(b, c, h, w))
+        begin += h * w
+    return levels
 
 
 def test_checkpoint_round_trip_keeps_meta_and_outputs(model, tmp_path):
