@@ -214,6 +214,49 @@ def test_stops_at_a_planned_stop_and_stays_stopped(kind):
     assert all(c.brake >= hold_brake and c.throttle == 0.0 for c in result.controls[stopped[0] + 1:])
 
 
+def emergency_plan(path: Polyline, s0: float, t: float, speed: float, decel_mps2: float = 6.0) -> Plan:
+    """The planner's emergency stop: from the car's own speed at decel_mps2 to standstill, made
+    afresh every tick (planning/planner.py, _braking_plan)."""
+    times = np.arange(0.0, 4.0 + 1e-9, 0.1)
+    v = np.maximum(speed - decel_mps2 * times, 0.0)
+    travelled = np.where(v > 0, speed * times - 0.5 * decel_mps2 * times**2, speed**2 / (2 * decel_mps2))
+    s = s0 + travelled
+    x, y, _ = path.interpolate(s)
+    return Plan(t=t, frame=0, times=times, x=x, y=y, yaw=path_yaw(path, s), v=v, a=np.where(v > 0, -decel_mps2, 0.0),
+                curvature=path.curvature_at(s), decision="emergency_stop", reason="test")
+
+
+_PID_CREEPS = pytest.mark.xfail(strict=True, reason="the speed PID tracks the stop's speed from the car's own "
+                                "speed with zero error and reads no deceleration once the stop ends within its "
+                                "0.25 s preview: it creeps at 0.62 m/s, above the 0.5 m/s standstill hold (open)")
+
+
+@pytest.mark.parametrize("kind", ["mpc", pytest.param("pid_pure_pursuit", marks=_PID_CREEPS),
+                                  pytest.param("pid_stanley", marks=_PID_CREEPS)])
+def test_an_emergency_stop_brakes_as_hard_as_planned_to_standstill(kind):
+    """From 10.4 m/s at 6 m/s^2: 9.0 m and 1.73 s if the brake acted at once. The brake's lag
+    (0.12 s) costs a few tenths of a metre; letting off ahead of standstill costs more (the MPC
+    did, 4.9 m/s^2 on average in a town-loop stop), and so would any throttle."""
+    speed0 = 10.4
+    controller = controller_of(kind)
+    car = DynamicBicycle(PARAMS, 0.0, 0.0, 0.0, speed0)
+    t, controls, speeds, stations = 0.0, [], [], []
+    while t < 4.0:
+        ego = ego_of(car)
+        speeds.append(ego.speed)
+        stations.append(ego.x)
+        control = controller.step(ego, emergency_plan(STRAIGHT, ego.x, t, ego.speed), t)
+        controls.append(control)
+        car.step(control, DT_S)
+        t += DT_S
+    stopped = np.flatnonzero(np.array(speeds) < 1e-3)
+    assert len(stopped), speeds[-5:]
+    distance, seconds = stations[stopped[0]], stopped[0] * DT_S
+    assert distance < speed0**2 / (2 * 6.0) + 1.3, (distance, seconds)  # MPC 10.15 m (10.80 m letting off)
+    assert seconds < speed0 / 6.0 + 0.3, (distance, seconds)
+    assert all(c.throttle == 0.0 for c in controls[:stopped[0]])
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_moves_off_when_the_plan_does(kind):
     result = drive(STRAIGHT, lambda s, t: launch_plan(STRAIGHT, s, t, 8.0), controller_of(kind),
