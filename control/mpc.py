@@ -280,15 +280,16 @@ class MpcTracker:
         angle = float(np.interp(self.dt_s, qp.step_s * np.arange(qp.horizon + 1), steer_path))
         angle = max(min(angle, self.vehicle.max_steer_angle_rad), -self.vehicle.max_steer_angle_rad)
         accel = float(solution[qp.u_index(0, ACMD)])
-        if plan.decision == "emergency_stop":
-            # Brake at least as hard as the stop asks. The QP's linear model lets the speed go
-            # below zero, which a brake never does, so with the acceleration lag it lets off
-            # ahead of a predicted standstill (a town-loop stop achieved 3.9 of 6 m/s^2 in its
-            # last metres, and sent one frame of throttle at 0.5 m/s).
+        emergency = plan.decision == "emergency_stop"
+        if emergency:
+            # Brake at least as hard as the stop asks, and never with throttle. The QP's linear
+            # model lets the speed go below zero, which a brake never does, so with the
+            # acceleration lag it lets off ahead of a predicted standstill (a town-loop stop
+            # achieved 3.9 of 6 m/s^2 in its last metres, and sent one frame of throttle at 0.5 m/s).
             accel = min(accel, float(ref.accel_at(tau + self.delay_ticks * self.dt_s)))
         throttle, brake = self.actuator.command(accel, ego.speed)
-        if plan.decision == "emergency_stop":
-            throttle = 0.0  # holding 0 m/s^2 against rolling resistance would take a little
+        if emergency:
+            throttle = 0.0  # the map's 0 m/s^2 at a standstill is a little throttle against rolling resistance
         return self._send(ego, Control(steer=self.vehicle.steer_command(angle), throttle=throttle,
                                        brake=brake), accel)
 
