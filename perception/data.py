@@ -37,13 +37,14 @@ import cv2
 import numpy as np
 import torch
 from stagepilot.perception.dataset import MIN_VISIBLE_FRACTION
-from stagepilot.perception.model import CLASSES, IGNORE_INDEX, seg_mask_from_tags
+from stagepilot.perception.model import CLASSES, IGNORE_INDEX, SEG_LOOKUP
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.ops import box_area, clip_boxes_to_image
 
 LIGHT_STATES = ("red", "yellow", "green")
 CROP_KEEP = MIN_VISIBLE_FRACTION  # share of a box's area that must be inside a training crop for it to stay
+_SEG_LOOKUP_U8 = SEG_LOOKUP.to(torch.uint8).numpy()  # (256,) CARLA tag -> seg class, as a uint8 table
 _PLAIN = {"vehicle": "vehicle", "pedestrian": "pedestrian", "static_obstacle": "static_obstacle"}
 
 
@@ -119,8 +120,8 @@ class PerceptionDataset(Dataset):
             bgr = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
             tags = cv2.resize(tags, (w, h), interpolation=cv2.INTER_NEAREST)
         sx, sy = w / w0, h / h0
-        image = torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).permute(2, 0, 1).float() / 255.0  # (3, H, W)
-        mask = seg_mask_from_tags(torch.from_numpy(tags))                                              # (H, W)
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)                                                     # (H, W, 3) uint8
+        classes = _SEG_LOOKUP_U8[tags]                                                                  # (H, W) uint8
         objects = self.objects[record["id"]]
         boxes = torch.tensor([o[0] for o in objects], dtype=torch.float32).reshape(-1, 4)              # (M, 4)
         boxes *= torch.tensor([sx, sy, sx, sy])
@@ -128,57 +129,66 @@ class PerceptionDataset(Dataset):
         center_ego = torch.tensor([o[2] for o in objects], dtype=torch.float32).reshape(-1, 3)
         extent = torch.tensor([o[3] for o in objects], dtype=torch.float32).reshape(-1, 3)
         if self.augment is not None:
-            image, boxes, mask, kept = self._augment(image, boxes, mask, index)
+            image, boxes, classes, kept = self._augment(rgb, boxes, classes, index)
             labels, center_ego, extent = labels[kept], center_ego[kept], extent[kept]
-        target = {"boxes": boxes, "labels": labels, "mask": mask, "center_ego": center_ego, "extent": extent,
+        else:
+            image = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0                           # (3, H, W)
+        target = {"boxes": boxes, "labels": labels, "mask": torch.from_numpy(classes).long(),
+                  "center_ego": center_ego, "extent": extent,
                   "image_id": int(record["id"]), "scale": torch.tensor([sx, sy])}
         return image, target
 
-    def _augment(self, image: Tensor, boxes: Tensor, mask: Tensor,
-                 index: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """-> image, boxes, mask and the index of the boxes kept (M',)."""
+    def _augment(self, rgb: np.ndarray, boxes: Tensor, mask: np.ndarray,
+                 index: int) -> tuple[Tensor, Tensor, np.ndarray, Tensor]:
+        """rgb (H, W, 3) uint8, boxes (M, 4), mask (H, W) uint8 -> image (3, H', W') float [0, 1],
+        boxes, mask and the index of the boxes kept (M',). The geometry works on uint8 pixels and
+        only the window is turned into floats: a training item costs about a third of the float path."""
         aug = self.augment
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]))
         u = torch.rand(3, generator=gen)
         kept = torch.arange(boxes.shape[0])
         if aug.crop is not None:
-            image, boxes, mask, kept = _zoom_crop(image, boxes, mask, aug.crop, aug.scale, torch.rand(3, generator=gen))
+            rgb, boxes, mask, kept = _zoom_crop(rgb, boxes, mask, aug.crop, aug.scale, torch.rand(3, generator=gen))
         if u[0] < aug.hflip:
-            w = image.shape[-1]
-            image, mask = image.flip(-1), mask.flip(-1)
+            w = rgb.shape[1]
+            rgb, mask = rgb[:, ::-1], mask[:, ::-1]
             boxes = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], dim=1)
-        image = image * (1.0 + aug.brightness * (2.0 * u[1] - 1.0))
-        grey = image.mean()
-        image = (image - grey) * (1.0 + aug.contrast * (2.0 * u[2] - 1.0)) + grey
-        return image.clamp(0.0, 1.0), boxes, mask, kept
+        # brightness b, then contrast c about the mean grey m of the brightened image, in one affine map:
+        # ((x b) - m b) c + m b = x (b c) + m b (1 - c), with x in [0, 1]
+        b = 1.0 + aug.brightness * (2.0 * float(u[1]) - 1.0)
+        c = 1.0 + aug.contrast * (2.0 * float(u[2]) - 1.0)
+        grey = float(rgb.mean()) / 255.0
+        image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float()                # (3, H', W')
+        image = image.mul_(b * c / 255.0).add_(grey * b * (1.0 - c)).clamp_(0.0, 1.0)
+        return image, boxes, np.ascontiguousarray(mask), kept
 
 
-def _zoom_crop(image: Tensor, boxes: Tensor, mask: Tensor, crop: tuple[int, int], scale: tuple[float, float],
-               u: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _zoom_crop(image: np.ndarray, boxes: Tensor, mask: np.ndarray, crop: tuple[int, int],
+               scale: tuple[float, float], u: Tensor) -> tuple[np.ndarray, Tensor, np.ndarray, Tensor]:
     """Zoom by a factor from ``scale`` (u[0]), then cut a ``crop`` (H, W) window at a random place
     (u[1], u[2]); a zoomed image smaller than the window is padded (image 0, mask IGNORE_INDEX).
-    image (3, H, W), boxes (M, 4) xyxy, mask (H, W) -> the window's image, boxes, mask and kept (M',)."""
+    image (H, W, 3) uint8, boxes (M, 4) xyxy, mask (H, W) uint8 -> the window's image, boxes, mask
+    and kept (M',). The zoom is OpenCV's area resampling below 1 (antialiased) and bilinear above."""
     ch, cw = crop
-    h, w = image.shape[-2:]
+    h, w = image.shape[:2]
     zoom = float(scale[0] + (scale[1] - scale[0]) * u[0])
     zh, zw = max(1, round(h * zoom)), max(1, round(w * zoom))
     if (zh, zw) != (h, w):
-        image = torch.nn.functional.interpolate(image[None], size=(zh, zw), mode="bilinear", align_corners=False,
-                                                antialias=zoom < 1.0)[0]
-        mask = torch.nn.functional.interpolate(mask[None, None].float(), size=(zh, zw), mode="nearest")[0, 0].long()
+        image = cv2.resize(image, (zw, zh), interpolation=cv2.INTER_AREA if zoom < 1.0 else cv2.INTER_LINEAR)
+        mask = cv2.resize(mask, (zw, zh), interpolation=cv2.INTER_NEAREST)
         boxes = boxes * torch.tensor([zw / w, zh / h, zw / w, zh / h])
     if zh < ch or zw < cw:
         pad_h, pad_w = max(ch - zh, 0), max(cw - zw, 0)
-        image = torch.nn.functional.pad(image, (0, pad_w, 0, pad_h))
-        mask = torch.nn.functional.pad(mask, (0, pad_w, 0, pad_h), value=IGNORE_INDEX)
+        image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        mask = cv2.copyMakeBorder(mask, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=IGNORE_INDEX)
         zh, zw = zh + pad_h, zw + pad_w
     y0 = int(u[1] * (zh - ch + 1)) if zh > ch else 0
     x0 = int(u[2] * (zw - cw + 1)) if zw > cw else 0
-    image, mask = image[:, y0:y0 + ch, x0:x0 + cw], mask[y0:y0 + ch, x0:x0 + cw]
+    image, mask = image[y0:y0 + ch, x0:x0 + cw], mask[y0:y0 + ch, x0:x0 + cw]
     shifted = boxes - torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
     clipped = clip_boxes_to_image(shifted, (ch, cw))
     kept = (box_area(clipped) >= CROP_KEEP * box_area(shifted).clamp(min=1e-6)).nonzero().squeeze(1)
-    return image.contiguous(), clipped[kept], mask.contiguous(), kept
+    return image, clipped[kept], mask, kept
 
 
 def collate(batch: list[tuple[Tensor, dict[str, Any]]]) -> tuple[Tensor, list[dict[str, Any]]]:

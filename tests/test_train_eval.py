@@ -61,12 +61,14 @@ def test_a_training_crop_cuts_image_mask_and_boxes_alike_and_drops_boxes_mostly_
     dropped = 0
     for i in range(len(plain)):
         image, target = plain[i]
+        rgb = (image * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()  # (H, W, 3), as the dataset holds it
+        mask = target["mask"].to(torch.uint8).numpy()
         for u in ([0.0, 0.0, 0.0], [0.0, 0.3, 0.7], [0.0, 0.999, 0.999]):
-            image_c, boxes_c, mask_c, kept = _zoom_crop(image, target["boxes"], target["mask"], (64, 112),
+            image_c, boxes_c, mask_c, kept = _zoom_crop(rgb, target["boxes"], mask, (64, 112),
                                                         (1.0, 1.0), torch.tensor(u))
             y0, x0 = int(u[1] * (128 - 64 + 1)), int(u[2] * (224 - 112 + 1))
-            assert torch.equal(image_c, image[:, y0:y0 + 64, x0:x0 + 112])
-            assert torch.equal(mask_c, target["mask"][y0:y0 + 64, x0:x0 + 112])
+            assert np.array_equal(image_c, rgb[y0:y0 + 64, x0:x0 + 112])
+            assert np.array_equal(mask_c, mask[y0:y0 + 64, x0:x0 + 112])
             boxes = target["boxes"] - torch.tensor([x0, y0, x0, y0])
             clipped = torch.stack([boxes[:, 0].clamp(0, 112), boxes[:, 1].clamp(0, 64),
                                    boxes[:, 2].clamp(0, 112), boxes[:, 3].clamp(0, 64)], dim=1)
