@@ -46,15 +46,24 @@ class LongitudinalPid:
         self.integral_mps2 = 0.0
         self.last_accel_mps2 = 0.0
 
-    def step(self, ego: EgoState, ref: PlanReference, tau_s: float) -> tuple[float, float]:
-        """(throttle, brake) for this tick; tau_s is now relative to the plan's time."""
+    def step(self, ego: EgoState, ref: PlanReference, tau_s: float,
+             emergency: bool = False) -> tuple[float, float]:
+        """(throttle, brake) for this tick; tau_s is now relative to the plan's time. ``emergency``:
+        the plan is an emergency stop, which brakes at least as hard as it asks and never throttles."""
         if hold_still(ego, ref, tau_s, self.standstill):
             self.reset()
             return 0.0, self.standstill.hold_brake
         # the feed-forward is read ahead to cover the actuator lag; the speed error is for now
         plan_accel = float(ref.accel_at(tau_s + self.config.preview_s))
         accel = self.accel_command(ego.speed, float(ref.speed_at(tau_s)), plan_accel)
-        return self.actuator.command(accel, ego.speed)
+        if not emergency:
+            return self.actuator.command(accel, ego.speed)
+        # An emergency stop is planned afresh from the car's own speed each tick, so the speed
+        # error stays near zero, and in its last tenths of a second the stop ends inside the
+        # preview, whose acceleration then reads 0: the car crept on at 0.6 m/s, above the
+        # standstill hold. Its deceleration is read now instead, down to a standstill.
+        self.last_accel_mps2 = min(accel, float(ref.accel_at(tau_s)))
+        return 0.0, self.actuator.command(self.last_accel_mps2, ego.speed)[1]
 
     def accel_command(self, speed_mps: float, target_speed_mps: float, plan_accel_mps2: float) -> float:
         """One PID update [m/s^2], clipped to the config's and the vehicle's range."""

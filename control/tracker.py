@@ -58,5 +58,5 @@ class PidTracker:
         # a plan standing at one point has no path to follow: keep the wheels as they are
         angle = self.lateral.steer_angle(ego, ref) if ref.has_path else ego.steer_angle
         self.last_steer_angle_rad = angle
-        throttle, brake = self.longitudinal.step(ego, ref, t - plan.t)
+        throttle, brake = self.longitudinal.step(ego, ref, t - plan.t, emergency=plan.decision == "emergency_stop")
         return Control(steer=self.vehicle.steer_command(angle), throttle=throttle, brake=brake)
