@@ -41,6 +41,7 @@ def _outcome(sim, runtime, interrupted: bool, error: str | None) -> dict:
         "interrupted": interrupted,
         "error": error,
         "collisions": kinds.count("collision"),
+        "contacts_at_standstill": kinds.count("contact_at_standstill"),  # moved into the standing ego: no infraction
         "red_lights": kinds.count("red_light"),
         "off_road": kinds.count("off_road"),
         "lane_departures": kinds.count("lane_departure"),

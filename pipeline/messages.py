@@ -136,8 +136,8 @@ class GroundTruth:
 
 @dataclass(frozen=True)
 class Event:
-    """Something that happened this tick: collision, lane_departure, off_road,
-    red_light, route_completed, ..."""
+    """Something that happened this tick: collision, contact_at_standstill, lane_departure,
+    off_road, red_light, route_completed, ..."""
 
     t: float
     kind: str

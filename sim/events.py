@@ -2,7 +2,9 @@
 
 Definitions follow the CARLA Leaderboard where it has one (REFERENCE.md): outside the lane is
 beyond half the lane width plus 0.5 m and is not checked inside junctions; a collision below
-0.1 m/s ego speed, or a repeat with the same actor within 5 s, does not count.
+0.1 m/s ego speed, or a repeat with the same actor within 5 s, does not count. Something that
+moves into the standing ego is still reported, as a ``contact_at_standstill`` event, which is
+not an infraction.
 """
 
 from __future__ import annotations
@@ -70,7 +72,12 @@ class EventMonitor:
             if last is not None and t - last < COLLISION_REPEAT_S:
                 continue
             self._last_hit[other.id] = t
-            events.append(Event(t, "collision", f"collision with {other.kind} {other.id} at {ego.speed:.1f} m/s", other.id))
+            if ego.speed < COLLISION_MIN_SPEED:  # it moved into the standing ego: not the ego's infraction
+                events.append(Event(t, "contact_at_standstill", f"{other.kind} {other.id} moved into the standing "
+                                    f"ego at {other.speed:.1f} m/s", other.id))
+            else:
+                events.append(Event(t, "collision", f"collision with {other.kind} {other.id} at {ego.speed:.1f} m/s",
+                                    other.id))
         self._touching = touching
         return events
 

@@ -156,6 +156,24 @@ def test_driving_into_a_parked_car_raises_a_collision_at_contact(stack, scenario
     assert "vehicle" in collisions[0].detail
 
 
+def test_a_walker_moving_into_the_standing_ego_is_a_contact_not_a_collision(stack, scenario_file):
+    """The Leaderboard does not count a collision below 0.1 m/s ego speed (REFERENCE.md); the
+    simulator still reports the contact, as its own kind of event, once."""
+    sim = EmbeddedSimulator(stack, render=False)
+    sim.reset(load_scenario(scenario_file(straight([]))))
+    x, y = sim.ego.state.x, sim.ego.state.y
+    actors = [{"type": "pedestrian", "path": [{"x": x, "y": y - 6.0}, {"x": x, "y": y + 6.0}],
+               "speed": 1.4, "start_t": 0.5}]
+    obs = sim.reset(load_scenario(scenario_file(straight(actors))))
+    events = []
+    run(sim, obs, HOLD, 10.0, each=lambda s, o: events.extend(o.events))
+    kinds = [e.kind for e in events]
+    assert "collision" not in kinds and kinds.count("contact_at_standstill") == 1, kinds
+    contact = next(e for e in events if e.kind == "contact_at_standstill")
+    assert "pedestrian" in contact.detail and contact.other_id == sim.pedestrians[0].agent.id
+    assert 0.5 + (6.0 - 1.0 - 0.5) / 1.4 < contact.t < 0.5 + 6.0 / 1.4  # at the ego's flank, not its centre
+
+
 def test_idm_follower_keeps_its_gap_when_the_leader_brakes(stack, scenario_file):
     actors = [
         {"type": "vehicle", "start": {"road": 1, "lane": -1, "s": 90}, "speed": 10.0,
