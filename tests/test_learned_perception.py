@@ -87,11 +87,10 @@ def test_fresh_frames_reproduce_the_model_card(fresh_figures):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 5 is open: the shipped model meets the four bars on its card's held-out frames "
-                          "(vehicle AP50 0.863, pedestrian 0.766, mIoU 0.888, position 0.549 m), but on these fresh "
-                          "frames its vehicle AP50 is 0.849 of 0.85 (2026-11-29); this turns to a pass when a model "
-                          "meets them here too", strict=False)
 def test_shipped_model_meets_the_bars_on_freshly_generated_frames(fresh_figures):
+    """The issue's bars on 600 frames rendered now (collect seed 1). The shipped model (tenth
+    session, 2026-11-30): vehicle AP50 0.8501, pedestrian 0.790, mIoU 0.856, position 0.565 m;
+    the vehicle figure clears its bar by 0.0001 (docs/perception.md)."""
     assert fresh_figures["vehicle_ap50"] >= BARS["vehicle_ap50"], fresh_figures
     assert fresh_figures["pedestrian_ap50"] >= BARS["pedestrian_ap50"], fresh_figures
     assert fresh_figures["miou"] >= BARS["miou"], fresh_figures
