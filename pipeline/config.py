@@ -153,8 +153,8 @@ class TrackerConfig(Strict):
                                                                            "static": 0.5}
     position_std_m: float = Field(0.3, gt=0.0)  # [m] measurement noise at 0 m
     # Along the viewing ray a pixel of ground contact is worth range^2 / (f h) metres
-    # (f 256 px at the network's input, camera 1.6 m up): ~0.7 px of box error.
-    depth_std_per_m2: float = Field(0.0005, ge=0.0)  # [1/m]
+    # (f 320 px at the network's 640x360 input, camera 1.6 m up): ~0.7 px of box error.
+    depth_std_per_m2: float = Field(0.0014, ge=0.0)  # [1/m]
     bearing_std_rad: float = Field(0.003, ge=0.0)  # across the ray: ~0.7 px
     # A track's velocity is reported once its speed stands this many standard deviations out of
     # the filter's own velocity uncertainty; before that it is reported at rest. A new track's
