@@ -30,6 +30,18 @@ def hold_still(ego: EgoState, ref: PlanReference, tau_s: float, config: Standsti
     return abs(ego.speed) < config.standstill_speed_mps and planned_stop(ref, tau_s, config)
 
 
+def emergency_pedals(actuator: ActuatorMap, accel_mps2: float, plan_accel_mps2: float,
+                     speed_mps: float) -> tuple[float, float, float]:
+    """(acceleration, throttle, brake) of an emergency stop: at least as hard as the plan's
+    deceleration, and never throttle (the map's 0 m/s^2 at a standstill is a little throttle
+    against rolling resistance). Every controller ends an emergency stop through here: the stop
+    is planned afresh from the car's own speed each tick, which hides it from a tracker's error
+    (the speed PID sees none; the MPC's linear model lets the speed go below zero and lets off
+    ahead of a predicted standstill)."""
+    accel = min(accel_mps2, plan_accel_mps2)
+    return accel, 0.0, actuator.command(accel, speed_mps)[1]
+
+
 class LongitudinalPid:
     """Plan speed / acceleration -> acceleration command [m/s^2] -> (throttle, brake)."""
 
@@ -58,12 +70,11 @@ class LongitudinalPid:
         accel = self.accel_command(ego.speed, float(ref.speed_at(tau_s)), plan_accel)
         if not emergency:
             return self.actuator.command(accel, ego.speed)
-        # An emergency stop is planned afresh from the car's own speed each tick, so the speed
-        # error stays near zero, and in its last tenths of a second the stop ends inside the
-        # preview, whose acceleration then reads 0: the car crept on at 0.6 m/s, above the
-        # standstill hold. Its deceleration is read now instead, down to a standstill.
-        self.last_accel_mps2 = min(accel, float(ref.accel_at(tau_s)))
-        return 0.0, self.actuator.command(self.last_accel_mps2, ego.speed)[1]
+        # The stop's deceleration is read now, not at the preview: in its last tenths of a second
+        # the stop ends inside the preview, which then reads 0, and the car crept on at 0.6 m/s.
+        self.last_accel_mps2, throttle, brake = emergency_pedals(self.actuator, accel, float(ref.accel_at(tau_s)),
+                                                                 ego.speed)
+        return throttle, brake
 
     def accel_command(self, speed_mps: float, target_speed_mps: float, plan_accel_mps2: float) -> float:
         """One PID update [m/s^2], clipped to the config's and the vehicle's range."""

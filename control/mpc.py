@@ -40,7 +40,7 @@ from scipy.linalg import expm
 
 from stagepilot.control.actuator import ActuatorMap
 from stagepilot.control.geometry import VehicleGeometry
-from stagepilot.control.longitudinal import hold_still
+from stagepilot.control.longitudinal import emergency_pedals, hold_still
 from stagepilot.control.reference import PlanReference
 from stagepilot.control.tracker import PidTracker, usable
 from stagepilot.pipeline.messages import Control, EgoState, Plan
@@ -280,16 +280,12 @@ class MpcTracker:
         angle = float(np.interp(self.dt_s, qp.step_s * np.arange(qp.horizon + 1), steer_path))
         angle = max(min(angle, self.vehicle.max_steer_angle_rad), -self.vehicle.max_steer_angle_rad)
         accel = float(solution[qp.u_index(0, ACMD)])
-        emergency = plan.decision == "emergency_stop"
-        if emergency:
-            # Brake at least as hard as the stop asks, and never with throttle. The QP's linear
-            # model lets the speed go below zero, which a brake never does, so with the
-            # acceleration lag it lets off ahead of a predicted standstill (a town-loop stop
-            # achieved 3.9 of 6 m/s^2 in its last metres, and sent one frame of throttle at 0.5 m/s).
-            accel = min(accel, float(ref.accel_at(tau + self.delay_ticks * self.dt_s)))
-        throttle, brake = self.actuator.command(accel, ego.speed)
-        if emergency:
-            throttle = 0.0  # the map's 0 m/s^2 at a standstill is a little throttle against rolling resistance
+        if plan.decision == "emergency_stop":
+            # a town-loop stop achieved 3.9 of 6 m/s^2 in its last metres, and sent one frame of throttle
+            planned = float(ref.accel_at(tau + self.delay_ticks * self.dt_s))
+            accel, throttle, brake = emergency_pedals(self.actuator, accel, planned, ego.speed)
+        else:
+            throttle, brake = self.actuator.command(accel, ego.speed)
         return self._send(ego, Control(steer=self.vehicle.steer_command(angle), throttle=throttle,
                                        brake=brake), accel)
 
