@@ -17,7 +17,7 @@ import numpy as np
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from stagepilot.pipeline.config_base import ConfigError, Strict
+from stagepilot.core.config_base import ConfigError, Strict
 
 
 def actuator_dir() -> Path:

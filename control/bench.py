@@ -17,9 +17,9 @@ import numpy as np
 from stagepilot.control.actuator import ActuatorMap
 from stagepilot.control.geometry import VehicleGeometry
 from stagepilot.control.registry import build_controller
-from stagepilot.pipeline.messages import Control, EgoState, Plan
-from stagepilot.pipeline.paths import Polyline
-from stagepilot.pipeline.schema_control import ControllerConfig
+from stagepilot.core.messages import Control, EgoState, Plan
+from stagepilot.core.paths import Polyline
+from stagepilot.core.config_control import ControllerConfig
 
 EPISODE_TICKS = 50
 PLAN_HORIZON_S = 5.0  # [s]

@@ -14,8 +14,8 @@ import math
 
 from stagepilot.control.geometry import VehicleGeometry
 from stagepilot.control.reference import PlanReference
-from stagepilot.pipeline.messages import EgoState
-from stagepilot.pipeline.schema_control import PurePursuitConfig, StanleyConfig
+from stagepilot.core.messages import EgoState
+from stagepilot.core.config_control import PurePursuitConfig, StanleyConfig
 
 
 def _wrap(angle_rad: float) -> float:

@@ -12,8 +12,8 @@ import numpy as np
 
 from stagepilot.control.actuator import ActuatorMap
 from stagepilot.control.reference import PlanReference
-from stagepilot.pipeline.messages import EgoState
-from stagepilot.pipeline.schema_control import LongitudinalPidConfig, StandstillConfig
+from stagepilot.core.messages import EgoState
+from stagepilot.core.config_control import LongitudinalPidConfig, StandstillConfig
 
 
 def planned_stop(ref: PlanReference, tau_s: float, config: StandstillConfig) -> bool:

@@ -43,8 +43,8 @@ from stagepilot.control.geometry import VehicleGeometry
 from stagepilot.control.longitudinal import emergency_pedals, hold_still
 from stagepilot.control.reference import PlanReference
 from stagepilot.control.tracker import PidTracker, usable
-from stagepilot.pipeline.messages import Control, EgoState, Plan
-from stagepilot.pipeline.schema_control import MpcConfig, StandstillConfig
+from stagepilot.core.messages import Control, EgoState, Plan
+from stagepilot.core.config_control import MpcConfig, StandstillConfig
 
 NX, NU = 6, 2
 EY, EPSI, DELTA, ES, EV, ACC = range(NX)

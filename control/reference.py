@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stagepilot.pipeline.messages import Plan
+from stagepilot.core.messages import Plan
 
 _MIN_SEGMENT_M = 1e-6
 

@@ -8,7 +8,7 @@ from stagepilot.control.lateral import PurePursuit, Stanley
 from stagepilot.control.longitudinal import LongitudinalPid
 from stagepilot.control.mpc import MpcTracker
 from stagepilot.control.tracker import Controller, PidTracker
-from stagepilot.pipeline.schema_control import ControllerConfig
+from stagepilot.core.config_control import ControllerConfig
 
 KINDS = ("pid_pure_pursuit", "pid_stanley", "mpc")
 

@@ -12,7 +12,7 @@ from typing import Protocol
 from stagepilot.control.geometry import VehicleGeometry
 from stagepilot.control.longitudinal import LongitudinalPid
 from stagepilot.control.reference import PlanReference
-from stagepilot.pipeline.messages import Control, EgoState, Plan
+from stagepilot.core.messages import Control, EgoState, Plan
 
 
 class Controller(Protocol):

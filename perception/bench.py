@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from stagepilot.perception.learned import SHIPPED_CHECKPOINT, NetworkRunner, native_bf16
 from stagepilot.perception.model import DEFAULT_ARCHITECTURE, build_model, load_checkpoint
-from stagepilot.pipeline.config import LearnedPerceptionConfig
+from stagepilot.core.config import LearnedPerceptionConfig
 
 INPUT_H, INPUT_W = 360, 640
 

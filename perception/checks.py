@@ -11,7 +11,7 @@ import hashlib
 
 import numpy as np
 
-from stagepilot.pipeline.messages import Observation
+from stagepilot.core.messages import Observation
 
 MOVING_MPS = 0.5  # above this the image must change between frames
 BLANK_STD = 0.5  # [grey levels] a frame with less contrast than this carries nothing

@@ -23,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from stagepilot.pipeline.messages import CameraImage, ObjectTruth, Observation
+from stagepilot.core.messages import CameraImage, ObjectTruth, Observation
 
 TAG_TRAFFIC_LIGHT = 7  # CARLA semantic tags (sim/render/palette.py)
 CATEGORIES = (  # COCO category id, name, the object kind it comes from, CARLA tag of its pixels
@@ -50,7 +50,7 @@ def camera_record(name: str, width: int, height: int, K: np.ndarray, T_ego_cam: 
                   outline_margin_px: float) -> dict[str, Any]:
     """A camera's calibration as plain lists: K (3, 3) intrinsics, T_ego_cam (4, 4) its pose in
     the ego frame (camera frame OpenCV: x right, y down, z forward), and how far its silhouettes
-    reach past an object's outline (pipeline/messages.py CameraImage)."""
+    reach past an object's outline (core/messages.py CameraImage)."""
     return {"name": name, "width": int(width), "height": int(height),
             "K": np.round(K, 6).tolist(), "T_ego_cam": np.round(T_ego_cam, 6).tolist(),
             "outline_margin_px": float(outline_margin_px)}

@@ -40,7 +40,7 @@ from torch import Tensor
 from stagepilot.perception import geometry
 from stagepilot.perception.data import PerceptionDataset, collate
 from stagepilot.perception.model import IGNORE_INDEX, PerceptionNet, load_checkpoint
-from stagepilot.pipeline.config import LearnedPerceptionConfig
+from stagepilot.core.config import LearnedPerceptionConfig
 from stagepilot.sim.render.renderer import OUTLINE_MARGIN_PX
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassJaccardIndex

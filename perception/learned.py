@@ -50,9 +50,9 @@ from stagepilot.perception.geometry import (
 from stagepilot.perception.model import PerceptionNet, load_checkpoint
 from stagepilot.perception.road import RoadExtractor
 from stagepilot.perception.tracking import Measurement, Tracker
-from stagepilot.pipeline.config import ConfigError, LearnedPerceptionConfig
-from stagepilot.pipeline.messages import CameraImage, Observation, Perception, TrafficLightAhead
-from stagepilot.pipeline.paths import Polyline
+from stagepilot.core.config import ConfigError, LearnedPerceptionConfig
+from stagepilot.core.messages import CameraImage, Observation, Perception, TrafficLightAhead
+from stagepilot.core.paths import Polyline
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED_CHECKPOINT = WEIGHTS_DIR / "mtl_mbv3small_fpn96_s48_seg4_cs.pt"

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import mobilenet_v3_large, mobilenet_v3_small
 
-from stagepilot.pipeline.config_base import ConfigError
+from stagepilot.core.config_base import ConfigError
 from torchvision.ops import (
     batched_nms,
     box_area,

@@ -13,8 +13,8 @@ from collections import deque
 
 import numpy as np
 
-from stagepilot.pipeline.config import ConfigError, PerfectPerceptionConfig
-from stagepilot.pipeline.messages import (
+from stagepilot.core.config import ConfigError, PerfectPerceptionConfig
+from stagepilot.core.messages import (
     Detection,
     EgoState,
     Observation,
@@ -23,7 +23,7 @@ from stagepilot.pipeline.messages import (
 )
 from stagepilot.perception.checks import FrameCheck
 from stagepilot.perception.geometry import stop_line_ahead
-from stagepilot.pipeline.paths import Polyline
+from stagepilot.core.paths import Polyline
 
 
 

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from stagepilot.perception.model import SEG_CLASSES
-from stagepilot.pipeline.messages import RoadSurface
+from stagepilot.core.messages import RoadSurface
 
 UNSEEN = 255  # warp border value: no pixel behind this cell
 SUPERSAMPLE_Y = 2  # lateral samples per cell

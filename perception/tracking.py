@@ -34,8 +34,8 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from stagepilot.perception.geometry import world_to_ego
-from stagepilot.pipeline.config import TrackerConfig
-from stagepilot.pipeline.messages import Detection, EgoState
+from stagepilot.core.config import TrackerConfig
+from stagepilot.core.messages import Detection, EgoState
 
 INITIAL_SPEED_STD = 10.0  # [m/s] a new track's velocity is unknown
 MOVING_MPS = 0.5  # above this the heading of the velocity is the reported yaw

@@ -46,8 +46,8 @@ from stagepilot.perception.model import (
     load_checkpoint,
     save_checkpoint,
 )
-from stagepilot.pipeline.config import load_config
-from stagepilot.pipeline.config_base import ConfigError, Strict
+from stagepilot.core.config import load_config
+from stagepilot.core.config_base import ConfigError, Strict
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from stagepilot.pipeline.config import load_stack
-from stagepilot.pipeline.messages import Control
+from stagepilot.core.config import load_stack
+from stagepilot.core.messages import Control
 from stagepilot.sim.vehicle import DynamicBicycle, VehicleParams
 
 SPEEDS_MPS = (0.0, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 12.5, 15.0, 17.5, 20.0, 22.5, 25.0, 27.5, 30.0, 35.0, 40.0)

@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 
 from stagepilot import __version__
-from stagepilot.pipeline.config import ConfigError, load_stack
-from stagepilot.pipeline.roadmap import MapError
+from stagepilot.core.config import ConfigError, load_stack
+from stagepilot.core.roadmap import MapError
 
 
 def _add_stack_args(parser: argparse.ArgumentParser) -> None:
@@ -349,7 +349,7 @@ def _cmd_export_onnx(args) -> int:
 def _cmd_config_show(args) -> int:
     import yaml
 
-    from stagepilot.pipeline.config import config_hash
+    from stagepilot.core.config import config_hash
 
     config = load_stack(args.config, args.overrides)
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")

@@ -11,9 +11,6 @@ Training scenes use the project maps (configs/maps) and even scene seeds; valida
 use CARLA's Town02 (../shared/maps, never seen in training) and odd seeds, so no (map, seed)
 pair, and no seed, is shared. Everything comes from `--seed`: the same command writes the
 same bytes, whatever the number of workers.
-
-It lives in pipeline/ because it wires the simulator to the dataset writer
-(perception/dataset.py, which reads only Observation messages).
 """
 
 from __future__ import annotations
@@ -33,8 +30,8 @@ from tqdm import tqdm
 
 from stagepilot import __version__
 from stagepilot.perception import dataset
-from stagepilot.pipeline.config import ConfigError, StackConfig
-from stagepilot.pipeline.roadmap import MapError, RoadMap
+from stagepilot.core.config import ConfigError, StackConfig
+from stagepilot.core.roadmap import MapError, RoadMap
 from stagepilot.sim.follower import make_follower
 from stagepilot.sim.render.camera import CameraSpec
 from stagepilot.sim.render.renderer import OUTLINE_MARGIN_PX

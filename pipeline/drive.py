@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from stagepilot.pipeline.config import ConfigError, StackConfig
+from stagepilot.core.config import ConfigError, StackConfig
 from stagepilot.pipeline.run_outputs import RunWriter, default_run_dir
 from stagepilot.pipeline.runtime import StagedRuntime
 from stagepilot.sim.scenario import load_scenario

@@ -11,8 +11,8 @@ import dataclasses
 
 import numpy as np
 
-from stagepilot.pipeline.config import FaultsConfig
-from stagepilot.pipeline.messages import CameraImage, Observation
+from stagepilot.core.config import FaultsConfig
+from stagepilot.core.messages import CameraImage, Observation
 
 
 def _active(start_s: float | None, t: float) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from stagepilot.pipeline.config import StackConfig
+from stagepilot.core.config import StackConfig
 from stagepilot.sim.bev import BevDrawer
 from stagepilot.sim.follower import make_follower
 from stagepilot.sim.scenario import load_scenario

@@ -30,10 +30,10 @@ import numpy as np
 import yaml
 
 from stagepilot.perception.geometry import project_to_image, world_to_ego
-from stagepilot.pipeline.config import StackConfig, config_hash
-from stagepilot.pipeline.messages import Control, EgoState, Event, Observation, Perception, Plan
+from stagepilot.core.config import StackConfig, config_hash
+from stagepilot.core.messages import Control, EgoState, Event, Observation, Perception, Plan
 from stagepilot.pipeline.metrics import comfort, tracking_error
-from stagepilot.pipeline.paths import Polyline
+from stagepilot.core.paths import Polyline
 from stagepilot.pipeline.trace import ChromeTrace, _plain
 from stagepilot.sim.bev import BevDrawer
 from stagepilot.sim.render.palette import colorize

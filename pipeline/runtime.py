@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stagepilot.pipeline.config import ConfigError, StackConfig
+from stagepilot.core.config import ConfigError, StackConfig
 from stagepilot.pipeline.faults import FaultInjector
-from stagepilot.pipeline.messages import Control, EgoState, Observation, Perception, Plan
-from stagepilot.pipeline.roadmap import RoadMap
+from stagepilot.core.messages import Control, EgoState, Observation, Perception, Plan
+from stagepilot.core.roadmap import RoadMap
 from stagepilot.pipeline.run_outputs import FrameRecord
 from stagepilot.pipeline.stack import HOLD, DrivingStack
 from stagepilot.pipeline.trace import ChromeTrace

@@ -13,11 +13,11 @@ import numpy as np
 
 from stagepilot.control import VehicleGeometry, build_controller
 from stagepilot.perception.perfect import PerfectPerception
-from stagepilot.pipeline.config import StackConfig
-from stagepilot.pipeline.messages import Control, Event, Observation, Perception, Plan
+from stagepilot.core.config import StackConfig
+from stagepilot.core.messages import Control, Event, Observation, Perception, Plan
 from stagepilot.pipeline.metrics import comfort, tracking_error
-from stagepilot.pipeline.paths import Polyline
-from stagepilot.pipeline.roadmap import RoadMap
+from stagepilot.core.paths import Polyline
+from stagepilot.core.roadmap import RoadMap
 from stagepilot.planning.behaviour import VehicleShape
 from stagepilot.planning.planner import PlannerStage
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from stagepilot.pipeline.config import BehaviourConfig
-from stagepilot.pipeline.messages import EgoState, Perception
-from stagepilot.pipeline.roadmap import RoadMap
+from stagepilot.core.config import BehaviourConfig
+from stagepilot.core.messages import EgoState, Perception
+from stagepilot.core.roadmap import RoadMap
 from stagepilot.planning.lattice import LatticeTarget, Obstacle
 from stagepilot.planning.route import ReferencePath
 

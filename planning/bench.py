@@ -14,9 +14,9 @@ import time
 import numpy as np
 import shapely
 
-from stagepilot.pipeline.messages import EgoState
-from stagepilot.pipeline.paths import Polyline
-from stagepilot.pipeline.schema_lattice import LatticeConfig
+from stagepilot.core.messages import EgoState
+from stagepilot.core.paths import Polyline
+from stagepilot.core.config_lattice import LatticeConfig
 from stagepilot.planning.collision import Obstacle, forecast, rectangles
 from stagepilot.planning.frenet import ReferenceFrame
 from stagepilot.planning.lattice import FrenetLatticePlanner, LatticeTarget

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stagepilot.pipeline.messages import EgoState
-from stagepilot.pipeline.paths import Polyline
+from stagepilot.core.messages import EgoState
+from stagepilot.core.paths import Polyline
 
 _MIN_CURVATURE_SPEED = 0.2  # [m/s] below this, path curvature and heading are held, not computed
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stagepilot.pipeline.messages import EgoState
-from stagepilot.pipeline.paths import Polyline
-from stagepilot.pipeline.schema_lattice import LatticeConfig
+from stagepilot.core.messages import EgoState
+from stagepilot.core.paths import Polyline
+from stagepilot.core.config_lattice import LatticeConfig
 from stagepilot.planning.collision import (
     EgoFootprints,
     Obstacle,

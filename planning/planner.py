@@ -11,9 +11,9 @@ import math
 
 import numpy as np
 
-from stagepilot.pipeline.config import PlannerConfig
-from stagepilot.pipeline.messages import EgoState, Perception, Plan, Route
-from stagepilot.pipeline.roadmap import RoadMap
+from stagepilot.core.config import PlannerConfig
+from stagepilot.core.messages import EgoState, Perception, Plan, Route
+from stagepilot.core.roadmap import RoadMap
 from stagepilot.planning.behaviour import BehaviourLayer, VehicleShape
 from stagepilot.planning.lattice import FrenetLatticePlanner
 from stagepilot.planning.route import ReferencePath, reference_from_route

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
-from stagepilot.pipeline.messages import Route
-from stagepilot.pipeline.paths import Polyline
+from stagepilot.core.messages import Route
+from stagepilot.core.paths import Polyline
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import time
 import cv2
 import numpy as np
 
-from stagepilot.pipeline.config import StackConfig
-from stagepilot.pipeline.messages import Control
+from stagepilot.core.config import StackConfig
+from stagepilot.core.messages import Control
 from stagepilot.sim.scenario import load_scenario
 from stagepilot.sim.sensors import dynamic_boxes
 from stagepilot.sim.world import EmbeddedSimulator

@@ -13,9 +13,9 @@ import math
 
 from shapely.geometry import LineString, Polygon
 
-from stagepilot.pipeline.messages import Event
-from stagepilot.pipeline.paths import Polyline
-from stagepilot.pipeline.roadmap import RoadMap
+from stagepilot.core.messages import Event
+from stagepilot.core.paths import Polyline
+from stagepilot.core.roadmap import RoadMap
 from stagepilot.sim.traffic import Agent, TrafficLight
 
 COLLISION_REPEAT_S = 5.0

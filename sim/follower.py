@@ -12,8 +12,8 @@ import math
 
 import numpy as np
 
-from stagepilot.pipeline.config import FollowerConfig
-from stagepilot.pipeline.messages import Control, Observation
+from stagepilot.core.config import FollowerConfig
+from stagepilot.core.messages import Control, Observation
 
 COMFORT_DECEL = 3.0  # [m/s^2] for stopping at the goal, lights and obstacles
 STOP_MARGIN_M = 4.0  # [m] kept to an obstacle or stop line
@@ -31,7 +31,7 @@ class ReferenceFollower:
         self._path = None
 
     def __call__(self, obs: Observation) -> Control:
-        from stagepilot.pipeline.paths import Polyline
+        from stagepilot.core.paths import Polyline
 
         if self._path is None or self._path.points is not obs.route.points:
             self._path = Polyline(obs.route.points)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from stagepilot.pipeline.messages import Control, Observation
+from stagepilot.core.messages import Control, Observation
 from stagepilot.sim.scenario import Scenario
 
 

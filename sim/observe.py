@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from stagepilot.pipeline.messages import (
+from stagepilot.core.messages import (
     Box2D,
     CameraImage,
     EgoState,

@@ -14,7 +14,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, model_validator
 
-from stagepilot.pipeline.config import (
+from stagepilot.core.config import (
     CONFIG_ROOT,
     ConfigError,
     Strict,

@@ -11,8 +11,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from stagepilot.pipeline.config import StackConfig
-from stagepilot.pipeline.roadmap import RoadMap
+from stagepilot.core.config import StackConfig
+from stagepilot.core.roadmap import RoadMap
 from stagepilot.sim.render import palette, shapes
 from stagepilot.sim.render.boxes import BoxSet
 from stagepilot.sim.render.camera import CameraSpec

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stagepilot.pipeline.config import IdmConfig, TrafficLightConfig
-from stagepilot.pipeline.paths import Polyline
-from stagepilot.pipeline.roadmap import RoadMap, StopLine
+from stagepilot.core.config import IdmConfig, TrafficLightConfig
+from stagepilot.core.paths import Polyline
+from stagepilot.core.roadmap import RoadMap, StopLine
 from stagepilot.sim.scenario import Behaviour
 
 VEHICLE_SIZE = (4.5, 1.85, 1.5)  # [m] length, width, height of an NPC car

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stagepilot.pipeline.messages import Control
-from stagepilot.pipeline.vehicle_params import VehicleParams  # noqa: F401  (re-exported)
+from stagepilot.core.messages import Control
+from stagepilot.core.vehicle_params import VehicleParams  # noqa: F401  (re-exported)
 
 GRAVITY_MPS2 = 9.81  # [m/s^2]
 MAX_SUBSTEP_S = 0.005  # [s] dt = 0.05 s runs as 10 substeps

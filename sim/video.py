@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stagepilot.pipeline.messages import Observation
+from stagepilot.core.messages import Observation
 from stagepilot.sim.render.palette import colorize
 
 PANEL = (640, 360)

@@ -12,10 +12,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from stagepilot.pipeline.config import ConfigError, StackConfig
-from stagepilot.pipeline.messages import Control, Event, Observation, Route
-from stagepilot.pipeline.paths import Polyline
-from stagepilot.pipeline.roadmap import MapError, RoadMap
+from stagepilot.core.config import ConfigError, StackConfig
+from stagepilot.core.messages import Control, Event, Observation, Route
+from stagepilot.core.paths import Polyline
+from stagepilot.core.roadmap import MapError, RoadMap
 from stagepilot.sim.events import EventMonitor
 from stagepilot.sim.interface import Simulator
 from stagepilot.sim.scenario import PedestrianActor, Pose, Scenario, StaticActor, VehicleActor

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stagepilot.pipeline.config import load_stack
+from stagepilot.core.config import load_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MAPS = ROOT.parent / "shared" / "maps"

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from stagepilot.pipeline.cli import main
-from stagepilot.pipeline.config import ConfigError, load_stack
+from stagepilot.core.config import ConfigError, load_stack
 
 GOOD = {
     "name": "bad",

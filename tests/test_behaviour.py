@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stagepilot.pipeline.config import load_stack
-from stagepilot.pipeline.messages import Detection, EgoState, Perception, Route
+from stagepilot.core.config import load_stack
+from stagepilot.core.messages import Detection, EgoState, Perception, Route
 from stagepilot.planning.behaviour import BehaviourLayer, VehicleShape
 from stagepilot.planning.route import reference_from_route
 

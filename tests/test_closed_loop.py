@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from shapely.geometry import Polygon
 
-from stagepilot.pipeline.config import load_stack
+from stagepilot.core.config import load_stack
 from stagepilot.pipeline.metrics import NUPLAN_BOUNDS, comfort
 from stagepilot.pipeline.runtime import StagedRuntime
 from stagepilot.pipeline.stack import DrivingStack, drive

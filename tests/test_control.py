@@ -21,11 +21,11 @@ from stagepilot.control import ActuatorMap, VehicleGeometry, build_controller
 from stagepilot.control.actuator import actuator_dir
 from stagepilot.control.bench import bench_control
 from stagepilot.pipeline.calibrate import settled_accel
-from stagepilot.pipeline.config import CONFIG_ROOT, ConfigError, load_stack
-from stagepilot.pipeline.messages import Control, EgoState, Plan
-from stagepilot.pipeline.paths import Polyline
-from stagepilot.pipeline.roadmap import RoadMap
-from stagepilot.pipeline.schema_control import ControllerConfig
+from stagepilot.core.config import CONFIG_ROOT, ConfigError, load_stack
+from stagepilot.core.messages import Control, EgoState, Plan
+from stagepilot.core.paths import Polyline
+from stagepilot.core.roadmap import RoadMap
+from stagepilot.core.config_control import ControllerConfig
 from stagepilot.sim.vehicle import DynamicBicycle, VehicleParams
 
 DT_S = 0.05  # [s] simulator tick

@@ -11,7 +11,7 @@ import time
 import cv2
 import pytest
 
-from stagepilot.pipeline.config import load_stack
+from stagepilot.core.config import load_stack
 from stagepilot.pipeline.drive import run_drive
 
 from conftest import PERFECT

@@ -13,8 +13,8 @@ import yaml
 from stagepilot.perception.geometry import box_to_pixels, centre_from_box, project_to_image, scale_intrinsics
 from stagepilot.perception.evaluate import DEFAULT_CAMERA
 from stagepilot.perception.learned import ground_in_view
-from stagepilot.pipeline.config import LearnedPerceptionConfig, load_stack
-from stagepilot.pipeline.messages import CameraImage
+from stagepilot.core.config import LearnedPerceptionConfig, load_stack
+from stagepilot.core.messages import CameraImage
 from stagepilot.sim.scenario import load_scenario
 from stagepilot.sim.world import EmbeddedSimulator
 

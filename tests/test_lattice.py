@@ -14,10 +14,10 @@ import pytest
 import shapely
 from pydantic import ValidationError
 
-from stagepilot.pipeline.config import ConfigError, load_stack
-from stagepilot.pipeline.messages import EgoState
-from stagepilot.pipeline.paths import Polyline
-from stagepilot.pipeline.schema_lattice import LatticeConfig
+from stagepilot.core.config import ConfigError, load_stack
+from stagepilot.core.messages import EgoState
+from stagepilot.core.paths import Polyline
+from stagepilot.core.config_lattice import LatticeConfig
 from stagepilot.planning.collision import (
     EgoFootprints,
     broad_phase,

@@ -26,10 +26,10 @@ from stagepilot.perception.export import export_checkpoint
 from stagepilot.perception.learned import SHIPPED_CHECKPOINT, STAGE_SEG_STRIDE, LearnedPerception, NetworkRunner
 from stagepilot.perception.model import load_checkpoint
 from stagepilot.pipeline.collect import collect_dataset
-from stagepilot.pipeline.config import ConfigError, load_stack
+from stagepilot.core.config import ConfigError, load_stack
 from stagepilot.sim.scenario import load_scenario
 from stagepilot.pipeline.runtime import StagedRuntime
-from stagepilot.pipeline.paths import Polyline
+from stagepilot.core.paths import Polyline
 from stagepilot.pipeline.stack import DriveLog, DrivingStack, drive
 from stagepilot.sim.world import EmbeddedSimulator
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
-from stagepilot.pipeline.config import StackConfig, config_hash
-from stagepilot.pipeline.messages import Control, Event
+from stagepilot.core.config import StackConfig, config_hash
+from stagepilot.core.messages import Control, Event
 from stagepilot.pipeline.run_outputs import (
     VIDEO_SIZE,
     FrameRecord,

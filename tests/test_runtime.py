@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from shapely.geometry import Polygon
 
-from stagepilot.pipeline.config import ConfigError, load_stack
+from stagepilot.core.config import ConfigError, load_stack
 from stagepilot.pipeline.runtime import StagedRuntime, as_record_arrays
 from stagepilot.sim.scenario import load_scenario
 from stagepilot.sim.world import EmbeddedSimulator
@@ -124,7 +124,7 @@ def test_pipelined_fail_safe_and_measured_drives_run_through():
 def test_an_older_frames_late_command_never_replaces_a_newer_one():
     config = load_stack([], [PERFECT, "runtime.time_model=measured"])
     runtime = StagedRuntime(config, None)
-    from stagepilot.pipeline.messages import Control
+    from stagepilot.core.messages import Control
 
     slow, fast = Control(throttle=0.1), Control(throttle=0.9)
     runtime._schedule = {5: (1, slow), 3: (2, fast)}  # frame 1 took longer than frame 2

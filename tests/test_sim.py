@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from stagepilot.pipeline.messages import Control
+from stagepilot.core.messages import Control
 from stagepilot.sim.render import palette
 from stagepilot.sim.follower import make_follower
 from stagepilot.sim.scenario import load_scenario

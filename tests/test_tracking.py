@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from stagepilot.perception.tracking import Measurement, Tracker
-from stagepilot.pipeline.config import TrackerConfig
-from stagepilot.pipeline.messages import Detection, EgoState
+from stagepilot.core.config import TrackerConfig
+from stagepilot.core.messages import Detection, EgoState
 
 DT_S = 0.05  # [s] 20 Hz
 CAR = (4.5, 1.8, 1.5)  # [m] length, width, height

@@ -17,7 +17,7 @@ from stagepilot.perception.model import CLASSES, IGNORE_INDEX, SEG_CLASSES, buil
 from stagepilot.perception.train import epoch_augment, load_train_config
 from stagepilot.pipeline.cli import main
 from stagepilot.pipeline.collect import collect_dataset
-from stagepilot.pipeline.config import load_stack
+from stagepilot.core.config import load_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "training" / "default.yaml"

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from stagepilot.pipeline.messages import Control
+from stagepilot.core.messages import Control
 from stagepilot.sim.vehicle import DynamicBicycle, VehicleParams, VehicleState
 
 DT_S = 0.05  # [s] the simulator tick

@@ -17,7 +17,7 @@ import carla
 import networkx as nx
 import numpy as np
 
-from stagepilot.pipeline.paths import Polyline
+from stagepilot.core.paths import Polyline
 
 SAMPLE_STEP_M = 1.0
 LANE_CHANGE_COST_M = 30.0  # route-length penalty of one lane change

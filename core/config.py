@@ -22,9 +22,9 @@ DEFAULT_STACK = CONFIG_ROOT / "stack.yaml"
 COMMAND_LINE = "command line"
 
 
-from stagepilot.pipeline.config_base import ConfigError, Strict  # noqa: E402  (re-exported)
-from stagepilot.pipeline.schema_control import ControllerConfig  # noqa: E402
-from stagepilot.pipeline.schema_lattice import LatticeConfig  # noqa: E402
+from stagepilot.core.config_base import ConfigError, Strict  # noqa: E402  (re-exported)
+from stagepilot.core.config_control import ControllerConfig  # noqa: E402
+from stagepilot.core.config_lattice import LatticeConfig  # noqa: E402
 
 
 # ---------------------------------------------------------------- stack schema
@@ -82,7 +82,7 @@ class FollowerConfig(Strict):
 
 def _vehicle_config_model() -> type[BaseModel]:
     # Mirror the vehicle dataclass so its defaults and field names have one home.
-    from stagepilot.pipeline.vehicle_params import VehicleParams
+    from stagepilot.core.vehicle_params import VehicleParams
 
     fields = {
         f.name: (float, Field(f.default, gt=0.0)) for f in dataclasses.fields(VehicleParams)

@@ -1,6 +1,5 @@
 """Config schema of the Frenet lattice planner (`planner.lattice:` in configs/stack.yaml).
 
-Owned by planning/; kept in pipeline/ because the typed schema is shared (DESIGN.md).
 Comfort limits default to nuPlan's comfort metric bounds (REFERENCE.md, Comfort: nuPlan).
 """
 
@@ -10,7 +9,7 @@ from typing import Annotated
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from stagepilot.pipeline.config_base import Strict
+from stagepilot.core.config_base import Strict
 
 PositiveSeconds = Annotated[float, Field(gt=0.0, le=20.0)]
 SpeedFraction = Annotated[float, Field(ge=0.0, le=1.5)]

@@ -1,7 +1,4 @@
 """The ego vehicle's parameters: a mid-size sedan by default, every figure with its source.
-
-Lives in pipeline/ because the config schema mirrors it (`vehicle:` in configs/stack.yaml);
-the dynamics that use it are in sim/vehicle.py.
 """
 
 from __future__ import annotations

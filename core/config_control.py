@@ -1,6 +1,5 @@
 """Config schema of the controllers (`controller:` in configs/stack.yaml).
 
-Owned by control/; kept in pipeline/ because the typed schema is shared (DESIGN.md).
 Defaults are the tuned values (tests/test_control.py drives them on the curvy road).
 Speed-dependent gains are breakpoint/value tables interpolated on the ego speed, as in
 openpilot's `kpBP`/`kpV`: `kp_bp_mps` are the speeds [m/s], `kp_v` the gains there.
@@ -12,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from stagepilot.pipeline.config_base import Strict
+from stagepilot.core.config_base import Strict
 
 
 def _check_schedule(name: str, breakpoints: tuple[float, ...], values: tuple[float, ...]) -> None:
