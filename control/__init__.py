@@ -7,6 +7,6 @@ an object with `name`, `reset()` and `step(ego, plan, t) -> Control`.
 from stagepilot.control.actuator import ActuatorMap
 from stagepilot.control.geometry import VehicleGeometry
 from stagepilot.control.registry import KINDS, build_controller
-from stagepilot.control.tracker import Controller
+from stagepilot.core.stages import Controller
 
 __all__ = ["KINDS", "ActuatorMap", "Controller", "VehicleGeometry", "build_controller"]

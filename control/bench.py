@@ -64,11 +64,9 @@ def _move(ego: EgoState, control: Control, vehicle: VehicleGeometry, actuator: A
                     steer_angle=angle)
 
 
-def bench_control(config: ControllerConfig | None = None, vehicle: VehicleGeometry | None = None,
-                  dt_s: float = 0.05, calls: int = 2000) -> dict:
-    """Time `calls` controller steps; defaults: the default config (MPC) and the sedan."""
-    config = config or ControllerConfig()
-    vehicle = vehicle or VehicleGeometry(wheelbase_m=2.579, max_steer_angle_rad=1.066, max_steer_rate_rad_s=0.7)
+def bench_control(config: ControllerConfig, vehicle: VehicleGeometry, dt_s: float, calls: int = 2000) -> dict:
+    """Time `calls` steps of the controller that `config` (the loaded stack's `controller`
+    section) builds for `vehicle`, ticking every dt_s [s]."""
     actuator = ActuatorMap.load(config.actuator_map)
     controller = build_controller(config, vehicle, dt_s, actuator=actuator)
     rng = np.random.default_rng(SEED)

@@ -7,8 +7,9 @@ from stagepilot.control.geometry import VehicleGeometry
 from stagepilot.control.lateral import PurePursuit, Stanley
 from stagepilot.control.longitudinal import LongitudinalPid
 from stagepilot.control.mpc import MpcTracker
-from stagepilot.control.tracker import Controller, PidTracker
+from stagepilot.control.tracker import PidTracker
 from stagepilot.core.config_control import ControllerConfig
+from stagepilot.core.stages import Controller
 
 KINDS = ("pid_pure_pursuit", "pid_stanley", "mpc")
 
@@ -23,11 +24,11 @@ def build_controller(config: ControllerConfig, vehicle: VehicleGeometry, dt_s: f
         raise ValueError(f"dt_s must be > 0, got {dt_s!r}")
     actuator = actuator or ActuatorMap.load(config.actuator_map)
     longitudinal = LongitudinalPid(config.longitudinal, config.standstill, actuator, dt_s)
-    failsafe_brake = config.standstill.hold_brake
+    hold_brake = config.standstill.hold_brake
     if config.kind == "pid_stanley":
-        return PidTracker("pid_stanley", Stanley(config.stanley, vehicle), longitudinal, vehicle, failsafe_brake)
+        return PidTracker("pid_stanley", Stanley(config.stanley, vehicle), longitudinal, vehicle, hold_brake)
     pure_pursuit = PidTracker("pid_pure_pursuit", PurePursuit(config.pure_pursuit, vehicle), longitudinal,
-                              vehicle, failsafe_brake)
+                              vehicle, hold_brake)
     if config.kind == "pid_pure_pursuit":
         return pure_pursuit
     if config.kind == "mpc":

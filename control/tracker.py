@@ -1,7 +1,6 @@
-"""The controller contract and the PID trackers (longitudinal PID + a geometric lateral law).
+"""The PID trackers: a longitudinal PID + a geometric lateral law, behind `core.stages.Controller`.
 
-A controller has a `name`, `reset()` and one per-tick method `step(ego, plan, t) -> Control`
-(t: current sim time [s]; the plan's times are relative to plan.t).
+t is the current sim time [s]; the plan's times are relative to plan.t.
 """
 
 from __future__ import annotations
@@ -13,14 +12,6 @@ from stagepilot.control.geometry import VehicleGeometry
 from stagepilot.control.longitudinal import LongitudinalPid
 from stagepilot.control.reference import PlanReference
 from stagepilot.core.messages import Control, EgoState, Plan
-
-
-class Controller(Protocol):
-    name: str
-
-    def reset(self) -> None: ...
-
-    def step(self, ego: EgoState, plan: Plan, t: float) -> Control: ...
 
 
 class LateralLaw(Protocol):
@@ -39,12 +30,12 @@ class PidTracker:
     """Longitudinal PID + a lateral law (pure pursuit or Stanley)."""
 
     def __init__(self, name: str, lateral: LateralLaw, longitudinal: LongitudinalPid,
-                 vehicle: VehicleGeometry, failsafe_brake: float):
+                 vehicle: VehicleGeometry, hold_brake: float):
         self.name = name
         self.lateral = lateral
         self.longitudinal = longitudinal
         self.vehicle = vehicle
-        self.failsafe = Control(brake=failsafe_brake)
+        self.hold = Control(brake=hold_brake)  # a state or plan it cannot track: stand still
         self.last_steer_angle_rad = 0.0  # [rad] the front-wheel angle last asked for
 
     def reset(self) -> None:
@@ -53,7 +44,7 @@ class PidTracker:
 
     def step(self, ego: EgoState, plan: Plan, t: float) -> Control:
         if not usable(ego, plan):
-            return self.failsafe
+            return self.hold
         ref = PlanReference(plan)
         # a plan standing at one point has no path to follow: keep the wheels as they are
         angle = self.lateral.steer_angle(ego, ref) if ref.has_path else ego.steer_angle

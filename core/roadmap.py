@@ -1,205 +1,35 @@
 """The road map: OpenDRIVE through `carla.Map`, converted to the world frame.
 
 `carla.Map(name, xodr_text)` parses OpenDRIVE offline but answers in CARLA's left-handed
-frame (y flipped, yaw clockwise in degrees). This module and the CARLA backend are the only
-code that sees that frame: everything it returns is in the world frame (x east, y north,
-yaw CCW [rad]). It is shared by the simulators and the planner.
+frame (y flipped, yaw clockwise in degrees). The road map modules (this one, `lanes`,
+`lane_surfaces`) and the CARLA backend are the only code that sees that frame: everything they
+return is in the world frame (x east, y north, yaw CCW [rad]). It is shared by the simulators
+and the planner. Lane values live in `lanes`, surfaces and markings in `lane_surfaces`.
 """
 
 from __future__ import annotations
 
 import math
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from pathlib import Path
 
 import carla
 import networkx as nx
 import numpy as np
 
+from stagepilot.core.lane_surfaces import LaneMarking, LaneSurface, lane_markings, lane_surfaces
+from stagepilot.core.lanes import (DRIVING, LanePoint, LaneSegment, RoutePath, StopLine, lane_point,
+                                   to_carla_location, to_world_xy)
 from stagepilot.core.paths import Polyline
 
 SAMPLE_STEP_M = 1.0
 LANE_CHANGE_COST_M = 30.0  # route-length penalty of one lane change
 LANE_CHANGE_LEAD_M = 5.0  # [m] driven on the old lane before the change starts
 LANE_CHANGE_LENGTH_M = 30.0  # [m] along which the route moves across
-DRIVING = carla.LaneType.Driving
 
 
 class MapError(ValueError):
     """A map that cannot be read or used; the message names the file."""
-
-
-def to_world_xy(location: carla.Location) -> tuple[float, float]:
-    return location.x, -location.y
-
-
-def to_carla_location(x: float, y: float, z: float = 0.0) -> carla.Location:
-    return carla.Location(x=float(x), y=float(-y), z=float(z))
-
-
-def world_yaw(rotation: carla.Rotation) -> float:
-    return -math.radians(rotation.yaw)
-
-
-@dataclass(frozen=True)
-class LanePoint:
-    """A point on a lane centre line."""
-
-    x: float
-    y: float
-    yaw: float  # [rad] along the lane's driving direction
-    road_id: int
-    section_id: int
-    lane_id: int
-    s: float  # OpenDRIVE s along the road [m]
-    width: float  # [m]
-    is_junction: bool
-    junction_id: int
-    lane_type: str
-
-    @property
-    def key(self) -> tuple[int, int, int]:
-        return (self.road_id, self.section_id, self.lane_id)
-
-
-def lane_point(wp: carla.Waypoint) -> LanePoint:
-    x, y = to_world_xy(wp.transform.location)
-    return LanePoint(
-        x=x,
-        y=y,
-        yaw=world_yaw(wp.transform.rotation),
-        road_id=wp.road_id,
-        section_id=wp.section_id,
-        lane_id=wp.lane_id,
-        s=wp.s,
-        width=wp.lane_width,
-        is_junction=wp.is_junction,
-        junction_id=wp.junction_id if wp.is_junction else -1,
-        lane_type=str(wp.lane_type),
-    )
-
-
-@dataclass(frozen=True)
-class LaneSegment:
-    """One driving lane of one road section, in driving order (a road-graph edge)."""
-
-    key: tuple[int, int, int]
-    path: Polyline
-    width: np.ndarray  # (N,) [m] at path vertices (before de-duplication: same length as path)
-    is_junction: bool
-    junction_id: int
-
-
-@dataclass(frozen=True)
-class StopLine:
-    """Where traffic entering a junction from one approach must stop."""
-
-    junction_id: int
-    road_id: int
-    lane_keys: tuple[tuple[int, int, int], ...]
-    p0: tuple[float, float]  # left end [m]
-    p1: tuple[float, float]  # right end [m]
-    heading: float  # [rad] direction of travel across the line
-
-    @property
-    def center(self) -> tuple[float, float]:
-        return ((self.p0[0] + self.p1[0]) / 2, (self.p0[1] + self.p1[1]) / 2)
-
-
-@dataclass(frozen=True)
-class RoutePath:
-    """A lane-level route: a dense polyline and the lane segment of each leg."""
-
-    path: Polyline
-    segment_keys: tuple[tuple[int, int, int], ...]
-    junction_ids: tuple[int, ...]  # junctions crossed, in order
-
-
-@dataclass(frozen=True)
-class LaneSurface:
-    lane_type: str  # CARLA lane type name: Driving, Sidewalk, Shoulder, Parking, ...
-    polygon: np.ndarray  # (4, 2) world [m]
-    is_junction: bool
-
-
-@dataclass(frozen=True)
-class LaneMarking:
-    points: np.ndarray  # (N, 2) world [m]
-    width_m: float
-    color: str  # white | yellow
-    dashed: bool
-
-    @property
-    def rgb(self) -> tuple[int, int, int]:
-        return (235, 190, 40) if self.color == "yellow" else (235, 235, 230)
-
-
-def _edge(wp: carla.Waypoint, side: int) -> tuple[float, float]:
-    """A lane edge point: side +1 is the left edge in the driving direction, -1 the right."""
-    x, y = to_world_xy(wp.transform.location)
-    yaw = world_yaw(wp.transform.rotation)
-    half = side * wp.lane_width / 2
-    return x - math.sin(yaw) * half, y + math.cos(yaw) * half
-
-
-def _quad(a: carla.Waypoint, b: carla.Waypoint) -> np.ndarray | None:
-    if a.transform.location.distance(b.transform.location) < 1e-3:
-        return None
-    return np.array([_edge(a, 1), _edge(b, 1), _edge(b, -1), _edge(a, -1)])
-
-
-def _outer_lanes(wp: carla.Waypoint) -> list[carla.Waypoint]:
-    """Non-driving lanes to the right of the outermost driving lane, inner to outer."""
-    out = []
-    lane = wp.get_right_lane()
-    if lane is not None and lane.lane_type == DRIVING:
-        return out
-    while lane is not None and lane.lane_type != DRIVING and np.sign(lane.lane_id) == np.sign(wp.lane_id):
-        out.append(lane)
-        lane = lane.get_right_lane()
-    return out
-
-
-_PAINTED = {
-    carla.LaneMarkingType.Solid: (False, 1),
-    carla.LaneMarkingType.Broken: (True, 1),
-    carla.LaneMarkingType.SolidSolid: (False, 2),
-    carla.LaneMarkingType.SolidBroken: (False, 2),
-    carla.LaneMarkingType.BrokenSolid: (False, 2),
-    carla.LaneMarkingType.BrokenBroken: (True, 2),
-}
-
-
-def _marking_runs(wps: list[carla.Waypoint], side: int) -> list[LaneMarking]:
-    """Polylines of one lane edge, split where the marking type changes."""
-    runs: list[LaneMarking] = []
-    current: list[tuple[float, float]] = []
-    style = None
-    for wp in [*wps, None]:
-        mark = None if wp is None else (wp.left_lane_marking if side > 0 else wp.right_lane_marking)
-        kind = None if mark is None else _PAINTED.get(mark.type)
-        new_style = None if kind is None else (kind, str(mark.color).lower())
-        if new_style != style or wp is None:
-            if style is not None and len(current) >= 2:
-                (dashed, lines), color = style
-                pts = np.array(current)
-                for offset in ((0.0,) if lines == 1 else (-0.12, 0.12)):
-                    runs.append(LaneMarking(_offset(pts, offset), 0.15, color if color == "yellow" else "white", dashed))
-            current = []
-            style = new_style
-        if wp is not None and style is not None:
-            current.append(_edge(wp, side))
-    return runs
-
-
-def _offset(points: np.ndarray, offset: float) -> np.ndarray:
-    if offset == 0.0:
-        return points
-    d = np.gradient(points, axis=0)
-    n = np.stack([-d[:, 1], d[:, 0]], axis=1)
-    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-9)
-    return points + n * offset
 
 
 def _check_xml(text: str, source: str) -> dict[int, list[tuple[float, float]]]:
@@ -442,36 +272,12 @@ class RoadMap:
     # ------------------------------------------------------------ surfaces
 
     def surfaces(self) -> list[LaneSurface]:
-        """Quads covering every driving lane and the lanes beside it (shoulder, sidewalk...),
-        in drawing order: side lanes first, then driving lanes, junctions last."""
-        side, driving = [], []
-        for key in sorted(self._samples):
-            wps = self._samples[key]
-            for a, b in zip(wps[:-1], wps[1:]):
-                quad = _quad(a, b)
-                if quad is not None:
-                    driving.append(LaneSurface("Driving", quad, a.is_junction))
-                if a.is_junction:
-                    continue
-                for sa, sb in zip(_outer_lanes(a), _outer_lanes(b)):
-                    if sa.lane_id == sb.lane_id and (quad := _quad(sa, sb)) is not None:
-                        side.append(LaneSurface(str(sa.lane_type), quad, False))
-        driving.sort(key=lambda surface: surface.is_junction)
-        return side + driving
+        """Lane surface quads in drawing order (`lane_surfaces`)."""
+        return lane_surfaces(self._samples)
 
     def markings(self) -> list[LaneMarking]:
-        """Painted lines outside junctions: each lane's left line, and the right edge line of
-        the outermost driving lane."""
-        marks = []
-        for key in sorted(self._samples):
-            wps = [w for w in self._samples[key] if not w.is_junction]
-            if len(wps) < 2:
-                continue
-            marks += _marking_runs(wps, side=+1)
-            right = wps[0].get_right_lane()
-            if right is None or right.lane_type != DRIVING:
-                marks += _marking_runs(wps, side=-1)
-        return marks
+        """Painted lines outside junctions (`lane_markings`)."""
+        return lane_markings(self._samples)
 
     # ------------------------------------------------------------ junctions
 

@@ -2,12 +2,15 @@
 
     stagepilot bench perception --json
 
-Both sides run in the same process with the same device, dtype (bf16 autocast where the
-device runs it natively, as the stage decides), memory format (channels_last), thread count and ``torch.inference_mode()``:
-- ours: what the learned stage runs per frame (perception/learned.py ``NetworkRunner``): the
-  640x360 uint8 frame to the device, scaled to the network's input size (the shipped
-  checkpoint's), ``PerceptionNet`` forward and ``decode`` (boxes through NMS, the seg map);
-  the shipped weights when present, else random init;
+Both sides run in the same process with the device, dtype and memory format of the stack
+config's ``perception.learned`` (device ``auto``: CUDA when present; precision ``auto``: bf16
+autocast where the device runs it natively; ``channels_last``), the same thread count (the one
+given, else the config's ``threads``, else all cores) and ``torch.inference_mode()``:
+- ours: what the learned stage runs per frame (perception/learned.py ``NetworkRunner``, with the
+  config's score thresholds and NMS IoU): the 640x360 uint8 frame to the device, scaled to the
+  network's input size (the checkpoint's), ``PerceptionNet`` forward and ``decode`` (boxes
+  through NMS, the seg map); the configured checkpoint (null: the shipped one, random init when
+  it is absent), or random init for another architecture or input size;
 - the pair: ``ssdlite320_mobilenet_v3_large`` (its forward includes resize, decoding and NMS)
   plus ``lraspp_mobilenet_v3_large`` (full-resolution logits), 7 classes each, random init.
 """
@@ -22,8 +25,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from stagepilot.perception.learned import SHIPPED_CHECKPOINT, NetworkRunner, native_bf16
-from stagepilot.perception.model import DEFAULT_ARCHITECTURE, build_model, load_checkpoint
+from stagepilot.perception.checkpoint import load_checkpoint
+from stagepilot.perception.learned import SHIPPED_CHECKPOINT, NetworkRunner, resolve_checkpoint
+from stagepilot.perception.network import DEFAULT_ARCHITECTURE, IMAGENET_MEAN, IMAGENET_STD, build_model
 from stagepilot.core.config import LearnedPerceptionConfig
 
 INPUT_H, INPUT_W = 360, 640
@@ -46,43 +50,42 @@ def _time_interleaved(fns: list[Callable[[], Any]], iters: int, warmup: int,
             for t in times]
 
 
-def bench_perception(iters: int = 30, warmup: int = 5, threads: int | None = None, *,
-                     architecture: str | None = None, input_size: tuple[int, int] | None = None) -> dict:
-    """Architecture and input size default to the shipped checkpoint's (else the model's defaults)."""
+def bench_perception(learned: LearnedPerceptionConfig, iters: int = 30, warmup: int = 5,
+                     threads: int | None = None, *, architecture: str | None = None,
+                     input_size: tuple[int, int] | None = None) -> dict:
+    """``learned``: the stack config's ``perception.learned``. Architecture and input size default
+    to its checkpoint's (else the model's defaults)."""
     from torchvision.models.detection import ssdlite320_mobilenet_v3_large
     from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
-    threads = threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
+    threads = threads or learned.threads or os.cpu_count() or 1
     torch.manual_seed(0)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if native_bf16(device) else None  # the stage's own rule (precision: auto)
-    autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext())
-
     ours, weights = None, "random"
-    if SHIPPED_CHECKPOINT.is_file():
-        shipped, meta = load_checkpoint(SHIPPED_CHECKPOINT, map_location=device)
+    checkpoint = SHIPPED_CHECKPOINT if learned.checkpoint is None else resolve_checkpoint(learned.checkpoint)
+    if checkpoint.is_file():
+        loaded, meta = load_checkpoint(checkpoint)
         architecture = architecture or meta["architecture"]
         input_size = tuple(input_size or meta["input_size"])
         if meta["architecture"] == architecture and tuple(meta["input_size"]) == input_size:
-            ours, weights = shipped, "shipped"
+            ours, weights = loaded, "shipped" if checkpoint == SHIPPED_CHECKPOINT else str(checkpoint)
     if ours is None:
         kwargs = {"input_size": tuple(input_size)} if input_size else {}
         ours = build_model(architecture or DEFAULT_ARCHITECTURE, **kwargs)
-    ours = ours.eval().to(device, memory_format=torch.channels_last)
+    # the stage decides device, dtype and memory format from the config; the pair runs with the same
+    stage = NetworkRunner(learned.model_copy(update={"threads": threads}), model=ours)
+    device, memory_format = stage.device, stage.memory_format
+    dtype = None if stage.dtype == torch.float32 else stage.dtype
+    autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext())
     ssd = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=7)
     lraspp = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=7)
-    ssd = ssd.eval().to(device, memory_format=torch.channels_last)
-    lraspp = lraspp.eval().to(device, memory_format=torch.channels_last)
+    ssd = ssd.eval().to(device, memory_format=memory_format)
+    lraspp = lraspp.eval().to(device, memory_format=memory_format)
 
     frame = torch.rand(1, 3, INPUT_H, INPUT_W, device=device)  # (B, 3, H, W) in [0, 1]
-    seg_input = ((frame - torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1))
-                 / torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1))
-    seg_input = seg_input.contiguous(memory_format=torch.channels_last)
-
+    seg_input = ((frame - torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1))
+                 / torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
+    seg_input = seg_input.contiguous(memory_format=memory_format)
     rgb = (frame[0].permute(1, 2, 0) * 255).to(torch.uint8).cpu().numpy()  # (H, W, 3) camera frame
-    stage = NetworkRunner(LearnedPerceptionConfig(device=device.type, threads=threads,
-                                                  precision="bf16" if dtype is not None else "fp32"), model=ours)
 
     def run_ours():
         return stage(rgb)
@@ -98,7 +101,7 @@ def bench_perception(iters: int = 30, warmup: int = 5, threads: int | None = Non
         "speedup_p50": round(result_pair["p50_ms"] / result_ours["p50_ms"], 2),
         "device": device.type,
         "dtype": "bfloat16" if dtype is not None else "float32",
-        "memory_format": "channels_last",
+        "memory_format": "channels_last" if memory_format == torch.channels_last else "contiguous",
         "threads": threads,
         "input": f"{INPUT_W}x{INPUT_H}",
         "architecture": ours.architecture,

@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 import torch
 from stagepilot.perception.dataset import MIN_VISIBLE_FRACTION
-from stagepilot.perception.model import CLASSES, IGNORE_INDEX, SEG_LOOKUP
+from stagepilot.perception.labels import CLASSES, IGNORE_INDEX, SEG_LOOKUP
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.ops import box_area, clip_boxes_to_image

@@ -15,8 +15,12 @@ Prints one JSON object:
   within 30 m (ego xy), the detection of the same class with the highest IoU (>= 0.5, score
   >= ``score_threshold``, each used once) is placed on the ground: the bottom-centre of its box
   (in K's pixel coordinates, less the camera's outline margin: perception/geometry.py) is
-  back-projected through K and T_ego_cam (from the annotation file's camera record) onto z = 0
-  (ego frame, the ground under the ego). That is the object's lowest visible point, so the
+  back-projected through K and T_ego_cam onto z = 0 (ego frame, the ground under the ego). The
+  camera is the annotation file's own record (``collect`` writes one); a file without one is
+  read with the camera of the stack config passed in (``camera_record``: ``sim.cameras``).
+  A camera that records no ``outline_margin_px``, and one built from the stack config (which
+  has no such key), is taken to have none (``UNRECORDED_OUTLINE_MARGIN_PX``, 0 px:
+  CameraImage's default, a camera that samples pixel centres). That is the object's lowest visible point, so the
   centre estimate adds the stage's ``contact_depth_m`` along the horizontal viewing ray
   (vehicle 1.73 m: a car seen from behind touches the road at its rear tyres, 0.385 of its
   length behind its centre; pedestrian 0.25 m). The error is the
@@ -37,11 +41,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from stagepilot.perception import dataset as dataset_files
 from stagepilot.perception import geometry
+from stagepilot.perception.checkpoint import load_checkpoint
 from stagepilot.perception.data import PerceptionDataset, collate
-from stagepilot.perception.model import IGNORE_INDEX, PerceptionNet, load_checkpoint
-from stagepilot.core.config import LearnedPerceptionConfig
-from stagepilot.sim.render.renderer import OUTLINE_MARGIN_PX
+from stagepilot.perception.labels import IGNORE_INDEX
+from stagepilot.perception.network import PerceptionNet
+from stagepilot.core.config import ConfigError, LearnedPerceptionConfig, StackConfig
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassJaccardIndex
 from torchmetrics.detection import MeanAveragePrecision
@@ -55,18 +61,38 @@ CONTACT_DEPTH_M = LearnedPerceptionConfig().contact_depth_m  # [m] centre behind
 MATCH_IOU = 0.5
 AP_SCORE_THRESHOLD = 0.05  # AP integrates over scores: keep low-confidence detections
 HEIGHT_BANDS_PX = (0, 12, 20, 32, 64)  # lower edges of the recall bands [camera px]; the last is open
-DEFAULT_CAMERA = {  # configs/stack.yaml front camera (640x360, fov 90, x 1.5 m, z 1.6 m, pitch 3 deg down)
-    "K": [[320.0, 0.0, 320.0], [0.0, 320.0, 180.0], [0.0, 0.0, 1.0]],
-    "T_ego_cam": [[0.0, -0.052336, 0.99863, 1.5], [-1.0, 0.0, 0.0, 0.0], [0.0, -0.99863, -0.052336, 1.6],
-                  [0.0, 0.0, 0.0, 1.0]],
-    "outline_margin_px": OUTLINE_MARGIN_PX,
-}
+CAMERA = "front"  # the camera `collect` records
+UNRECORDED_OUTLINE_MARGIN_PX = 0.0  # [px] assumed where a camera records none (module docstring)
+
+
+def camera_record(config: StackConfig, name: str = CAMERA, *,
+                  outline_margin_px: float = UNRECORDED_OUTLINE_MARGIN_PX) -> dict[str, Any]:
+    """The stack config's camera ``name`` (``sim.cameras``) as a dataset camera record: K (3, 3),
+    T_ego_cam (4, 4), size and outline margin, as perception/dataset.py ``camera_record``."""
+    cam = config.sim.cameras.get(name)
+    if cam is None:
+        raise ConfigError(f"sim.cameras: evaluation needs a camera named {name!r}")
+    K = geometry.pinhole_intrinsics(cam.width, cam.height, cam.fov_deg)
+    T = geometry.camera_pose(cam.x, cam.y, cam.z, cam.roll_deg, cam.pitch_deg, cam.yaw_deg)
+    return dataset_files.camera_record(name, cam.width, cam.height, K, T, outline_margin_px)
 
 
 def centre_from_box(box: np.ndarray, kind: str, K: np.ndarray, T_ego_cam: np.ndarray,
-                    margin_px: float = OUTLINE_MARGIN_PX) -> np.ndarray | None:
+                    margin_px: float = UNRECORDED_OUTLINE_MARGIN_PX) -> np.ndarray | None:
     """Box (4,) xyxy camera px (edges) -> estimated object centre (x, y) in the ego frame [m]."""
     return geometry.centre_from_box(box, CONTACT_DEPTH_M[kind], K, T_ego_cam, margin_px)
+
+
+def _camera(frames: PerceptionDataset, config: StackConfig | None) -> tuple[np.ndarray, np.ndarray, float]:
+    """(K, T_ego_cam, outline margin px) of the camera that took the split's frames."""
+    camera = frames.camera
+    if camera is None:
+        if config is None:
+            raise ConfigError(f"{frames.root}: annotations/{frames.split}.json records no camera; "
+                              "evaluate it with the stack config whose camera took the frames")
+        camera = camera_record(config)
+    K, T = np.asarray(camera["K"], dtype=float), np.asarray(camera["T_ego_cam"], dtype=float)
+    return K, T, float(camera.get("outline_margin_px", UNRECORDED_OUTLINE_MARGIN_PX))
 
 
 def _null(value: float) -> float | None:
@@ -76,15 +102,14 @@ def _null(value: float) -> float | None:
 @torch.no_grad()
 def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *, device: str | torch.device = "cpu",
                    batch_size: int = 8, score_threshold: float = 0.3, num_workers: int = 0,
-                   show_progress: bool = False, limit: int | None = None) -> dict[str, Any]:
+                   show_progress: bool = False, limit: int | None = None,
+                   config: StackConfig | None = None) -> dict[str, Any]:
     """Run `model` over a split (its first `limit` frames) -> the metrics dict described in the
-    module docstring."""
+    module docstring. ``config``: the stack config, whose camera is used where the split's
+    annotation file records none."""
     device = torch.device(device)
     dataset = PerceptionDataset(data, split, input_size=tuple(model.input_size), limit=limit)
-    camera = dataset.camera or DEFAULT_CAMERA
-    K, T = np.asarray(camera["K"], dtype=float), np.asarray(camera["T_ego_cam"], dtype=float)
-    # files written before the record carried it came from the embedded renderer
-    margin = float(camera.get("outline_margin_px", OUTLINE_MARGIN_PX))
+    K, T, margin = _camera(dataset, config)
     classes, seg_classes = list(model.classes), list(model.seg_classes)
     ap50 = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, iou_thresholds=[0.5],
                                 backend="pycocotools")
@@ -210,11 +235,15 @@ def _position_errors(boxes, scores, labels, gt_boxes, target, classes, score_thr
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "val", *,
-                        device: str | None = None, batch_size: int = 8, show_progress: bool = False) -> dict[str, Any]:
+                        device: str | None = None, batch_size: int = 8, show_progress: bool = False,
+                        config: StackConfig | None = None) -> dict[str, Any]:
+    """``evaluate_model`` on a checkpoint file; its path, architecture, input size and epoch are
+    added under ``checkpoint``."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, meta = load_checkpoint(checkpoint, map_location=device)
     model.to(memory_format=torch.channels_last)
-    result = evaluate_model(model, data, split, device=device, batch_size=batch_size, show_progress=show_progress)
+    result = evaluate_model(model, data, split, device=device, batch_size=batch_size, show_progress=show_progress,
+                            config=config)
     result["checkpoint"] = {"path": str(checkpoint), "architecture": meta["architecture"],
                             "input_size": list(meta["input_size"]), "epoch": meta.get("epoch")}
     return result

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from stagepilot.perception.model import PerceptionNet, load_checkpoint
+from stagepilot.perception.checkpoint import load_checkpoint
+from stagepilot.perception.network import PerceptionNet
 
 def output_names(model: PerceptionNet) -> list[str]:
     """ONNX output names: class logits and box distances per detection stride, then the segmentation

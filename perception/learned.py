@@ -47,7 +47,8 @@ from stagepilot.perception.geometry import (
     stop_line_ahead,
     world_to_ego,
 )
-from stagepilot.perception.model import PerceptionNet, load_checkpoint
+from stagepilot.perception.checkpoint import load_checkpoint
+from stagepilot.perception.network import PerceptionNet
 from stagepilot.perception.road import RoadExtractor
 from stagepilot.perception.tracking import Measurement, Tracker
 from stagepilot.core.config import ConfigError, LearnedPerceptionConfig

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from stagepilot.perception.model import SEG_CLASSES
+from stagepilot.perception.labels import SEG_CLASSES
 from stagepilot.core.messages import RoadSurface
 
 UNSEEN = 255  # warp border value: no pixel behind this cell

@@ -37,16 +37,15 @@ from stagepilot.perception.data import (
     collate,
     manifest_record,
 )
-from stagepilot.perception.model import (
-    DEFAULT_ARCHITECTURE,
-    recalibrate_batchnorm,
-    CLASSES,
-    SEG_CLASSES,
-    build_model,
+from stagepilot.perception.checkpoint import (
+    load_backbone_weights,
     load_checkpoint,
+    recalibrate_batchnorm,
     save_checkpoint,
 )
-from stagepilot.core.config import load_config
+from stagepilot.perception.labels import CLASSES, SEG_CLASSES
+from stagepilot.perception.network import DEFAULT_ARCHITECTURE, build_model
+from stagepilot.core.config_load import load_config
 from stagepilot.core.config_base import ConfigError, Strict
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -173,10 +172,11 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, command: str
     if len(train_set) == 0:
         raise ConfigError(f"{config.data}: the train split holds no frames")
     try:
-        model = build_model(config.model.architecture, input_size=input_size,
-                            backbone_weights=config.model.backbone_weights)
+        model = build_model(config.model.architecture, input_size=input_size)
     except ValueError as exc:
         raise ConfigError(f"model.architecture: {exc}") from None
+    if config.model.backbone_weights is not None:
+        load_backbone_weights(model, config.model.backbone_weights)
     model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)

@@ -32,6 +32,13 @@ def _add_stack_args(parser: argparse.ArgumentParser) -> None:
                         help="override a config value, e.g. sim.dt_s=0.02 or scenario.seed=3")
 
 
+def _add_maps_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--maps", action="append", default=[], metavar="DIR",
+                        help="a folder of OpenDRIVE maps, searched first for a scenario's `map: NAME` (NAME.xodr; "
+                             "repeatable); then $STAGEPILOT_MAPS (folders separated like PATH), configs/maps and "
+                             "$CARLA_ROOT/CarlaUE4/Content/Carla/Maps/OpenDrive")
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -70,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     drive.add_argument("--pipelined", action="store_true", help="overlap perception of frame n+1 with planning of frame n")
     drive.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<time>-<scenario>/)")
     drive.add_argument("--quiet", action="store_true", help="no progress line")
+    _add_maps_arg(drive)
     _add_stack_args(drive)
     drive.set_defaults(handler=_cmd_drive)
 
@@ -86,10 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--out", required=True, type=Path, help="output folder for render.mp4 and still.png")
     render.add_argument("--duration", type=float, default=None, metavar="S",
                         help="stop after S simulated seconds (default: the scenario's duration)")
+    _add_maps_arg(render)
     _add_stack_args(render)
     render.set_defaults(handler=_cmd_render)
 
     listing = sim_commands.add_parser("list", help="list the shipped scenarios")
+    _add_maps_arg(listing)
     listing.set_defaults(handler=_cmd_list)
 
     bench = commands.add_parser("bench", help="benchmarks that print figures",
@@ -104,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sim.add_argument("--scenario", default="town_traffic", help="scenario to measure (default: town_traffic)")
     bench_sim.add_argument("--steps", type=_positive_int, default=400, help="simulation steps to time")
     bench_sim.add_argument("--frames", type=_positive_int, default=300, help="camera frames to time")
+    _add_maps_arg(bench_sim)
     _add_stack_args(bench_sim)
     bench_sim.set_defaults(handler=_cmd_bench_sim)
 
@@ -143,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "shipped one), e.g. mtl_mbv3large_fpn64_s48_seg4")
     bench_perception.add_argument("--input-size", type=_positive_int, nargs=2, default=None, metavar=("H", "W"),
                                   help="our network's input size (default: the shipped checkpoint's)")
+    _add_stack_args(bench_perception)
     bench_perception.set_defaults(handler=_cmd_bench_perception)
 
     collect = commands.add_parser(
@@ -163,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--depth", action="store_true", help="also write depth as 16-bit PNG [cm]")
     collect.add_argument("--workers", type=_positive_int, default=1, help="processes (the output does not depend on it)")
     collect.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_maps_arg(collect)
     _add_stack_args(collect)
     collect.set_defaults(handler=_cmd_collect)
 
@@ -205,19 +218,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_drive(args) -> int:
-    from stagepilot.pipeline.drive import run_drive
+    from stagepilot.pipeline.driver import drive
+    from stagepilot.pipeline.writer import RunWriter, default_run_dir
+    from stagepilot.sim.scenario import load_scenario
 
+    if args.sim != "embedded":
+        raise ConfigError(f"--sim {args.sim}: only the embedded simulator is available so far")
     stack_overrides, scenario_overrides = _split_overrides(args.overrides)
     if args.time_model:
         stack_overrides.append(f"runtime.time_model={args.time_model}")
     if args.pipelined:
         stack_overrides.append("runtime.pipelined=true")
+    if args.perception:
+        stack_overrides.append(f"perception.kind={args.perception}")
     config = load_stack(args.config, stack_overrides)
-    result = run_drive(config, args.scenario, scenario_overrides, args.out, args.sim, args.perception,
-                       show_progress=not args.quiet)
+    scenario = load_scenario(args.scenario, scenario_overrides, args.maps)
+    out_dir = args.out or default_run_dir(Path("runs"), scenario.name)
+    result = drive(config, scenario, observers=(RunWriter(out_dir, config, scenario),), show_progress=not args.quiet)
     outcome = result.outcome
-    print(f"run folder: {result.out_dir}")
-    print(f"video: {result.out_dir / 'video.mp4'}")
+    print(f"run folder: {out_dir}")
+    print(f"video: {out_dir / 'video.mp4'}")
     print(f"outcome: completed={outcome['completed']} collisions={outcome['collisions']} "
           f"red_lights={outcome['red_lights']} failsafe_frames={outcome['failsafe_frames']}")
     if result.interrupted:
@@ -231,7 +251,7 @@ def _cmd_render(args) -> int:
 
     stack_overrides, scenario_overrides = _split_overrides(args.overrides)
     config = load_stack(args.config, stack_overrides)
-    video = render_scenario(config, args.scenario, scenario_overrides, args.out, args.duration)
+    video = render_scenario(config, args.scenario, scenario_overrides, args.out, args.duration, args.maps)
     print(f"wrote {video}")
     return 0
 
@@ -240,7 +260,7 @@ def _cmd_list(args) -> int:
     from stagepilot.sim.scenario import SCENARIO_DIR, load_scenario
 
     for path in sorted(SCENARIO_DIR.glob("*.yaml")):
-        scenario = load_scenario(path)
+        scenario = load_scenario(path, maps_dirs=args.maps)
         print(f"{path.stem:24s} {scenario.description}")
     return 0
 
@@ -250,7 +270,7 @@ def _cmd_bench_sim(args) -> int:
 
     stack_overrides, scenario_overrides = _split_overrides(args.overrides)
     config = load_stack(args.config, stack_overrides)
-    _print_result(bench_sim(config, args.scenario, scenario_overrides, args.steps, args.frames), args.json)
+    _print_result(bench_sim(config, args.scenario, scenario_overrides, args.steps, args.frames, args.maps), args.json)
     return 0
 
 
@@ -266,7 +286,7 @@ def _cmd_bench_plan(args) -> int:
     from stagepilot.planning.bench import bench_plan
 
     config = load_stack(args.config, args.overrides)
-    _print_result(bench_plan(config.planner.lattice, calls=args.calls), args.json)
+    _print_result(bench_plan(config.planner.lattice, config.vehicle, calls=args.calls), args.json)
     return 0
 
 
@@ -283,8 +303,9 @@ def _cmd_bench_control(args) -> int:
 def _cmd_bench_perception(args) -> int:
     from stagepilot.perception.bench import bench_perception
 
-    _print_result(bench_perception(iters=args.iters, warmup=args.warmup, threads=args.threads,
-                                   architecture=args.architecture,
+    config = load_stack(args.config, args.overrides)
+    _print_result(bench_perception(config.perception.learned, iters=args.iters, warmup=args.warmup,
+                                   threads=args.threads, architecture=args.architecture,
                                    input_size=tuple(args.input_size) if args.input_size else None), args.json)
     return 0
 
@@ -298,6 +319,7 @@ def _collect_command(args) -> str:
                "--interval": args.interval, "--image-format": args.image_format}
     words = [word for key, value in options.items() for word in (key, str(value))]
     words += ["--depth"] * args.depth + [word for path in args.config for word in ("--config", path)]
+    words += [word for folder in args.maps for word in ("--maps", folder)]
     return shlex.join(["stagepilot", "collect", *words, *args.overrides])
 
 
@@ -309,6 +331,7 @@ def _cmd_collect(args) -> int:
         config, args.out, args.frames, args.split, args.seed, val_fraction=args.val_fraction,
         frames_per_scene=args.frames_per_scene, interval_s=args.interval, image_format=args.image_format,
         depth=args.depth, workers=args.workers, show_progress=not args.quiet, command=_collect_command(args),
+        maps_dirs=args.maps,
     )
     for name, split in manifest["splits"].items():
         print(f"{name}: {split['frames']} frames, {split['annotations']} boxes, maps {', '.join(split['maps'])}")

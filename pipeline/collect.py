@@ -7,10 +7,11 @@ along the road, parked cars, cones and barriers, and a weather preset. The ego d
 the reference follower; after a random warm-up, every `interval_s` one frame of the `front`
 camera is written (`perception/dataset.py` holds the file layout).
 
-Training scenes use the project maps (configs/maps) and even scene seeds; validation scenes
-use CARLA's Town02 (../shared/maps, never seen in training) and odd seeds, so no (map, seed)
-pair, and no seed, is shared. Everything comes from `--seed`: the same command writes the
-same bytes, whatever the number of workers.
+Training scenes use the project maps (configs/maps), plus CARLA's Town01 when it is on the map
+search path, and even scene seeds; validation scenes use CARLA's Town02 (found on the map search
+path: `--maps`, STAGEPILOT_MAPS, $CARLA_ROOT; never seen in training) and odd seeds, so no
+(map, seed) pair, and no seed, is shared. Everything comes from `--seed`: the same command
+writes the same bytes, whatever the number of workers. Scene sampling is in collect_scenes.py.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import shlex
 import subprocess
 import sys
 import multiprocessing
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,50 +33,27 @@ from tqdm import tqdm
 from stagepilot import __version__
 from stagepilot.perception import dataset
 from stagepilot.core.config import ConfigError, StackConfig
-from stagepilot.core.roadmap import MapError, RoadMap
+from stagepilot.core.maps import PROJECT_MAPS, find_map
+from stagepilot.core.roadmap import MapError
+from stagepilot.pipeline.collect_scenes import SceneJob, sample_scenario
 from stagepilot.sim.follower import make_follower
 from stagepilot.sim.render.camera import CameraSpec
 from stagepilot.sim.render.renderer import OUTLINE_MARGIN_PX
-from stagepilot.sim.scenario import MAP_DIR, Scenario
-from stagepilot.sim.world import EmbeddedSimulator, load_road_map
+from stagepilot.sim.world import EmbeddedSimulator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_MAPS = REPO_ROOT.parent / "shared" / "maps"
-TRAIN_MAPS = ("straight", "curvy", "junction", "town")  # the project's own maps (sim/maps)
-# CARLA's Town01 trains too when ../shared/maps holds it: without a real town the network learned
-# the project maps' road markings and kerbs and lost half its road-line IoU on Town02.
-TRAIN_TOWN = SHARED_MAPS / "Town01.xodr"
+TRAIN_MAPS = ("straight", "curvy", "junction", "town")  # the project's own maps (configs/maps)
+# CARLA's Town01 trains too when the map search path holds it: without a real town the network
+# learned the project maps' road markings and kerbs and lost half its road-line IoU on Town02.
+TRAIN_TOWN = "Town01"
 # scene share per training map: junctions and the towns hold lights and crossings
 TRAIN_MAP_WEIGHTS = {"straight": 1.0, "curvy": 1.0, "junction": 1.5, "town": 2.0, "Town01": 4.0}
-VAL_MAP = SHARED_MAPS / "Town02.xodr"
+VAL_TOWN = "Town02"
 SPLITS = ("train", "val")
 SEED_STRIDE = 1_000_000  # scene seeds of one --seed: 2 * (seed * SEED_STRIDE + scene) + split
 CAMERA = "front"
 MAX_ATTEMPTS = 5  # layouts tried per scene when one cannot be placed
-ROUTE_MIN_M = 120.0  # [m] shortest ego route
-ROUTE_TARGET_M = 300.0
-ACTOR_RANGE_M = (12.0, 130.0)  # [m] along the route from the ego start
 MAX_WARMUP_S = 3.0
-# Drawn like the simulator's `preset: random` (clear twice as often), but named in the manifest.
-WEATHER_PRESETS = ("clear_noon", "clear_noon", "overcast", "dusk", "fog", "night")
-
-
-@dataclass(frozen=True)
-class SceneJob:
-    """One scene to render: which map and seed, and where its frames go."""
-
-    split: str
-    index: int
-    seed: int  # the scenario seed: weather, colours, random traffic, scenery, layout
-    map_name: str
-    map_path: str
-    first_image_id: int
-    frames: int
-    interval_s: float
-    out: Path
-    config: StackConfig
-    image_format: str
-    depth: bool
 
 
 @dataclass(frozen=True)
@@ -92,17 +71,19 @@ def scene_seed(seed: int, split: str, index: int) -> int:
     return 2 * (seed * SEED_STRIDE + index) + SPLITS.index(split)
 
 
-def split_maps(split: str) -> tuple[list[tuple[str, str]], str | None]:
-    """(map name, path) pairs of a split, and a note when a CARLA town is absent."""
-    train = [(name, str(MAP_DIR / f"{name}.xodr")) for name in TRAIN_MAPS]
-    if split == "train":
-        if TRAIN_TOWN.is_file():
-            return [*train, (TRAIN_TOWN.stem, str(TRAIN_TOWN.resolve()))], None
-        return train, f"{TRAIN_TOWN} is absent: training uses the project's own maps only"
-    if VAL_MAP.is_file():
-        return [(VAL_MAP.stem, str(VAL_MAP.resolve()))], None
-    return train, (f"{VAL_MAP} is absent: validation uses the training maps with held-out (odd) seeds, "
-                   "so it measures generalisation to new scenes, not to a new town")
+def split_maps(split: str, maps_dirs: Iterable[str | Path] = ()) -> tuple[list[tuple[str, str]], str | None]:
+    """(map name, path) pairs of a split, and a note when a CARLA town is not on the map search
+    path (`maps_dirs`, then core/maps.py's places)."""
+    train = [(name, str(PROJECT_MAPS / f"{name}.xodr")) for name in TRAIN_MAPS]
+    town = TRAIN_TOWN if split == "train" else VAL_TOWN
+    try:
+        town_path = str(find_map(town, maps_dirs))
+    except MapError as exc:
+        if split == "train":
+            return train, f"{town} is absent ({exc}): training uses the project's own maps only"
+        return train, (f"{town} is absent ({exc}): validation uses the training maps with held-out (odd) "
+                       "seeds, so it measures generalisation to new scenes, not to a new town")
+    return ([*train, (town, town_path)] if split == "train" else [(town, town_path)]), None
 
 
 def split_frames(frames: int, split: str, val_fraction: float) -> dict[str, int]:
@@ -115,8 +96,8 @@ def split_frames(frames: int, split: str, val_fraction: float) -> dict[str, int]
 
 
 def plan_scenes(split: str, frames: int, frames_per_scene: int, seed: int,
-                **common) -> tuple[list[SceneJob], str | None]:
-    maps, note = split_maps(split)
+                maps_dirs: Iterable[str | Path] = (), **common) -> tuple[list[SceneJob], str | None]:
+    maps, note = split_maps(split, maps_dirs)
     weights = np.array([TRAIN_MAP_WEIGHTS.get(name, 1.0) for name, _ in maps])
     count = math.ceil(frames / frames_per_scene)
     choice = np.random.default_rng([seed, SPLITS.index(split)]).choice(len(maps), size=count, p=weights / weights.sum())
@@ -127,183 +108,6 @@ def plan_scenes(split: str, frames: int, frames_per_scene: int, seed: int,
                              map_path=path, first_image_id=1 + index * frames_per_scene,
                              frames=min(frames_per_scene, frames - index * frames_per_scene), **common))
     return jobs, note
-
-
-# ---------------------------------------------------------------- sampling one scene
-
-
-def _r(value: float, digits: int = 2) -> float:
-    return round(float(value), digits)
-
-
-def _drivable_keys(road_map: RoadMap) -> list[tuple[int, int, int]]:
-    return sorted(k for k, seg in road_map.segments.items() if not seg.is_junction and seg.path.length > 20.0)
-
-
-def _next_lanes(road_map: RoadMap, key: tuple[int, int, int]) -> list[tuple[int, int, int]]:
-    return [k for k in road_map.successors(key) if not road_map.graph.edges[key, k].get("lane_change")]
-
-
-def has_dead_ends(road_map: RoadMap) -> bool:
-    """Whether some lane ends without a successor (the ends of `straight`, `curvy`, the junction arms)."""
-    return any(not _next_lanes(road_map, key) for key in road_map.segments)
-
-
-def _walk(road_map: RoadMap, key, s: float, target_m: float,
-          rng: np.random.Generator) -> tuple[tuple[float, float], float]:
-    """A goal about `target_m` on from lane `key` at `s`, along random successors; it stops
-    short at a dead end. Returns the goal (x, y) and the distance walked [m]."""
-    seg = road_map.segments[key]
-    walked, goal = seg.path.length - s, (key, min(seg.path.length - 1.0, s + target_m))
-    while walked < target_m:
-        nexts = _next_lanes(road_map, key)
-        if not nexts:
-            break
-        key = nexts[int(rng.integers(len(nexts)))]
-        seg = road_map.segments[key]
-        if not seg.is_junction:
-            goal = (key, max(1.0, min(seg.path.length - 1.0, target_m - walked)))
-        walked += seg.path.length
-    x, y, _ = road_map.segments[goal[0]].path.interpolate(goal[1])
-    return (_r(x), _r(y)), walked
-
-
-def _sample_route(road_map: RoadMap, rng: np.random.Generator):
-    """An ego start at a random lane position and a goal some hundred metres on. Returns the
-    start (x, y), the goal (x, y) and the route (RoutePath) the simulator will build."""
-    keys = _drivable_keys(road_map)
-    for _ in range(100):
-        key = keys[int(rng.integers(len(keys)))]
-        s = float(rng.uniform(2.0, road_map.segments[key].path.length - 10.0))
-        x, y, _ = road_map.segments[key].path.interpolate(s)
-        start = (_r(x), _r(y))
-        goal, _ = _walk(road_map, key, s, ROUTE_TARGET_M, rng)
-        try:
-            route = road_map.route([start, goal])
-        except MapError:
-            continue
-        if route.path.length >= ROUTE_MIN_M:
-            return start, goal, route
-    raise ConfigError(f"{road_map.source}: found no ego route of {ROUTE_MIN_M:.0f} m or more")
-
-
-class _Layout:
-    """Actors placed around the ego route; cars and obstacles kept apart from each other.
-
-    Every NPC car gets a goal: the simulator's goal-less (random-turn) NPCs break at a lane's
-    dead end (sim/traffic.py extend_random_path), and three of the four project maps have some.
-    """
-
-    def __init__(self, road_map: RoadMap, route, rng: np.random.Generator, ego_xy: tuple[float, float]):
-        self.road_map, self.path, self.rng = road_map, route.path, rng
-        self.s_max = min(ACTOR_RANGE_M[1], self.path.length - 25.0)
-        self.actors: list[dict[str, Any]] = []
-        self._placed: list[tuple[float, float]] = [ego_xy]  # cars and obstacles, world [m]
-
-    def _xy(self, s: float, offset: float) -> tuple[float, float]:
-        x, y, yaw = (float(v) for v in self.path.interpolate(s))
-        return x - math.sin(yaw) * offset, y + math.cos(yaw) * offset
-
-    def _claim(self, xy: tuple[float, float], clearance_m: float) -> bool:
-        if any(math.dist(xy, p) < clearance_m for p in self._placed):
-            return False
-        self._placed.append(xy)
-        return True
-
-    def count(self, high: int) -> int:
-        return int(self.rng.integers(0, high + 1))
-
-    def _car(self, xy: tuple[float, float]) -> None:
-        """An NPC on the lane under `xy`, with a random goal, unless it would crowd another."""
-        found = self.road_map.segment_at(*xy)
-        if found is None or found[0].is_junction:
-            return
-        segment, s = found
-        x, y, _ = segment.path.interpolate(s)
-        start = (_r(x), _r(y))
-        if math.dist(start, xy) > 1.0 or not self._claim(start, 12.0):
-            return  # no lane there
-        goal, _ = _walk(self.road_map, segment.key, s, ROUTE_TARGET_M, self.rng)
-        self.actors.append({"type": "vehicle", "start": {"x": start[0], "y": start[1]},
-                            "goal": {"x": goal[0], "y": goal[1]}, "speed": _r(self.rng.uniform(3.0, 11.0))})
-
-    def vehicles(self, background: int) -> None:
-        """NPCs ahead in the ego lane, in the lane to its left (oncoming on two-way roads), and
-        `background` anywhere on the map."""
-        for offset in [0.0] * self.count(2) + [3.5] * self.count(2):
-            self._car(self._xy(_r(self.rng.uniform(25.0, self.s_max)), offset))
-        keys = _drivable_keys(self.road_map)
-        for _ in range(background):
-            segment = self.road_map.segments[keys[int(self.rng.integers(len(keys)))]]
-            x, y, _ = segment.path.interpolate(float(self.rng.uniform(5.0, segment.path.length - 5.0)))
-            self._car((float(x), float(y)))
-
-    def pedestrians(self) -> None:
-        for _ in range(self.count(2)):  # crossing the road, starting when the ego comes near
-            s, half = _r(self.rng.uniform(ACTOR_RANGE_M[0] + 10.0, self.s_max)), _r(self.rng.uniform(5.0, 9.0))
-            ends = [{"route_s": s, "offset": -half}, {"route_s": s, "offset": half}]
-            self.actors.append({"type": "pedestrian", "path": ends if self.rng.random() < 0.5 else ends[::-1],
-                                "speed": _r(self.rng.uniform(0.8, 2.0)),
-                                "ego_within_m": _r(self.rng.uniform(20.0, 50.0))})
-        for _ in range(self.count(4)):  # along the road: on the sidewalks, some on the road's edge
-            offset = _r(self.rng.choice([-1.0, 1.0]) * self.rng.uniform(2.3, 7.5))
-            s = _r(self.rng.uniform(ACTOR_RANGE_M[0], self.s_max - 20.0))
-            path = [{"route_s": _r(s + d), "offset": offset} for d in (0.0, 7.0, 14.0, 21.0)]
-            self.actors.append({"type": "pedestrian", "path": path if self.rng.random() < 0.5 else path[::-1],
-                                "speed": _r(self.rng.uniform(0.8, 1.8)), "start_t": _r(self.rng.uniform(0.0, 3.0))})
-
-    def _static(self, kind: str, s: float, offset: float, clearance_m: float) -> bool:
-        if not self._claim(self._xy(s, offset), clearance_m):
-            return False
-        self.actors.append({"type": "static", "kind": kind, "pose": {"route_s": s, "offset": offset}})
-        return True
-
-    def obstacles(self) -> None:
-        """Parked cars at either kerb, lines of cones along the lane edge, a barrier."""
-        for _ in range(self.count(3)):
-            right = self.rng.random() < 0.7
-            offset = _r(-self.rng.uniform(2.9, 3.6) if right else self.rng.uniform(5.3, 6.5))
-            self._static("parked_car", _r(self.rng.uniform(ACTOR_RANGE_M[0], self.s_max)), offset, 7.0)
-        for _ in range(self.count(2)):
-            offset = _r(self.rng.choice([-1.0, 1.0]) * self.rng.uniform(2.1, 2.8))
-            s, cones = _r(self.rng.uniform(ACTOR_RANGE_M[0], self.s_max - 10.0)), int(self.rng.integers(1, 5))
-            for k in range(cones):
-                if not self._static("cone", _r(s + 3.0 * k), offset, 2.0):
-                    break
-        if self.rng.random() < 0.3:
-            s, offset = _r(self.rng.uniform(ACTOR_RANGE_M[0], self.s_max)), _r(-self.rng.uniform(3.0, 3.5))
-            self._static("barrier", s, offset, 4.0)
-
-
-def sample_scenario(job: SceneJob, attempt: int) -> tuple[Scenario, dict[str, Any]]:
-    """The scene's scenario, and its parameters as plain data (a valid scenario mapping)."""
-    road_map = load_road_map(job.map_path)
-    rng = np.random.default_rng([job.seed, attempt])
-    start, goal, route = _sample_route(road_map, rng)
-    speed_limit = _r(rng.uniform(8.3, 13.9))
-    lane_length = sum(seg.path.length for seg in road_map.segments.values() if not seg.is_junction)
-    traffic = int(min(30, rng.integers(lane_length / 250.0, lane_length / 100.0 + 1)))
-    # Goal-less NPCs are the simulator's random traffic; they are safe only without dead ends.
-    random_vehicles = 0 if has_dead_ends(road_map) else traffic
-    layout = _Layout(road_map, route, rng, start)
-    layout.vehicles(background=traffic - random_vehicles)
-    layout.pedestrians()
-    layout.obstacles()
-    params = {
-        "name": f"collect_{job.split}_{job.index:05d}",
-        "map": job.map_name,
-        "seed": job.seed,
-        "duration_s": 3600.0,  # scenes end by frame count, not time
-        "speed_limit": speed_limit,
-        "ego": {"start": {"x": start[0], "y": start[1]}, "goal": {"x": goal[0], "y": goal[1]},
-                "initial_speed": _r(rng.uniform(0.0, 0.8 * speed_limit))},
-        "actors": layout.actors,
-        "random_vehicles": random_vehicles,
-        "weather": {"preset": str(rng.choice(WEATHER_PRESETS))},
-    }
-    scenario = Scenario.model_validate(params).model_copy(
-        update={"source": f"collect:{params['name']}", "map_path": job.map_path})
-    return scenario, params
 
 
 # ---------------------------------------------------------------- driving one scene
@@ -429,16 +233,18 @@ def _split_entry(results: list[SceneResult], note: str | None) -> dict[str, Any]
 def collect_dataset(config: StackConfig, out: Path, frames: int, split: str = "both", seed: int = 0, *,
                     val_fraction: float = 0.2, frames_per_scene: int = 10, interval_s: float = 0.5,
                     image_format: str = "jpg", depth: bool = False, workers: int = 1,
-                    command: str | None = None, show_progress: bool = True) -> dict[str, Any]:
+                    command: str | None = None, show_progress: bool = True,
+                    maps_dirs: Iterable[str | Path] = ()) -> dict[str, Any]:
     """Render `frames` front-camera frames (over the splits) into a dataset under `out`;
-    returns the manifest, which is also written to out/manifest.json."""
+    returns the manifest, which is also written to out/manifest.json. The CARLA towns are looked
+    up in `maps_dirs` (`--maps`) first, then on the rest of the map search path."""
     _check(out, seed, val_fraction, interval_s)
     camera = _camera(config)
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain") if commit else None  # before we write anything
     counts = split_frames(frames, split, val_fraction)
     common = {"interval_s": interval_s, "out": out, "config": config, "image_format": image_format, "depth": depth}
-    plans = {name: plan_scenes(name, n, frames_per_scene, seed, **common) for name, n in counts.items()}
+    plans = {name: plan_scenes(name, n, frames_per_scene, seed, maps_dirs, **common) for name, n in counts.items()}
     jobs = [job for name in counts for job in plans[name][0]]
     results = _run_jobs(jobs, frames, workers, show_progress)
     manifest = {

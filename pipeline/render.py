@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -55,8 +56,8 @@ class _FollowerDriver:
 
 
 def render_scenario(config: StackConfig, scenario_name: str, overrides: list[str], out: Path,
-                    duration: float | None = None) -> Path:
-    scenario = load_scenario(scenario_name, overrides)
+                    duration: float | None = None, maps_dirs: Sequence[str] = ()) -> Path:
+    scenario = load_scenario(scenario_name, overrides, maps_dirs)
     if duration is not None:
         scenario = scenario.model_copy(update={"duration_s": min(duration, scenario.duration_s)})
     sim = EmbeddedSimulator(config)

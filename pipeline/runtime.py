@@ -32,11 +32,12 @@ from stagepilot.core.config import ConfigError, StackConfig
 from stagepilot.pipeline.faults import FaultInjector
 from stagepilot.core.messages import Control, EgoState, Observation, Perception, Plan
 from stagepilot.core.roadmap import RoadMap
-from stagepilot.pipeline.run_outputs import FrameRecord
-from stagepilot.pipeline.stack import HOLD, DrivingStack
+from stagepilot.pipeline.records import FrameRecord
+from stagepilot.pipeline.stack import DrivingStack
 from stagepilot.pipeline.trace import ChromeTrace
 
 STAGES = ("perception", "planner", "controller")
+NO_COMMAND = Control(brake=1.0)  # the actuators before the first command arrives: parked
 
 
 @dataclass
@@ -136,9 +137,9 @@ class StagedRuntime:
         self.wall0 = time.perf_counter()
         self._ready: list[_Ready] = []
         self._last_plan: Plan | None = None
-        self._last_control: Control = HOLD
+        self._last_control: Control = NO_COMMAND
         self._schedule: dict[int, tuple[int, Control]] = {}  # due tick -> (source frame, command)
-        self._applied, self._applied_frame = HOLD, -1
+        self._applied, self._applied_frame = NO_COMMAND, -1
         self.records: list[FrameRecord] = []
         if self.runtime.pipelined and self.runtime.time_model == "ideal":
             raise ConfigError("runtime.pipelined: pipelined execution needs a time model with latency (budget or measured)")
@@ -159,7 +160,7 @@ class StagedRuntime:
         modelled = 0.0 if model == "ideal" else (self.budget_s[name] if model == "budget" else measured)
         return out, measured, modelled + self.injected_s[name]
 
-    def _miss(self, name: str, latency_s: float, t: float, frame: int, misses: list[str]) -> bool:
+    def _miss(self, name: str, latency_s: float, frame: int, misses: list[str]) -> bool:
         if self.runtime.time_model == "ideal" or latency_s <= self.budget_s[name] + 1e-9:
             return False
         self.telemetry[name].misses += 1
@@ -177,78 +178,93 @@ class StagedRuntime:
         return seen, perception, measured, modelled
 
     def decide(self, obs: Observation, perceived: tuple) -> FrameRecord:
-        """Planner and controller for one frame, given its perception result."""
+        """Planner and controller for one frame, given its perception result. Each stage's
+        output goes through its miss policy once (`_settle`); any fault ends in `_failsafe`."""
         _, perception, p_measured, p_latency = perceived
         t, ego, frame = obs.t, obs.ego, obs.frame
+        self._ready = [*self._ready[-63:], _Ready(perception, t, t + p_latency, ego)]
         misses: list[str] = []
         measured = {"perception": p_measured * 1e3}
-        failsafe = None
-        self._ready.append(_Ready(perception, t, t + p_latency, ego))
-        self._ready = self._ready[-64:]
-
-        start = t + p_latency
-        used = perception
-        if self._miss("perception", p_latency, t, frame, misses):
-            policy = self.policy["perception"]
-            if policy == "failsafe":
-                failsafe = "perception missed its budget"
-            elif policy == "hold":
-                start = t + self.budget_s["perception"]
-                ready = [r for r in self._ready[:-1] if r.ready_t <= start + 1e-9]
-                if not ready:
-                    failsafe = "perception missed its budget and no earlier output is ready"
-                else:
-                    held = ready[-1]
-                    used = reanchor_perception(held.perception, held.ego, ego, t)
-        age = max(start, t) - used.t  # when the planner gets to use it
-        if failsafe is None and age > self.runtime.stale_input_s + 1e-9:
-            failsafe = f"stale input: perception is {age * 1e3:.0f} ms old"
-        if failsafe is None and not used.usable:
-            failsafe = f"unusable input: {used.reason}"
-
+        used, ready_t, failsafe = self._settle("perception", perception, p_latency, t, frame, misses,
+                                               lambda due: self._held_perception(ego, t, due))
+        failsafe = failsafe or self._input_fault(obs, used, max(ready_t, t))
         plan, control = self._last_plan, self._last_control
         if failsafe is None:
-            plan, pl_measured, pl_latency = self._timed("planner", frame, self.stack.planner.step, ego, obs.route, used, t)
-            measured["planner"] = pl_measured * 1e3
-            ctrl_start = start + pl_latency
-            if self._miss("planner", pl_latency, t, frame, misses):
-                if self.policy["planner"] == "failsafe":
-                    failsafe = "planner missed its budget"
-                elif self.policy["planner"] == "hold" and self._last_plan is not None:
-                    plan = reanchor_plan(self._last_plan, ego, t)
-                    ctrl_start = start + self.budget_s["planner"]
-            if failsafe is None:
-                control, c_measured, c_latency = self._timed("controller", frame, self.stack.controller.step, ego, plan, t)
-                measured["controller"] = c_measured * 1e3
-                ready_t = ctrl_start + c_latency
-                if self._miss("controller", c_latency, t, frame, misses):
-                    if self.policy["controller"] == "failsafe":
-                        failsafe = "controller missed its budget"
-                    elif self.policy["controller"] == "hold":
-                        control = self._last_control
-                        ready_t = ctrl_start + self.budget_s["controller"]
-                start = ready_t
-        if failsafe is not None:
-            control = Control(brake=self.runtime.failsafe_brake)
-            self.trace.instant("failsafe", time.perf_counter() - self.wall0, stage="controller",
-                               args={"frame": frame, "reason": failsafe})
-            start = max(start, t)
-        self._last_plan = plan if failsafe is None else self._last_plan
+            plan, ready_t, failsafe = self._run("planner", frame, ready_t, misses, measured,
+                                                (ego, obs.route, used, t), lambda due: self._held_plan(ego, t))
+        if failsafe is None:
+            control, ready_t, failsafe = self._run("controller", frame, ready_t, misses, measured,
+                                                   (ego, plan, t), lambda due: self._last_control)
+        if failsafe is None:
+            self._last_plan = plan
+        else:
+            control, ready_t = self._failsafe(frame, failsafe), max(ready_t, t)
         self._last_control = control
-        delay_s = 0.0 if self.runtime.time_model == "ideal" else start - t
+        delay_s = self._schedule_command(frame, t, ready_t, control)
+        record = FrameRecord(t=t, frame=frame, ego=ego, control=control, plan=plan, perception=used,
+                             events=obs.events, stage_ms=measured, charged_delay_s=delay_s,
+                             misses=tuple(misses), failsafe=failsafe)
+        # Keep the log light: the semantic mask and the road surface go to observers, not the records.
+        self.records.append(dataclasses.replace(record, perception=dataclasses.replace(used, semantic=None, road=None)))
+        return record
+
+    def _run(self, name: str, frame: int, start: float, misses: list[str], measured: dict, args: tuple, held):
+        """Stage `name` on `args`, starting at sim time `start`: (output, ready time, fail-safe reason)."""
+        output, wall_s, latency_s = self._timed(name, frame, getattr(self.stack, name).step, *args)
+        measured[name] = wall_s * 1e3
+        return self._settle(name, output, latency_s, start, frame, misses, held)
+
+    def _settle(self, name: str, output, latency_s: float, start: float, frame: int, misses: list[str], held):
+        """The stage's miss policy applied to an output that took `latency_s` from `start`:
+        (output to use, when it is ready, fail-safe reason or None). On a miss, `warn` waits
+        for the late output, `failsafe` gives up at the deadline, and `hold` uses
+        `held(deadline)`, the newest earlier output ready by the deadline (None: fail-safe)."""
+        if not self._miss(name, latency_s, frame, misses) or self.policy[name] == "warn":
+            return output, start + latency_s, None
+        deadline = start + self.budget_s[name]
+        if self.policy[name] == "failsafe":
+            return output, deadline, f"{name} missed its budget"
+        kept = held(deadline)
+        if kept is None:
+            return output, deadline, f"{name} missed its budget and no earlier output is ready"
+        return kept, deadline, None
+
+    def _held_perception(self, ego: EgoState, t: float, due: float) -> Perception | None:
+        ready = [r for r in self._ready[:-1] if r.ready_t <= due + 1e-9]
+        return reanchor_perception(ready[-1].perception, ready[-1].ego, ego, t) if ready else None
+
+    def _held_plan(self, ego: EgoState, t: float) -> Plan | None:
+        return None if self._last_plan is None else reanchor_plan(self._last_plan, ego, t)
+
+    def _input_fault(self, obs: Observation, perception: Perception, when: float) -> str | None:
+        """Why the planner cannot use this frame: stale or unusable perception, or an ego
+        state that is not finite. None when it can."""
+        age = when - perception.t
+        if age > self.runtime.stale_input_s + 1e-9:
+            return f"stale input: perception is {age * 1e3:.0f} ms old"
+        if not perception.usable:
+            return f"unusable input: {perception.reason}"
+        ego = obs.ego
+        if not all(math.isfinite(v) for v in (ego.x, ego.y, ego.yaw, ego.speed, ego.yaw_rate, ego.steer_angle)):
+            return "unusable input: the ego state is not finite"
+        return None
+
+    def _failsafe(self, frame: int, reason: str) -> Control:
+        """The one fail-safe command: a bounded emergency stop at `runtime.failsafe_brake`."""
+        self.trace.instant("failsafe", time.perf_counter() - self.wall0, stage="controller",
+                           args={"frame": frame, "reason": reason})
+        return Control(brake=self.runtime.failsafe_brake)
+
+    def _schedule_command(self, frame: int, t: float, ready_t: float, control: Control) -> float:
+        """Schedule the frame's command for the tick its latency reaches; the charged delay [s]."""
+        delay_s = 0.0 if self.runtime.time_model == "ideal" else ready_t - t
         ticks = int(math.floor(delay_s / self.dt + 0.5))  # round half up
         if self.runtime.pipelined:
             ticks = max(ticks, 1)  # the step after this frame was already taken
         due = frame + ticks
         if due not in self._schedule or self._schedule[due][0] < frame:
             self._schedule[due] = (frame, control)
-        record = FrameRecord(t=t, frame=frame, ego=ego, control=control, plan=plan, perception=used,
-                             events=obs.events, stage_ms=measured, charged_delay_s=delay_s,
-                             misses=tuple(misses), failsafe=failsafe)
-        # Keep the log light: the semantic mask and the road surface go to the video writer,
-        # not the records.
-        self.records.append(dataclasses.replace(record, perception=dataclasses.replace(used, semantic=None, road=None)))
-        return record
+        return delay_s
 
     def command_for_step(self, tick: int) -> Control:
         """The command in force during the step that starts at `tick`: the newest frame's
@@ -293,16 +309,3 @@ class StagedRuntime:
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)
-
-
-def as_record_arrays(records: list[FrameRecord]) -> dict[str, np.ndarray]:
-    """Ego trajectory and charged latencies of a run as arrays (for tests and plots)."""
-    return {
-        "t": np.array([r.t for r in records]),
-        "x": np.array([r.ego.x for r in records]),
-        "y": np.array([r.ego.y for r in records]),
-        "yaw": np.array([r.ego.yaw for r in records]),
-        "speed": np.array([r.ego.speed for r in records]),
-        "delay_s": np.array([r.charged_delay_s for r in records]),
-    }
-

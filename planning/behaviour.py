@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from stagepilot.core.config import BehaviourConfig
 from stagepilot.core.messages import EgoState, Perception
 from stagepilot.core.roadmap import RoadMap
-from stagepilot.planning.lattice import LatticeTarget, Obstacle
+from stagepilot.planning.collision import Obstacle
+from stagepilot.planning.lattice import LatticeTarget
 from stagepilot.planning.route import ReferencePath
 
 STOPPED_MPS = 0.5  # an object slower than this along the path counts as stopped

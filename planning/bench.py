@@ -8,20 +8,19 @@ the exact shapely test on every footprint of every candidate, timed on a few cal
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
 import shapely
 
+from stagepilot.core.config import VehicleConfig
+from stagepilot.core.config_lattice import LatticeConfig
 from stagepilot.core.messages import EgoState
 from stagepilot.core.paths import Polyline
-from stagepilot.core.config_lattice import LatticeConfig
 from stagepilot.planning.collision import Obstacle, forecast, rectangles
 from stagepilot.planning.frenet import ReferenceFrame
 from stagepilot.planning.lattice import FrenetLatticePlanner, LatticeTarget
 
-VEHICLE = {"vehicle_length_m": 4.6, "vehicle_width_m": 1.8, "rear_axle_to_center_m": 1.4}
 LANE_M = 3.5
 
 
@@ -134,11 +133,17 @@ def naive_exact_ms(planner: FrenetLatticePlanner, situation) -> float:
 
 
 def bench_plan(
-    config: LatticeConfig, calls: int = 300, seed: int = 0, naive_calls: int = 10
+    config: LatticeConfig,
+    vehicle: VehicleConfig,  # type: ignore[valid-type]
+    calls: int = 300,
+    seed: int = 0,
+    naive_calls: int = 10,
 ) -> dict:
-    """Wall time of FrenetLatticePlanner.plan per call [ms] over generated situations."""
+    """Wall time of FrenetLatticePlanner.plan per call [ms] over generated situations, for the
+    loaded stack's `planner.lattice` and `vehicle` sections."""
     rng = np.random.default_rng(seed)
-    planner = FrenetLatticePlanner(config, **VEHICLE)
+    rear_axle_to_center_m = vehicle.length_m / 2 - vehicle.rear_overhang_m
+    planner = FrenetLatticePlanner(config, vehicle.length_m, vehicle.width_m, rear_axle_to_center_m)
     situations = [make_situation(rng) for _ in range(calls)]
     for situation in situations[:5]:  # warm caches and imports
         planner.plan(*situation)
@@ -165,11 +170,3 @@ def bench_plan(
         "exact_checks_mean": round(float(np.mean(exact)), 2),
         "naive_exact_collision_p50_ms": round(float(np.median(naive)), 3) if naive else None,
     }
-
-
-def main() -> None:
-    print(json.dumps(bench_plan(LatticeConfig()), indent=2))
-
-
-if __name__ == "__main__":
-    main()

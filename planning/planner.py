@@ -23,7 +23,7 @@ HOLD_SPEED_MPS = 0.2  # standing this slowly at a stop point: hold, do not re-pl
 HOLD_DISTANCE_M = 0.5
 
 
-class PlannerStage:
+class LatticePlannerStage:
     name = "planner"
 
     def __init__(self, config: PlannerConfig, vehicle: VehicleShape, road_map: RoadMap | None = None,

@@ -12,7 +12,7 @@ import hashlib
 from pathlib import Path
 
 from stagepilot.perception.evaluate import MIOU_CLASSES
-from stagepilot.perception.model import load_checkpoint
+from stagepilot.perception.checkpoint import load_checkpoint
 
 BARS = {"vehicle AP@0.5": (">=", 0.85), "pedestrian AP@0.5": (">=", 0.75), "mIoU (5 classes)": (">=", 0.80),
         "vehicle position error, median within 30 m": ("<=", 1.0)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -35,9 +36,10 @@ def _percentiles(samples_s: list[float]) -> dict[str, float]:
             "max_ms": round(float(ms.max()), 3)}
 
 
-def bench_sim(config: StackConfig, scenario_name: str, overrides: list[str], steps: int, frames: int) -> dict:
+def bench_sim(config: StackConfig, scenario_name: str, overrides: list[str], steps: int, frames: int,
+              maps_dirs: Sequence[str] = ()) -> dict:
     pinned = _pin_one_core()
-    scenario = load_scenario(scenario_name, overrides)
+    scenario = load_scenario(scenario_name, overrides, maps_dirs)
     camera = config.sim.cameras.get("front") or next(iter(config.sim.cameras.values()))
     config = config.model_copy(update={"sim": config.sim.model_copy(update={"cameras": {"front": camera}})})
     cruise = Control(throttle=0.35)

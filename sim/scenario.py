@@ -9,20 +9,18 @@ Positions are given in one of three ways:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
 from pydantic import Field, model_validator
 
-from stagepilot.core.config import (
-    CONFIG_ROOT,
-    ConfigError,
-    Strict,
-    load_config,
-)
+from stagepilot.core.config import CONFIG_ROOT, ConfigError, Strict
+from stagepilot.core.config_load import load_config
+from stagepilot.core.maps import SUFFIX, find_map, is_map_name
+from stagepilot.core.roadmap import MapError
 
 SCENARIO_DIR = CONFIG_ROOT / "scenarios"
-MAP_DIR = CONFIG_ROOT / "maps"
 
 
 class Pose(Strict):
@@ -163,22 +161,29 @@ def scenario_path(name_or_path: str | Path) -> Path:
     return candidate
 
 
-def resolve_map(text: str, scenario_file: Path) -> Path:
-    """A map name from configs/maps/, or a path relative to the scenario file or the cwd."""
-    candidates = [Path(text)] if Path(text).is_absolute() else [
-        scenario_file.parent / text,
-        Path.cwd() / text,
-        MAP_DIR / text,
-        MAP_DIR / f"{text}.xodr",
-    ]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.resolve()
-    raise ConfigError(f"{scenario_file}: map: map file {text!r} not found (looked in {MAP_DIR} and relative to the scenario and the working directory)")
+def resolve_map(text: str, scenario_file: Path, maps_dirs: Iterable[str | Path] = ()) -> Path:
+    """A map name (`Town01`) on the map search path (core/maps.py; `maps_dirs` first), or a
+    path to an .xodr file, relative to the scenario file or the working directory."""
+    try:
+        if is_map_name(text):
+            return find_map(text, maps_dirs)
+        path = Path(text)
+        for candidate in [path] if path.is_absolute() else [scenario_file.parent / path, Path.cwd() / path]:
+            if candidate.is_file():
+                return candidate.resolve()
+        if len(path.parts) == 1 and path.suffix == SUFFIX:  # `town.xodr`: also the search path
+            return find_map(path.stem, maps_dirs)
+    except MapError as exc:
+        raise MapError(f"{scenario_file}: {exc}") from None
+    raise MapError(f"{scenario_file}: map {text} not found: no such file relative to the scenario "
+                   f"({scenario_file.parent}) or the working directory ({Path.cwd()})")
 
 
-def load_scenario(name_or_path: str | Path, overrides: list[str] | None = None) -> Scenario:
+def load_scenario(name_or_path: str | Path, overrides: list[str] | None = None,
+                  maps_dirs: Iterable[str | Path] = ()) -> Scenario:
+    """A scenario by name or path, with `key.path=value` overrides; its map is looked up with
+    the `--maps` folders `maps_dirs` first."""
     path = scenario_path(name_or_path)
     scenario = load_config(Scenario, [path], overrides)
-    map_path = resolve_map(scenario.map, path)
+    map_path = resolve_map(scenario.map, path, maps_dirs)
     return scenario.model_copy(update={"source": str(path), "map_path": str(map_path)})

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stagepilot.core.config import IdmConfig, TrafficLightConfig
+from stagepilot.core.lanes import StopLine
 from stagepilot.core.paths import Polyline
-from stagepilot.core.roadmap import RoadMap, StopLine
+from stagepilot.core.roadmap import RoadMap
 from stagepilot.sim.scenario import Behaviour
 
 VEHICLE_SIZE = (4.5, 1.85, 1.5)  # [m] length, width, height of an NPC car

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 
@@ -67,22 +69,68 @@ def compose(top: list[np.ndarray], bottom: list[np.ndarray]) -> np.ndarray:
 
 
 class VideoWriter:
-    """mp4 (MPEG-4 Part 2, fourcc mp4v: VLC and ffmpeg play it) with OpenCV."""
+    """H.264 mp4 (yuv420p, BT.709, moov atom first) with PyAV: browsers and GitHub play it
+    while it downloads. Frames are encoded as they come; nothing image-sized is kept.
+    An odd width or height is padded by one edge pixel (yuv420p needs even sizes).
+    `close()` finalises a playable file and is idempotent; call it from `finally` (or use
+    the writer as a context manager) so an exception or Ctrl-C still leaves a video."""
 
-    def __init__(self, path: Path, fps: float):
+    def __init__(self, path: Path, fps: float, crf: int = 23, preset: str = "veryfast"):
         self.path = Path(path)
         self.fps = fps
-        self._writer = None
+        self.crf, self.preset = crf, preset
+        self.frames = 0
+        self._size: tuple[int, int] | None = None  # (width, height) of the frames given
+        self._container = None
+        self._stream = None
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def write(self, frame_bgr: np.ndarray) -> None:
-        if self._writer is None:
-            h, w = frame_bgr.shape[:2]
-            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
-            if not self._writer.isOpened():
-                raise OSError(f"{self.path}: OpenCV cannot open an mp4 writer")
-        self._writer.write(frame_bgr)
+        """Append one H x W x 3 uint8 BGR frame; every frame has the first one's size."""
+        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
+            raise ValueError(f"{self.path}: a frame is H x W x 3 uint8 BGR, got {frame_bgr.shape} {frame_bgr.dtype}")
+        h, w = frame_bgr.shape[:2]
+        if self._container is None:
+            if self._size is not None:
+                raise RuntimeError(f"{self.path}: write() after close()")
+            self._open(w, h)
+        if (w, h) != self._size:
+            raise ValueError(f"{self.path}: frame {w}x{h}, the video is {self._size[0]}x{self._size[1]}")
+        if w % 2 or h % 2:
+            frame_bgr = np.pad(frame_bgr, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_bgr), format="bgr24")
+        frame = frame.reformat(format="yuv420p", dst_colorspace=av.video.reformatter.Colorspace.ITU709)
+        frame.pts, self.frames = self.frames, self.frames + 1
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
+        """Flush the encoder and write the index. Safe to call twice, or with no frame written."""
+        container, self._container = self._container, None
+        if container is None:
+            return
+        try:
+            for packet in self._stream.encode(None):  # the frames the encoder still holds
+                container.mux(packet)
+        finally:
+            container.close()  # writes the trailer even when flushing was interrupted
+
+    def _open(self, width: int, height: int) -> None:
+        container = av.open(str(self.path), mode="w", format="mp4", options={"movflags": "+faststart"})
+        try:
+            stream = container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+            stream.width, stream.height = width + width % 2, height + height % 2
+            stream.pix_fmt = "yuv420p"
+            context = stream.codec_context
+            context.color_range, context.colorspace = 1, 1  # MPEG (limited) range, BT.709
+            context.color_primaries, context.color_trc = 1, 1
+            stream.options = {"crf": str(self.crf), "preset": self.preset}
+        except BaseException:
+            container.close()
+            raise
+        self._container, self._stream, self._size = container, stream, (width, height)

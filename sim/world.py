@@ -13,6 +13,7 @@ from functools import lru_cache
 import numpy as np
 
 from stagepilot.core.config import ConfigError, StackConfig
+from stagepilot.core.maps import find_map
 from stagepilot.core.messages import Control, Event, Observation, Route
 from stagepilot.core.paths import Polyline
 from stagepilot.core.roadmap import MapError, RoadMap
@@ -65,7 +66,8 @@ class EmbeddedSimulator(Simulator):
     def reset(self, scenario: Scenario) -> Observation:
         self.scenario = scenario
         try:
-            self.road_map = load_road_map(scenario.map_path)
+            # A scenario built in memory names its map; load_scenario has resolved the others.
+            self.road_map = load_road_map(scenario.map_path or str(find_map(scenario.map)))
         except MapError as exc:
             raise ConfigError(f"{scenario.source}: map: {exc}") from None
         self.rng = np.random.default_rng(scenario.seed)

@@ -20,6 +20,7 @@ from stagepilot.core.paths import Polyline
 from stagepilot.core.config_lattice import LatticeConfig
 from stagepilot.planning.collision import (
     EgoFootprints,
+    Obstacle,
     broad_phase,
     exact_overlap,
     forecast,
@@ -27,7 +28,7 @@ from stagepilot.planning.collision import (
     rectangles,
 )
 from stagepilot.planning.frenet import ReferenceFrame
-from stagepilot.planning.lattice import FrenetLatticePlanner, LatticeResult, LatticeTarget, Obstacle
+from stagepilot.planning.lattice import FrenetLatticePlanner, LatticeResult, LatticeTarget
 
 LENGTH, WIDTH, REAR_TO_CENTER = 4.6, 1.8, 1.4
 REAR_TO_FRONT = REAR_TO_CENTER + LENGTH / 2

@@ -24,7 +24,7 @@ import yaml
 from stagepilot.perception.evaluate import evaluate_checkpoint
 from stagepilot.perception.export import export_checkpoint
 from stagepilot.perception.learned import SHIPPED_CHECKPOINT, STAGE_SEG_STRIDE, LearnedPerception, NetworkRunner
-from stagepilot.perception.model import load_checkpoint
+from stagepilot.perception.checkpoint import load_checkpoint
 from stagepilot.pipeline.collect import collect_dataset
 from stagepilot.core.config import ConfigError, load_stack
 from stagepilot.sim.scenario import load_scenario

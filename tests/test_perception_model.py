@@ -5,18 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from torchvision.ops import box_iou
-from stagepilot.perception.model import (
-    CARLA_TAG_TO_SEG,
-    CLASSES,
-    SEG_CLASSES,
-    CheckpointError,
-    PerceptionNet,
-    build_model,
-    load_checkpoint,
-    save_checkpoint,
-    _quality_focal_loss,
-    seg_mask_from_tags,
-)
+from stagepilot.perception.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from stagepilot.perception.labels import CARLA_TAG_TO_SEG, CLASSES, SEG_CLASSES, seg_mask_from_tags
+from stagepilot.perception.network import PerceptionNet, build_model
+from stagepilot.perception.targets import quality_focal_loss as _quality_focal_loss
 
 H, W = 360, 640
 # class index -> (RGB colour, seg class) of the synthetic rectangles
@@ -300,7 +292,8 @@ def test_class_mismatch_names_the_file_and_the_field(model, tmp_path):
 
 
 def test_batchnorm_recalibration_makes_eval_mode_match_the_batch_statistics():
-    from stagepilot.perception.model import PerceptionNet, recalibrate_batchnorm
+    from stagepilot.perception.checkpoint import recalibrate_batchnorm
+    from stagepilot.perception.network import PerceptionNet
 
     torch.manual_seed(0)
     model = PerceptionNet(input_size=(96, 160))

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from stagepilot.perception.geometry import scale_intrinsics
-from stagepilot.perception.model import SEG_CLASSES, seg_mask_from_tags
+from stagepilot.perception.labels import SEG_CLASSES, seg_mask_from_tags
 from stagepilot.perception.road import RoadExtractor
 from stagepilot.sim.scenario import load_scenario
 from stagepilot.sim.world import EmbeddedSimulator

@@ -13,7 +13,8 @@ import torch
 from stagepilot.perception.data import CROP_KEEP, Augment, PerceptionDataset, _zoom_crop, class_index
 from stagepilot.perception.evaluate import CONTACT_DEPTH_M, DEFAULT_CAMERA, centre_from_box
 from stagepilot.perception.geometry import ground_point
-from stagepilot.perception.model import CLASSES, IGNORE_INDEX, SEG_CLASSES, build_model
+from stagepilot.perception.labels import CLASSES, IGNORE_INDEX, SEG_CLASSES
+from stagepilot.perception.network import build_model
 from stagepilot.perception.train import epoch_augment, load_train_config
 from stagepilot.pipeline.cli import main
 from stagepilot.pipeline.collect import collect_dataset

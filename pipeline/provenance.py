@@ -1,0 +1,72 @@
+"""Provenance of a run: the config hash, seeds, code and library versions, host and command.
+
+`run_info` is what run.json holds; `write_json` writes any JSON output atomically.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+from stagepilot.core.config import StackConfig, config_hash
+from stagepilot.pipeline.trace import _plain
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _version(*distributions: str) -> str | None:
+    for name in distributions:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def run_info(config: StackConfig, scenario, started: datetime.datetime) -> dict[str, Any]:
+    """Everything needed to reproduce the run: config hash, seeds, code and library versions."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain") if commit else None
+    return {
+        "config_hash": config_hash(config),
+        "scenario": {"name": scenario.name, "source": scenario.source, "seed": scenario.seed,
+                     "map": scenario.map_path or scenario.map, "duration_s": scenario.duration_s},
+        "perception_seed": config.perception.perfect.seed,
+        "versions": {
+            "python": platform.python_version(),
+            "stagepilot": _version("stagepilot"),
+            "numpy": _version("numpy"),
+            "torch": _version("torch"),
+            "opencv": _version("opencv-python", "opencv-python-headless", "opencv-contrib-python") or cv2.__version__,
+            "carla": _version("carla"),
+        },
+        "git": {"commit": commit, "dirty": None if status is None else bool(status)},
+        "started": started.isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "argv": sys.argv,
+    }
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomic write; NaN and infinities become null."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_plain(data), indent=2, allow_nan=False, default=str))
+    os.replace(tmp, path)

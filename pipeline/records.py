@@ -1,0 +1,30 @@
+"""What the runtime knows about one frame, beyond the observation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stagepilot.core.messages import Control, EgoState, Event, Perception, Plan
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """What the runtime knows about one frame, beyond the observation."""
+
+    t: float  # [s] sim time
+    frame: int
+    ego: EgoState
+    control: Control
+    plan: Plan | None
+    perception: Perception | None
+    events: tuple[Event, ...]  # sim and runtime events this frame (duplicates of obs.events are dropped)
+    stage_ms: dict[str, float]  # measured latency of each stage this frame [ms]
+    charged_delay_s: float  # sensor-to-actuator latency the time model charged [s]
+    misses: tuple[str, ...] = ()  # e.g. "planner: 23.1 ms > 15 ms budget (hold)"
+    failsafe: str | None = None  # why the fail-safe was active, None when it was not
+
+
+
+def frame_events(obs, record: FrameRecord) -> list[Event]:
+    """The frame's events once each: the observation's and the runtime's, in that order."""
+    return list(dict.fromkeys((*obs.events, *record.events)))
