@@ -61,7 +61,7 @@ SHIPPED_CHECKPOINT = WEIGHTS_DIR / "mtl_mbv3small_fpn96_s48_seg4_cs.pt"
 KINDS = {"vehicle": "vehicle", "pedestrian": "pedestrian", "static_obstacle": "static"}
 LIGHT_PREFIX = "traffic_light_"
 LIGHT_SEQUENCE_GAP_S = 1.0  # [s] a light unseen longer than this may have gone through green meanwhile
-# The stage takes the segmentation class every 2 px and repeats it (PerceptionNet._seg_classes):
+# The stage takes the segmentation class every 2 px and repeats it (perception/decode.py seg_class_map):
 # on the 2-core CPU that is about 3 ms a frame less. It differs from the full-size decision only
 # along class edges (about 1 % of the pixels): over the 600 Town02 validation frames the stage's
 # map scores mIoU 0.870 against the card's 0.876 (docs/perception.md); `eval perception` keeps 1.

@@ -260,8 +260,11 @@ def _cmd_list(args) -> int:
     from stagepilot.sim.scenario import SCENARIO_DIR, load_scenario
 
     for path in sorted(SCENARIO_DIR.glob("*.yaml")):
-        scenario = load_scenario(path, maps_dirs=args.maps)
-        print(f"{path.stem:24s} {scenario.description}")
+        try:
+            line = load_scenario(path, maps_dirs=args.maps).description
+        except MapError as exc:  # a town that is not on the search path: list it, say why
+            line = f"(cannot run here) {exc}"
+        print(f"{path.stem:24s} {line}")
     return 0
 
 

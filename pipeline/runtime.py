@@ -218,16 +218,16 @@ class StagedRuntime:
         """The stage's miss policy applied to an output that took `latency_s` from `start`:
         (output to use, when it is ready, fail-safe reason or None). On a miss, `warn` waits
         for the late output, `failsafe` gives up at the deadline, and `hold` uses
-        `held(deadline)`, the newest earlier output ready by the deadline (None: fail-safe)."""
+        `held(deadline)`, the newest earlier output ready by the deadline, or waits for the
+        late output when there is none."""
+        late_t = start + latency_s
         if not self._miss(name, latency_s, frame, misses) or self.policy[name] == "warn":
-            return output, start + latency_s, None
+            return output, late_t, None
         deadline = start + self.budget_s[name]
         if self.policy[name] == "failsafe":
             return output, deadline, f"{name} missed its budget"
         kept = held(deadline)
-        if kept is None:
-            return output, deadline, f"{name} missed its budget and no earlier output is ready"
-        return kept, deadline, None
+        return (output, late_t, None) if kept is None else (kept, deadline, None)
 
     def _held_perception(self, ego: EgoState, t: float, due: float) -> Perception | None:
         ready = [r for r in self._ready[:-1] if r.ready_t <= due + 1e-9]

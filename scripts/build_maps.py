@@ -25,11 +25,10 @@ Conventions shared by all maps (see ``configs/maps/README.md``):
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
-
 import argparse
 import math
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Callable
 
@@ -47,9 +46,7 @@ SIDEWALK_WIDTH = 2.5
 MARK_WIDTH = 0.15
 
 
-# --------------------------------------------------------------------------
-# lane / road helpers
-# --------------------------------------------------------------------------
+# ---------------------------------------------------------------- lane / road helpers
 def _mark(kind: str, color: xodr.RoadMarkColor = xodr.RoadMarkColor.white) -> xodr.RoadMark:
     """Road mark; ``laneChange`` is set explicitly because CARLA derives
     ``Waypoint.lane_change`` from it (it defaults to "both")."""
@@ -219,9 +216,7 @@ def _finish(odr: xodr.OpenDrive) -> bytes:
     return prettify(element, encoding="utf-8")
 
 
-# --------------------------------------------------------------------------
-# maps
-# --------------------------------------------------------------------------
+# ---------------------------------------------------------------- maps
 def build_straight() -> bytes:
     odr = xodr.OpenDrive("straight", REV_MAJOR, REV_MINOR)
     road = make_road(1, [xodr.Line(500.0)], (0.0, 0.0, 0.0), 2, name="straight", speed_mps=25.0)
@@ -311,7 +306,7 @@ def _corner_setback() -> float:
     for g in curve(TOWN_CORNER_R, 90.0, TOWN_CORNER_SPIRAL, True):
         pv.add_geometry(g)
     pv.adjust_geometries()
-    x, y, h = pv.x_end, pv.y_end, pv.h_end
+    x, y = pv.x_end, pv.y_end
     # symmetric corner: end point is (d, d) when starting at (0, 0) heading 0
     assert abs(x - y) < 1e-6, (x, y)
     return x

@@ -75,7 +75,7 @@ class VideoWriter:
     `close()` finalises a playable file and is idempotent; call it from `finally` (or use
     the writer as a context manager) so an exception or Ctrl-C still leaves a video."""
 
-    def __init__(self, path: Path, fps: float, crf: int = 23, preset: str = "veryfast"):
+    def __init__(self, path: Path, fps: float, crf: int = 26, preset: str = "veryfast"):
         self.path = Path(path)
         self.fps = fps
         self.crf, self.preset = crf, preset

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
 from stagepilot.core.config import load_stack
+from stagepilot.core.maps import MAPS_ENV, find_map
+from stagepilot.core.roadmap import MapError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MAPS = ROOT.parent / "shared" / "maps"
+# The real CARLA towns (Town01, Town02) are test data beside the checkout, on CI machines too;
+# the map search path finds them through STAGEPILOT_MAPS unless the caller has set it.
+os.environ.setdefault(MAPS_ENV, str(SHARED_MAPS))
 # Tests of planning, control and the runtime drive on ground truth, so that they test those
 # stages and not the network; tests of learned perception ask for it.
 PERFECT = "perception.kind=perfect"
@@ -34,7 +40,8 @@ def scenario_file(tmp_path):
 
 
 def shared_map(name: str) -> Path:
-    path = SHARED_MAPS / f"{name}.xodr"
-    if not path.exists():
-        pytest.skip(f"test data {path} is not present")
-    return path
+    """The CARLA town `name` on the map search path; skips the test when it is not there."""
+    try:
+        return find_map(name)
+    except MapError as exc:
+        pytest.skip(f"needs the CARLA town {name} ({exc})")

@@ -10,7 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from stagepilot.pipeline.collect import TRAIN_MAPS, TRAIN_TOWN, VAL_MAP
+from stagepilot.core.maps import find_map
+from stagepilot.core.roadmap import MapError
+from stagepilot.pipeline.collect import TRAIN_MAPS, TRAIN_TOWN, VAL_TOWN
 from stagepilot.pipeline.cli import main
 
 ARGS = ["--frames", "12", "--frames-per-scene", "4", "--val-fraction", "0.34", "--seed", "2", "--depth", "--quiet"]
@@ -98,11 +100,13 @@ def test_train_and_val_never_share_a_map_seed_pair_or_a_seed(dataset_dir):
     pairs = {name: {(s["map"], s["seed"]) for s in split["scenes"]} for name, split in splits.items()}
     assert pairs["train"].isdisjoint(pairs["val"])
     assert set(splits["train"]["seeds"]).isdisjoint(splits["val"]["seeds"])
-    assert set(splits["train"]["maps"]) <= {*TRAIN_MAPS, TRAIN_TOWN.stem} and "Town02" not in splits["train"]["maps"]
-    if VAL_MAP.is_file():
-        assert splits["val"]["maps"] == ["Town02"] and "note" not in splits["val"]
-    else:
+    assert set(splits["train"]["maps"]) <= {*TRAIN_MAPS, TRAIN_TOWN} and VAL_TOWN not in splits["train"]["maps"]
+    try:
+        find_map(VAL_TOWN)
+    except MapError:
         assert "absent" in splits["val"]["note"]
+    else:
+        assert splits["val"]["maps"] == [VAL_TOWN] and "note" not in splits["val"]
 
 
 def test_manifest_lists_seeds_maps_and_provenance(dataset_dir):

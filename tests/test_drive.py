@@ -12,7 +12,9 @@ import cv2
 import pytest
 
 from stagepilot.core.config import load_stack
-from stagepilot.pipeline.drive import run_drive
+from stagepilot.pipeline.driver import drive
+from stagepilot.pipeline.writer import RunWriter
+from stagepilot.sim.scenario import load_scenario
 
 from conftest import PERFECT
 
@@ -47,27 +49,33 @@ def assert_complete_run_folder(out, frames_at_least: int) -> dict:
     return metrics
 
 
+def run_drive(config, name: str, scenario_overrides: list[str], out):
+    scenario = load_scenario(name, scenario_overrides)
+    drive(config, scenario, observers=(RunWriter(out, config, scenario),))
+    return out
+
+
 def test_failsafe_miss_shows_in_metrics_and_trace(tmp_path):
     config = load_stack([], [PERFECT, "faults.stage_delay_ms={perception: 200}", "runtime.stages.perception.on_miss=failsafe"])
-    result = run_drive(config, "pedestrian_crossing", ["duration_s=6"], tmp_path / "run", show_progress=False)
-    metrics = assert_complete_run_folder(result.out_dir, frames_at_least=100)
+    out = run_drive(config, "pedestrian_crossing", ["duration_s=6"], tmp_path / "run")
+    metrics = assert_complete_run_folder(out, frames_at_least=100)
     assert metrics["latency"]["perception"]["misses"] == metrics["frames"]
     assert metrics["misses"] and metrics["failsafes"]
     assert metrics["outcome"]["failsafe_frames"] == metrics["frames"]
-    trace = read_json(result.out_dir / "trace.json")["traceEvents"]
+    trace = read_json(out / "trace.json")["traceEvents"]
     assert any(e.get("ph") == "i" and e["name"] == "budget miss" for e in trace)
     assert any(e.get("ph") == "i" and e["name"] == "failsafe" for e in trace)
 
 
 def test_default_budget_drive_has_no_misses_and_a_latency_table(tmp_path):
     config = load_stack([], [PERFECT])
-    result = run_drive(config, "lead_vehicle_braking", ["duration_s=5"], tmp_path / "run", show_progress=False)
-    metrics = assert_complete_run_folder(result.out_dir, frames_at_least=100)
+    out = run_drive(config, "lead_vehicle_braking", ["duration_s=5"], tmp_path / "run")
+    metrics = assert_complete_run_folder(out, frames_at_least=100)
     assert metrics["outcome"]["collisions"] == 0 and not metrics["outcome"]["interrupted"]
     assert all(row["misses"] == 0 for row in metrics["latency"].values())
     assert metrics["misses"] == [] and metrics["failsafes"] == []
     assert metrics["sensor_to_actuator_ms"]["p50_ms"] == pytest.approx(45.0)
-    run = read_json(result.out_dir / "run.json")
+    run = read_json(out / "run.json")
     assert run["scenario"]["seed"] == 2
 
 

@@ -10,12 +10,20 @@ import numpy as np
 import pytest
 import yaml
 
-from stagepilot.perception.geometry import box_to_pixels, centre_from_box, project_to_image, scale_intrinsics
-from stagepilot.perception.evaluate import DEFAULT_CAMERA
+from stagepilot.perception.geometry import (
+    box_to_pixels,
+    camera_pose,
+    centre_from_box,
+    pinhole_intrinsics,
+    project_to_image,
+    scale_intrinsics,
+)
+from stagepilot.perception.evaluate import camera_record
 from stagepilot.perception.learned import ground_in_view
 from stagepilot.core.config import LearnedPerceptionConfig, load_stack
 from stagepilot.core.messages import CameraImage
 from stagepilot.sim.scenario import load_scenario
+from stagepilot.sim.render.camera import CameraSpec
 from stagepilot.sim.world import EmbeddedSimulator
 
 from conftest import ROOT
@@ -69,8 +77,21 @@ def test_scaled_intrinsics_see_a_resized_image_where_resize_puts_it(scale):
     assert uv[0] == pytest.approx([cols.mean(), rows.mean()], abs=1e-6)
 
 
+@pytest.mark.parametrize("mount", [
+    {"width": 640, "height": 360, "fov_deg": 90.0, "x": 1.5, "y": 0.0, "z": 1.6, "pitch_deg": 3.0},
+    {"width": 800, "height": 600, "fov_deg": 70.0, "x": 0.3, "y": -0.4, "z": 2.2,
+     "roll_deg": 2.0, "pitch_deg": -5.0, "yaw_deg": 30.0},
+])
+def test_the_camera_model_from_config_values_is_the_renderers(mount):
+    """Perception builds K and T_ego_cam from a config's camera values as the renderer does."""
+    spec = CameraSpec(name="cam", **mount)
+    angles = {k: mount.get(k, 0.0) for k in ("roll_deg", "pitch_deg", "yaw_deg")}
+    assert np.allclose(pinhole_intrinsics(mount["width"], mount["height"], mount["fov_deg"]), spec.K, atol=1e-12)
+    assert np.allclose(camera_pose(mount["x"], mount["y"], mount["z"], **angles), spec.T_ego_cam, atol=1e-12)
+
+
 def test_ground_in_view_is_what_the_front_camera_frames():
-    camera = DEFAULT_CAMERA  # 640x360, fov 90, 1.5 m ahead of the rear axle, 1.6 m up, pitched 3 deg down
+    camera = camera_record(load_stack())  # 640x360, fov 90, 1.5 m ahead of the rear axle, 1.6 m up, pitched 3 deg down
     image = CameraImage(name="front", rgb=np.zeros((360, 640, 3), np.uint8), K=np.array(camera["K"]),
                         T_ego_cam=np.array(camera["T_ego_cam"]))
     points = np.array([[10.0, 0.0], [40.0, -5.0], [2.5, 0.0], [5.0, 8.0], [-5.0, 0.0]])

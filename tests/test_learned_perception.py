@@ -28,9 +28,7 @@ from stagepilot.perception.checkpoint import load_checkpoint
 from stagepilot.pipeline.collect import collect_dataset
 from stagepilot.core.config import ConfigError, load_stack
 from stagepilot.sim.scenario import load_scenario
-from stagepilot.pipeline.runtime import StagedRuntime
-from stagepilot.core.paths import Polyline
-from stagepilot.pipeline.stack import DriveLog, DrivingStack, drive
+from stagepilot.pipeline.driver import drive
 from stagepilot.sim.world import EmbeddedSimulator
 
 from conftest import shared_map
@@ -110,15 +108,15 @@ def _drive_and_watch(name: str, runner, seconds: float, overrides: list[str] | N
     while the learned stage watches every frame; -> (sim, [(obs, perception)])."""
     config = load_stack([], ["perception.kind=perfect", *(overrides or [])])
     sim = EmbeddedSimulator(config, render=True)
-    scenario = load_scenario(name, scenario_overrides or [])
-    obs = sim.reset(scenario)
-    stack = DrivingStack(config, road_map=sim.road_map)
-    learned = LearnedPerception(load_stack([], [LEARNED]).perception.learned, sim.road_map, runner=runner)
+    learned = []
     seen = []
-    for _ in range(int(seconds / sim.dt)):
-        seen.append((obs, learned.step(obs)))
-        control, _, _ = stack.step(obs)
-        obs = sim.step(control)
+
+    def watch(obs, record):
+        if not learned:
+            learned.append(LearnedPerception(load_stack([], [LEARNED]).perception.learned, sim.road_map, runner=runner))
+        seen.append((obs, learned[0].step(obs)))
+
+    drive(config, load_scenario(name, scenario_overrides or []), sim=sim, on_frame=watch, max_time_s=seconds - sim.dt)
     return sim, seen
 
 
@@ -204,40 +202,32 @@ def test_a_yellow_read_straight_after_red_is_a_misread_but_green_is_taken(runner
 
 
 # ---- closed loop with learned perception --------------------------------------------------------
-def _closed_loop(name: str, overrides: list[str] | None = None):
+def _closed_loop(name: str, overrides: list[str] | None = None, on_frame=None, sim=None):
+    """Drive through the one driver with learned perception; (simulator, drive result)."""
     config = load_stack([], [LEARNED, *(overrides or [])])
-    sim = EmbeddedSimulator(config, render=True)
-    scenario = load_scenario(name)
-    sim.reset(scenario)
-    stack = DrivingStack(config, road_map=sim.road_map)
-    return sim, drive(sim, stack, scenario)
+    result = drive(config, load_scenario(name), sim=sim, on_frame=on_frame)
+    return result.sim, result
 
 
 @pytest.mark.slow
 def test_closed_loop_learned_stops_for_the_pedestrian():
-    config = load_stack([], [LEARNED])
-    sim = EmbeddedSimulator(config, render=True)
-    obs = sim.reset(load_scenario("pedestrian_crossing"))
-    runtime = StagedRuntime(config, sim.road_map)
-    ped = sim.pedestrians[0].agent
+    sim = EmbeddedSimulator(load_stack([], [LEARNED]), render=True)
     seen = {"closest": math.inf, "slowest_near": math.inf}
-    log = DriveLog(dt=sim.dt, route=Polyline(obs.route.points))
 
     def watch(obs, record):
-        log.record(obs, record.plan, record.control)
-        gap = gap_to(sim, ped)
+        gap = gap_to(sim, sim.pedestrians[0].agent)
         seen["closest"] = min(seen["closest"], gap)
         if gap < 15.0:
             seen["slowest_near"] = min(seen["slowest_near"], obs.ego.speed)
 
-    runtime.run(sim, obs, on_frame=watch)
+    _, log = _closed_loop("pedestrian_crossing", on_frame=watch, sim=sim)
     print(f"closest {seen['closest']:.2f} m, slowest within 15 m {seen['slowest_near']:.2f} m/s")
     # As with perfect perception (tests/test_closed_loop.py): it stands still near the walker,
     # never closer than 2 m, then drives on.
     assert seen["slowest_near"] < 0.05 and seen["closest"] >= 2.0, seen
-    assert sim.monitor.route_completed and "collision" not in [e.kind for e in sim.events]
-    assert "stop_obstacle" in [r.plan.decision for r in runtime.records if r.plan is not None]
-    print(log.comfort())
+    assert log.outcome["completed"] and log.outcome["collisions"] == 0
+    assert "stop_obstacle" in log.series.decisions
+    print(log.metrics["comfort"])
     assert_comfortable(log)  # nuPlan's bounds, as the planning tests
 
 
@@ -245,11 +235,11 @@ def test_closed_loop_learned_stops_for_the_pedestrian():
 def test_closed_loop_learned_follows_the_braking_lead_car():
     sim, log = _closed_loop("lead_vehicle_braking")
     assert "collision" not in log.kinds()
-    assert "follow" in log.decisions
-    assert min(log.speed) < 1.0
+    assert "follow" in log.series.decisions
+    assert min(log.series.speed) < 1.0
     lead = sim.npcs[0].agent
-    front_x = log.x[-1] + sim.vehicle_params.length_m - sim.vehicle_params.rear_overhang_m
-    headway_end = (lead.x - lead.size[0] / 2 - front_x) / max(log.speed[-1], 0.1)
+    front_x = log.series.x[-1] + sim.vehicle_params.length_m - sim.vehicle_params.rear_overhang_m
+    headway_end = (lead.x - lead.size[0] / 2 - front_x) / max(log.series.speed[-1], 0.1)
     print(f"time gap at the end {headway_end:.2f} s")
     assert 1.0 < headway_end < 3.5
     assert_comfortable(log)  # nuPlan's bounds, as the planning tests
@@ -260,13 +250,13 @@ def test_closed_loop_learned_stops_on_red_and_goes_on_green():
     sim, log = _closed_loop("red_light_junction")
     kinds = log.kinds()
     assert "red_light" not in kinds and "collision" not in kinds and "route_completed" in kinds
-    assert "stop_light" in log.decisions
+    assert "stop_light" in log.series.decisions
     light = sim._first_light_on_route(sim.lights)
-    still = [i for i, (t, s) in enumerate(zip(log.t, log.speed)) if s < 0.05 and light.state(t) == "red"]
+    still = [i for i, (t, s) in enumerate(zip(log.series.t, log.series.speed)) if s < 0.05 and light.state(t) == "red"]
     assert still, "never stood still on red"
     i = still[-1]
     reach = sim.vehicle_params.length_m - sim.vehicle_params.rear_overhang_m
-    front = np.array([log.x[i], log.y[i]]) + reach * np.array([math.cos(log.yaw[i]), math.sin(log.yaw[i])])
+    front = np.array([log.series.x[i], log.series.y[i]]) + reach * np.array([math.cos(log.series.yaw[i]), math.sin(log.series.yaw[i])])
     cx, cy = light.stop_line.center
     to_line = (cx - front[0]) * math.cos(light.stop_line.heading) + (cy - front[1]) * math.sin(light.stop_line.heading)
     # Before the line, and back far enough that the signal (6.75 m to the right, 4.2 m up)
@@ -281,7 +271,7 @@ def test_closed_loop_learned_keeps_the_lane_on_the_curve():
     sim, log = _closed_loop("curve_lane_keeping")
     assert "route_completed" in log.kinds()
     assert "lane_departure" not in log.kinds() and "off_road" not in log.kinds()
-    errors = log.tracking()
+    errors = log.metrics["tracking"]
     print(errors)
     assert errors["lateral_rms_m"] <= 0.15, errors
     assert_comfortable(log)
