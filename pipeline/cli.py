@@ -16,13 +16,13 @@ Trailing `key.path=value` arguments override the stack config; those that start 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from stagepilot import __version__
-from stagepilot.core.config import ConfigError, load_stack
+from stagepilot.core.config import ConfigError
 from stagepilot.core.roadmap import MapError
+from stagepilot.pipeline import commands as handlers
 
 
 def _add_stack_args(parser: argparse.ArgumentParser) -> None:
@@ -44,12 +44,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
     return value
-
-
-def _split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
-    stack = [o for o in overrides if not o.startswith("scenario.")]
-    scenario = [o[len("scenario."):] for o in overrides if o.startswith("scenario.")]
-    return stack, scenario
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     drive.add_argument("--quiet", action="store_true", help="no progress line")
     _add_maps_arg(drive)
     _add_stack_args(drive)
-    drive.set_defaults(handler=_cmd_drive)
+    drive.set_defaults(handler=handlers.drive)
 
     sim = commands.add_parser("sim", help="the embedded simulator", description="Work with the embedded simulator.")
     sim_commands = sim.add_subparsers(dest="sim_command", metavar="SUBCOMMAND", required=True)
@@ -96,11 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop after S simulated seconds (default: the scenario's duration)")
     _add_maps_arg(render)
     _add_stack_args(render)
-    render.set_defaults(handler=_cmd_render)
+    render.set_defaults(handler=handlers.render)
 
     listing = sim_commands.add_parser("list", help="list the shipped scenarios")
     _add_maps_arg(listing)
-    listing.set_defaults(handler=_cmd_list)
+    listing.set_defaults(handler=handlers.list_scenarios)
 
     bench = commands.add_parser("bench", help="benchmarks that print figures",
                                 description="Benchmarks. Each prints latency or throughput figures.")
@@ -116,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sim.add_argument("--frames", type=_positive_int, default=300, help="camera frames to time")
     _add_maps_arg(bench_sim)
     _add_stack_args(bench_sim)
-    bench_sim.set_defaults(handler=_cmd_bench_sim)
+    bench_sim.set_defaults(handler=handlers.bench_sim)
 
     bench_plan = bench_commands.add_parser(
         "plan", help="lattice planner latency per call",
@@ -126,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_plan.add_argument("--json", action="store_true", help="print one JSON object")
     bench_plan.add_argument("--calls", type=_positive_int, default=300, help="planner calls to time")
     _add_stack_args(bench_plan)
-    bench_plan.set_defaults(handler=_cmd_bench_plan)
+    bench_plan.set_defaults(handler=handlers.bench_plan)
 
     bench_control = bench_commands.add_parser(
         "control", help="controller latency per call",
@@ -136,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_control.add_argument("--json", action="store_true", help="print one JSON object")
     bench_control.add_argument("--calls", type=_positive_int, default=2000, help="controller calls to time")
     _add_stack_args(bench_control)
-    bench_control.set_defaults(handler=_cmd_bench_control)
+    bench_control.set_defaults(handler=handlers.bench_control)
 
     bench_perception = bench_commands.add_parser(
         "perception", help="perception network latency against the torchvision pair",
@@ -155,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_perception.add_argument("--input-size", type=_positive_int, nargs=2, default=None, metavar=("H", "W"),
                                   help="our network's input size (default: the shipped checkpoint's)")
     _add_stack_args(bench_perception)
-    bench_perception.set_defaults(handler=_cmd_bench_perception)
+    bench_perception.set_defaults(handler=handlers.bench_perception)
 
     collect = commands.add_parser(
         "collect", help="render a perception dataset (COCO boxes, semantic masks) from the embedded simulator",
@@ -177,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_maps_arg(collect)
     _add_stack_args(collect)
-    collect.set_defaults(handler=_cmd_collect)
+    collect.set_defaults(handler=handlers.collect)
 
     train = commands.add_parser("train", help="train the perception network on a collected dataset",
                                 description="Train PerceptionNet (perception/train.py) from a training YAML; "
@@ -186,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", type=Path, default=None, metavar="CKPT", help="continue from an epoch checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.add_argument("overrides", nargs="*", metavar="key.path=value", help="override a value, e.g. epochs=3")
-    train.set_defaults(handler=_cmd_train)
+    train.set_defaults(handler=handlers.train)
 
     evaluate = commands.add_parser("eval", help="evaluate a trained model")
     eval_commands = evaluate.add_subparsers(dest="eval_command", metavar="STAGE", required=True)
@@ -196,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_perception.add_argument("--data", required=True, type=Path, help="a dataset from `stagepilot collect`")
     eval_perception.add_argument("--split", default="val", help="split to evaluate (default: val)")
     eval_perception.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
-    eval_perception.set_defaults(handler=_cmd_eval_perception)
+    eval_perception.set_defaults(handler=handlers.eval_perception)
 
     export = commands.add_parser("export", help="export a model to another runtime")
     export_commands = export.add_subparsers(dest="export_command", metavar="FORMAT", required=True)
@@ -207,180 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     export_onnx.add_argument("--checkpoint", type=Path, default=None, help="checkpoint (default: the shipped model)")
     export_onnx.add_argument("--out", required=True, type=Path, help="ONNX file to write")
     export_onnx.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset (default: 18)")
-    export_onnx.set_defaults(handler=_cmd_export_onnx)
+    export_onnx.set_defaults(handler=handlers.export_onnx)
 
     config = commands.add_parser("config", help="inspect the stack config")
     config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
     show = config_commands.add_parser("show", help="print the resolved config and its hash")
     _add_stack_args(show)
-    show.set_defaults(handler=_cmd_config_show)
+    show.set_defaults(handler=handlers.config_show)
     return parser
-
-
-def _cmd_drive(args) -> int:
-    from stagepilot.pipeline.driver import drive
-    from stagepilot.pipeline.writer import RunWriter, default_run_dir
-    from stagepilot.sim.scenario import load_scenario
-
-    if args.sim != "embedded":
-        raise ConfigError(f"--sim {args.sim}: only the embedded simulator is available so far")
-    stack_overrides, scenario_overrides = _split_overrides(args.overrides)
-    if args.time_model:
-        stack_overrides.append(f"runtime.time_model={args.time_model}")
-    if args.pipelined:
-        stack_overrides.append("runtime.pipelined=true")
-    if args.perception:
-        stack_overrides.append(f"perception.kind={args.perception}")
-    config = load_stack(args.config, stack_overrides)
-    scenario = load_scenario(args.scenario, scenario_overrides, args.maps)
-    out_dir = args.out or default_run_dir(Path("runs"), scenario.name)
-    result = drive(config, scenario, observers=(RunWriter(out_dir, config, scenario),), show_progress=not args.quiet)
-    outcome = result.outcome
-    print(f"run folder: {out_dir}")
-    print(f"video: {out_dir / 'video.mp4'}")
-    print(f"outcome: completed={outcome['completed']} collisions={outcome['collisions']} "
-          f"red_lights={outcome['red_lights']} failsafe_frames={outcome['failsafe_frames']}")
-    if result.interrupted:
-        print("stagepilot: interrupted; the run folder holds everything up to the interruption", file=sys.stderr)
-        return 130
-    return 0
-
-
-def _cmd_render(args) -> int:
-    from stagepilot.pipeline.render import render_scenario
-
-    stack_overrides, scenario_overrides = _split_overrides(args.overrides)
-    config = load_stack(args.config, stack_overrides)
-    video = render_scenario(config, args.scenario, scenario_overrides, args.out, args.duration, args.maps)
-    print(f"wrote {video}")
-    return 0
-
-
-def _cmd_list(args) -> int:
-    from stagepilot.sim.scenario import SCENARIO_DIR, load_scenario
-
-    for path in sorted(SCENARIO_DIR.glob("*.yaml")):
-        try:
-            line = load_scenario(path, maps_dirs=args.maps).description
-        except MapError as exc:  # a town that is not on the search path: list it, say why
-            line = f"(cannot run here) {exc}"
-        print(f"{path.stem:24s} {line}")
-    return 0
-
-
-def _cmd_bench_sim(args) -> int:
-    from stagepilot.sim.bench import bench_sim
-
-    stack_overrides, scenario_overrides = _split_overrides(args.overrides)
-    config = load_stack(args.config, stack_overrides)
-    _print_result(bench_sim(config, args.scenario, scenario_overrides, args.steps, args.frames, args.maps), args.json)
-    return 0
-
-
-def _print_result(result: dict, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:24s} {value}")
-
-
-def _cmd_bench_plan(args) -> int:
-    from stagepilot.planning.bench import bench_plan
-
-    config = load_stack(args.config, args.overrides)
-    _print_result(bench_plan(config.planner.lattice, config.vehicle, calls=args.calls), args.json)
-    return 0
-
-
-def _cmd_bench_control(args) -> int:
-    from stagepilot.control.bench import bench_control
-    from stagepilot.pipeline.stack import vehicle_geometry
-
-    config = load_stack(args.config, args.overrides)
-    result = bench_control(config.controller, vehicle_geometry(config), config.sim.dt_s, calls=args.calls)
-    _print_result(result, args.json)
-    return 0
-
-
-def _cmd_bench_perception(args) -> int:
-    from stagepilot.perception.bench import bench_perception
-
-    config = load_stack(args.config, args.overrides)
-    _print_result(bench_perception(config.perception.learned, iters=args.iters, warmup=args.warmup,
-                                   threads=args.threads, architecture=args.architecture,
-                                   input_size=tuple(args.input_size) if args.input_size else None), args.json)
-    return 0
-
-
-def _collect_command(args) -> str:
-    """The command with every option that shapes the dataset spelt out (not --workers/--quiet)."""
-    import shlex
-
-    options = {"--out": args.out, "--frames": args.frames, "--split": args.split, "--seed": args.seed,
-               "--val-fraction": args.val_fraction, "--frames-per-scene": args.frames_per_scene,
-               "--interval": args.interval, "--image-format": args.image_format}
-    words = [word for key, value in options.items() for word in (key, str(value))]
-    words += ["--depth"] * args.depth + [word for path in args.config for word in ("--config", path)]
-    words += [word for folder in args.maps for word in ("--maps", folder)]
-    return shlex.join(["stagepilot", "collect", *words, *args.overrides])
-
-
-def _cmd_collect(args) -> int:
-    from stagepilot.pipeline.collect import collect_dataset
-
-    config = load_stack(args.config, args.overrides)
-    manifest = collect_dataset(
-        config, args.out, args.frames, args.split, args.seed, val_fraction=args.val_fraction,
-        frames_per_scene=args.frames_per_scene, interval_s=args.interval, image_format=args.image_format,
-        depth=args.depth, workers=args.workers, show_progress=not args.quiet, command=_collect_command(args),
-        maps_dirs=args.maps,
-    )
-    for name, split in manifest["splits"].items():
-        print(f"{name}: {split['frames']} frames, {split['annotations']} boxes, maps {', '.join(split['maps'])}")
-    print(f"wrote {args.out / 'manifest.json'}")
-    return 0
-
-
-def _cmd_train(args) -> int:
-    import shlex
-
-    from stagepilot.perception.train import load_train_config, train
-
-    words = ["stagepilot", "train", "--config", str(args.config)]
-    words += ["--resume", str(args.resume)] if args.resume else []
-    config = load_train_config(args.config, args.overrides)
-    result = train(config, resume=args.resume, command=shlex.join(words + args.overrides),
-                   show_progress=not args.quiet)
-    print(f"wrote {result['checkpoint']}" + (f" and {result['model']}" if result["model"] else ""))
-    return 0
-
-
-def _cmd_eval_perception(args) -> int:
-    from stagepilot.perception.evaluate import evaluate_checkpoint
-
-    if not args.checkpoint.is_file():
-        raise ConfigError(f"{args.checkpoint}: checkpoint not found")
-    print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data, args.split)))
-    return 0
-
-
-def _cmd_export_onnx(args) -> int:
-    from stagepilot.perception.export import export_checkpoint
-
-    print(json.dumps(export_checkpoint(args.checkpoint, args.out, opset=args.opset)))
-    return 0
-
-
-def _cmd_config_show(args) -> int:
-    import yaml
-
-    from stagepilot.core.config import config_hash
-
-    config = load_stack(args.config, args.overrides)
-    print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
-    print(f"# hash: {config_hash(config)}")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

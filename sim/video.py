@@ -75,6 +75,8 @@ class VideoWriter:
     `close()` finalises a playable file and is idempotent; call it from `finally` (or use
     the writer as a context manager) so an exception or Ctrl-C still leaves a video."""
 
+    # crf 26 veryfast: a 97 s town_loop drive at 1280x720 is 17 MB at ~23 ms/frame (crf 23:
+    # 29 MB, 28 ms; OpenCV's mp4v was 83 MB at 8 ms), overlay text stays sharp
     def __init__(self, path: Path, fps: float, crf: int = 26, preset: str = "veryfast"):
         self.path = Path(path)
         self.fps = fps

@@ -1,0 +1,182 @@
+"""What each `stagepilot` command does, given its parsed arguments (pipeline/cli.py parses)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from stagepilot.core.config import ConfigError, load_stack
+from stagepilot.core.roadmap import MapError
+
+
+def _split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    stack = [o for o in overrides if not o.startswith("scenario.")]
+    scenario = [o[len("scenario."):] for o in overrides if o.startswith("scenario.")]
+    return stack, scenario
+
+
+def drive(args) -> int:
+    from stagepilot.pipeline.driver import drive
+    from stagepilot.pipeline.writer import RunWriter, default_run_dir
+    from stagepilot.sim.scenario import load_scenario
+
+    if args.sim != "embedded":
+        raise ConfigError(f"--sim {args.sim}: only the embedded simulator is available so far")
+    stack_overrides, scenario_overrides = _split_overrides(args.overrides)
+    if args.time_model:
+        stack_overrides.append(f"runtime.time_model={args.time_model}")
+    if args.pipelined:
+        stack_overrides.append("runtime.pipelined=true")
+    if args.perception:
+        stack_overrides.append(f"perception.kind={args.perception}")
+    config = load_stack(args.config, stack_overrides)
+    scenario = load_scenario(args.scenario, scenario_overrides, args.maps)
+    out_dir = args.out or default_run_dir(Path("runs"), scenario.name)
+    result = drive(config, scenario, observers=(RunWriter(out_dir, config, scenario),), show_progress=not args.quiet)
+    outcome = result.outcome
+    print(f"run folder: {out_dir}")
+    print(f"video: {out_dir / 'video.mp4'}")
+    print(f"outcome: completed={outcome['completed']} collisions={outcome['collisions']} "
+          f"red_lights={outcome['red_lights']} failsafe_frames={outcome['failsafe_frames']}")
+    if result.interrupted:
+        print("stagepilot: interrupted; the run folder holds everything up to the interruption", file=sys.stderr)
+        return 130
+    return 0
+
+
+def render(args) -> int:
+    from stagepilot.pipeline.render import render_scenario
+
+    stack_overrides, scenario_overrides = _split_overrides(args.overrides)
+    config = load_stack(args.config, stack_overrides)
+    video = render_scenario(config, args.scenario, scenario_overrides, args.out, args.duration, args.maps)
+    print(f"wrote {video}")
+    return 0
+
+
+def list_scenarios(args) -> int:
+    from stagepilot.sim.scenario import SCENARIO_DIR, load_scenario
+
+    for path in sorted(SCENARIO_DIR.glob("*.yaml")):
+        try:
+            line = load_scenario(path, maps_dirs=args.maps).description
+        except MapError as exc:  # a town that is not on the search path: list it, say why
+            line = f"(cannot run here) {exc}"
+        print(f"{path.stem:24s} {line}")
+    return 0
+
+
+def bench_sim(args) -> int:
+    from stagepilot.sim.bench import bench_sim
+
+    stack_overrides, scenario_overrides = _split_overrides(args.overrides)
+    config = load_stack(args.config, stack_overrides)
+    _print_result(bench_sim(config, args.scenario, scenario_overrides, args.steps, args.frames, args.maps), args.json)
+    return 0
+
+
+def _print_result(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:24s} {value}")
+
+
+def bench_plan(args) -> int:
+    from stagepilot.planning.bench import bench_plan
+
+    config = load_stack(args.config, args.overrides)
+    _print_result(bench_plan(config.planner.lattice, config.vehicle, calls=args.calls), args.json)
+    return 0
+
+
+def bench_control(args) -> int:
+    from stagepilot.control.bench import bench_control
+    from stagepilot.pipeline.stack import vehicle_geometry
+
+    config = load_stack(args.config, args.overrides)
+    result = bench_control(config.controller, vehicle_geometry(config), config.sim.dt_s, calls=args.calls)
+    _print_result(result, args.json)
+    return 0
+
+
+def bench_perception(args) -> int:
+    from stagepilot.perception.bench import bench_perception
+
+    config = load_stack(args.config, args.overrides)
+    _print_result(bench_perception(config.perception.learned, iters=args.iters, warmup=args.warmup,
+                                   threads=args.threads, architecture=args.architecture,
+                                   input_size=tuple(args.input_size) if args.input_size else None), args.json)
+    return 0
+
+
+def _collect_command(args) -> str:
+    """The command with every option that shapes the dataset spelt out (not --workers/--quiet)."""
+    import shlex
+
+    options = {"--out": args.out, "--frames": args.frames, "--split": args.split, "--seed": args.seed,
+               "--val-fraction": args.val_fraction, "--frames-per-scene": args.frames_per_scene,
+               "--interval": args.interval, "--image-format": args.image_format}
+    words = [word for key, value in options.items() for word in (key, str(value))]
+    words += ["--depth"] * args.depth + [word for path in args.config for word in ("--config", path)]
+    words += [word for folder in args.maps for word in ("--maps", folder)]
+    return shlex.join(["stagepilot", "collect", *words, *args.overrides])
+
+
+def collect(args) -> int:
+    from stagepilot.pipeline.collect import collect_dataset
+
+    config = load_stack(args.config, args.overrides)
+    manifest = collect_dataset(
+        config, args.out, args.frames, args.split, args.seed, val_fraction=args.val_fraction,
+        frames_per_scene=args.frames_per_scene, interval_s=args.interval, image_format=args.image_format,
+        depth=args.depth, workers=args.workers, show_progress=not args.quiet, command=_collect_command(args),
+        maps_dirs=args.maps,
+    )
+    for name, split in manifest["splits"].items():
+        print(f"{name}: {split['frames']} frames, {split['annotations']} boxes, maps {', '.join(split['maps'])}")
+    print(f"wrote {args.out / 'manifest.json'}")
+    return 0
+
+
+def train(args) -> int:
+    import shlex
+
+    from stagepilot.perception.train import load_train_config, train
+
+    words = ["stagepilot", "train", "--config", str(args.config)]
+    words += ["--resume", str(args.resume)] if args.resume else []
+    config = load_train_config(args.config, args.overrides)
+    result = train(config, resume=args.resume, command=shlex.join(words + args.overrides),
+                   show_progress=not args.quiet)
+    print(f"wrote {result['checkpoint']}" + (f" and {result['model']}" if result["model"] else ""))
+    return 0
+
+
+def eval_perception(args) -> int:
+    from stagepilot.perception.evaluate import evaluate_checkpoint
+
+    if not args.checkpoint.is_file():
+        raise ConfigError(f"{args.checkpoint}: checkpoint not found")
+    print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data, args.split)))
+    return 0
+
+
+def export_onnx(args) -> int:
+    from stagepilot.perception.export import export_checkpoint
+
+    print(json.dumps(export_checkpoint(args.checkpoint, args.out, opset=args.opset)))
+    return 0
+
+
+def config_show(args) -> int:
+    import yaml
+
+    from stagepilot.core.config import config_hash
+
+    config = load_stack(args.config, args.overrides)
+    print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+    print(f"# hash: {config_hash(config)}")
+    return 0
