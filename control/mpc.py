@@ -42,7 +42,7 @@ from stagepilot.control.actuator import ActuatorMap
 from stagepilot.control.geometry import VehicleGeometry
 from stagepilot.control.longitudinal import emergency_pedals, hold_still
 from stagepilot.control.reference import PlanReference
-from stagepilot.control.tracker import PidTracker, usable
+from stagepilot.control.tracker import PidTracker, check_inputs
 from stagepilot.core.messages import Control, EgoState, Plan
 from stagepilot.core.config_control import MpcConfig, StandstillConfig
 
@@ -260,8 +260,7 @@ class MpcTracker:
         self.solver.warm_start(x=np.zeros(self.qp.n_var), y=np.zeros(self.qp.n_constraints))
 
     def step(self, ego: EgoState, plan: Plan, t: float) -> Control:
-        if not usable(ego, plan):
-            return self._send(ego, self.fallback.step(ego, plan, t), self.config.accel_min_mps2)
+        check_inputs(ego, plan)
         ref = PlanReference(plan)
         tau = t - plan.t
         if hold_still(ego, ref, tau, self.standstill):

@@ -24,11 +24,10 @@ def build_controller(config: ControllerConfig, vehicle: VehicleGeometry, dt_s: f
         raise ValueError(f"dt_s must be > 0, got {dt_s!r}")
     actuator = actuator or ActuatorMap.load(config.actuator_map)
     longitudinal = LongitudinalPid(config.longitudinal, config.standstill, actuator, dt_s)
-    hold_brake = config.standstill.hold_brake
     if config.kind == "pid_stanley":
-        return PidTracker("pid_stanley", Stanley(config.stanley, vehicle), longitudinal, vehicle, hold_brake)
+        return PidTracker("pid_stanley", Stanley(config.stanley, vehicle), longitudinal, vehicle)
     pure_pursuit = PidTracker("pid_pure_pursuit", PurePursuit(config.pure_pursuit, vehicle), longitudinal,
-                              vehicle, hold_brake)
+                              vehicle)
     if config.kind == "pid_pure_pursuit":
         return pure_pursuit
     if config.kind == "mpc":

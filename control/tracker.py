@@ -20,22 +20,25 @@ class LateralLaw(Protocol):
     def steer_angle(self, ego: EgoState, ref: PlanReference) -> float: ...
 
 
-def usable(ego: EgoState, plan: Plan) -> bool:
-    """An ego state with finite numbers and a plan with at least one sample."""
+def check_inputs(ego: EgoState, plan: Plan) -> None:
+    """A controller tracks a finite ego state along a plan with samples; anything else is a
+    broken contract (the runtime fails safe before it calls a controller with such input)."""
     numbers = (ego.x, ego.y, ego.yaw, ego.speed, ego.steer_angle, ego.accel)
-    return all(math.isfinite(v) for v in numbers) and len(plan.times) > 0
+    if not all(math.isfinite(v) for v in numbers):
+        raise ValueError(f"controller: the ego state is not finite: {ego}")
+    if len(plan.times) == 0:
+        raise ValueError(f"controller: the plan of frame {plan.frame} has no samples")
 
 
 class PidTracker:
     """Longitudinal PID + a lateral law (pure pursuit or Stanley)."""
 
     def __init__(self, name: str, lateral: LateralLaw, longitudinal: LongitudinalPid,
-                 vehicle: VehicleGeometry, hold_brake: float):
+                 vehicle: VehicleGeometry):
         self.name = name
         self.lateral = lateral
         self.longitudinal = longitudinal
         self.vehicle = vehicle
-        self.hold = Control(brake=hold_brake)  # a state or plan it cannot track: stand still
         self.last_steer_angle_rad = 0.0  # [rad] the front-wheel angle last asked for
 
     def reset(self) -> None:
@@ -43,8 +46,7 @@ class PidTracker:
         self.last_steer_angle_rad = 0.0
 
     def step(self, ego: EgoState, plan: Plan, t: float) -> Control:
-        if not usable(ego, plan):
-            return self.hold
+        check_inputs(ego, plan)
         ref = PlanReference(plan)
         # a plan standing at one point has no path to follow: keep the wheels as they are
         angle = self.lateral.steer_angle(ego, ref) if ref.has_path else ego.steer_angle

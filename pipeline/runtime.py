@@ -245,7 +245,7 @@ class StagedRuntime:
         if not perception.usable:
             return f"unusable input: {perception.reason}"
         ego = obs.ego
-        if not all(math.isfinite(v) for v in (ego.x, ego.y, ego.yaw, ego.speed, ego.yaw_rate, ego.steer_angle)):
+        if not all(math.isfinite(v) for v in (ego.x, ego.y, ego.yaw, ego.speed, ego.yaw_rate, ego.steer_angle, ego.accel)):
             return "unusable input: the ego state is not finite"
         return None
 

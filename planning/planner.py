@@ -1,8 +1,9 @@
 """The planning stage: behaviour layer + Frenet lattice -> Plan.
 
 One method, `step(ego, route, perception) -> Plan`. The reference path is rebuilt only
-when the route changes. An emergency stop, or perception that flags its input unusable,
-bypasses the lattice for a bounded braking trajectory along the current path.
+when the route changes. An emergency stop bypasses the lattice for a bounded braking
+trajectory along the current path. Perception that flags its frame unusable never reaches
+the planner: the runtime's fail-safe takes that frame.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ class LatticePlannerStage:
         ego_s, _ = ref.path.project(ego.x, ego.y, s_hint=self._ego_s)
         self._ego_s = ego_s
         if not perception.usable:
-            return self._braking_plan(ego, ref, ego_s, t, perception.frame, "emergency_stop",
-                                      f"failsafe: perception unusable ({perception.reason})")
+            raise ValueError(f"planner: perception of frame {perception.frame} is unusable ({perception.reason}); "
+                             "the runtime's fail-safe handles such frames")
         decision = self.behaviour.decide(ego, ref, ego_s, perception)
         if decision.decision == "emergency_stop":
             return self._braking_plan(ego, ref, ego_s, t, perception.frame, decision.decision, decision.reason)
