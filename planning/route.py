@@ -1,7 +1,7 @@
 """The reference path the planner follows: the route, smoothed and parameterised by arc length,
 with heading, curvature and the speed limit along it.
 
-The lane-level route itself is searched on the road graph (pipeline.roadmap.RoadMap.route,
+The lane-level route itself is searched on the road graph (core.roadmap.RoadMap.route,
 shared with the simulators, which place traffic with it); here it becomes a reference that
 is smooth enough to differentiate twice.
 """

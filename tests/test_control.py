@@ -3,7 +3,7 @@
 Every drive is synchronous at dt 0.05 s with sim/vehicle.py's DynamicBicycle. The plan is
 re-generated each tick from a reference polyline at constant speed, starting at the car's
 projection, as a planner would. Lateral error is the REAR-AXLE offset from the reference
-(signed, positive left), the same measure as the drive log's `lateral_errors`.
+(signed, positive left), the same measure as `pipeline.series.lateral_errors`.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ class Drive:
     controller: object
 
 
-def drive(path: Polyline, plan_for, controller, *, s_start: float = 0.0, s_end: float | None = None,
+def track(path: Polyline, plan_for, controller, *, s_start: float = 0.0, s_end: float | None = None,
           seconds: float | None = None, speed_mps: float = 0.0, offset_m: float = 0.0,
           heading_rad: float = 0.0, delay_ticks: int = 0) -> Drive:
     """Closed loop until the car passes s_end or `seconds` elapse. `plan_for(s, t)` makes the
@@ -153,7 +153,7 @@ def rms(values: np.ndarray) -> float:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_straight_reference_recovers_from_an_offset_without_weaving(kind):
-    result = drive(STRAIGHT, lambda s, t: cruise_plan(STRAIGHT, s, t, 10.0), controller_of(kind),
+    result = track(STRAIGHT, lambda s, t: cruise_plan(STRAIGHT, s, t, 10.0), controller_of(kind),
                    seconds=8.0, speed_mps=10.0, offset_m=1.0)
     assert np.all(result.lateral_m > -0.15)  # overshoot to the other side
     assert np.max(np.abs(result.lateral_m[-60:])) < 0.02  # the last 3 s
@@ -162,7 +162,7 @@ def test_straight_reference_recovers_from_an_offset_without_weaving(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_curved_reference_is_tracked(kind):
     bend = arc(radius_m=60.0, length_m=250.0)  # 1.7 m/s^2 at 10 m/s
-    result = drive(bend, lambda s, t: cruise_plan(bend, s, t, 10.0), controller_of(kind),
+    result = track(bend, lambda s, t: cruise_plan(bend, s, t, 10.0), controller_of(kind),
                    s_end=200.0, speed_mps=10.0)
     assert np.max(np.abs(result.lateral_m)) < 0.1
     assert np.max(np.abs(result.lateral_m[result.station_m > 80.0])) < 0.05  # settled in the arc
@@ -175,7 +175,7 @@ CURVY_BOUNDS = {"mpc": (0.15, 0.5), "pid_pure_pursuit": (0.3, 1.0), "pid_stanley
 @pytest.mark.parametrize("kind", KINDS)
 def test_curvy_road_at_15_mps(kind, curvy_lane):
     lane, goal_s = curvy_lane
-    result = drive(lane, lambda s, t: cruise_plan(lane, s, t, 15.0), controller_of(kind),
+    result = track(lane, lambda s, t: cruise_plan(lane, s, t, 15.0), controller_of(kind),
                    s_end=goal_s, speed_mps=15.0)
     rms_bound, max_bound = CURVY_BOUNDS[kind]
     assert rms(result.lateral_m) <= rms_bound
@@ -190,7 +190,7 @@ def test_curvy_road_at_15_mps(kind, curvy_lane):
 @pytest.mark.parametrize("kind", ["mpc", "pid_pure_pursuit"])
 @pytest.mark.parametrize("start_mps, target_mps", [(10.0, 15.0), (15.0, 10.0), (0.0, 10.0), (20.0, 5.0)])
 def test_speed_step_settles_without_overshoot(kind, start_mps, target_mps):
-    result = drive(STRAIGHT, lambda s, t: cruise_plan(STRAIGHT, s, t, target_mps), controller_of(kind),
+    result = track(STRAIGHT, lambda s, t: cruise_plan(STRAIGHT, s, t, target_mps), controller_of(kind),
                    seconds=10.0, speed_mps=start_mps)
     speed = result.speed_mps
     overshoot = (speed.max() - target_mps) if target_mps > start_mps else (target_mps - speed.min())
@@ -201,7 +201,7 @@ def test_speed_step_settles_without_overshoot(kind, start_mps, target_mps):
 @pytest.mark.parametrize("kind", KINDS)
 def test_stops_at_a_planned_stop_and_stays_stopped(kind):
     hold_brake = ControllerConfig().standstill.hold_brake
-    result = drive(STRAIGHT, lambda s, t: stop_plan(STRAIGHT, s, t, 10.0, stop_s=60.0), controller_of(kind),
+    result = track(STRAIGHT, lambda s, t: stop_plan(STRAIGHT, s, t, 10.0, stop_s=60.0), controller_of(kind),
                    seconds=20.0, speed_mps=10.0)
     stopped = np.flatnonzero(result.speed_mps < 1e-3)
     assert len(stopped) and stopped[0] * DT_S < 12.0
@@ -250,7 +250,7 @@ def test_an_emergency_stop_brakes_as_hard_as_planned_to_standstill(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_moves_off_when_the_plan_does(kind):
-    result = drive(STRAIGHT, lambda s, t: launch_plan(STRAIGHT, s, t, 8.0), controller_of(kind),
+    result = track(STRAIGHT, lambda s, t: launch_plan(STRAIGHT, s, t, 8.0), controller_of(kind),
                    seconds=6.0, speed_mps=0.0)
     # while the plan stands (1 s) the car may only anticipate the throttle lag
     assert result.station_m[20] - result.station_m[0] < 0.1 and result.speed_mps[20] < 0.2
@@ -281,7 +281,7 @@ def test_mpc_sets_up_osqp_once(monkeypatch):
     setups = []
     original = osqp.OSQP.setup
     monkeypatch.setattr(osqp.OSQP, "setup", lambda self, *a, **k: setups.append(1) or original(self, *a, **k))
-    drive(STRAIGHT, lambda s, t: cruise_plan(STRAIGHT, s, t, 10.0), controller, seconds=3.0, speed_mps=10.0,
+    track(STRAIGHT, lambda s, t: cruise_plan(STRAIGHT, s, t, 10.0), controller, seconds=3.0, speed_mps=10.0,
           offset_m=0.5)
     assert controller.solver is solver
     assert controller.setup_count == 1 and setups == []
@@ -297,7 +297,7 @@ def test_mpc_commands_respect_steer_angle_rate_and_accel_limits(offset_m, headin
         accels.append(controller.last_accel_mps2)
         return stop_plan(STRAIGHT, s, t, 12.0, stop_s=80.0, decel_mps2=6.0)
 
-    result = drive(STRAIGHT, plan_for, controller, seconds=8.0, speed_mps=12.0, offset_m=offset_m,
+    result = track(STRAIGHT, plan_for, controller, seconds=8.0, speed_mps=12.0, offset_m=offset_m,
                    heading_rad=heading_rad)
     angles = np.array([-c.steer * GEOMETRY.max_steer_angle_rad for c in result.controls])
     rates = np.abs(np.diff(angles)) / DT_S
@@ -313,7 +313,7 @@ def test_mpc_compensates_the_command_delay(curvy_lane):
     lane, _ = curvy_lane
 
     def lateral_rms(delay_s: float) -> float:
-        result = drive(lane, lambda s, t: cruise_plan(lane, s, t, 15.0),
+        result = track(lane, lambda s, t: cruise_plan(lane, s, t, 15.0),
                        controller_of("mpc", mpc={"input_delay_s": delay_s}), s_start=300.0, s_end=520.0,
                        speed_mps=15.0, delay_ticks=4)
         return rms(result.lateral_m)
@@ -325,7 +325,7 @@ def test_mpc_compensates_the_command_delay(curvy_lane):
 
 def test_mpc_falls_back_to_pure_pursuit_when_osqp_fails():
     controller = controller_of("mpc", mpc={"osqp": {"max_iter": 1}})  # never converges
-    result = drive(STRAIGHT, lambda s, t: cruise_plan(STRAIGHT, s, t, 10.0), controller, seconds=6.0,
+    result = track(STRAIGHT, lambda s, t: cruise_plan(STRAIGHT, s, t, 10.0), controller, seconds=6.0,
                    speed_mps=10.0, offset_m=0.5)
     assert controller.fallback_count == len(result.controls) and controller.solve_count == 0
     assert np.max(np.abs(result.lateral_m[-20:])) < 0.05

@@ -108,7 +108,7 @@ def assert_within_limits(result: LatticeResult, config: LatticeConfig, jerk: boo
         assert np.all(np.abs(np.diff(a) / config.dt_s) <= lim.max_longitudinal_jerk + 0.2)
 
 
-def drive(ref, target, obstacles=(), s0=20.0, d0=0.0, v0=10.0, duration_s=10.0, config=None):
+def follow_plans(ref, target, obstacles=(), s0=20.0, d0=0.0, v0=10.0, duration_s=10.0, config=None):
     """Replan every STEP_S and follow the plan perfectly; returns the plans and the poses."""
     config = config or LatticeConfig()
     lattice = planner(config)
@@ -134,7 +134,7 @@ def drive(ref, target, obstacles=(), s0=20.0, d0=0.0, v0=10.0, duration_s=10.0, 
 def test_keeps_the_lane_centre_and_reaches_the_target_speed(road):
     ref = ROADS[road]()
     config = LatticeConfig()
-    plans, poses = drive(ref, LatticeTarget(12.0), d0=0.4, v0=6.0, duration_s=10.0)
+    plans, poses = follow_plans(ref, LatticeTarget(12.0), d0=0.4, v0=6.0, duration_s=10.0)
     assert all(p.feasible and not p.fallback for p in plans)
     for p in plans:
         assert_within_limits(p, config, jerk=True)
@@ -147,7 +147,7 @@ def test_keeps_the_lane_centre_and_reaches_the_target_speed(road):
 def test_stops_with_the_front_bumper_before_stop_s(road):
     ref = ROADS[road]()
     stop_s = 20.0 + REAR_TO_FRONT + 45.0
-    plans, poses = drive(ref, LatticeTarget(10.0, stop_s=stop_s), duration_s=15.0)
+    plans, poses = follow_plans(ref, LatticeTarget(10.0, stop_s=stop_s), duration_s=15.0)
     assert all(p.feasible for p in plans)
     for p in plans:
         assert_within_limits(p, LatticeConfig())
@@ -163,7 +163,7 @@ def test_stops_with_the_front_bumper_before_stop_s(road):
 def test_passes_a_parked_car_when_the_left_lane_is_allowed(road):
     ref = ROADS[road]()
     car = car_at(ref, 70.0)
-    plans, poses = drive(ref, LatticeTarget(10.0, d_min=-0.5, d_max=4.0), [car], duration_s=12.0)
+    plans, poses = follow_plans(ref, LatticeTarget(10.0, d_min=-0.5, d_max=4.0), [car], duration_s=12.0)
     assert all(p.feasible for p in plans)
     offsets = [ref.project(x, y, s_hint=s)[1] for x, y, _, _, s in poses]
     gaps = [body(x, y, yaw).distance(box(car)) for x, y, yaw, _, _ in poses]
@@ -177,7 +177,7 @@ def test_passes_a_parked_car_when_the_left_lane_is_allowed(road):
 def test_stops_behind_a_parked_car_when_held_in_the_lane(road):
     ref = ROADS[road]()
     car = car_at(ref, 70.0)
-    plans, poses = drive(ref, LatticeTarget(10.0), [car], duration_s=12.0)
+    plans, poses = follow_plans(ref, LatticeTarget(10.0), [car], duration_s=12.0)
     assert not any(p.fallback for p in plans)
     assert "blocked" in plans[-1].reason and "obstacle 12" in plans[-1].reason
     gaps = [body(x, y, yaw).distance(box(car)) for x, y, yaw, _, _ in poses]

@@ -173,7 +173,7 @@ def test_stationary_object_from_a_moving_turning_ego_has_no_velocity(kind):
 
 
 def test_same_input_gives_same_output_after_reset():
-    def drive(tracker: Tracker) -> list[tuple[Detection, ...]]:
+    def feed(tracker: Tracker) -> list[tuple[Detection, ...]]:
         rng = np.random.default_rng(4)
         outputs = []
         for k in range(20):
@@ -183,9 +183,9 @@ def test_same_input_gives_same_output_after_reset():
         return outputs
 
     tracker = Tracker(TrackerConfig())
-    first = drive(tracker)
+    first = feed(tracker)
     tracker.reset()
-    assert drive(tracker) == first
+    assert feed(tracker) == first
     assert {d.track_id for d in first[-1]} == {0, 1}
 
 

@@ -16,7 +16,7 @@ DT_S = 0.05  # [s] the simulator tick
 PARAMS = VehicleParams()
 
 
-def drive(
+def apply_controls(
     car: DynamicBicycle, control: Control, seconds: float, dt: float = DT_S
 ) -> list[VehicleState]:
     """Hold one command; the state after every step."""
@@ -60,7 +60,7 @@ def top_speed_mps(p: VehicleParams) -> float:
 
 def test_full_throttle_reaches_100_kmh_plausibly_and_settles_at_top_speed():
     car = DynamicBicycle(PARAMS, 0.0, 0.0, 0.0)
-    states = drive(car, Control(throttle=1.0), 120.0)
+    states = apply_controls(car, Control(throttle=1.0), 120.0)
     speeds = [s.speed for s in states]
     time_to_100_kmh_s = DT_S * (next(i for i, v in enumerate(speeds) if v >= 27.8) + 1)
     assert 6.0 <= time_to_100_kmh_s <= 14.0
@@ -77,7 +77,7 @@ def test_full_throttle_reaches_100_kmh_plausibly_and_settles_at_top_speed():
 )
 def test_full_braking_from_20_mps_stops_in_plausible_distance_and_stays(command):
     car = DynamicBicycle(PARAMS, 0.0, 0.0, 0.0, speed=20.0)
-    states = drive(car, command, 6.0)
+    states = apply_controls(car, command, 6.0)
     assert all(s.speed >= 0.0 for s in states)
     assert all(b.x >= a.x for a, b in zip(states, states[1:]))
     stopped = [i for i, s in enumerate(states) if s.speed == 0.0]
@@ -90,7 +90,7 @@ def test_full_braking_from_20_mps_stops_in_plausible_distance_and_stays(command)
 def test_coasting_decelerates_by_drag_and_rolling_resistance():
     p = PARAMS
     car = DynamicBicycle(p, 0.0, 0.0, 0.0, speed=25.0)
-    states = drive(car, Control(), 10.0)
+    states = apply_controls(car, Control(), 10.0)
     speeds = [s.speed for s in states]
     assert all(0.0 < b < a for a, b in zip(speeds, speeds[1:]))
     for state in states[::40]:
@@ -112,31 +112,31 @@ def test_coasting_decelerates_by_drag_and_rolling_resistance():
 def test_car_at_rest_stays_exactly_at_rest(command):
     car = DynamicBicycle(PARAMS, 3.0, -2.0, 0.7)
     before = car.state
-    after = drive(car, command, 5.0)[-1]
+    after = apply_controls(car, command, 5.0)[-1]
     pose_and_motion = (after.x, after.y, after.yaw, after.speed, after.yaw_rate)
     assert pose_and_motion == (before.x, before.y, before.yaw, 0.0, 0.0)
 
 
 def test_light_throttle_overcomes_rolling_resistance_from_rest():
     car = DynamicBicycle(PARAMS, 0.0, 0.0, 0.0)
-    assert drive(car, Control(throttle=0.1), 2.0)[-1].speed > 0.3
+    assert apply_controls(car, Control(throttle=0.1), 2.0)[-1].speed > 0.3
 
 
 def test_reverse_drives_backwards_up_to_the_reverse_speed_limit():
     car = DynamicBicycle(PARAMS, 0.0, 0.0, 0.0)
-    states = drive(car, Control(throttle=1.0, reverse=True), 10.0)
+    states = apply_controls(car, Control(throttle=1.0, reverse=True), 10.0)
     assert states[-1].speed < 0.0 and states[-1].x < -10.0
     assert min(s.speed for s in states) >= -PARAMS.max_reverse_speed_mps - 1e-9
     assert states[-1].speed == pytest.approx(-PARAMS.max_reverse_speed_mps, abs=0.5)
     # wheels turned left while reversing swing the nose right: clockwise yaw
-    states = drive(car, Control(steer=-0.5, throttle=0.5, reverse=True), 2.0)
+    states = apply_controls(car, Control(steer=-0.5, throttle=0.5, reverse=True), 2.0)
     assert states[-1].steer_angle > 0.0 and states[-1].yaw_rate < 0.0
     assert states[-1].yaw_rate == pytest.approx(kinematic_yaw_rate(states[-1]), rel=1e-9)
 
 
 def test_reverse_gear_while_rolling_forward_stops_then_backs_up():
     car = DynamicBicycle(PARAMS, 0.0, 0.0, 0.0, speed=5.0)
-    speeds = [s.speed for s in drive(car, Control(throttle=1.0, reverse=True), 6.0)]
+    speeds = [s.speed for s in apply_controls(car, Control(throttle=1.0, reverse=True), 6.0)]
     assert speeds[0] < 5.0 and speeds[-1] < 0.0
     assert all(b <= a for a, b in zip(speeds, speeds[1:]))
 
@@ -187,8 +187,8 @@ def test_15_mps_yaw_rate_follows_the_understeer_gradient(rear_stiffness_n_per_ra
 def test_steering_rate_limit_holds(dt):
     car = DynamicBicycle(PARAMS, 0.0, 0.0, 0.0, speed=5.0)
     max_step = PARAMS.max_steer_rate_rad_s * dt + 1e-12
-    angles = [0.0] + [s.steer_angle for s in drive(car, Control(steer=1.0), 2.0, dt)]
-    angles += [s.steer_angle for s in drive(car, Control(steer=-1.0), 4.0, dt)]
+    angles = [0.0] + [s.steer_angle for s in apply_controls(car, Control(steer=1.0), 2.0, dt)]
+    angles += [s.steer_angle for s in apply_controls(car, Control(steer=-1.0), 4.0, dt)]
     assert all(abs(b - a) <= max_step for a, b in zip(angles, angles[1:]))
     settle_s = PARAMS.max_steer_angle_rad / PARAMS.max_steer_rate_rad_s
     assert angles[math.ceil(settle_s / dt) + 1] == pytest.approx(-PARAMS.max_steer_angle_rad)
@@ -215,8 +215,8 @@ def test_junction_turn_at_5_mps():
 @pytest.mark.parametrize("dt", [0.05, 0.1])
 def test_stable_at_every_speed(speed_mps, dt):
     car = DynamicBicycle(PARAMS, 0.0, 0.0, 0.0, speed=speed_mps)
-    states = drive(car, Control(steer=0.05, throttle=0.2), 2.0, dt)
-    states += drive(car, Control(throttle=0.2), 4.0, dt)
+    states = apply_controls(car, Control(steer=0.05, throttle=0.2), 2.0, dt)
+    states += apply_controls(car, Control(throttle=0.2), 4.0, dt)
     assert all(math.isfinite(v) for s in states for v in dataclasses.astuple(s))
     assert abs(states[-1].yaw_rate) < 1e-3 and abs(states[-1].vy) < 1e-3
 
@@ -255,15 +255,15 @@ def test_identical_runs_are_bit_identical():
 def test_nan_commands_count_as_zero():
     nan = float("nan")
     reference, tested = (DynamicBicycle(PARAMS, 0.0, 0.0, 0.0, speed=10.0) for _ in range(2))
-    drive(reference, Control(), 2.0)
-    drive(tested, Control(steer=nan, throttle=nan, brake=nan), 2.0)
+    apply_controls(reference, Control(), 2.0)
+    apply_controls(tested, Control(steer=nan, throttle=nan, brake=nan), 2.0)
     assert tested.state == reference.state
 
 
 def test_out_of_range_commands_are_clipped():
     reference, tested = (DynamicBicycle(PARAMS, 0.0, 0.0, 0.0, speed=10.0) for _ in range(2))
-    drive(reference, Control(steer=1.0, throttle=1.0), 2.0)
-    drive(tested, Control(steer=3.0, throttle=7.0, brake=-2.0), 2.0)
+    apply_controls(reference, Control(steer=1.0, throttle=1.0), 2.0)
+    apply_controls(tested, Control(steer=3.0, throttle=7.0, brake=-2.0), 2.0)
     assert tested.state == reference.state
 
 

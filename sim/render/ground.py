@@ -25,7 +25,7 @@ DASH_OFF_M = 6.0
 
 
 class Marking(Protocol):
-    """A painted line: anything with these attributes (e.g. pipeline.roadmap.LaneMarking)."""
+    """A painted line: anything with these attributes (e.g. core.lane_surfaces.LaneMarking)."""
 
     points: np.ndarray  # (N, 2) world [m]
     width_m: float
