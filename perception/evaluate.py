@@ -15,17 +15,17 @@ Prints one JSON object:
   within 30 m (ego xy), the detection of the same class with the highest IoU (>= 0.5, score
   >= ``score_threshold``, each used once) is placed on the ground: the bottom-centre of its box
   (in K's pixel coordinates, less the camera's outline margin: perception/geometry.py) is
-  back-projected through K and T_ego_cam onto z = 0 (ego frame, the ground under the ego). The
-  camera is the annotation file's own record (``collect`` writes one); a file without one is
-  read with the camera of the stack config passed in (``camera_record``: ``sim.cameras``).
-  A camera that records no ``outline_margin_px``, and one built from the stack config (which
-  has no such key), is taken to have none (``UNRECORDED_OUTLINE_MARGIN_PX``, 0 px:
-  CameraImage's default, a camera that samples pixel centres). That is the object's lowest visible point, so the
-  centre estimate adds the stage's ``contact_depth_m`` along the horizontal viewing ray
-  (vehicle 1.73 m: a car seen from behind touches the road at its rear tyres, 0.385 of its
-  length behind its centre; pedestrian 0.25 m). The error is the
-  xy distance to the ground-truth centre; its median per class is reported (``null`` with no
-  match), with ``position_matches`` the matched / eligible counts.
+  back-projected through K and T_ego_cam onto z = 0 (ego frame, the ground under the ego).
+  That is the object's lowest visible point, so the centre estimate adds the stage's
+  ``contact_depth_m`` along the horizontal viewing ray (vehicle 1.73 m: a car seen from behind
+  touches the road at its rear tyres, 0.385 of its length behind its centre; pedestrian
+  0.25 m). The error is the xy distance to the ground-truth centre; its median per class is
+  reported (``null`` with no match), with ``position_matches`` the matched / eligible counts.
+  The camera is the annotation file's own record (``collect`` writes one); a file without one
+  is read with the camera of the stack config passed in (``camera_record``: ``sim.cameras``).
+  A record without ``outline_margin_px``, and a camera built from the stack config (which has
+  no such key), are taken to have none (``UNRECORDED_OUTLINE_MARGIN_PX``, 0 px: CameraImage's
+  default, a camera that samples pixel centres).
 - ``recall_by_height``: for vehicles and pedestrians, per band of ground-truth box height in
   camera pixels (``HEIGHT_BANDS_PX``), the number of boxes and the share found by a detection of
   the same class (score >= ``score_threshold``, IoU >= 0.5, each detection used once): where

@@ -3,7 +3,8 @@
 Frames (DESIGN.md): the ego frame has x forward, y left, z up, with its origin on the ground
 under the rear axle, so the road is the plane z = 0. ``T_ego_cam`` maps camera-frame points
 (OpenCV: x right, y down, z forward) into the ego frame; ``K`` is the pinhole intrinsics of the
-image the pixels come from.
+image the pixels come from; ``pinhole_intrinsics`` and ``camera_pose`` build both from a camera's
+config values (size, field of view, mount in the ego frame), as the renderer does.
 
 Pixels (OpenCV's convention, which ``K`` follows): the centre of pixel (row r, column c) lies at
 (c, r), so column c spans [c - 0.5, c + 0.5]. 2D boxes (ground truth, COCO files, detections)

@@ -10,12 +10,16 @@ GPU) and decides, by the time model, when in sim time each output is ready:
 - measured: a stage takes what it measured (plus any injected delay).
 
 A stage whose modelled latency exceeds its budget is a miss, handled by its policy: warn
-(record it and wait for the output), hold (use the newest output that was ready in time;
-a held perception is moved into the current ego frame, a held plan is re-anchored to the
-current pose), or failsafe. Perception older than `stale_input_s`, or perception that
-flags its frame unusable, triggers the fail-safe too: a bounded emergency stop. The
-command computed for frame k applies from tick k + round(latency / dt) until a newer one
-replaces it; the latency charged to each frame is recorded.
+(record it and wait for the output), hold (use the newest output that was ready by the
+deadline; a held perception is moved into the current ego frame, a held plan is re-anchored
+to the current pose; with nothing earlier, wait for the late output), or failsafe.
+
+The fail-safe is decided here and nowhere else: a missed budget under `failsafe`, perception
+older than `stale_input_s`, perception that flags its frame unusable, or an ego state that
+is not finite each skip the remaining stages and command `runtime.failsafe_brake`. Stages
+refuse such input rather than brake on their own. The command computed for frame k applies
+from tick k + round(latency / dt) until a newer one replaces it; the latency charged to each
+frame is recorded.
 """
 
 from __future__ import annotations

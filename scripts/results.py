@@ -17,6 +17,7 @@ import argparse
 import datetime
 import difflib
 import json
+import os
 import platform
 import re
 import shutil
@@ -105,7 +106,7 @@ def machine_label(machine: dict) -> str:
 # ---------------------------------------------------------------- collect
 
 
-def collect_run(run_dir: Path, data: Path, name: str | None = None) -> Path:
+def collect_run(run_dir: Path, data: Path, name: str | None = None, note: str | None = None) -> Path:
     """Copy a run folder's small files to data/runs/<scenario>/ with machine.json beside them."""
     missing = [f for f in ("metrics.json", "run.json") if not (run_dir / f).is_file()]
     if missing:
@@ -122,11 +123,13 @@ def collect_run(run_dir: Path, data: Path, name: str | None = None) -> Path:
         print(f"warning: {run_dir} was driven on {run['host']}, its machine read on {machine['host']}",
               file=sys.stderr)
     machine["date"] = run["started"][:10]
+    if note:
+        machine["note"] = note
     _write_json(dest / "machine.json", machine)
     return dest
 
 
-def collect_bench(name: str, source: str, data: Path, date: str | None = None) -> Path:
+def collect_bench(name: str, source: str, data: Path, date: str | None = None, note: str | None = None) -> Path:
     """Store a bench's JSON as data/bench/<name>.json and this machine as <name>.machine.json."""
     text = sys.stdin.read() if source == "-" else Path(source).read_text()
     try:
@@ -139,6 +142,8 @@ def collect_bench(name: str, source: str, data: Path, date: str | None = None) -
     _write_json(dest, result)
     machine = machine_info()
     machine["date"] = date or datetime.date.today().isoformat()
+    if note:
+        machine["note"] = note
     _write_json(dest.with_suffix(".machine.json"), machine)
     return dest
 
@@ -177,7 +182,11 @@ def drive_all(scenarios: list[str], out: Path, data: Path) -> None:
 
 
 def bench_all(kinds: list[str], data: Path) -> None:
+    """Run each bench and collect it; a 1-minute load average over 0.5 at its start is noted
+    beside its figures (the benches time the wall clock)."""
     for kind in kinds:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        note = f"load average {load:.1f} when it started" if load > 0.5 else None
         command = [_stagepilot(), "bench", kind, "--json"]
         print("$", " ".join(command[1:]), flush=True)
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -185,7 +194,7 @@ def bench_all(kinds: list[str], data: Path) -> None:
         source.parent.mkdir(parents=True, exist_ok=True)
         source.write_text(out)
         try:
-            collect_bench(kind, str(source), data)
+            collect_bench(kind, str(source), data, note=note)
         finally:
             source.unlink()
 
@@ -298,7 +307,9 @@ def comfort_summary(comfort: dict) -> str:
 
 
 def stamp(machine: dict) -> str:
-    return f"{machine['date']}, {machine_label(machine)}"
+    """'DATE, MACHINE' and the collector's note on the conditions, if any."""
+    note = f" ({machine['note']})" if machine.get("note") else ""
+    return f"{machine['date']}, {machine_label(machine)}{note}"
 
 
 def drive_setup(name: str, run: dict) -> str:
@@ -489,6 +500,9 @@ def render_block(runs: dict, benches: dict, card: dict | None) -> str:
                     "all figures and their sources: docs/results.md. -->", ""]
     if DEFAULT_DRIVE in runs:
         lines += _default_drive_lines(runs[DEFAULT_DRIVE])
+    else:
+        lines += [f"The default drive ({DEFAULT_DRIVE}) has not been collected yet: "
+                  f"`python scripts/results.py drive {DEFAULT_DRIVE}`.", ""]
     others = {k: v for k, v in runs.items() if k != DEFAULT_DRIVE}
     if others:
         lines += ["Scenario drives:", "",
@@ -592,10 +606,12 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("collect-run", help="collect finished run folders")
     run.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     run.add_argument("--name", help="store under this name instead of the scenario's (one RUN_DIR)")
+    run.add_argument("--note", help="conditions worth reading beside the figures, e.g. 'shared: load average 5'")
     bench = commands.add_parser("collect-bench", help="collect a `stagepilot bench ... --json` output")
     bench.add_argument("name", metavar="NAME")
     bench.add_argument("file", metavar="FILE.json", help="the JSON, or - for stdin")
     bench.add_argument("--date", help="measurement date (default: today)")
+    bench.add_argument("--note", help="conditions worth reading beside the figures")
     drive = commands.add_parser("drive", help="drive the result set and collect it")
     drive.add_argument("scenarios", nargs="*", default=list(DRIVES), metavar="SCENARIO")
     drive.add_argument("--out", type=Path, default=ROOT / "runs/results", help="where the run folders go")
@@ -611,9 +627,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.name and len(args.run_dirs) > 1:
                 raise ResultsError("--name takes one RUN_DIR")
             for run_dir in args.run_dirs:
-                print(f"collected {collect_run(run_dir, args.data, args.name)}")
+                print(f"collected {collect_run(run_dir, args.data, args.name, args.note)}")
         elif args.command == "collect-bench":
-            print(f"collected {collect_bench(args.name, args.file, args.data, args.date)}")
+            print(f"collected {collect_bench(args.name, args.file, args.data, args.date, args.note)}")
         elif args.command == "drive":
             drive_all(args.scenarios, args.out, args.data)
         elif args.command == "bench":
