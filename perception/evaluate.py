@@ -42,12 +42,13 @@ import numpy as np
 import torch
 from torch import Tensor
 from stagepilot.perception import dataset as dataset_files
+from stagepilot.core.camera import camera_pose, pinhole_intrinsics
 from stagepilot.perception import geometry
 from stagepilot.perception.checkpoint import load_checkpoint
 from stagepilot.perception.data import PerceptionDataset, collate
 from stagepilot.perception.labels import IGNORE_INDEX
 from stagepilot.perception.network import PerceptionNet
-from stagepilot.core.config import ConfigError, LearnedPerceptionConfig, StackConfig
+from stagepilot.core.config import ConfigError, StackConfig
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassJaccardIndex
 from torchmetrics.detection import MeanAveragePrecision
@@ -57,7 +58,6 @@ from tqdm import tqdm
 MIOU_CLASSES = ("road", "road_line", "sidewalk", "vehicle", "pedestrian")
 POSITION_CLASSES = ("vehicle", "pedestrian")
 POSITION_RANGE_M = 30.0
-CONTACT_DEPTH_M = LearnedPerceptionConfig().contact_depth_m  # [m] centre behind the lowest visible point
 MATCH_IOU = 0.5
 AP_SCORE_THRESHOLD = 0.05  # AP integrates over scores: keep low-confidence detections
 HEIGHT_BANDS_PX = (0, 12, 20, 32, 64)  # lower edges of the recall bands [camera px]; the last is open
@@ -72,25 +72,15 @@ def camera_record(config: StackConfig, name: str = CAMERA, *,
     cam = config.sim.cameras.get(name)
     if cam is None:
         raise ConfigError(f"sim.cameras: evaluation needs a camera named {name!r}")
-    K = geometry.pinhole_intrinsics(cam.width, cam.height, cam.fov_deg)
-    T = geometry.camera_pose(cam.x, cam.y, cam.z, cam.roll_deg, cam.pitch_deg, cam.yaw_deg)
+    K = pinhole_intrinsics(cam.width, cam.height, cam.fov_deg)
+    T = camera_pose(cam.x, cam.y, cam.z, cam.roll_deg, cam.pitch_deg, cam.yaw_deg)
     return dataset_files.camera_record(name, cam.width, cam.height, K, T, outline_margin_px)
 
 
-def centre_from_box(box: np.ndarray, kind: str, K: np.ndarray, T_ego_cam: np.ndarray,
-                    margin_px: float = UNRECORDED_OUTLINE_MARGIN_PX) -> np.ndarray | None:
-    """Box (4,) xyxy camera px (edges) -> estimated object centre (x, y) in the ego frame [m]."""
-    return geometry.centre_from_box(box, CONTACT_DEPTH_M[kind], K, T_ego_cam, margin_px)
-
-
-def _camera(frames: PerceptionDataset, config: StackConfig | None) -> tuple[np.ndarray, np.ndarray, float]:
-    """(K, T_ego_cam, outline margin px) of the camera that took the split's frames."""
-    camera = frames.camera
-    if camera is None:
-        if config is None:
-            raise ConfigError(f"{frames.root}: annotations/{frames.split}.json records no camera; "
-                              "evaluate it with the stack config whose camera took the frames")
-        camera = camera_record(config)
+def _camera(frames: PerceptionDataset, config: StackConfig) -> tuple[np.ndarray, np.ndarray, float]:
+    """(K, T_ego_cam, outline margin px) of the camera that took the split's frames: the one its
+    annotation file records, else the stack config's."""
+    camera = frames.camera if frames.camera is not None else camera_record(config)
     K, T = np.asarray(camera["K"], dtype=float), np.asarray(camera["T_ego_cam"], dtype=float)
     return K, T, float(camera.get("outline_margin_px", UNRECORDED_OUTLINE_MARGIN_PX))
 
@@ -102,11 +92,10 @@ def _null(value: float) -> float | None:
 @torch.no_grad()
 def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *, device: str | torch.device = "cpu",
                    batch_size: int = 8, score_threshold: float = 0.3, num_workers: int = 0,
-                   show_progress: bool = False, limit: int | None = None,
-                   config: StackConfig | None = None) -> dict[str, Any]:
+                   show_progress: bool = False, limit: int | None = None, config: StackConfig) -> dict[str, Any]:
     """Run `model` over a split (its first `limit` frames) -> the metrics dict described in the
-    module docstring. ``config``: the stack config, whose camera is used where the split's
-    annotation file records none."""
+    module docstring. ``config``: the loaded stack config: its camera where the split's
+    annotation file records none, and perception's contact depths for positions."""
     device = torch.device(device)
     dataset = PerceptionDataset(data, split, input_size=tuple(model.input_size), limit=limit)
     K, T, margin = _camera(dataset, config)
@@ -141,7 +130,8 @@ def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *
             present |= torch.bincount(seg[valid], minlength=len(seg_classes)).bool()
             present |= torch.bincount(mask[valid], minlength=len(seg_classes)).bool()
             _position_errors(boxes, det["scores"].cpu(), det["labels"].cpu(), gt_boxes, tgt, classes,
-                             score_threshold, (K, T, margin), errors, eligible)
+                             score_threshold, (K, T, margin), config.perception.learned.contact_depth_m,
+                             errors, eligible)
             _recall_by_height(boxes, det["scores"].cpu(), det["labels"].cpu(), gt_boxes, tgt["labels"], classes,
                               score_threshold, found)
         ap50.update(preds, gts)
@@ -218,9 +208,10 @@ def _recall_by_height(boxes, scores, labels, gt_boxes, gt_labels, classes, score
         found[kind][0, band] += j in matches
 
 
-def _position_errors(boxes, scores, labels, gt_boxes, target, classes, score_threshold, camera,
+def _position_errors(boxes, scores, labels, gt_boxes, target, classes, score_threshold, camera, contact_depth_m,
                      errors, eligible) -> None:
-    """Match each near ground-truth vehicle / pedestrian to one detection; collect the xy errors [m]."""
+    """Match each near ground-truth vehicle / pedestrian to one detection; collect the xy errors [m]
+    of the centre the stage would place from the box (``contact_depth_m`` per class)."""
     gt_labels, centres = target["labels"], target["center_ego"]
     near = [j for j, label in enumerate(gt_labels.tolist()) if classes[label] in POSITION_CLASSES
             and float(centres[j][:2].norm()) <= POSITION_RANGE_M]
@@ -229,14 +220,15 @@ def _position_errors(boxes, scores, labels, gt_boxes, target, classes, score_thr
         kind = classes[int(gt_labels[j])]
         eligible[kind] += 1
         if j in matches:
-            estimate = centre_from_box(matches[j].numpy(), kind, *camera)
+            K, T, margin = camera
+            estimate = geometry.centre_from_box(matches[j].numpy(), contact_depth_m[kind], K, T, margin)
             if estimate is not None:
                 errors[kind].append(float(np.linalg.norm(estimate - centres[j][:2].numpy())))
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "val", *,
-                        device: str | None = None, batch_size: int = 8, show_progress: bool = False,
-                        config: StackConfig | None = None) -> dict[str, Any]:
+                        config: StackConfig, device: str | None = None, batch_size: int = 8,
+                        show_progress: bool = False) -> dict[str, Any]:
     """``evaluate_model`` on a checkpoint file; its path, architecture, input size and epoch are
     added under ``checkpoint``."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

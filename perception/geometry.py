@@ -3,8 +3,8 @@
 Frames (DESIGN.md): the ego frame has x forward, y left, z up, with its origin on the ground
 under the rear axle, so the road is the plane z = 0. ``T_ego_cam`` maps camera-frame points
 (OpenCV: x right, y down, z forward) into the ego frame; ``K`` is the pinhole intrinsics of the
-image the pixels come from; ``pinhole_intrinsics`` and ``camera_pose`` build both from a camera's
-config values (size, field of view, mount in the ego frame), as the renderer does.
+image the pixels come from; core/camera.py builds both from a camera's config values (size, field
+of view, mount in the ego frame), for the renderer and perception alike.
 
 Pixels (OpenCV's convention, which ``K`` follows): the centre of pixel (row r, column c) lies at
 (c, r), so column c spans [c - 0.5, c + 0.5]. 2D boxes (ground truth, COCO files, detections)
@@ -24,36 +24,10 @@ from typing import Any
 import numpy as np
 
 NEAR_M = 0.5  # [m] points closer to the camera plane than this do not project
-# camera body (x forward, y left, z up) -> OpenCV optical frame: columns are the optical axes in the body frame
-_BODY_FROM_OPTICAL = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
 
 
 EDGE_TO_PIXEL = -0.5  # a box edge at e lies at e + EDGE_TO_PIXEL in K's pixel coordinates
 _INWARD = np.array([1.0, 1.0, -1.0, -1.0])  # x0, y0 move right / down, x1, y1 left / up
-
-
-def pinhole_intrinsics(width: int, height: int, fov_deg: float) -> np.ndarray:
-    """(3, 3) K of a pinhole camera of ``width`` x ``height`` px with horizontal field of view
-    ``fov_deg``: f = w / (2 tan(fov / 2)) px (as CARLA), principal point (w/2, h/2)."""
-    f = width / (2.0 * math.tan(math.radians(fov_deg) / 2.0))
-    return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
-
-
-def camera_pose(x: float, y: float, z: float, roll_deg: float = 0.0, pitch_deg: float = 0.0,
-                yaw_deg: float = 0.0) -> np.ndarray:
-    """(4, 4) T_ego_cam of a camera at (x, y, z) [m] in the ego frame whose body (x forward, y left,
-    z up) is turned by R = Rz(yaw) Ry(pitch) Rx(roll): positive yaw turns left, positive pitch
-    tilts the nose down, positive roll lowers the right side (configs/stack.yaml's cameras)."""
-    roll, pitch, yaw = (math.radians(a) for a in (roll_deg, pitch_deg, yaw_deg))
-    cr, sr, cp, sp = math.cos(roll), math.sin(roll), math.cos(pitch), math.sin(pitch)
-    cy, sy = math.cos(yaw), math.sin(yaw)
-    rz = np.array([[cy, -sy, 0.0], [sy, cy, 0.0], [0.0, 0.0, 1.0]])
-    ry = np.array([[cp, 0.0, sp], [0.0, 1.0, 0.0], [-sp, 0.0, cp]])
-    rx = np.array([[1.0, 0.0, 0.0], [0.0, cr, -sr], [0.0, sr, cr]])
-    transform = np.eye(4)
-    transform[:3, :3] = rz @ ry @ rx @ _BODY_FROM_OPTICAL
-    transform[:3, 3] = (x, y, z)
-    return transform
 
 
 def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:

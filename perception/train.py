@@ -45,7 +45,9 @@ from stagepilot.perception.checkpoint import (
 )
 from stagepilot.perception.labels import CLASSES, SEG_CLASSES
 from stagepilot.perception.network import DEFAULT_ARCHITECTURE, build_model
+from stagepilot.core.config import load_stack
 from stagepilot.core.config_load import load_config
+from stagepilot.perception.evaluate import evaluate_model
 from stagepilot.core.config_base import ConfigError, Strict
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -250,10 +252,8 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, command: str
         recalibrate_batchnorm(model, itertools.islice(images, BN_RECALIBRATION_BATCHES))
     metrics, final = {}, None
     if config.val_split and (Path(config.data) / "annotations" / f"{config.val_split}.json").is_file():
-        from stagepilot.perception.evaluate import evaluate_model
-
         metrics = evaluate_model(model, config.data, config.val_split, device=device, batch_size=config.batch_size,
-                                 show_progress=show_progress)
+                                 show_progress=show_progress, config=load_stack())
         final = save_checkpoint(out / "model.pt", model, {**base_meta, "epoch": config.epochs, "losses": losses,
                                                           "metrics": {f"{config.val_split}": metrics}})
     return {"out": out, "checkpoint": checkpoint, "model": final, "losses": losses, "metrics": metrics,

@@ -190,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_perception.add_argument("--data", required=True, type=Path, help="a dataset from `stagepilot collect`")
     eval_perception.add_argument("--split", default="val", help="split to evaluate (default: val)")
     eval_perception.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
+    _add_stack_args(eval_perception)
     eval_perception.set_defaults(handler=handlers.eval_perception)
 
     export = commands.add_parser("export", help="export a model to another runtime")

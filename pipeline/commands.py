@@ -160,7 +160,8 @@ def eval_perception(args) -> int:
 
     if not args.checkpoint.is_file():
         raise ConfigError(f"{args.checkpoint}: checkpoint not found")
-    print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data, args.split)))
+    config = load_stack(args.config, args.overrides)
+    print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data, args.split, config=config)))
     return 0
 
 

@@ -5,16 +5,17 @@ pin the half pixel between them, which once put a lead car half a metre short.""
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import pytest
 import yaml
 
+from stagepilot.core.camera import camera_pose, pinhole_intrinsics
 from stagepilot.perception.geometry import (
     box_to_pixels,
-    camera_pose,
     centre_from_box,
-    pinhole_intrinsics,
     project_to_image,
     scale_intrinsics,
 )
@@ -82,12 +83,22 @@ def test_scaled_intrinsics_see_a_resized_image_where_resize_puts_it(scale):
     {"width": 800, "height": 600, "fov_deg": 70.0, "x": 0.3, "y": -0.4, "z": 2.2,
      "roll_deg": 2.0, "pitch_deg": -5.0, "yaw_deg": 30.0},
 ])
-def test_the_camera_model_from_config_values_is_the_renderers(mount):
-    """Perception builds K and T_ego_cam from a config's camera values as the renderer does."""
-    spec = CameraSpec(name="cam", **mount)
+def test_the_camera_model_points_where_its_mount_says(mount):
+    """core/camera.py: the optical axis lands on the principal point, the field of view's edge
+    on the image's edge, and the axis points along the mount's yaw and pitch."""
+    K = pinhole_intrinsics(mount["width"], mount["height"], mount["fov_deg"])
     angles = {k: mount.get(k, 0.0) for k in ("roll_deg", "pitch_deg", "yaw_deg")}
-    assert np.allclose(pinhole_intrinsics(mount["width"], mount["height"], mount["fov_deg"]), spec.K, atol=1e-12)
-    assert np.allclose(camera_pose(mount["x"], mount["y"], mount["z"], **angles), spec.T_ego_cam, atol=1e-12)
+    T = camera_pose(mount["x"], mount["y"], mount["z"], **angles)
+    half_fov = math.radians(mount["fov_deg"]) / 2
+    centre, edge = K @ np.array([0.0, 0.0, 1.0]), K @ np.array([math.tan(half_fov), 0.0, 1.0])
+    assert centre[:2] == pytest.approx([mount["width"] / 2, mount["height"] / 2])
+    assert edge[0] == pytest.approx(mount["width"])
+    yaw, pitch = math.radians(angles["yaw_deg"]), math.radians(angles["pitch_deg"])
+    axis = [math.cos(yaw) * math.cos(pitch), math.sin(yaw) * math.cos(pitch), -math.sin(pitch)]  # nose down: z < 0
+    assert T[:3, 2] == pytest.approx(axis, abs=1e-12)
+    assert T[:3, 3] == pytest.approx([mount["x"], mount["y"], mount["z"]])
+    spec = CameraSpec(name="cam", **mount)  # the renderer uses the same model
+    assert np.array_equal(spec.K, K) and np.array_equal(spec.T_ego_cam, T)
 
 
 def test_ground_in_view_is_what_the_front_camera_frames():

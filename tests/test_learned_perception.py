@@ -58,7 +58,7 @@ def fresh_figures(tmp_path_factory) -> dict:
     data = tmp_path_factory.mktemp("fresh") / "data"
     # seed 1: validation scenes whose seeds the shipped model's data (seed 0) never drew
     collect_dataset(load_stack(), data, 600, split="val", seed=1, workers=2, show_progress=False)
-    result = evaluate_checkpoint(SHIPPED_CHECKPOINT, data, "val", device="cpu")
+    result = evaluate_checkpoint(SHIPPED_CHECKPOINT, data, "val", device="cpu", config=load_stack())
     figures = {"vehicle_ap50": result["ap50"]["vehicle"], "pedestrian_ap50": result["ap50"]["pedestrian"],
                "miou": result["miou"], "vehicle_position_error_m": result["position_error_median_m"]["vehicle"]}
     print(json.dumps(figures))

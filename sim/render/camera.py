@@ -12,21 +12,7 @@ from functools import cached_property
 
 import numpy as np
 
-# Camera body (x forward, y left, z up) -> OpenCV optical frame: columns are the optical
-# axes expressed in the body frame.
-_BODY_FROM_OPTICAL = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
-
-
-def _rotation_zyx(roll: float, pitch: float, yaw: float) -> np.ndarray:
-    """Rz(yaw) @ Ry(pitch) @ Rx(roll), angles in rad, right-handed."""
-    cr, sr = math.cos(roll), math.sin(roll)
-    cp, sp = math.cos(pitch), math.sin(pitch)
-    cy, sy = math.cos(yaw), math.sin(yaw)
-    rz = np.array([[cy, -sy, 0.0], [sy, cy, 0.0], [0.0, 0.0, 1.0]])
-    ry = np.array([[cp, 0.0, sp], [0.0, 1.0, 0.0], [-sp, 0.0, cp]])
-    rx = np.array([[1.0, 0.0, 0.0], [0.0, cr, -sr], [0.0, sr, cr]])
-    return rz @ ry @ rx
-
+from stagepilot.core.camera import camera_pose, focal_px, pinhole_intrinsics
 
 def _frozen(array: np.ndarray) -> np.ndarray:
     array.flags.writeable = False
@@ -65,22 +51,17 @@ class CameraSpec:
     @property
     def focal_px(self) -> float:
         """f = w / (2 tan(fov / 2)) [px], as CARLA."""
-        return self.width / (2.0 * math.tan(math.radians(self.fov_deg) / 2.0))
+        return focal_px(self.width, self.fov_deg)
 
     @cached_property
     def K(self) -> np.ndarray:  # noqa: N802 (the conventional name)
         """(3, 3) intrinsics; principal point (w/2, h/2), pixel centres at integer coordinates."""
-        f = self.focal_px
-        return _frozen(np.array([[f, 0.0, self.width / 2.0], [0.0, f, self.height / 2.0], [0.0, 0.0, 1.0]]))
+        return _frozen(pinhole_intrinsics(self.width, self.height, self.fov_deg))
 
     @cached_property
     def T_ego_cam(self) -> np.ndarray:  # noqa: N802
         """(4, 4) maps camera-frame (OpenCV) points to the ego frame."""
-        rot = _rotation_zyx(*np.radians([self.roll_deg, self.pitch_deg, self.yaw_deg]))
-        transform = np.eye(4)
-        transform[:3, :3] = rot @ _BODY_FROM_OPTICAL
-        transform[:3, 3] = (self.x, self.y, self.z)
-        return _frozen(transform)
+        return _frozen(camera_pose(self.x, self.y, self.z, self.roll_deg, self.pitch_deg, self.yaw_deg))
 
 
 def T_world_ego(ego_pose: tuple[float, float, float]) -> np.ndarray:  # noqa: N802
