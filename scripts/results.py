@@ -182,17 +182,18 @@ def drive_all(scenarios: list[str], out: Path, data: Path) -> None:
 
 
 def bench_all(kinds: list[str], data: Path) -> None:
-    """Run each bench and collect it; a 1-minute load average over 0.5 at its start is noted
-    beside its figures (the benches time the wall clock)."""
+    """Run each bench and collect it. The benches time the wall clock, so a machine that was
+    busy (1-minute load average over 0.5 at the bench's start or end) is noted beside them."""
     unknown = [kind for kind in kinds if kind not in BENCHES]
     if unknown:
         raise ResultsError(f"{', '.join(unknown)}: not a bench ({', '.join(BENCHES)})")
     for kind in kinds:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        note = f"load average {load:.1f} when it started" if load > 0.5 else None
         command = [_stagepilot(), "bench", kind, "--json"]
         print("$", " ".join(command[1:]), flush=True)
+        before = _load()
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        after = _load()
+        note = f"load average {before:.1f} at its start, {after:.1f} at its end" if max(before, after) > 0.5 else None
         source = data / "bench" / f"{kind}.tmp"
         source.parent.mkdir(parents=True, exist_ok=True)
         source.write_text(out)
@@ -200,6 +201,10 @@ def bench_all(kinds: list[str], data: Path) -> None:
             collect_bench(kind, str(source), data, note=note)
         finally:
             source.unlink()
+
+
+def _load() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
 
 
 # ---------------------------------------------------------------- load
@@ -315,7 +320,7 @@ def stamp(machine: dict) -> str:
     return f"{machine['date']}, {machine_label(machine)}{note}"
 
 
-def drive_setup(name: str, run: dict) -> str:
+def drive_setup(run: dict) -> str:
     config, outcome = run["config"], run["metrics"]["outcome"]
     parts = [f"seed {run['run']['scenario']['seed']}"]
     if config:
@@ -391,7 +396,7 @@ def _drives_section(runs: dict) -> list[str]:
     for name, run in runs.items():
         m = run["metrics"]
         o, t = m["outcome"], m["tracking"]
-        lines.append(f"| {name} | {drive_setup(name, run)} | {outcome_text(o)} | {route_text(o)} | "
+        lines.append(f"| {name} | {drive_setup(run)} | {outcome_text(o)} | {route_text(o)} | "
                      f"{o['duration_s']:.1f} s | {events_text(o)} | "
                      f"{t['lateral_rms_m']:.3f} / {t['lateral_max_m']:.2f} m | {stamp(run['machine'])} |")
     lines += ["", "Comfort at the 95th percentile against nuPlan's bounds (bold: outside its bound):", ""]
@@ -515,7 +520,7 @@ def render_block(runs: dict, benches: dict, card: dict | None) -> str:
             m = run["metrics"]
             o, t = m["outcome"], m["tracking"]
             outcome = f"{outcome_text(o, with_time=True)} ({route_text(o)}); events: {events_text(o)}"
-            lines.append(f"| {name} | {drive_setup(name, run)} | {outcome} | "
+            lines.append(f"| {name} | {drive_setup(run)} | {outcome} | "
                          f"{t['lateral_rms_m']:.3f} / {t['lateral_max_m']:.2f} m | {comfort_summary(m['comfort'])} | "
                          f"{stamp(run['machine'])} |")
         lines.append("")
@@ -532,7 +537,7 @@ def render_block(runs: dict, benches: dict, card: dict | None) -> str:
 def _default_drive_lines(run: dict) -> list[str]:
     m = run["metrics"]
     o, t, s2a = m["outcome"], m["tracking"], m["sensor_to_actuator_ms"]
-    lines = [f"The default drive (`make drive`: {DEFAULT_DRIVE}, {drive_setup(DEFAULT_DRIVE, run)}; "
+    lines = [f"The default drive (`make drive`: {DEFAULT_DRIVE}, {drive_setup(run)}; "
              f"{stamp(run['machine'])}): {outcome_text(o, with_time=True)} ({route_text(o)}); "
              f"events: {events_text(o)}; rear-axle lateral error {t['lateral_rms_m']:.2f} m RMS "
              f"(max {t['lateral_max_m']:.2f} m); {comfort_summary(m['comfort'])}.", "",
@@ -639,7 +644,11 @@ def main(argv: list[str] | None = None) -> int:
             bench_all(args.kinds or list(BENCHES), args.data)
         if args.command == "render" or not args.no_render:
             return render(args.data, args.page, args.readme, ROOT, getattr(args, "check", False))
-    except (ResultsError, KeyError, subprocess.CalledProcessError) as error:
+    except KeyError as error:
+        print(f"results.py: error: the collected data has no key {error} (written by another version?)",
+              file=sys.stderr)
+        return 2
+    except (ResultsError, subprocess.CalledProcessError) as error:
         print(f"results.py: error: {error}", file=sys.stderr)
         return 2
     return 0
