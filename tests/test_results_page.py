@@ -36,11 +36,6 @@ def test_docs_carry_no_development_history(path):
     assert not hits, "\n".join(hits)
 
 
-def test_the_comfort_bounds_are_the_stacks():
-    metrics = pytest.importorskip("stagepilot.pipeline.metrics")
-    assert _results_module().NUPLAN_BOUNDS == metrics.NUPLAN_BOUNDS
-
-
 # ---- a collected drive, end to end, in a scratch copy -----------------------------------------------
 
 

@@ -1,0 +1,378 @@
+"""Render docs/results.md and the README's results block from the collected figures
+(scripts/results.py collects them and calls this)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from stagepilot.pipeline.metrics import NUPLAN_BOUNDS
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+DEFAULT_DRIVE = "town_loop"  # what `make drive` drives
+MODEL_CARD = Path("perception/weights/MODEL_CARD.md")
+REGENERATE = ("python scripts/results.py drive && python scripts/results.py bench",
+              "python scripts/results.py collect-run RUN_DIR...")
+
+
+
+class ResultsError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- machine
+
+
+def machine_label(machine: dict) -> str:
+    """'AMD EPYC, 2 cores' (+ ', GPU NAME')."""
+    label = f"{machine['cpu']}, {machine['cores']} cores" if machine.get("cores") else machine["cpu"]
+    return label + (f", {machine['gpu']}" if machine.get("gpu") else "")
+
+
+# ---------------------------------------------------------------- collect
+
+
+def model_card(root: Path) -> dict | None:
+    """The shipped model's bars and per-class AP tables, and its training date and machine, from its card."""
+    path = root / MODEL_CARD
+    if not path.is_file():
+        return None
+    text = path.read_text()
+    title = re.search(r"^# Model card: `([^`]+)`", text, flags=re.M)
+    when = re.search(r"^Time: .*?(?: on the (.+?))?,? (\d{4}-\d\d-\d\d)\.?$", text, flags=re.M)
+    bars, per_class = _table(text, "| figure | value | bar |"), _table(text, "| class | AP@0.5 | AP@0.5:0.95 |")
+    if not title or not when or not bars:
+        raise ResultsError(f"{path}: no title, bars table or 'Time: ... on the MACHINE, DATE.' line")
+    return {"architecture": title.group(1), "bars": bars, "per_class": per_class,
+            "machine": when.group(1) or "machine not stated", "date": when.group(2)}
+
+
+def _table(text: str, header: str) -> list[list[str]]:
+    """The body rows of the markdown table that starts with `header`."""
+    lines = text[text.find(header):].splitlines()[2:] if header in text else []
+    rows = []
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+# ---------------------------------------------------------------- figures
+
+
+def ms(value: float) -> str:
+    return f"{value:.2f} ms" if value < 10 else f"{value:.1f} ms"
+
+
+def outcome_text(outcome: dict, with_time: bool = False) -> str:
+    after = f" after {outcome['duration_s']:.1f} s" if with_time else ""
+    if outcome.get("error"):
+        return f"error{after}: {outcome['error']}"
+    if outcome.get("interrupted"):
+        return f"interrupted{after}"
+    if outcome["completed"]:
+        return "route completed" + (f" in {outcome['duration_s']:.1f} s" if with_time else "")
+    return f"route not completed at the {outcome['duration_s']:.0f} s limit"
+
+
+def route_text(outcome: dict) -> str:
+    done, total = outcome["route_progress_m"], outcome["route_length_m"]
+    return f"{done:.0f} of {total:.0f} m, {100 * done / total:.0f} %"
+
+
+def comfort_checks(comfort: dict) -> list[tuple[str, float, str, bool]]:
+    """(name, value, bound text, within) per nuPlan figure."""
+    b = NUPLAN_BOUNDS
+    return [
+        ("longitudinal acceleration p5 [m/s²]", comfort["lon_accel_p5"], f"≥ {b['lon_accel_min']}",
+         comfort["lon_accel_p5"] >= b["lon_accel_min"]),
+        ("longitudinal acceleration p95 [m/s²]", comfort["lon_accel_p95"], f"≤ {b['lon_accel_max']:.2f}",
+         comfort["lon_accel_p95"] <= b["lon_accel_max"]),
+        ("abs. lateral acceleration p95 [m/s²]", comfort["lat_accel_abs_p95"], f"≤ {b['lat_accel_abs']}",
+         comfort["lat_accel_abs_p95"] <= b["lat_accel_abs"]),
+        ("abs. yaw rate p95 [rad/s]", comfort["yaw_rate_abs_p95"], f"≤ {b['yaw_rate_abs']}",
+         comfort["yaw_rate_abs_p95"] <= b["yaw_rate_abs"]),
+        ("abs. longitudinal jerk p95 [m/s³]", comfort["lon_jerk_abs_p95"], f"≤ {b['lon_jerk_abs']}",
+         comfort["lon_jerk_abs_p95"] <= b["lon_jerk_abs"]),
+    ]
+
+
+def comfort_cell(value: float, within: bool, bound: str) -> str:
+    return f"{value:.2f}" if within else f"**{value:.2f}** (outside {bound})"
+
+
+def comfort_summary(comfort: dict) -> str:
+    outside = [f"{name.split(' [')[0].removeprefix('abs. ')} {value:.2f} {name.split('[')[1].rstrip(']')} "
+               f"against its bound {bound}"
+               for name, value, bound, within in comfort_checks(comfort) if not within]
+    return "inside nuPlan's comfort bounds" if not outside else "outside nuPlan's bounds: " + "; ".join(outside)
+
+
+def stamp(machine: dict) -> str:
+    """'DATE, MACHINE' and the collector's note on the conditions, if any."""
+    note = f" ({machine['note']})" if machine.get("note") else ""
+    return f"{machine['date']}, {machine_label(machine)}{note}"
+
+
+def drive_setup(run: dict) -> str:
+    config, outcome = run["config"], run["metrics"]["outcome"]
+    parts = [f"seed {run['run']['scenario']['seed']}"]
+    if config:
+        parts += [f"{config['perception']['kind']} perception", f"`{config['controller']['kind']}`"]
+    parts.append(f"`{outcome['time_model']}` time model" + (", pipelined" if outcome.get("pipelined") else ""))
+    return ", ".join(parts)
+
+
+def events_text(outcome: dict) -> str:
+    counts = [("collisions", "collision"), ("red_lights", "red light run"), ("off_road", "off-road"),
+              ("lane_departures", "lane departure"), ("contacts_at_standstill", "contact at standstill"),
+              ("failsafe_frames", "fail-safe frame")]
+    found = [f"{outcome[k]} {word}{'s' if outcome[k] != 1 else ''}" for k, word in counts if outcome.get(k)]
+    return ", ".join(found) if found else "none"
+
+
+def over_budget_text(stage: dict) -> str:
+    over, count = stage["over_budget"], stage["count"]
+    return f"{over} of {count} ({100 * over / count:.0f} %)" if over else "0"
+
+
+# ---------------------------------------------------------------- render: docs/results.md
+
+
+def render_page(runs: dict, benches: dict, card: dict | None) -> str:
+    lines = [
+        "# Results",
+        "",
+        "<!-- Written by scripts/results.py from docs/results/; edit the data or the script, not this page. -->",
+        "",
+        "Every figure of a stagepilot drive or benchmark, with the date and machine it was measured on.",
+        "The README's figures are taken from the same data. Regenerate with:",
+        "",
+        "```sh",
+        f"{REGENERATE[0]}   # drive the result set and run the benches, then render",
+        f"{REGENERATE[1]}   # or collect drives made elsewhere (metrics.json, run.json)",
+        "python scripts/results.py collect-bench NAME FILE.json         # a `stagepilot bench ... --json` output",
+        "python scripts/results.py render --check                       # exits 1 if this page or the README is stale",
+        "```",
+        "",
+        "The data lives in `docs/results/`: per drive its `metrics.json`, `run.json`, `config.yaml` and",
+        "`machine.json` (CPU model, cores, SIMD flags, GPU, date), per benchmark its JSON and",
+        "`NAME.machine.json`.",
+        "",
+    ]
+    lines += _machines_table(runs, benches)
+    if runs:
+        lines += _drives_section(runs)
+    if benches:
+        lines += _bench_section(benches)
+    if card:
+        lines += _card_section(card)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _machines_table(runs: dict, benches: dict) -> list[str]:
+    machines = {}
+    for item in [r["machine"] for r in runs.values()] + [b["machine"] for b in benches.values()]:
+        machines.setdefault(machine_label(item), item)
+    lines = ["## Machines", "", "| machine | architecture | SIMD flags | GPU |", "|---|---|---|---|"]
+    for label, item in machines.items():
+        lines.append(f"| {label} | {item.get('arch', '')} | {', '.join(item.get('flags', [])) or 'none listed'} "
+                     f"| {item.get('gpu') or 'none'} |")
+    return lines + [""]
+
+
+def _drives_section(runs: dict) -> list[str]:
+    lines = ["## Drives", "",
+             "Embedded simulator, `stagepilot drive`. Outcome, events and path tracking (rear-axle lateral",
+             "error to the reference path):", "",
+             "| drive | setup | outcome | route | duration | events | lateral error RMS / max | date, machine |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, run in runs.items():
+        m = run["metrics"]
+        o, t = m["outcome"], m["tracking"]
+        lines.append(f"| {name} | {drive_setup(run)} | {outcome_text(o)} | {route_text(o)} | "
+                     f"{o['duration_s']:.1f} s | {events_text(o)} | "
+                     f"{t['lateral_rms_m']:.3f} / {t['lateral_max_m']:.2f} m | {stamp(run['machine'])} |")
+    lines += ["", "Comfort at the 95th percentile against nuPlan's bounds (bold: outside its bound):", ""]
+    checks = comfort_checks(next(iter(runs.values()))["metrics"]["comfort"])
+    lines.append("| drive | " + " | ".join(f"{name} ({bound})" for name, _, bound, _ in checks) + " | date, machine |")
+    lines.append("|---" * (len(checks) + 2) + "|")
+    for name, run in runs.items():
+        cells = [comfort_cell(v, ok, bound) for _, v, bound, ok in comfort_checks(run["metrics"]["comfort"])]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {stamp(run['machine'])} |")
+    lines += ["", "Per-stage latency on the wall clock. A miss is a stage over its budget in the time model's",
+              "own terms; under `budget` a wall-clock overrun does not change the drive and is counted in",
+              "\"over budget (wall)\". Sensor-to-actuator is the latency charged from frame to command:", ""]
+    for name, run in runs.items():
+        lines += _latency_table(name, run)
+    return lines
+
+
+def _latency_table(name: str, run: dict) -> list[str]:
+    m = run["metrics"]
+    s2a = m["sensor_to_actuator_ms"]
+    lines = [f"**{name}** ({m['outcome']['frames']} frames; {stamp(run['machine'])})", "",
+             "| stage | budget | p50 | p95 | p99 | max | misses | over budget (wall) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for stage, t in m["latency"].items():
+        p50 = ms(t["p50_ms"]) + (" (over budget)" if t["p50_ms"] > t["budget_ms"] else "")
+        lines.append(f"| {stage} | {t['budget_ms']:g} ms | {p50} | {ms(t['p95_ms'])} | {ms(t['p99_ms'])} | "
+                     f"{ms(t['max_ms'])} | {t['misses']} | {over_budget_text(t)} |")
+    lines.append(f"| sensor to actuator | | {ms(s2a['p50_ms'])} | | {ms(s2a['p99_ms'])} | {ms(s2a['max_ms'])} | | |")
+    extra = [f"{len(m.get('misses', []))} misses logged", f"{len(m.get('failsafes', []))} fail-safes"]
+    return lines + ["", "; ".join(extra) + ".", ""]
+
+
+def _bench_section(benches: dict) -> list[str]:
+    lines = ["## Benchmarks", ""]
+    for name, bench in benches.items():
+        r, kind = bench["result"], bench["kind"]
+        lines += [f"**{name}** (`stagepilot bench {kind} --json`; {stamp(bench['machine'])})", "",
+                  "| figure | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in BENCH_ROWS[kind](r)]
+        lines.append("")
+    return lines
+
+
+def _sim_rows(r: dict) -> list[tuple[str, str]]:
+    return [("camera frames per second (one core)", f"{r['frames_per_s']:g} ({r['camera']})"),
+            ("frame p50 / p99 / max", f"{ms(r['frame']['p50_ms'])} / {ms(r['frame']['p99_ms'])} / {ms(r['frame']['max_ms'])}"),
+            ("world steps per second, cameras off", f"{r['steps_per_s']:g}"),
+            ("step p50 / p99 / max", f"{ms(r['step']['p50_ms'])} / {ms(r['step']['p99_ms'])} / {ms(r['step']['max_ms'])}"),
+            ("scene", f"{r['scenario']}: {r['actors']} actors, {r['static_boxes']} static boxes"),
+            ("threads", r["threads"])]
+
+
+def _plan_rows(r: dict) -> list[tuple[str, str]]:
+    return [("lattice planner p50 / p99 / max", f"{ms(r['p50_ms'])} / {ms(r['p99_ms'])} / {ms(r['max_ms'])}"),
+            ("candidates (median / max)", f"{r['candidates']} / {r['candidates_max']}"),
+            ("obstacles, calls, fallbacks", f"{r['obstacles']}, {r['calls']}, {r['fallbacks']}"),
+            ("exact (shapely) checks per call, mean", f"{r['exact_checks_mean']:g}"),
+            ("exact checks of every footprint alone, p50",
+             ms(r["naive_exact_collision_p50_ms"]) if r.get("naive_exact_collision_p50_ms") else "not run")]
+
+
+def _control_rows(r: dict) -> list[tuple[str, str]]:
+    horizon = f", horizon {r['horizon']}" if r.get("horizon") else ""
+    return [("controller", f"{r['controller']}{horizon}"),
+            ("step p50 / p99 / max", f"{ms(r['p50_ms'])} / {ms(r['p99_ms'])} / {ms(r['max_ms'])}"),
+            ("calls, fallbacks", f"{r['calls']}, {r['fallbacks']}")]
+
+
+def _perception_rows(r: dict) -> list[tuple[str, str]]:
+    ours, pair = r["ours"], r["torchvision_pair"]
+    return [("ours p50 / p99", f"{ms(ours['p50_ms'])} / {ms(ours['p99_ms'])} ({r['architecture']}, "
+                               f"{r['ours_input']}, {r['ours_weights']} weights, {r['params_m']['ours']} M parameters)"),
+            ("torchvision pair p50 / p99", f"{ms(pair['p50_ms'])} / {ms(pair['p99_ms'])} (ssdlite320 + lraspp, "
+                                           f"{r['params_m']['torchvision_pair']} M parameters)"),
+            ("speed-up at p50", f"{r['speedup_p50']:g}x"),
+            ("device, dtype, threads", f"{r['device']}, {r['dtype']}, {r['threads']}")]
+
+
+BENCH_ROWS = {"sim": _sim_rows, "plan": _plan_rows, "control": _control_rows, "perception": _perception_rows}
+
+
+def _card_section(card: dict) -> list[str]:
+    lines = ["## Shipped perception model", "",
+             f"From `{MODEL_CARD}` (`{card['architecture']}`, trained {card['date']} on the {card['machine']};",
+             "held-out Town02 frames, a map training never sees):", "",
+             "| figure | value | bar |", "|---|---|---|"]
+    lines += ["| " + " | ".join(row) + " |" for row in card["bars"]]
+    if card["per_class"]:
+        lines += ["", "| class | AP@0.5 | AP@0.5:0.95 |", "|---|---|---|"]
+        lines += ["| " + " | ".join(row) + " |" for row in card["per_class"]]
+    return lines + [""]
+
+
+def card_headline(card: dict) -> str:
+    figures = "; ".join(f"{name} {value}{' m' if 'error' in name else ''} (bar {bar.replace('>=', '≥').replace('<=', '≤').replace(' (', ': ').rstrip(')')})"
+                        for name, value, bar in card["bars"])
+    text = f"Shipped perception model on its held-out Town02 frames: {figures}"
+    if card["per_class"]:
+        name, ap, _ = min(card["per_class"], key=lambda row: float(row[1]))
+        text += f". Weakest class: {name} (AP@0.5 {ap})"
+    return text + f" (`{MODEL_CARD}`, {card['date']}, {card['machine']})."
+
+
+# ---------------------------------------------------------------- render: README block
+
+
+def render_block(runs: dict, benches: dict, card: dict | None) -> str:
+    lines = [BEGIN, "<!-- Written by `python scripts/results.py render` from docs/results/; "
+                    "all figures and their sources: docs/results.md. -->", ""]
+    if DEFAULT_DRIVE in runs:
+        lines += _default_drive_lines(runs[DEFAULT_DRIVE])
+    else:
+        lines += [f"The default drive ({DEFAULT_DRIVE}) has not been collected yet: "
+                  f"`python scripts/results.py drive {DEFAULT_DRIVE}`.", ""]
+    others = {k: v for k, v in runs.items() if k != DEFAULT_DRIVE}
+    if others:
+        lines += ["Scenario drives:", "",
+                  "| drive | setup | outcome | lateral error RMS / max | comfort (nuPlan, p95) | date, machine |",
+                  "|---|---|---|---|---|---|"]
+        for name, run in others.items():
+            m = run["metrics"]
+            o, t = m["outcome"], m["tracking"]
+            outcome = f"{outcome_text(o, with_time=True)} ({route_text(o)}); events: {events_text(o)}"
+            lines.append(f"| {name} | {drive_setup(run)} | {outcome} | "
+                         f"{t['lateral_rms_m']:.3f} / {t['lateral_max_m']:.2f} m | {comfort_summary(m['comfort'])} | "
+                         f"{stamp(run['machine'])} |")
+        lines.append("")
+    if benches:
+        lines += ["Benchmarks:", "", "| bench | figures | date, machine |", "|---|---|---|"]
+        lines += [f"| `{name}` | {BENCH_HEADLINE[b['kind']](b['result'])} | {stamp(b['machine'])} |"
+                  for name, b in benches.items()]
+        lines.append("")
+    if card:
+        lines += [card_headline(card), ""]
+    return "\n".join(lines + [END])
+
+
+def _default_drive_lines(run: dict) -> list[str]:
+    m = run["metrics"]
+    o, t, s2a = m["outcome"], m["tracking"], m["sensor_to_actuator_ms"]
+    lines = [f"The default drive (`make drive`: {DEFAULT_DRIVE}, {drive_setup(run)}; "
+             f"{stamp(run['machine'])}): {outcome_text(o, with_time=True)} ({route_text(o)}); "
+             f"events: {events_text(o)}; rear-axle lateral error {t['lateral_rms_m']:.2f} m RMS "
+             f"(max {t['lateral_max_m']:.2f} m); {comfort_summary(m['comfort'])}.", "",
+             "| stage | budget | p50 | p99 | max | misses | over budget (wall clock) |", "|---|---|---|---|---|---|---|"]
+    for stage, s in m["latency"].items():
+        p50 = ms(s["p50_ms"]) + (f" (over its {s['budget_ms']:g} ms budget)" if s["p50_ms"] > s["budget_ms"] else "")
+        lines.append(f"| {stage} | {s['budget_ms']:g} ms | {p50} | {ms(s['p99_ms'])} | {ms(s['max_ms'])} | "
+                     f"{s['misses']} | {over_budget_text(s)} |")
+    lines += ["", f"Sensor-to-actuator latency charged: p50 {ms(s2a['p50_ms'])}, max {ms(s2a['max_ms'])}. Under the",
+              "`budget` time model a wall-clock overrun is counted but does not change the drive; "
+              "`--time-model measured` charges it.", ""]
+    return lines
+
+
+def _sim_headline(r: dict) -> str:
+    return (f"{r['frames_per_s']:g} camera frames/s ({r['camera']}), {r['steps_per_s']:g} world steps/s; "
+            f"one core, {r['scenario']}")
+
+
+def _plan_headline(r: dict) -> str:
+    return (f"lattice planner p50 {ms(r['p50_ms'])}, p99 {ms(r['p99_ms'])}, max {ms(r['max_ms'])}; "
+            f"{r['candidates']} candidates, {r['obstacles']} obstacles")
+
+
+def _control_headline(r: dict) -> str:
+    return f"{r['controller']} step p50 {ms(r['p50_ms'])}, p99 {ms(r['p99_ms'])}, max {ms(r['max_ms'])}"
+
+
+def _perception_headline(r: dict) -> str:
+    return (f"network path p50 {ms(r['ours']['p50_ms'])}, p99 {ms(r['ours']['p99_ms'])}; torchvision "
+            f"ssdlite320 + lraspp p50 {ms(r['torchvision_pair']['p50_ms'])}: {r['speedup_p50']:g}x at p50 "
+            f"({r['device']}, {r['dtype']}, {r['threads']} threads)")
+
+
+BENCH_HEADLINE = {"sim": _sim_headline, "plan": _plan_headline, "control": _control_headline,
+                  "perception": _perception_headline}
+
+
+def replace_block(readme: str, block: str, path: Path) -> str:
+    begin, end = readme.find(BEGIN), readme.find(END)
+    if begin < 0 or end < begin:
+        raise ResultsError(f"{path}: no {BEGIN} ... {END} block")
+    return readme[:begin] + block + readme[end + len(END):]
