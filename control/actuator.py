@@ -14,10 +14,10 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from stagepilot.core.config_base import ConfigError, Strict
+from stagepilot.core.inputs import read_yaml_mapping
 
 
 def actuator_dir() -> Path:
@@ -76,13 +76,10 @@ class ActuatorMap:
         path = Path(name_or_path)
         if path.suffix not in (".yaml", ".yml"):
             path = actuator_dir() / f"{name_or_path}.yaml"
-        try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
+        if not path.is_file():
             known = sorted(p.stem for p in actuator_dir().glob("*.yaml"))
-            raise ConfigError(f"{path}: actuator table not found (shipped: {', '.join(known)})") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: malformed YAML: {exc}") from None
+            raise ConfigError(f"{path}: actuator table not found (shipped: {', '.join(known)})")
+        data = read_yaml_mapping(path)
         try:
             return cls(ActuatorTable.model_validate(data))
         except ValidationError as exc:

@@ -11,13 +11,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, Field, create_model
 
 from stagepilot.core.config_base import ConfigError, Strict  # noqa: F401  (re-exported)
+from stagepilot.core.config_base import (MAX_ACCEL_MPS2, MAX_DELAY_MS, MAX_DELAY_S, MAX_DISTANCE_M,
+                                         MAX_DURATION_S, MAX_SEED, MAX_SPEED_MPS, STRICT_CONFIG)
 from stagepilot.core.config_control import ControllerConfig
 from stagepilot.core.config_lattice import LatticeConfig
 from stagepilot.core.config_load import load_config
@@ -25,6 +28,12 @@ from stagepilot.core.vehicle_params import VehicleParams
 
 CONFIG_ROOT = Path(str(resources.files("stagepilot.configs")))
 DEFAULT_STACK = CONFIG_ROOT / "stack.yaml"
+
+Accel = Annotated[float, Field(ge=0.0, le=MAX_ACCEL_MPS2)]  # [m/s^2]
+DelayMs = Annotated[float, Field(ge=0.0, le=MAX_DELAY_MS)]  # [ms]
+Size = Annotated[float, Field(gt=0.0, le=100.0)]  # [m] of an object
+Depth = Annotated[float, Field(ge=-100.0, le=100.0)]  # [m] along a viewing ray
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 # ---------------------------------------------------------------- stack schema
@@ -34,35 +43,35 @@ class CameraConfig(Strict):
     width: int = Field(640, ge=16, le=4096)  # [px]
     height: int = Field(360, ge=16, le=4096)  # [px]
     fov_deg: float = Field(90.0, gt=1.0, lt=179.0)
-    x: float = 1.5  # [m] ego frame, forward of the rear axle
-    y: float = 0.0  # [m] left
-    z: float = Field(1.6, gt=0.0)  # [m] above ground
-    roll_deg: float = 0.0
+    x: float = Field(1.5, ge=-50.0, le=50.0)  # [m] ego frame, forward of the rear axle
+    y: float = Field(0.0, ge=-50.0, le=50.0)  # [m] left
+    z: float = Field(1.6, gt=0.0, le=50.0)  # [m] above ground
+    roll_deg: float = Field(0.0, ge=-360.0, le=360.0)
     pitch_deg: float = Field(0.0, ge=-45.0, le=45.0)  # positive looks down
-    yaw_deg: float = 0.0
+    yaw_deg: float = Field(0.0, ge=-360.0, le=360.0)
 
 
 class RenderConfig(Strict):
     ground_resolution_m: float = Field(0.1, gt=0.01, le=1.0)
-    view_distance_m: float = Field(150.0, gt=10.0)
+    view_distance_m: float = Field(150.0, gt=10.0, le=10_000.0)
     scenery: bool = True  # buildings, trees and poles beside the roads
 
 
 class TrafficLightConfig(Strict):
-    green_s: float = Field(12.0, gt=0.0)
-    yellow_s: float = Field(3.0, ge=0.0)
-    all_red_s: float = Field(1.0, ge=0.0)
+    green_s: float = Field(12.0, gt=0.0, le=MAX_DURATION_S)
+    yellow_s: float = Field(3.0, ge=0.0, le=MAX_DURATION_S)
+    all_red_s: float = Field(1.0, ge=0.0, le=MAX_DURATION_S)
 
 
 class IdmConfig(Strict):
     """Intelligent Driver Model for NPC vehicles (REFERENCE.md: T 1.5 s, s0 2 m, delta 4)."""
 
-    time_headway_s: float = Field(1.5, gt=0.0)
-    min_gap_m: float = Field(2.0, gt=0.0)
-    max_accel: float = Field(1.5, gt=0.0)  # [m/s^2]
-    comfortable_decel: float = Field(2.5, gt=0.0)  # [m/s^2]
-    delta: float = Field(4.0, gt=0.0)
-    look_ahead_m: float = Field(80.0, gt=0.0)
+    time_headway_s: float = Field(1.5, gt=0.0, le=MAX_DELAY_S)
+    min_gap_m: float = Field(2.0, gt=0.0, le=1000.0)
+    max_accel: float = Field(1.5, gt=0.0, le=MAX_ACCEL_MPS2)  # [m/s^2]
+    comfortable_decel: float = Field(2.5, gt=0.0, le=MAX_ACCEL_MPS2)  # [m/s^2]
+    delta: float = Field(4.0, gt=0.0, le=20.0)
+    look_ahead_m: float = Field(80.0, gt=0.0, le=10_000.0)
 
 
 class TrafficConfig(Strict):
@@ -73,28 +82,27 @@ class TrafficConfig(Strict):
 class FollowerConfig(Strict):
     """The reference follower, a placeholder controller until the planner lands."""
 
-    lookahead_min_m: float = Field(4.0, gt=0.0)
-    lookahead_gain_s: float = Field(0.4, ge=0.0)  # look-ahead grows with speed [s]
-    max_lateral_accel: float = Field(2.0, gt=0.0)  # [m/s^2] sets the curve speed
-    speed_gain: float = Field(0.5, gt=0.0)  # throttle or brake per m/s of speed error
+    lookahead_min_m: float = Field(4.0, gt=0.0, le=1000.0)
+    lookahead_gain_s: float = Field(0.4, ge=0.0, le=MAX_DELAY_S)  # look-ahead grows with speed [s]
+    max_lateral_accel: float = Field(2.0, gt=0.0, le=MAX_ACCEL_MPS2)  # [m/s^2] sets the curve speed
+    speed_gain: float = Field(0.5, gt=0.0, le=100.0)  # throttle or brake per m/s of speed error
     stop_for_red: bool = True
 
 
 def _vehicle_config_model() -> type[BaseModel]:
     # Mirror the vehicle dataclass so its defaults and field names have one home.
     fields = {
-        f.name: (float, Field(f.default, gt=0.0)) for f in dataclasses.fields(VehicleParams)
+        f.name: (float, Field(f.default, gt=0.0, le=MAX_SPEED_MPS if f.name.endswith("_mps") else 1e9))
+        for f in dataclasses.fields(VehicleParams)
     }
-    return create_model(
-        "VehicleConfig", __config__=ConfigDict(extra="forbid", frozen=True), **fields
-    )
+    return create_model("VehicleConfig", __config__=STRICT_CONFIG, **fields)
 
 
 VehicleConfig = _vehicle_config_model()
 
 
 class SimConfig(Strict):
-    dt_s: float = Field(0.05, gt=0.0, le=0.2)  # fixed step
+    dt_s: float = Field(0.05, ge=0.001, le=0.2)  # fixed step
     cameras: dict[str, CameraConfig] = {"front": CameraConfig(pitch_deg=3.0)}
     render: RenderConfig = RenderConfig()
     ground_truth: bool = True
@@ -103,61 +111,63 @@ class SimConfig(Strict):
 class BehaviourConfig(Strict):
     """The behaviour layer: which speed to aim for and where to stop, and why."""
 
-    max_lateral_accel: float = Field(3.0, gt=0.0)  # [m/s^2] sets the curve speed
-    comfort_decel: float = Field(2.5, gt=0.0)  # [m/s^2] planned stops
-    max_decel: float = Field(6.0, gt=0.0)  # [m/s^2] emergency stop
-    time_headway_s: float = Field(1.8, gt=0.0)  # following
-    min_gap_m: float = Field(5.0, gt=0.0)  # [m] bumper to bumper when stopped behind a vehicle
-    stop_margin_m: float = Field(4.0, ge=0.0)  # [m] left before a stopped obstacle or pedestrian
-    stop_line_margin_m: float = Field(1.0, ge=0.0)  # [m] front bumper before the stop line
-    corridor_margin_m: float = Field(0.6, ge=0.0)  # [m] added to half widths to call something "in path"
-    look_ahead_m: float = Field(80.0, gt=0.0)  # [m] along the route
-    goal_tolerance_m: float = Field(1.0, ge=0.0)
+    max_lateral_accel: float = Field(3.0, gt=0.0, le=MAX_ACCEL_MPS2)  # [m/s^2] sets the curve speed
+    comfort_decel: float = Field(2.5, gt=0.0, le=MAX_ACCEL_MPS2)  # [m/s^2] planned stops
+    max_decel: float = Field(6.0, gt=0.0, le=MAX_ACCEL_MPS2)  # [m/s^2] emergency stop
+    time_headway_s: float = Field(1.8, gt=0.0, le=MAX_DELAY_S)  # following
+    min_gap_m: float = Field(5.0, gt=0.0, le=1000.0)  # [m] bumper to bumper when stopped behind a vehicle
+    stop_margin_m: float = Field(4.0, ge=0.0, le=1000.0)  # [m] left before a stopped obstacle or pedestrian
+    stop_line_margin_m: float = Field(1.0, ge=0.0, le=1000.0)  # [m] front bumper before the stop line
+    corridor_margin_m: float = Field(0.6, ge=0.0, le=50.0)  # [m] added to half widths to call something "in path"
+    look_ahead_m: float = Field(80.0, gt=0.0, le=10_000.0)  # [m] along the route
+    goal_tolerance_m: float = Field(1.0, ge=0.0, le=1000.0)
     # [s] while the car moves, a pedestrian it stops for stays, as last seen, this long after its
     # track is lost (0: off; see docs/perception.md for what 1.0 did to the learned drives)
-    pedestrian_hold_s: float = Field(0.0, ge=0.0)
+    pedestrian_hold_s: float = Field(0.0, ge=0.0, le=MAX_DELAY_S)
 
 
 class PlannerConfig(Strict):
     behaviour: BehaviourConfig = BehaviourConfig()
     lattice: LatticeConfig = LatticeConfig()
-    stitch_tolerance_m: float = Field(0.5, ge=0.0)  # replan from the measured state beyond this
-    stitch_heading_tolerance_rad: float = Field(0.15, ge=0.0)
+    stitch_tolerance_m: float = Field(0.5, ge=0.0, le=1000.0)  # replan from the measured state beyond this
+    stitch_heading_tolerance_rad: float = Field(0.15, ge=0.0, le=2 * math.pi)
 
 
 class PerfectPerceptionConfig(Strict):
     """Ground truth as the Perception message, with optional imperfections."""
 
-    position_noise_m: float = Field(0.0, ge=0.0)  # std of position noise [m]
-    velocity_noise_mps: float = Field(0.0, ge=0.0)  # std of velocity noise [m/s]
+    position_noise_m: float = Field(0.0, ge=0.0, le=1000.0)  # std of position noise [m]
+    velocity_noise_mps: float = Field(0.0, ge=0.0, le=MAX_SPEED_MPS)  # std of velocity noise [m/s]
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # probability an object is missed in a frame
-    extra_latency_s: float = Field(0.0, ge=0.0)  # detections are this old
-    max_range_m: float = Field(80.0, gt=0.0)
-    seed: int = Field(0, ge=0)
+    extra_latency_s: float = Field(0.0, ge=0.0, le=MAX_DELAY_S)  # detections are this old
+    max_range_m: float = Field(80.0, gt=0.0, le=MAX_DISTANCE_M)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class TrackerConfig(Strict):
     """Multi-object tracking of the learned detections (perception/tracking.py): association by
     gated assignment, a constant-velocity Kalman filter per track, in the world frame."""
 
-    gate_sigma: float = Field(3.5, gt=0.0)  # Mahalanobis distance beyond which a detection starts a new track
-    min_hits: int = Field(2, ge=1)  # frames a track needs before it is reported
-    max_misses: int = Field(4, ge=0)  # frames a track may go unseen in the camera's view before it is dropped
+    # Mahalanobis distance beyond which a detection starts a new track
+    gate_sigma: float = Field(3.5, gt=0.0, le=1000.0)
+    min_hits: int = Field(2, ge=1, le=10_000)  # frames a track needs before it is reported
+    # frames a track may go unseen in the camera's view before it is dropped
+    max_misses: int = Field(4, ge=0, le=10_000)
     # [s] how long a track whose predicted ground point the camera cannot see (beside the view,
     # under the bonnet) is kept on its prediction: it left the view, it did not vanish
-    hidden_max_s: float = Field(1.5, ge=0.0)
+    hidden_max_s: float = Field(1.5, ge=0.0, le=MAX_DELAY_S)
     # [m/s^2] process noise per kind: a hard-braking car (7 m/s^2) stays inside it; walkers change pace gently
-    accel_std: dict[Literal["vehicle", "pedestrian", "static"], float] = {"vehicle": 8.0, "pedestrian": 1.5,
-                                                                           "static": 0.5}
-    position_std_m: float = Field(0.3, gt=0.0)  # [m] measurement noise at 0 m
+    accel_std: dict[Literal["vehicle", "pedestrian", "static"], Accel] = {"vehicle": 8.0, "pedestrian": 1.5,
+                                                                          "static": 0.5}
+    position_std_m: float = Field(0.3, gt=0.0, le=1000.0)  # [m] measurement noise at 0 m
     # Along the viewing ray a pixel of ground contact is worth range^2 / (f h) metres
     # (f 320 px at the network's 640x360 input, camera 1.6 m up): ~0.7 px of box error.
-    depth_std_per_m2: float = Field(0.0014, ge=0.0)  # [1/m]
-    bearing_std_rad: float = Field(0.003, ge=0.0)  # across the ray: ~0.7 px
+    depth_std_per_m2: float = Field(0.0014, ge=0.0, le=10.0)  # [1/m]
+    bearing_std_rad: float = Field(0.003, ge=0.0, le=10.0)  # across the ray: ~0.7 px
     # A track's velocity is reported once its speed stands this many standard deviations out of
     # the filter's own velocity uncertainty; before that it is reported at rest. A new track's
     # speed is its first two positions differenced, metres of noise at 30 m over 50 ms.
-    velocity_sigma: float = Field(2.0, ge=0.0)
+    velocity_sigma: float = Field(2.0, ge=0.0, le=1000.0)
 
 
 class LearnedPerceptionConfig(Strict):
@@ -165,29 +175,30 @@ class LearnedPerceptionConfig(Strict):
 
     checkpoint: str | None = None  # null: the shipped model (perception/weights/)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present, else CPU
-    threads: int | None = Field(None, ge=1)  # torch CPU threads; null: torch's default
+    threads: int | None = Field(None, ge=1, le=4096)  # torch CPU threads; null: torch's default
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA and on CPUs with AVX-512 BF16/AMX
     channels_last: bool = True
-    score_threshold: dict[str, float] = {"vehicle": 0.4, "pedestrian": 0.6, "static_obstacle": 0.4,
-                                         "traffic_light": 0.4}
+    score_threshold: dict[str, Probability] = {"vehicle": 0.4, "pedestrian": 0.6, "static_obstacle": 0.4,
+                                               "traffic_light": 0.4}
     nms_iou: float = Field(0.5, gt=0.0, le=1.0)
-    max_range_m: float = Field(60.0, gt=0.0)  # detections projected beyond this are dropped
+    max_range_m: float = Field(60.0, gt=0.0, le=MAX_DISTANCE_M)  # detections projected beyond this are dropped
     # Assumed length, width, height of what a box shows: the footprint its track gives the planner.
-    extent_m: dict[str, tuple[float, float, float]] = {
+    extent_m: dict[str, tuple[Size, Size, Size]] = {
         "vehicle": (4.5, 1.9, 1.5), "pedestrian": (0.5, 0.5, 1.8), "static_obstacle": (0.6, 0.6, 1.0)}
     # How far the centre lies behind the lowest point a box shows, along the viewing ray [m]. A
     # car's lowest point seen from behind (or ahead) is where its rear (front) tyres touch the
     # road, 0.385 of its length from its centre in the embedded simulator (sim/render/shapes.py),
     # not its bumper, which rides above the road.
-    contact_depth_m: dict[str, float] = {"vehicle": 1.73, "pedestrian": 0.25, "static_obstacle": 0.3}
-    light_height_m: float = Field(4.2, gt=0.0)  # [m] signal housing centre above the road
-    light_gate_m: float = Field(6.0, gt=0.0)  # [m] housing estimate to the stop line's signal position
-    light_confirm_frames: int = Field(3, ge=1)  # equal readings in a row before the light's state changes
-    light_hold_s: float = Field(0.5, ge=0.0)  # keep a green reading this long when the light is not seen (red / yellow stay)
+    contact_depth_m: dict[str, Depth] = {"vehicle": 1.73, "pedestrian": 0.25, "static_obstacle": 0.3}
+    light_height_m: float = Field(4.2, gt=0.0, le=100.0)  # [m] signal housing centre above the road
+    light_gate_m: float = Field(6.0, gt=0.0, le=1000.0)  # [m] housing estimate to the stop line's signal position
+    light_confirm_frames: int = Field(3, ge=1, le=10_000)  # equal readings in a row before the light's state changes
+    # keep a green reading this long when the light is not seen (red / yellow stay)
+    light_hold_s: float = Field(0.5, ge=0.0, le=MAX_DELAY_S)
     # Signal housing (width, height) [m], and how far inside the image edges it must stay: a car
     # stopping at a light keeps it in view, so that it sees the light turn green.
-    light_housing_m: tuple[float, float] = (0.36, 0.95)
-    light_view_margin_px: float = Field(14.0, ge=0.0)
+    light_housing_m: tuple[Size, Size] = (0.36, 0.95)
+    light_view_margin_px: float = Field(14.0, ge=0.0, le=4096.0)
     tracker: TrackerConfig = TrackerConfig()
 
 
@@ -200,7 +211,7 @@ class PerceptionConfig(Strict):
 
 
 class StageRuntimeConfig(Strict):
-    budget_ms: float = Field(gt=0.0)
+    budget_ms: float = Field(gt=0.0, le=MAX_DELAY_MS)
     # What happens when the stage is late: warn (record, wait for it), hold (reuse the
     # newest output that was ready, re-anchored to the current pose), failsafe (bounded stop).
     on_miss: Literal["warn", "hold", "failsafe"] = "hold"
@@ -219,20 +230,20 @@ class RuntimeConfig(Strict):
     time_model: Literal["ideal", "budget", "measured"] = "budget"
     pipelined: bool = False  # perception of frame n+1 overlaps planning + control of frame n
     stages: StagesConfig = StagesConfig()
-    stale_input_s: float = Field(0.5, gt=0.0)  # perception older than this: fail-safe
+    stale_input_s: float = Field(0.5, gt=0.0, le=MAX_DELAY_S)  # perception older than this: fail-safe
     failsafe_brake: float = Field(0.7, gt=0.0, le=1.0)  # brake command of the fail-safe stop
 
 
 class FaultsConfig(Strict):
     """Fault injection, for tests and for probing robustness (all off by default)."""
 
-    stage_delay_ms: dict[Literal["perception", "planner", "controller"], float] = {}
+    stage_delay_ms: dict[Literal["perception", "planner", "controller"], DelayMs] = {}
     drop_frame_probability: float = Field(0.0, ge=0.0, lt=1.0)  # camera frame missing
-    frozen_camera_from_s: float | None = Field(None, ge=0.0)  # the same frame repeats from then on
-    nan_images_from_s: float | None = Field(None, ge=0.0)  # images turn to NaN from then on
-    blank_images_from_s: float | None = Field(None, ge=0.0)  # images turn black from then on
+    frozen_camera_from_s: float | None = Field(None, ge=0.0, le=MAX_DURATION_S)  # the same frame repeats from then on
+    nan_images_from_s: float | None = Field(None, ge=0.0, le=MAX_DURATION_S)  # images turn to NaN from then on
+    blank_images_from_s: float | None = Field(None, ge=0.0, le=MAX_DURATION_S)  # images turn black from then on
     image_noise_std: float = Field(0.0, ge=0.0, le=100.0)  # extra Gaussian noise [grey levels]
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class StackConfig(Strict):

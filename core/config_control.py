@@ -7,11 +7,14 @@ openpilot's `kpBP`/`kpV`: `kp_bp_mps` are the speeds [m/s], `kp_v` the gains the
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from stagepilot.core.config_base import Strict
+from stagepilot.core.config_base import MAX_SPEED_MPS, MAX_WEIGHT, Strict
+
+SpeedBreakpoint = Annotated[float, Field(ge=0.0, le=MAX_SPEED_MPS)]  # [m/s]
+Gain = Annotated[float, Field(le=MAX_WEIGHT)]  # a gain or weight (the sign is checked per table)
 
 
 def _check_schedule(name: str, breakpoints: tuple[float, ...], values: tuple[float, ...]) -> None:
@@ -26,10 +29,10 @@ def _check_schedule(name: str, breakpoints: tuple[float, ...], values: tuple[flo
 class LongitudinalPidConfig(Strict):
     """Speed PID: acceleration = feed-forward of the plan's accel + kp e + ki integral(e)."""
 
-    kp_bp_mps: tuple[float, ...] = Field((0.0, 10.0, 30.0), min_length=1)  # [m/s] speeds
-    kp_v: tuple[float, ...] = Field((2.0, 1.5, 1.2), min_length=1)  # [(m/s^2)/(m/s)] = [1/s]
-    ki_bp_mps: tuple[float, ...] = Field((0.0, 30.0), min_length=1)  # [m/s] speeds
-    ki_v: tuple[float, ...] = Field((0.1, 0.05), min_length=1)  # [(m/s^2)/m] = [1/s^2]
+    kp_bp_mps: tuple[SpeedBreakpoint, ...] = Field((0.0, 10.0, 30.0), min_length=1)  # [m/s] speeds
+    kp_v: tuple[Gain, ...] = Field((2.0, 1.5, 1.2), min_length=1)  # [(m/s^2)/(m/s)] = [1/s]
+    ki_bp_mps: tuple[SpeedBreakpoint, ...] = Field((0.0, 30.0), min_length=1)  # [m/s] speeds
+    ki_v: tuple[Gain, ...] = Field((0.1, 0.05), min_length=1)  # [(m/s^2)/m] = [1/s^2]
     feedforward_gain: float = Field(1.0, ge=0.0, le=2.0)  # [-] on the plan's acceleration
     # [s] the plan's acceleration (feed-forward) is read this far ahead of now, to cover the
     # throttle lag (0.25 s on the embedded sedan)
@@ -102,19 +105,19 @@ class MpcConfig(Strict):
     """
 
     horizon_steps: int = Field(25, ge=5, le=200)  # N
-    step_s: float = Field(0.1, gt=0.0, le=0.5)  # [s] MPC step; N * step_s is the horizon
-    weight_lateral: float = Field(1.0, ge=0.0)  # [1/m^2]
+    step_s: float = Field(0.1, ge=0.001, le=0.5)  # [s] MPC step; N * step_s is the horizon
+    weight_lateral: float = Field(1.0, ge=0.0, le=MAX_WEIGHT)  # [1/m^2]
     # The kinematic model ignores the tyres' lag, which grows with speed: heading error and
     # steering away from the feed-forward cost more the faster the car goes, or it weaves.
-    weight_heading_bp_mps: tuple[float, ...] = Field((5.0, 15.0, 20.0, 25.0), min_length=1)  # [m/s]
-    weight_heading_v: tuple[float, ...] = Field((10.0, 50.0, 200.0, 400.0), min_length=1)  # [1/rad^2]
-    weight_steer_bp_mps: tuple[float, ...] = Field((5.0, 15.0), min_length=1)  # [m/s]
+    weight_heading_bp_mps: tuple[SpeedBreakpoint, ...] = Field((5.0, 15.0, 20.0, 25.0), min_length=1)  # [m/s]
+    weight_heading_v: tuple[Gain, ...] = Field((10.0, 50.0, 200.0, 400.0), min_length=1)  # [1/rad^2]
+    weight_steer_bp_mps: tuple[SpeedBreakpoint, ...] = Field((5.0, 15.0), min_length=1)  # [m/s]
     # [1/rad^2] wheel angle off the curvature feed-forward atan(L kappa)
-    weight_steer_v: tuple[float, ...] = Field((10.0, 50.0), min_length=1)
-    weight_steer_rate: float = Field(1.0, ge=0.0)  # [s^2/rad^2]
-    weight_station: float = Field(0.05, ge=0.0)  # [1/m^2] behind or ahead of the plan's timing
-    weight_speed: float = Field(0.5, ge=0.0)  # [s^2/m^2]
-    weight_accel: float = Field(0.2, ge=0.0)  # [s^4/m^2] command off the plan's acceleration
+    weight_steer_v: tuple[Gain, ...] = Field((10.0, 50.0), min_length=1)
+    weight_steer_rate: float = Field(1.0, ge=0.0, le=MAX_WEIGHT)  # [s^2/rad^2]
+    weight_station: float = Field(0.05, ge=0.0, le=MAX_WEIGHT)  # [1/m^2] behind or ahead of the plan's timing
+    weight_speed: float = Field(0.5, ge=0.0, le=MAX_WEIGHT)  # [s^2/m^2]
+    weight_accel: float = Field(0.2, ge=0.0, le=MAX_WEIGHT)  # [s^4/m^2] command off the plan's acceleration
     terminal_factor: float = Field(5.0, ge=1.0, le=1000.0)  # terminal state weights = factor x stage
     accel_min_mps2: float = Field(-6.0, ge=-15.0, lt=0.0)  # [m/s^2]
     accel_max_mps2: float = Field(3.0, gt=0.0, le=10.0)  # [m/s^2]

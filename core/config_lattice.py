@@ -9,9 +9,10 @@ from typing import Annotated
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from stagepilot.core.config_base import Strict
+from stagepilot.core.config_base import MAX_WEIGHT, Strict
 
 PositiveSeconds = Annotated[float, Field(gt=0.0, le=20.0)]
+Weight = Annotated[float, Field(ge=0.0, le=MAX_WEIGHT)]
 SpeedFraction = Annotated[float, Field(ge=0.0, le=1.5)]
 
 
@@ -29,13 +30,13 @@ class LatticeLimits(Strict):
 class LatticeWeights(Strict):
     """Cost weights; every term is a mean over the common horizon unless it says otherwise."""
 
-    offset: float = Field(0.5, ge=0.0)  # per m^2 of lateral offset d from the reference
-    lateral_jerk: float = Field(0.05, ge=0.0)  # per (m/s^3)^2 of d'''
-    longitudinal_jerk: float = Field(0.05, ge=0.0)  # per (m/s^3)^2 of s'''
-    speed_error: float = Field(1.0, ge=0.0)  # per (m/s)^2 below/above the speed reference
-    time: float = Field(0.1, ge=0.0)  # per s of lateral manoeuvre duration
-    offset_change: float = Field(0.2, ge=0.0)  # per m^2 between target offset and last plan's
-    proximity: float = Field(5.0, ge=0.0)  # times (1 - clearance / proximity_range_m)^2, worst step
+    offset: Weight = 0.5  # per m^2 of lateral offset d from the reference
+    lateral_jerk: Weight = 0.05  # per (m/s^3)^2 of d'''
+    longitudinal_jerk: Weight = 0.05  # per (m/s^3)^2 of s'''
+    speed_error: Weight = 1.0  # per (m/s)^2 below/above the speed reference
+    time: Weight = 0.1  # per s of lateral manoeuvre duration
+    offset_change: Weight = 0.2  # per m^2 between target offset and last plan's
+    proximity: Weight = 5.0  # times (1 - clearance / proximity_range_m)^2, worst step
 
 
 class LatticeCollision(Strict):
@@ -61,7 +62,7 @@ class LatticeConfig(Strict):
     """Sampling: num_offsets x len(speed_fractions) x len(horizons_s) candidates, plus
     num_offsets x len(horizons_s) x stop_candidates stopping candidates when a stop is set."""
 
-    dt_s: float = Field(0.1, gt=0.0, le=0.5)  # trajectory sample step
+    dt_s: float = Field(0.1, ge=0.001, le=0.5)  # trajectory sample step
     plan_horizon_s: float = Field(5.0, gt=0.0, le=20.0)  # common length of every candidate
     # lateral: offsets evenly spread over the behaviour layer's [d_min, d_max] band; the
     # nearest sample snaps to each lane centre (multiple of lane_width_m) and to the ego's

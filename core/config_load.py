@@ -1,5 +1,5 @@
-"""Loading any typed config: YAML files, then dotted `key.path=value` overrides, validated
-against a pydantic model. Each key path remembers which file (or the command line) set it,
+"""Loading any typed config: YAML files (read by core/inputs.py), then dotted `key.path=value`
+overrides, validated against a pydantic model. Each key path remembers which file (or the command line) set it,
 so an error names the file, the dotted key and what was expected, on one line.
 """
 
@@ -13,43 +13,32 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from stagepilot.core.config_base import ConfigError
+from stagepilot.core.inputs import StrictYamlError, clip, echo, parse_yaml, read_yaml_mapping
 
 COMMAND_LINE = "command line"
+MAX_PROBLEMS = 5  # listed in one error message
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Parse one YAML mapping with safe_load; a problem raises ConfigError naming the file."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top, got {type(data).__name__}")
-    return data
+    """One YAML mapping through the strict reader (core/inputs.py); a problem raises
+    ConfigError naming the file."""
+    return read_yaml_mapping(path)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """'planner.max_speed=12' -> (['planner', 'max_speed'], 12). The value is read as YAML."""
+    """'planner.max_speed=12' -> (['planner', 'max_speed'], 12). The value is read as YAML;
+    text that is not YAML stays a string, a duplicate key or an alias is an error."""
     key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"{COMMAND_LINE}: override {text!r} is not of the form key.path=value")
+    keys = [part.strip() for part in key.split(".")]
+    if not sep or not all(keys):
+        raise ConfigError(f"{COMMAND_LINE}: override {clip(repr(text))} is not of the form key.path=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
+    except StrictYamlError as exc:
+        raise ConfigError(f"{COMMAND_LINE}: {clip(text)}: {exc.problem}") from None
     except yaml.YAMLError:
         value = raw
-    return key.strip().split("."), value
+    return keys, value
 
 
 class _Layered:
@@ -58,8 +47,10 @@ class _Layered:
     def __init__(self) -> None:
         self.data: dict[str, Any] = {}
         self.sources: dict[tuple[str, ...], str] = {}
+        self.layers: list[str] = []  # sources in the order they were applied
 
     def merge(self, data: dict[str, Any], source: str, prefix: tuple[str, ...] = ()) -> None:
+        self.layers.append(source)
         target = self.data
         for part in prefix:
             target = target.setdefault(part, {})
@@ -71,13 +62,14 @@ class _Layered:
             if isinstance(value, dict) and isinstance(target.get(key), dict):
                 self.sources.setdefault(path, source)
                 self._merge_into(target[key], value, source, path)
-            else:
-                target[key] = copy.deepcopy(value)
-                self.sources[path] = source
+                continue
+            if isinstance(target.get(key), dict):  # what the replaced mapping's keys came from
                 for known in [p for p in self.sources if p[: len(path)] == path and p != path]:
                     del self.sources[known]
-                if isinstance(value, dict):
-                    self._mark(value, source, path)
+            target[key] = copy.deepcopy(value)
+            self.sources[path] = source
+            if isinstance(value, dict):
+                self._mark(value, source, path)
 
     def _mark(self, data: dict, source: str, prefix: tuple) -> None:
         for key, value in data.items():
@@ -86,19 +78,25 @@ class _Layered:
                 self._mark(value, source, prefix + (str(key),))
 
     def set(self, path: list[str], value: Any, source: str) -> None:
-        target = self.data
-        for part in path[:-1]:
-            nxt = target.get(part)
-            if not isinstance(nxt, dict):
-                nxt = target[part] = {}
-            target = nxt
-        self._merge_into(target, {path[-1]: value}, source, tuple(path[:-1]))
+        """`a.b.c=value`: merged as {a: {b: {c: value}}}, so that a key the override creates
+        (or a value it replaces with a mapping) is the override's, not the file's."""
+        self.layers.append(source)
+        for part in reversed(path[1:]):
+            value = {part: value}
+        self._merge_into(self.data, {path[0]: value}, source, ())
 
     def source_of(self, path: tuple[str, ...]) -> str:
+        """Who set `path`: for a mapping (a problem of the section as a whole), the last layer
+        that set anything in it; for a key nobody set, the first file."""
         for cut in range(len(path), 0, -1):
             if path[:cut] in self.sources:
-                return self.sources[path[:cut]]
+                return self._latest_under(path[:cut])
         return next(iter(self.sources.values()), "defaults")
+
+    def _latest_under(self, prefix: tuple[str, ...]) -> str:
+        rank = {source: index for index, source in enumerate(self.layers)}
+        found = [source for path, source in self.sources.items() if path[: len(prefix)] == prefix]
+        return max(found, key=rank.__getitem__)
 
 
 def _data_path(loc: tuple, data: Any) -> tuple[str, ...]:
@@ -107,6 +105,7 @@ def _data_path(loc: tuple, data: Any) -> tuple[str, ...]:
     path = []
     for part in loc:
         if isinstance(data, dict) and part in data:
+            part = next((key for key in data if key == part), part)  # the key as written: True, not 1
             data = data[part]
         elif isinstance(data, list) and isinstance(part, int) and part < len(data):
             data = data[part]
@@ -119,20 +118,28 @@ def _data_path(loc: tuple, data: Any) -> tuple[str, ...]:
 
 
 def format_validation_error(exc: ValidationError, source_of, data: Any = None) -> str:
-    """One line per problem: '<file>: <dotted.key>: <what was expected> (got <value>)'."""
-    lines = []
-    for err in exc.errors():
-        path = _data_path(err["loc"], data)
-        dotted = ".".join(path) or "<top>"
-        if err["type"] == "extra_forbidden":
-            what = "unknown key"
-        elif err["type"] == "missing":
-            what = "required key is missing"
-        else:
-            what = err["msg"]
-        got = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {err['input']!r})"
-        lines.append(f"{source_of(path)}: {dotted}: {what}{got}")
+    """One line: '<file>: <dotted.key>: <what was expected> (got <value>)' per problem, the
+    first MAX_PROBLEMS of them joined by '; '."""
+    errors = exc.errors()
+    lines = [_problem(err, source_of, data) for err in errors[:MAX_PROBLEMS]]
+    if len(errors) > MAX_PROBLEMS:
+        lines.append(f"and {len(errors) - MAX_PROBLEMS} more")
     return "; ".join(lines)
+
+
+def _problem(err: dict, source_of, data: Any) -> str:
+    path = _data_path(err["loc"], data)
+    dotted = clip(".".join(path)) or "<top>"
+    if err["type"] == "extra_forbidden":
+        what = "unknown key"
+    elif err["type"] == "missing":
+        what = "required key is missing"
+    else:
+        what = clip(err["msg"].removeprefix("Value error, "), 200)
+    quiet = err["type"] in ("extra_forbidden", "missing") or (
+        err["type"] == "value_error" and isinstance(err["input"], (dict, list)))  # a whole section
+    got = "" if quiet else f" (got {echo(err['input'])})"
+    return f"{clip(source_of(path), 300)}: {dotted}: {what}{got}"
 
 
 def validate(model: type[BaseModel], layered: _Layered) -> BaseModel:

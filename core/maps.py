@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stagepilot.core.config import CONFIG_ROOT
+from stagepilot.core.inputs import MAX_MAP_BYTES, clip, read_text
 from stagepilot.core.roadmap import MapError
 
 MAPS_ENV = "STAGEPILOT_MAPS"
@@ -62,10 +63,16 @@ def find_map(name: str, extra_dirs: Iterable[str | Path] = (),
              environ: Mapping[str, str] | None = None) -> Path:
     """The resolved path of map `name` (`Town01`) on the search path; MapError when absent."""
     if not is_map_name(name):
-        raise MapError(f"map {name}: a map name has no folder and no {SUFFIX} suffix (a path names a file)")
+        raise MapError(f"map {clip(name)}: a map name has no folder and no {SUFFIX} suffix (a path names a file)")
     places = map_search_path(extra_dirs, environ)
     file_name = name + SUFFIX
     for place in places:
         if place.folder is not None and (place.folder / file_name).is_file():
             return (place.folder / file_name).resolve()
-    raise MapError(f"map {name} not found: no {file_name} in " + ", ".join(p.describe() for p in places))
+    raise MapError(f"map {clip(name)} not found: no {clip(file_name)} in " + ", ".join(p.describe() for p in places))
+
+
+def read_map_text(path: str | Path) -> str:
+    """The text of an OpenDRIVE file through the bounded UTF-8 reader (core/inputs.py);
+    MapError naming the file when it is missing, too large, not UTF-8 or empty."""
+    return read_text(path, error=MapError, kind="map file", max_bytes=MAX_MAP_BYTES)

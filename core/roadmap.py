@@ -20,6 +20,7 @@ import numpy as np
 from stagepilot.core.lane_surfaces import LaneMarking, LaneSurface, lane_markings, lane_surfaces
 from stagepilot.core.lanes import (DRIVING, LanePoint, LaneSegment, RoutePath, StopLine, lane_point,
                                    to_carla_location, to_world_xy)
+from stagepilot.core.inputs import MAX_MAP_BYTES, read_text
 from stagepilot.core.paths import Polyline
 
 SAMPLE_STEP_M = 1.0
@@ -83,12 +84,7 @@ class RoadMap:
     @classmethod
     def load(cls, path: str | Path) -> "RoadMap":
         path = Path(path)
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise MapError(f"{path}: map file not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise MapError(f"{path}: cannot read map ({exc})") from None
+        text = read_text(path, error=MapError, kind="map file", max_bytes=MAX_MAP_BYTES)
         return cls(path.stem, text, str(path))
 
     # ------------------------------------------------------------ graph
@@ -213,7 +209,11 @@ class RoadMap:
             leg_pts, leg_keys = self._route_leg(a, b)
             pieces.append(leg_pts if not pieces else leg_pts[1:])
             keys.extend(k for k in leg_keys if not keys or keys[-1] != k)
-        path = Polyline(np.concatenate(pieces))
+        points_xy = np.concatenate(pieces)
+        if len(points_xy) < 2 or not np.any(np.hypot(*np.diff(points_xy, axis=0).T) > 1e-6):
+            raise MapError(f"{self.source}: the route from ({points[0][0]:.1f}, {points[0][1]:.1f}) to "
+                           f"({points[-1][0]:.1f}, {points[-1][1]:.1f}) has no length: the goal is at the start")
+        path = Polyline(points_xy)
         junctions = []
         for k in keys:
             j = self.segments[k].junction_id

@@ -16,6 +16,8 @@ Trailing `key.path=value` arguments override the stack config; those that start 
 from __future__ import annotations
 
 import argparse
+import math
+import signal
 import sys
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from stagepilot import __version__
 from stagepilot.core.config import ConfigError
 from stagepilot.core.roadmap import MapError
 from stagepilot.pipeline import commands as handlers
+from stagepilot.pipeline.interrupts import exit_status
 
 
 def _add_stack_args(parser: argparse.ArgumentParser) -> None:
@@ -46,8 +49,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _finite_positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0.0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text[:80]!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake as one line (`--help` shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="stagepilot",
         description="A camera-based driving stack for CARLA and its embedded simulator.",
     )
@@ -58,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         "drive", help="drive a scenario with the stack and write a run folder",
         description="Drive a scenario closed loop through the staged runtime (perception -> planner -> "
         "controller, with budgets and fail-safes) and write a run folder: config, metrics.json, video.mp4, "
-        "summary.png, trace.json (opens in Perfetto). Ctrl-C ends the drive and still writes the folder.",
+        "summary.png, trace.json (opens in Perfetto). Ctrl-C, SIGTERM or SIGHUP ends the drive and still writes "
+        "the folder (exit status 130, 143, 129).",
     )
     drive.add_argument("--scenario", default="town_loop",
                        help="a name from configs/scenarios/ or a path to a YAML file (default: town_loop)")
@@ -69,7 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     drive.add_argument("--time-model", choices=["ideal", "budget", "measured"], default=None,
                        help="when commands take effect (default: runtime.time_model from config, budget)")
     drive.add_argument("--pipelined", action="store_true", help="overlap perception of frame n+1 with planning of frame n")
-    drive.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<time>-<scenario>/)")
+    drive.add_argument("--out", default=None, metavar="DIR",
+                       help="run folder, absent or empty (default: runs/<time>-<scenario>/)")
+    drive.add_argument("--overwrite", action="store_true",
+                       help="let --out name a folder that holds a run; its run files are replaced")
     drive.add_argument("--quiet", action="store_true", help="no progress line")
     _add_maps_arg(drive)
     _add_stack_args(drive)
@@ -86,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--scenario", default="town_loop",
                         help="a name from configs/scenarios/ or a path to a YAML file (default: town_loop)")
     render.add_argument("--out", required=True, type=Path, help="output folder for render.mp4 and still.png")
-    render.add_argument("--duration", type=float, default=None, metavar="S",
+    render.add_argument("--duration", type=_finite_positive_float, default=None, metavar="S",
                         help="stop after S simulated seconds (default: the scenario's duration)")
     _add_maps_arg(render)
     _add_stack_args(render)
@@ -222,9 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # an unwritable output folder, a full disk
         print(f"stagepilot: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C outside a drive (a drive ends itself and returns)
         print("stagepilot: interrupted", file=sys.stderr)
-        return 130
+        return exit_status(getattr(exc, "signum", signal.SIGINT))
 
 
 if __name__ == "__main__":

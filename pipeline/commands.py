@@ -16,9 +16,20 @@ def _split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
     return stack, scenario
 
 
+def _run_dir(out: str | None, overwrite: bool, scenario_name: str) -> Path:
+    from stagepilot.pipeline.writer import claim_run_dir, default_run_dir
+
+    if out is None:
+        return default_run_dir(Path("runs"), scenario_name)
+    if not out.strip():
+        raise ConfigError("--out: empty; name a run folder, or leave --out out for runs/<time>-<scenario>/")
+    return claim_run_dir(Path(out), overwrite)
+
+
 def drive(args) -> int:
     from stagepilot.pipeline.driver import drive
-    from stagepilot.pipeline.writer import RunWriter, default_run_dir
+    from stagepilot.pipeline.interrupts import exit_status, signal_name
+    from stagepilot.pipeline.writer import RunWriter
     from stagepilot.sim.scenario import load_scenario
 
     if args.sim != "embedded":
@@ -32,17 +43,24 @@ def drive(args) -> int:
         stack_overrides.append(f"perception.kind={args.perception}")
     config = load_stack(args.config, stack_overrides)
     scenario = load_scenario(args.scenario, scenario_overrides, args.maps)
-    out_dir = args.out or default_run_dir(Path("runs"), scenario.name)
-    result = drive(config, scenario, observers=(RunWriter(out_dir, config, scenario),), show_progress=not args.quiet)
+    out_dir = _run_dir(args.out, args.overwrite, scenario.name)
+    result = drive(config, scenario, observers=(RunWriter(out_dir, config, scenario),),
+                   show_progress=not args.quiet, stop_on_signals=True)
     outcome = result.outcome
     print(f"run folder: {out_dir}")
     print(f"video: {out_dir / 'video.mp4'}")
     print(f"outcome: completed={outcome['completed']} collisions={outcome['collisions']} "
           f"red_lights={outcome['red_lights']} failsafe_frames={outcome['failsafe_frames']}")
+    if result.stop_signal is None:
+        return 0
+    name = signal_name(result.stop_signal)
     if result.interrupted:
-        print("stagepilot: interrupted; the run folder holds everything up to the interruption", file=sys.stderr)
-        return 130
-    return 0
+        print(f"stagepilot: interrupted ({name}); the run folder holds everything up to the interruption",
+              file=sys.stderr)
+    else:
+        print(f"stagepilot: {name} while writing the run folder; the drive and its run folder are complete",
+              file=sys.stderr)
+    return exit_status(result.stop_signal)
 
 
 def render(args) -> int:

@@ -3,12 +3,15 @@
 `stagepilot drive`, the tests, and whatever evaluates or replays drives all call `drive`.
 Observers see the drive as it happens (the run folder writer is one); the figures they and
 the tests read are computed once, here, from the drive's `DriveSeries`. Ctrl-C ends the drive
-early and still gives a result (`interrupted`); an exception in a stage still reaches every
-observer's `end` before it propagates, so a run folder holds everything up to the fault.
+early and still gives a result (`interrupted`), and so do SIGTERM and SIGHUP when the caller asks
+(`stop_on_signals`, as the CLI does); an exception in a stage still reaches every observer's
+`end` before it propagates, so a run folder holds everything up to the fault. No signal cuts
+the observers' `end` short (pipeline/interrupts.py).
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
@@ -18,6 +21,7 @@ from tqdm import tqdm
 
 from stagepilot.core.config import ConfigError, StackConfig, config_hash
 from stagepilot.core.messages import Observation
+from stagepilot.pipeline.interrupts import STOP_SIGNALS, SignalHold, signal_name
 from stagepilot.pipeline.records import FrameRecord, frame_events
 from stagepilot.pipeline.runtime import StagedRuntime
 from stagepilot.pipeline.series import DriveSeries, drive_metrics, lateral_errors
@@ -41,6 +45,7 @@ class DriveResult:
     trace: ChromeTrace
     metrics: dict[str, Any]  # metrics.json
     interrupted: bool
+    stop_signal: int | None = None  # the signal that stopped the drive or came while it wrote its outputs
 
     def kinds(self) -> list[str]:
         return self.series.kinds()
@@ -59,11 +64,12 @@ class DriveObserver(Protocol):
     def end(self, result: DriveResult) -> None: ...
 
 
-def _outcome(sim, runtime: StagedRuntime, interrupted: bool, error: str | None) -> dict[str, Any]:
+def _outcome(sim, runtime: StagedRuntime, stopped_by: int | None, error: str | None) -> dict[str, Any]:
     kinds = [e.kind for e in sim.events]
     return {
         "completed": bool(sim.monitor.route_completed),
-        "interrupted": interrupted,
+        "interrupted": stopped_by is not None,
+        **({"signal": signal_name(stopped_by)} if stopped_by is not None else {}),
         "error": error,
         "collisions": kinds.count("collision"),
         "contacts_at_standstill": kinds.count("contact_at_standstill"),  # moved into the standing ego: no infraction
@@ -89,13 +95,21 @@ def _progress_line(obs: Observation, record: FrameRecord, runtime: StagedRuntime
 
 def drive(config: StackConfig, scenario: Scenario, *, observers: tuple[DriveObserver, ...] = (),
           on_frame: Callable[[Observation, FrameRecord], None] | None = None, sim=None, render: bool = True,
-          max_time_s: float | None = None, show_progress: bool = False) -> DriveResult:
+          max_time_s: float | None = None, show_progress: bool = False,
+          stop_on_signals: bool = False) -> DriveResult:
     """Drive `scenario` closed loop under `config` (its time model, budgets and miss policies)
     until it ends, `max_time_s` passes, or Ctrl-C. `sim` defaults to the embedded simulator,
-    rendering cameras unless `render` is False (perfect perception needs no images)."""
+    rendering cameras unless `render` is False (perfect perception needs no images).
+    With `stop_on_signals` (the CLI; main thread only) SIGINT, SIGTERM and SIGHUP are held for
+    the whole drive and end it after the frame in progress; `stop_signal` says which came."""
     if config.perception.kind == "perfect" and not config.sim.ground_truth:
         raise ConfigError("sim.ground_truth: perfect perception needs ground truth; set sim.ground_truth: true")
-    sim = sim if sim is not None else EmbeddedSimulator(config, render=render)
+    with SignalHold(STOP_SIGNALS if stop_on_signals else ()) as signals:
+        sim = sim if sim is not None else EmbeddedSimulator(config, render=render)
+        return _drive(config, scenario, sim, observers, on_frame, max_time_s, show_progress, signals)
+
+
+def _drive(config, scenario, sim, observers, on_frame, max_time_s, show_progress, signals: SignalHold) -> DriveResult:
     obs = sim.reset(scenario)
     runtime = StagedRuntime(config, sim.road_map)
     series = DriveSeries()
@@ -112,21 +126,24 @@ def drive(config: StackConfig, scenario: Scenario, *, observers: tuple[DriveObse
             on_frame(obs, record)
         bar.update(1)
         bar.set_postfix_str(_progress_line(obs, record, runtime), refresh=False)
+        signals.stop_if_received()  # between whole frames: the video, records and series agree
 
-    interrupted, error = False, None
+    stopped_by, error = None, None
     try:
         runtime.run(sim, obs, on_frame=frame, max_time_s=max_time_s)
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a held signal (Interrupted)
+        stopped_by = getattr(exc, "signum", signal.SIGINT)
     except Exception as exc:  # observers still finish their outputs, then the error surfaces
         error = f"{type(exc).__name__}: {exc}"
         raise
     finally:
         bar.close()
         result = _result(config, scenario, sim, runtime, series, np.asarray(obs.route.points, float),
-                         _outcome(sim, runtime, interrupted, error), interrupted)
-        for observer in observers:
-            observer.end(result)
+                         _outcome(sim, runtime, stopped_by, error), stopped_by is not None)
+        with SignalHold(redeliver=True):  # a second Ctrl-C waits until every output is written
+            for observer in observers:
+                observer.end(result)
+        result.stop_signal = stopped_by if stopped_by is not None else signals.first
     return result
 
 

@@ -25,9 +25,12 @@ def plot_summary(path: Path, series: DriveSeries, route_points: np.ndarray, budg
     _plot_latency(fig.add_subplot(grid[1, 1]), series, budgets)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(path.stem + ".tmp.png")  # atomic: a reader never sees half a PNG
+    try:
+        fig.savefig(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # left only when the write failed
 
 
 def _plot_path(ax, series: DriveSeries, route_points: np.ndarray) -> None:

@@ -66,7 +66,12 @@ def run_info(config: StackConfig, scenario, started: datetime.datetime) -> dict[
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Atomic write; NaN and infinities become null."""
+    """Atomic write (a reader sees the old file or the whole new one, never half); NaN and
+    infinities become null."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_plain(data), indent=2, allow_nan=False, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(_plain(data), indent=2, allow_nan=False, default=str))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # left only when the write failed

@@ -83,6 +83,9 @@ class ChromeTrace:
         """Write atomically, so an interrupted write never leaves half a file."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), allow_nan=False))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(self.to_json(), allow_nan=False))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)  # left only when the write failed
         return path

@@ -7,17 +7,20 @@
 `start` writes config.yaml and run.json, `frame` streams one video frame, and `end` writes the
 rest from the drive's result. `end` runs after Ctrl-C or a fault too, finishes every part it
 can and then raises if one failed, so everything recorded up to that point stays readable.
+Every file but the video is written atomically (a temporary file, then `os.replace`).
+A run folder is never reused by accident: `claim_run_dir` refuses one that holds anything.
 """
 
 from __future__ import annotations
 
 import datetime
+import os
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from stagepilot.core.config import StackConfig
+from stagepilot.core.config import ConfigError, StackConfig
 from stagepilot.core.messages import Observation
 from stagepilot.pipeline.driver import DriveResult
 from stagepilot.pipeline.overlay import FrameDrawer
@@ -38,6 +41,25 @@ def default_run_dir(root: Path, scenario_name: str, now: datetime.datetime | Non
     return path
 
 
+RUN_FILES = ("config.yaml", "run.json", "video.mp4", "metrics.json", "trace.json", "summary.png")
+
+
+def claim_run_dir(path: Path, overwrite: bool = False) -> Path:
+    """Check that `path` may take a new run: absent or an empty folder, or with `overwrite` a
+    folder whose run files are then removed (nothing else in it is touched). Raises ConfigError."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path}: is a file, not a run folder; choose a new --out")
+    entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    if entries and not overwrite:
+        held = next((name for name in ("metrics.json", "run.json", *RUN_FILES) if name in entries), None)
+        what = f"already holds a run ({held})" if held else f"is not empty ({entries[0]}{', ...' if entries[1:] else ''})"
+        raise ConfigError(f"{path}: {what}; choose a new --out, remove it, or pass --overwrite")
+    for name in RUN_FILES if entries else ():
+        (path / name).unlink(missing_ok=True)  # a half-written new run never passes for the old one
+    return path
+
+
 class RunWriter:
     """Writes one run folder; pass it to `driver.drive(..., observers=(writer,))`. `camera`
     names the camera the video shows (default: the observation's first)."""
@@ -55,7 +77,7 @@ class RunWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._sim = sim
         self.info = run_info(self.config, self.scenario, datetime.datetime.now(datetime.timezone.utc))
-        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
+        _write_text(self.out_dir / "config.yaml", yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
         write_json(self.out_dir / "run.json", self.info)
         self.video = VideoWriter(self.out_dir / "video.mp4", fps=1.0 / self.config.sim.dt_s)
 
@@ -89,3 +111,12 @@ class RunWriter:
         budgets = {name: row.get("budget_ms") for name, row in result.latency.items()}
         title = f"{self.scenario.name}   seed {self.scenario.seed}   config {self.info['config_hash']}"
         plot_summary(self.out_dir / "summary.png", result.series, np.asarray(result.route_points), budgets, title)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

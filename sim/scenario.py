@@ -9,29 +9,47 @@ Positions are given in one of three ways:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from stagepilot.core.config import CONFIG_ROOT, ConfigError, Strict
+from stagepilot.core.config_base import (MAX_ACCEL_MPS2, MAX_DELAY_S, MAX_DISTANCE_M, MAX_DURATION_S, MAX_SEED,
+                                         MAX_SPEED_MPS)
 from stagepilot.core.config_load import load_config
-from stagepilot.core.maps import SUFFIX, find_map, is_map_name
+from stagepilot.core.inputs import MAX_PATH_CHARS, clip
+from stagepilot.core.maps import SUFFIX, find_map, is_map_name, read_map_text
 from stagepilot.core.roadmap import MapError
 
 SCENARIO_DIR = CONFIG_ROOT / "scenarios"
+MIN_LEG_M = 0.1  # [m] route poses closer than this (in the same form) make a zero-length route leg
+
+Coordinate = Annotated[float, Field(ge=-MAX_DISTANCE_M, le=MAX_DISTANCE_M)]  # [m] world frame
+Station = Annotated[float, Field(ge=0.0, le=MAX_DISTANCE_M)]  # [m] along a lane or the route
+Channel = Annotated[int, Field(ge=0, le=255)]  # colour channel
+
+
+def _printable(text: str) -> str:
+    if not text.isprintable():
+        raise ValueError("a map name or path has no control characters or line breaks")
+    return text
+
+
+MapText = Annotated[str, Field(min_length=1, max_length=MAX_PATH_CHARS), AfterValidator(_printable)]
 
 
 class Pose(Strict):
-    x: float | None = None
-    y: float | None = None
-    yaw_deg: float | None = None
-    road: int | None = None
-    lane: int | None = None
-    s: float | None = Field(None, ge=0.0)
-    route_s: float | None = Field(None, ge=0.0)
-    offset: float = 0.0  # [m] lateral, positive left; for lane and route poses
+    x: Coordinate | None = None
+    y: Coordinate | None = None
+    yaw_deg: float | None = Field(None, ge=-360.0, le=360.0)
+    road: int | None = Field(None, ge=0, le=2**31 - 1)  # OpenDRIVE road id
+    lane: int | None = Field(None, ge=-100, le=100)  # OpenDRIVE lane id
+    s: Station | None = None
+    route_s: Station | None = None
+    offset: float = Field(0.0, ge=-100.0, le=100.0)  # [m] lateral, positive left; for lane and route poses
 
     @model_validator(mode="after")
     def _one_form(self) -> "Pose":
@@ -54,12 +72,12 @@ class Behaviour(Strict):
     """A scripted action, triggered at a sim time or when the ego comes within a distance."""
 
     action: Literal["brake", "stop", "go", "cut_in", "set_speed"]
-    at_t: float | None = Field(None, ge=0.0)  # [s]
-    ego_within_m: float | None = Field(None, gt=0.0)
-    decel: float = Field(6.0, gt=0.0)  # [m/s^2] for brake
-    speed: float | None = Field(None, ge=0.0)  # [m/s] for set_speed
+    at_t: float | None = Field(None, ge=0.0, le=MAX_DURATION_S)  # [s]
+    ego_within_m: float | None = Field(None, gt=0.0, le=MAX_DISTANCE_M)
+    decel: float = Field(6.0, gt=0.0, le=MAX_ACCEL_MPS2)  # [m/s^2] for brake
+    speed: float | None = Field(None, ge=0.0, le=MAX_SPEED_MPS)  # [m/s] for set_speed
     side: Literal["left", "right"] = "left"  # for cut_in: the lane it moves into
-    duration_s: float = Field(3.0, gt=0.0)  # for cut_in: lateral move time
+    duration_s: float = Field(3.0, gt=0.0, le=MAX_DELAY_S)  # for cut_in: lateral move time
 
     @model_validator(mode="after")
     def _trigger(self) -> "Behaviour":
@@ -73,11 +91,11 @@ class Behaviour(Strict):
 class VehicleActor(Strict):
     type: Literal["vehicle"]
     start: Pose
-    speed: float = Field(8.0, ge=0.0)  # [m/s] desired
-    initial_speed: float | None = Field(None, ge=0.0)  # [m/s], default: desired speed
+    speed: float = Field(8.0, ge=0.0, le=MAX_SPEED_MPS)  # [m/s] desired
+    initial_speed: float | None = Field(None, ge=0.0, le=MAX_SPEED_MPS)  # [m/s], default: desired speed
     goal: Pose | None = None  # default: random turns at junctions, from the seed
     behaviours: list[Behaviour] = []
-    color_rgb: tuple[int, int, int] | None = None
+    color_rgb: tuple[Channel, Channel, Channel] | None = None
     obey_traffic_lights: bool = True
 
 
@@ -85,15 +103,15 @@ class PedestrianActor(Strict):
     type: Literal["pedestrian"]
     path: list[Pose] = Field(min_length=2)
     speed: float = Field(1.4, gt=0.0, le=5.0)  # [m/s]
-    start_t: float | None = Field(None, ge=0.0)  # [s]
-    ego_within_m: float | None = Field(None, gt=0.0)  # start when the ego is this close
+    start_t: float | None = Field(None, ge=0.0, le=MAX_DURATION_S)  # [s]
+    ego_within_m: float | None = Field(None, gt=0.0, le=MAX_DISTANCE_M)  # start when the ego is this close
 
 
 class StaticActor(Strict):
     type: Literal["static"]
     kind: Literal["parked_car", "cone", "barrier"]
     pose: Pose
-    color_rgb: tuple[int, int, int] | None = None
+    color_rgb: tuple[Channel, Channel, Channel] | None = None
 
 
 Actor = Annotated[Union[VehicleActor, PedestrianActor, StaticActor], Field(discriminator="type")]
@@ -103,7 +121,7 @@ class EgoSpec(Strict):
     start: Pose
     goal: Pose | None = None
     waypoints: list[Pose] = []  # visited in order before the goal
-    initial_speed: float = Field(0.0, ge=0.0)  # [m/s]
+    initial_speed: float = Field(0.0, ge=0.0, le=MAX_SPEED_MPS)  # [m/s]
 
     @model_validator(mode="after")
     def _has_route(self) -> "EgoSpec":
@@ -112,7 +130,24 @@ class EgoSpec(Strict):
         for pose in [self.start, self.goal, *self.waypoints]:
             if pose is not None and pose.route_s is not None:
                 raise ValueError("ego poses cannot be given along the route they define")
+        keys = ["ego.start", *(f"ego.waypoints.{i}" for i in range(len(self.waypoints)))]
+        poses = [self.start, *self.waypoints]
+        if self.goal is not None:
+            keys.append("ego.goal")
+            poses.append(self.goal)
+        for (key_a, a), (key_b, b) in zip(zip(keys, poses), zip(keys[1:], poses[1:])):
+            if _same_place(a, b):
+                raise ValueError(f"{key_b} is at {key_a}: a zero-length route")
         return self
+
+
+def _same_place(a: Pose, b: Pose) -> bool:
+    """Whether two poses given in the same form name one place (within MIN_LEG_M)."""
+    if a.x is not None and b.x is not None:
+        return math.hypot(a.x - b.x, a.y - b.y) < MIN_LEG_M
+    if a.road is not None and (a.road, a.lane) == (b.road, b.lane):
+        return abs(a.s - b.s) < MIN_LEG_M
+    return False
 
 
 class WeatherSpec(Strict):
@@ -126,15 +161,15 @@ class WeatherSpec(Strict):
 class TrafficLightSpec(Strict):
     enabled: bool = True
     first_light: Literal["auto", "red", "yellow", "green"] = "auto"  # on the ego route
-    first_light_remaining_s: float | None = Field(None, gt=0.0)  # time left in that state
+    first_light_remaining_s: float | None = Field(None, gt=0.0, le=MAX_DURATION_S)  # time left in that state
 
 
 class Scenario(Strict):
     name: str
     description: str = ""
-    map: str
-    seed: int = Field(0, ge=0)
-    duration_s: float = Field(60.0, gt=0.0)
+    map: MapText
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    duration_s: float = Field(60.0, gt=0.0, le=MAX_DURATION_S)
     speed_limit: float = Field(13.9, gt=0.0, le=60.0)  # [m/s]
     ego: EgoSpec
     actors: list[Actor] = []
@@ -150,15 +185,22 @@ class Scenario(Strict):
 def scenario_path(name_or_path: str | Path) -> Path:
     """A name from configs/scenarios/ or a path to a YAML file."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.exists():
-            raise ConfigError(f"{path}: scenario file not found")
+    if path.suffix in (".yaml", ".yml") or _exists(path):
+        if not _exists(path):
+            raise ConfigError(f"{clip(str(path), MAX_PATH_CHARS)}: scenario file not found")
         return path
     candidate = SCENARIO_DIR / f"{name_or_path}.yaml"
-    if not candidate.exists():
+    if not _exists(candidate):
         known = ", ".join(sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml")))
-        raise ConfigError(f"{name_or_path}: no such scenario (known: {known})")
+        raise ConfigError(f"{clip(str(name_or_path), MAX_PATH_CHARS)}: no such scenario (known: {known})")
     return candidate
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long to be a file
+        return False
 
 
 def resolve_map(text: str, scenario_file: Path, maps_dirs: Iterable[str | Path] = ()) -> Path:
@@ -175,7 +217,9 @@ def resolve_map(text: str, scenario_file: Path, maps_dirs: Iterable[str | Path] 
             return find_map(path.stem, maps_dirs)
     except MapError as exc:
         raise MapError(f"{scenario_file}: {exc}") from None
-    raise MapError(f"{scenario_file}: map {text} not found: no such file relative to the scenario "
+    except OSError as exc:  # e.g. a name too long to be a file
+        raise MapError(f"{scenario_file}: map {clip(text)}: {exc.strerror or exc}") from None
+    raise MapError(f"{scenario_file}: map {clip(text)} not found: no such file relative to the scenario "
                    f"({scenario_file.parent}) or the working directory ({Path.cwd()})")
 
 
@@ -186,4 +230,8 @@ def load_scenario(name_or_path: str | Path, overrides: list[str] | None = None,
     path = scenario_path(name_or_path)
     scenario = load_config(Scenario, [path], overrides)
     map_path = resolve_map(scenario.map, path, maps_dirs)
+    try:
+        read_map_text(map_path)  # bounded, UTF-8 and not empty, before the simulator parses it
+    except MapError as exc:
+        raise MapError(f"{path}: map: {exc}") from None
     return scenario.model_copy(update={"source": str(path), "map_path": str(map_path)})
