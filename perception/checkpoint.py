@@ -52,19 +52,43 @@ def _norm(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none (EOFError(''))."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def first_nonfinite(state: dict[str, Any]) -> str | None:
+    """The first floating-point tensor of a state dict that holds NaN or infinite values, as
+    ``name (12 NaN, 1 inf)``; None when every parameter and buffer is finite."""
+    for name, tensor in state.items():
+        if not (isinstance(tensor, torch.Tensor) and tensor.is_floating_point()):
+            continue
+        finite = torch.isfinite(tensor)
+        if bool(finite.all()):
+            continue
+        nan = int(torch.isnan(tensor).sum())
+        counts = [f"{n} {label}" for n, label in ((nan, "NaN"), (int((~finite).sum()) - nan, "inf")) if n]
+        return f"{name} ({', '.join(counts)})"
+    return None
+
+
 def load_checkpoint(path: str | Path, model: PerceptionNet | None = None, *,
                     map_location: str | torch.device = "cpu") -> tuple[PerceptionNet, dict[str, Any]]:
     """Read a checkpoint (weights_only) into ``model`` (or a model built from its meta) -> (model, meta).
 
-    Raises CheckpointError (a ValueError) naming the file when it is unreadable or not a checkpoint, or
-    when its classes, seg classes, input size or architecture differ from the requested model's."""
+    Raises CheckpointError (a ValueError) naming the file when it is unreadable (empty, truncated)
+    or not a checkpoint, when any parameter or buffer is not finite (a diverged training run would
+    otherwise load and make every output NaN), or when its classes, seg classes, input size or
+    architecture differ from the requested model's."""
     path = Path(path)
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+        what = "empty file" if path.stat().st_size == 0 else f"{type(exc).__name__}: {_first_line(exc)}"
+        raise CheckpointError(f"{path}: not a readable checkpoint ({what})") from exc
     if not isinstance(blob, dict) or "state_dict" not in blob or "meta" not in blob:
         raise CheckpointError(f"{path}: not a stagepilot checkpoint (expected a dict with 'state_dict' and 'meta')")
     meta = blob["meta"]
@@ -84,6 +108,9 @@ def load_checkpoint(path: str | Path, model: PerceptionNet | None = None, *,
         if _norm(meta[key]) != want[key]:
             raise CheckpointError(f"{path}: {key} mismatch: checkpoint has {_norm(meta[key])!r}, "
                                   f"the requested model has {want[key]!r}")
+    bad = first_nonfinite(blob["state_dict"])
+    if bad is not None:
+        raise CheckpointError(f"{path}: weights are not finite: {bad}")
     try:
         model.load_state_dict(blob["state_dict"])
     except RuntimeError as exc:
@@ -105,7 +132,7 @@ def load_backbone_weights(model: PerceptionNet, path: str | Path) -> None:
             stage.load_state_dict({key[len("features."):]: value for key, value in state.items()
                                    if key.startswith(prefixes)})
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a {builder.__name__} state dict ({str(exc).splitlines()[0]})") from exc
+        raise CheckpointError(f"{path}: not a {builder.__name__} state dict ({_first_line(exc)})") from exc
 
 
 @torch.no_grad()

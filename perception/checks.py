@@ -2,19 +2,29 @@
 
 A frame is unusable when it is missing, has the wrong shape or type, holds non-finite values,
 is blank (no contrast), or is frozen: byte-identical to the previous frame while the ego
-moves, which a working camera cannot produce.
+moves, which a working camera cannot produce. An ego state with a non-finite number cannot
+place anything in the world (``ego_fault``); the runtime asks the same question of it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
 
 import numpy as np
 
-from stagepilot.core.messages import Observation
+from stagepilot.core.messages import EgoState, Observation
 
 MOVING_MPS = 0.5  # above this the image must change between frames
 BLANK_STD = 0.5  # [grey levels] a frame with less contrast than this carries nothing
+
+
+def ego_fault(ego: EgoState) -> str | None:
+    """Why the measured ego state cannot place anything (a NaN or infinite number), or None."""
+    if all(math.isfinite(getattr(ego, f.name)) for f in dataclasses.fields(ego)):
+        return None
+    return "the ego state is not finite"
 
 
 class FrameCheck:

@@ -1,16 +1,17 @@
 """LearnedPerception: the trained PerceptionNet as the perception stage.
 
 One frame goes through, in order:
-1. ``FrameCheck``: a missing, NaN, blank or frozen frame gives an unusable Perception;
+1. ``FrameCheck``: a missing, NaN, blank or frozen frame, or a NaN ego state, gives an unusable Perception;
 2. ``NetworkRunner``: the uint8 frame is copied to the device once, scaled to the network's
    input size there (area filter, as the training data was), and run under
    ``torch.inference_mode`` with channels-last memory and bf16 autocast where the device runs it
-   natively; boxes come back in camera pixels, the segmentation at the network's size;
+   natively; boxes come back in camera pixels, the segmentation at the network's size (raw outputs
+   that are not finite make the frame unusable);
 3. ego-frame placement: each vehicle, pedestrian and static-obstacle box is put on the road
    through its bottom-centre ground contact and the camera model, then pushed back half the
    object's assumed depth (perception/geometry.py);
 4. tracking (perception/tracking.py): association and a constant-velocity Kalman filter give
-   each object a track id and a velocity over the ground;
+   each object a track id and a velocity over the ground (a track gone non-finite: frame unusable);
 5. the road (perception/road.py): drivable area and the lane boundaries either side of the
    ego, on the ground plane, from the segmentation;
 6. the traffic light ahead: the next stop line on the route comes from the map; its state is
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stagepilot.perception.checks import FrameCheck
+from stagepilot.perception.checks import FrameCheck, ego_fault
 from stagepilot.perception.geometry import (
     centre_from_box,
     centre_pixel,
@@ -118,6 +119,15 @@ class NetworkOutput:
     scores: np.ndarray  # (N,)
     labels: list[str]   # class names, (N,)
     seg: np.ndarray     # (h, w) uint8 seg class ids at the network's input size
+    nonfinite: tuple[str, ...] = ()  # raw heads holding NaN or inf (then nothing is decoded)
+
+
+def nonfinite_heads(raw: dict, strides: tuple[int, ...]) -> tuple[str, ...]:
+    """Names of the raw outputs (``cls_s4``, ``box_s8``, ``seg``, ...) holding NaN or inf; one device sync."""
+    heads = {**{f"cls_s{s}": t for s, t in zip(strides, raw["cls"])},
+             **{f"box_s{s}": t for s, t in zip(strides, raw["box"])}, "seg": raw["seg"]}
+    finite = torch.stack([torch.isfinite(t).all() for t in heads.values()]).cpu().tolist()
+    return tuple(name for name, ok in zip(heads, finite) if not ok)
 
 
 class NetworkRunner:
@@ -161,6 +171,9 @@ class NetworkRunner:
         x = self.preprocess(rgb)
         with self._autocast():
             raw = self.model(x)
+        nonfinite = nonfinite_heads(raw, self.model.strides)
+        if nonfinite:  # decoding NaN scores would report an empty road, not a broken model
+            return NetworkOutput(np.zeros((0, 4)), np.zeros(0), [], np.zeros(self.input_size, np.uint8), nonfinite)
         det = self.model.decode(raw, score_threshold=self.min_score, nms_iou=self.config.nms_iou,
                                 seg_stride=STAGE_SEG_STRIDE)[0]
         sx, sy = w0 / self.input_size[1], h0 / self.input_size[0]
@@ -168,6 +181,10 @@ class NetworkRunner:
         return NetworkOutput(boxes=boxes, scores=det["scores"].float().cpu().numpy(),
                              labels=[self.classes[int(i)] for i in det["labels"].cpu()],
                              seg=det["seg"].to(torch.uint8).cpu().numpy())
+
+
+def _unusable(obs: Observation, reason: str) -> Perception:
+    return Perception(t=obs.t, frame=obs.frame, detections=(), usable=False, reason=reason)
 
 
 class LearnedPerception:
@@ -207,16 +224,19 @@ class LearnedPerception:
         self._view_limit_world = None
 
     def step(self, obs: Observation) -> Perception:
-        problem = self.check.reason(obs)
-        if problem is not None:
-            return Perception(t=obs.t, frame=obs.frame, detections=(), usable=False, reason=problem)
+        problem = self.check.reason(obs) or ego_fault(obs.ego)
         image = obs.cameras.get(self.camera) if obs.cameras else None
-        if image is None:  # a run without cameras has nothing to perceive from
-            return Perception(t=obs.t, frame=obs.frame, detections=(), usable=False,
-                              reason=f"no {self.camera} camera in the observation")
+        if problem is None and image is None:  # a run without cameras has nothing to perceive from
+            problem = f"no {self.camera} camera in the observation"
+        if problem is not None:
+            return _unusable(obs, problem)
         out = self.runner(image.rgb)
+        if out.nonfinite:
+            return _unusable(obs, f"network output is not finite ({', '.join(out.nonfinite)})")
         measurements, lights = self._measurements(out, image)
         detections = self.tracker.update(obs.t, obs.ego, measurements, in_view=partial(ground_in_view, image))
+        if self.tracker.dropped_nonfinite:
+            return _unusable(obs, f"tracker state is not finite (dropped track {list(self.tracker.dropped_nonfinite)})")
         semantic_small = self._seg_to_tags[out.seg]                                   # (h, w) CARLA tags
         h0, w0 = image.rgb.shape[:2]
         semantic = cv2.resize(semantic_small, (w0, h0), interpolation=cv2.INTER_NEAREST)

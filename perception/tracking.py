@@ -21,6 +21,10 @@ Each track holds x = [px, py, vx, vy] (world frame, [m] and [m/s]) and its covar
   reported once the speed exceeds velocity_sigma times its standard deviation (at rest
   before): two noisy positions of a far box otherwise give a walker metres per second
   towards the road, and the planner brakes for a crossing that is not there.
+- Numerical faults: a track whose state or covariance is no longer finite (a NaN measurement
+  or ego pose got in) is dropped at once, so that it cannot poison association or be
+  reported; its id is in ``dropped_nonfinite`` after the update, and the stage flags such a
+  frame unusable (silently losing a track may hide the object the car is braking for).
 Output: Detection in the ego frame at the update's time, velocity over ground in ego axes.
 """
 
@@ -116,7 +120,7 @@ def _associate(tracks: list[_Track], measured: np.ndarray, noise: np.ndarray, ga
         d = measured - track.state[:2]                                   # (M, 2)
         s_inv = np.linalg.inv(p[None] + noise)                           # (M, 2, 2)
         cost[i] = np.sqrt(np.einsum("mi,mij,mj->m", d, s_inv, d))
-    cost = np.where(cost > gate_sigma, GATED_COST, cost)
+    cost = np.where(cost <= gate_sigma, cost, GATED_COST)  # NaN (a non-finite track) is outside too
     rows, cols = linear_sum_assignment(cost)
     return [(int(r), int(c)) for r, c in zip(rows, cols) if cost[r, c] <= gate_sigma]
 
@@ -132,6 +136,7 @@ class Tracker:
         self._tracks: list[_Track] = []
         self._next_id = 0
         self._t: float | None = None
+        self.dropped_nonfinite: tuple[int, ...] = ()  # ids of tracks dropped by the last update
 
     def update(self, t: float, ego: EgoState, measurements: Sequence[Measurement],
                in_view: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[Detection, ...]:
@@ -159,9 +164,16 @@ class Tracker:
         for i, m in enumerate(measurements):
             if i not in used:
                 self._start(m, world[i], noise[i], ego.yaw)
+        self._drop_nonfinite()
         self._tracks = [tr for tr in self._tracks
                         if tr.misses <= self.config.max_misses and tr.hidden_s <= self.config.hidden_max_s]
         return tuple(self._report(tr, ego) for tr in self._tracks if tr.confirmed)
+
+    def _drop_nonfinite(self) -> None:
+        finite = [bool(np.isfinite(tr.state).all() and np.isfinite(tr.cov).all()) for tr in self._tracks]
+        self.dropped_nonfinite = tuple(tr.track_id for tr, ok in zip(self._tracks, finite) if not ok)
+        if self.dropped_nonfinite:
+            self._tracks = [tr for tr, ok in zip(self._tracks, finite) if ok]
 
     def _predict(self, dt_s: float) -> None:
         models = {kind: _transition(dt_s, std) for kind, std in self.config.accel_std.items()}

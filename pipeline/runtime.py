@@ -15,9 +15,10 @@ deadline; a held perception is moved into the current ego frame, a held plan is 
 to the current pose; with nothing earlier, wait for the late output), or failsafe.
 
 The fail-safe is decided here and nowhere else: a missed budget under `failsafe`, perception
-older than `stale_input_s`, perception that flags its frame unusable, or an ego state that
-is not finite each skip the remaining stages and command `runtime.failsafe_brake`. Stages
-refuse such input rather than brake on their own. The command computed for frame k applies
+older than `stale_input_s`, perception that flags its frame unusable or holds non-finite
+numbers, an ego state that is not finite, or a plan or control that is not finite each skip
+the remaining stages and command `runtime.failsafe_brake`. Stages refuse such input rather
+than brake on their own. The command computed for frame k applies
 from tick k + round(latency / dt) until a newer one replaces it; the latency charged to each
 frame is recorded.
 """
@@ -36,6 +37,7 @@ from stagepilot.core.config import ConfigError, StackConfig
 from stagepilot.pipeline.faults import FaultInjector
 from stagepilot.core.messages import Control, EgoState, Observation, Perception, Plan
 from stagepilot.core.roadmap import RoadMap
+from stagepilot.perception.checks import ego_fault
 from stagepilot.pipeline.records import FrameRecord
 from stagepilot.pipeline.stack import DrivingStack
 from stagepilot.pipeline.trace import ChromeTrace
@@ -119,6 +121,28 @@ def reanchor_plan(plan: Plan, ego: EgoState, t: float) -> Plan:
     x0 = float(np.interp(dt, plan.times, plan.x))
     y0 = float(np.interp(dt, plan.times, plan.y))
     return dataclasses.replace(plan, x=plan.x + (ego.x - x0), y=plan.y + (ego.y - y0))
+
+
+def _finite(*values) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+def perception_is_finite(perception: Perception) -> bool:
+    """Every detection's numbers, the stop line and the lane boundaries are finite."""
+    for det in perception.detections:
+        if not _finite(det.score, det.yaw, *det.position, *det.extent, *det.velocity):
+            return False
+    light = perception.traffic_light
+    if light is not None and not _finite(*light.stop_line):
+        return False
+    road = perception.road
+    lines = () if road is None else (road.left_boundary, road.right_boundary)
+    return all(np.isfinite(line).all() for line in lines if line is not None)
+
+
+def plan_is_finite(plan: Plan) -> bool:
+    """Every sample of the trajectory (times, x, y, yaw, v, a, curvature) is finite."""
+    return all(np.isfinite(a).all() for a in (plan.times, plan.x, plan.y, plan.yaw, plan.v, plan.a, plan.curvature))
 
 
 class StagedRuntime:
@@ -216,7 +240,12 @@ class StagedRuntime:
         """Stage `name` on `args`, starting at sim time `start`: (output, ready time, fail-safe reason)."""
         output, wall_s, latency_s = self._timed(name, frame, getattr(self.stack, name).step, *args)
         measured[name] = wall_s * 1e3
-        return self._settle(name, output, latency_s, start, frame, misses, held)
+        used, ready_t, failsafe = self._settle(name, output, latency_s, start, frame, misses, held)
+        fault = self._output_fault(used)
+        if fault is None:
+            return used, ready_t, failsafe
+        # Never keep (or hold later) a broken output: the frame records the last good one.
+        return (self._last_plan if name == "planner" else self._last_control), ready_t, failsafe or fault
 
     def _settle(self, name: str, output, latency_s: float, start: float, frame: int, misses: list[str], held):
         """The stage's miss policy applied to an output that took `latency_s` from `start`:
@@ -241,16 +270,28 @@ class StagedRuntime:
         return None if self._last_plan is None else reanchor_plan(self._last_plan, ego, t)
 
     def _input_fault(self, obs: Observation, perception: Perception, when: float) -> str | None:
-        """Why the planner cannot use this frame: stale or unusable perception, or an ego
-        state that is not finite. None when it can."""
+        """Why the planner cannot use this frame: stale or unusable perception, an ego state
+        that is not finite, or perception with non-finite numbers. None when it can."""
         age = when - perception.t
         if age > self.runtime.stale_input_s + 1e-9:
             return f"stale input: perception is {age * 1e3:.0f} ms old"
         if not perception.usable:
             return f"unusable input: {perception.reason}"
-        ego = obs.ego
-        if not all(math.isfinite(v) for v in (ego.x, ego.y, ego.yaw, ego.speed, ego.yaw_rate, ego.steer_angle, ego.accel)):
-            return "unusable input: the ego state is not finite"
+        problem = ego_fault(obs.ego)
+        if problem is not None:
+            return f"unusable input: {problem}"
+        if not perception_is_finite(perception):
+            return "unusable input: perception is not finite"
+        return None
+
+    @staticmethod
+    def _output_fault(output: Plan | Control | None) -> str | None:
+        """Why a planner's or controller's output cannot be used: a plan with a non-finite
+        sample, or a control with a non-finite steer, throttle or brake. None when it can."""
+        if isinstance(output, Plan) and not plan_is_finite(output):
+            return "unusable output: plan is not finite"
+        if isinstance(output, Control) and not _finite(output.steer, output.throttle, output.brake):
+            return "unusable output: control is not finite"
         return None
 
     def _failsafe(self, frame: int, reason: str) -> Control:
