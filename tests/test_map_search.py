@@ -15,7 +15,7 @@ import yaml
 from stagepilot.core.maps import CARLA_OPENDRIVE, MAPS_ENV, PROJECT_MAPS, find_map
 from stagepilot.core.roadmap import MapError
 from stagepilot.pipeline.cli import main
-from stagepilot.sim.scenario import Scenario, load_scenario
+from stagepilot.sim.scenario import SCENARIO_DIR, Scenario, load_scenario
 from stagepilot.sim.world import EmbeddedSimulator
 
 from conftest import ROOT, shared_map
@@ -111,3 +111,17 @@ def test_scenario_yaml_names_the_towns_not_a_folder():
     for name, town in (("town01_route", "Town01"), ("town02_route", "Town02")):
         data = yaml.safe_load((ROOT / "configs" / "scenarios" / f"{name}.yaml").read_text())
         assert data["map"] == town and "shared" not in json.dumps(data)
+
+
+def test_sim_list_outside_the_project_lists_every_scenario_and_says_which_cannot_load(tmp_path):
+    """Run from another folder with no map search path: every scenario is listed, the towns
+    it cannot find are marked with the reason, and the exit status is 0."""
+    env = {k: v for k, v in os.environ.items() if k not in ("STAGEPILOT_MAPS", "CARLA_ROOT")}
+    done = subprocess.run([sys.executable, "-m", "stagepilot.pipeline.cli", "sim", "list"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr
+    lines = {line.split()[0]: line for line in done.stdout.splitlines()}
+    shipped = {path.stem for path in SCENARIO_DIR.glob("*.yaml")}
+    assert set(lines) == shipped
+    assert "(cannot run here)" in lines["town01_route"] and "Town01.xodr" in lines["town01_route"]
+    assert "(cannot run here)" not in lines["town_loop"]
