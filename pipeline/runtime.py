@@ -18,9 +18,9 @@ The fail-safe is decided here and nowhere else: a missed budget under `failsafe`
 older than `stale_input_s`, perception that flags its frame unusable or holds non-finite
 numbers, an ego state that is not finite, or a plan or control that is not finite each skip
 the remaining stages and command `runtime.failsafe_brake`. Stages refuse such input rather
-than brake on their own. The command computed for frame k applies
-from tick k + round(latency / dt) until a newer one replaces it; the latency charged to each
-frame is recorded.
+than brake on their own. The command computed for frame k applies from tick
+k + round(latency / dt) until a newer one replaces it; the latency charged to each frame is
+recorded.
 """
 
 from __future__ import annotations
