@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 drive: $(STAMP)
-	$(BIN)/stagepilot drive --scenario $(SCENARIO) --out $(OUT)
+	$(BIN)/stagepilot drive --scenario $(SCENARIO) --out $(OUT) --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
