@@ -65,8 +65,11 @@ def _complete_run(out) -> dict:
 ], ids=["SIGTERM", "SIGHUP", "double-SIGINT"])
 def test_a_signal_ends_the_drive_with_a_complete_run_folder(tmp_path, signals, status):
     out = tmp_path / "run"
+    started = time.monotonic()
     proc = _start(out, "scenario.duration_s=30")
     _wait_until_under_way(proc, out)
+    time.sleep(max(0.0, 5.0 - (time.monotonic() - started)))  # 5 s into the drive
+    assert proc.poll() is None, "the drive ended before the signal"
     for i, signum in enumerate(signals):
         if i:
             time.sleep(0.3)
