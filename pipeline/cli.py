@@ -16,6 +16,7 @@ Trailing `key.path=value` arguments override the stack config; those that start 
 from __future__ import annotations
 
 import argparse
+import os
 import math
 import signal
 import sys
@@ -243,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, MapError) as exc:
         print(f"stagepilot: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `stagepilot sim list | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except OSError as exc:  # an unwritable output folder, a full disk
         print(f"stagepilot: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 1

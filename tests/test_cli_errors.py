@@ -68,3 +68,12 @@ def test_a_bad_argument_is_one_line_naming_it(tmp_path, args, expected):
     assert "Traceback" not in done.stderr
     [line] = done.stderr.splitlines()
     assert expected in line
+
+
+def test_a_listing_cut_short_by_its_reader_is_no_error():
+    """`stagepilot sim list | head -1`: the closed pipe ends the listing quietly."""
+    command = f"{sys.executable} -m stagepilot.pipeline.cli sim list | head -1"
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert len(done.stdout.splitlines()) == 1
+    assert done.stderr == "" and done.returncode == 0
