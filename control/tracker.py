@@ -5,12 +5,12 @@ t is the current sim time [s]; the plan's times are relative to plan.t.
 
 from __future__ import annotations
 
-import math
 from typing import Protocol
 
 from stagepilot.control.geometry import VehicleGeometry
 from stagepilot.control.longitudinal import LongitudinalPid
 from stagepilot.control.reference import PlanReference
+from stagepilot.core.finite import ego_is_finite
 from stagepilot.core.messages import Control, EgoState, Plan
 
 
@@ -23,8 +23,7 @@ class LateralLaw(Protocol):
 def check_inputs(ego: EgoState, plan: Plan) -> None:
     """A controller tracks a finite ego state along a plan with samples; anything else is a
     broken contract (the runtime fails safe before it calls a controller with such input)."""
-    numbers = (ego.x, ego.y, ego.yaw, ego.speed, ego.steer_angle, ego.accel)
-    if not all(math.isfinite(v) for v in numbers):
+    if not ego_is_finite(ego):
         raise ValueError(f"controller: the ego state is not finite: {ego}")
     if len(plan.times) == 0:
         raise ValueError(f"controller: the plan of frame {plan.frame} has no samples")

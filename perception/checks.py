@@ -8,12 +8,11 @@ place anything in the world (``ego_fault``); the runtime asks the same question 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import math
 
 import numpy as np
 
+from stagepilot.core.finite import ego_is_finite
 from stagepilot.core.messages import EgoState, Observation
 
 MOVING_MPS = 0.5  # above this the image must change between frames
@@ -22,9 +21,7 @@ BLANK_STD = 0.5  # [grey levels] a frame with less contrast than this carries no
 
 def ego_fault(ego: EgoState) -> str | None:
     """Why the measured ego state cannot place anything (a NaN or infinite number), or None."""
-    if all(math.isfinite(getattr(ego, f.name)) for f in dataclasses.fields(ego)):
-        return None
-    return "the ego state is not finite"
+    return None if ego_is_finite(ego) else "the ego state is not finite"
 
 
 class FrameCheck:

@@ -35,14 +35,16 @@ import numpy as np
 
 from stagepilot.core.config import ConfigError, StackConfig
 from stagepilot.pipeline.faults import FaultInjector
+from stagepilot.core.finite import control_is_finite, ego_is_finite, perception_is_finite, plan_is_finite
 from stagepilot.core.messages import Control, EgoState, Observation, Perception, Plan
 from stagepilot.core.roadmap import RoadMap
-from stagepilot.perception.checks import ego_fault
 from stagepilot.pipeline.records import FrameRecord
 from stagepilot.pipeline.stack import DrivingStack
 from stagepilot.pipeline.trace import ChromeTrace
 
 STAGES = ("perception", "planner", "controller")
+OUTPUT_IS_FINITE = {"planner": plan_is_finite, "controller": control_is_finite}
+OUTPUT_NAME = {"planner": "plan", "controller": "control"}
 NO_COMMAND = Control(brake=1.0)  # the actuators before the first command arrives: parked
 
 
@@ -121,28 +123,6 @@ def reanchor_plan(plan: Plan, ego: EgoState, t: float) -> Plan:
     x0 = float(np.interp(dt, plan.times, plan.x))
     y0 = float(np.interp(dt, plan.times, plan.y))
     return dataclasses.replace(plan, x=plan.x + (ego.x - x0), y=plan.y + (ego.y - y0))
-
-
-def _finite(*values) -> bool:
-    return all(math.isfinite(v) for v in values)
-
-
-def perception_is_finite(perception: Perception) -> bool:
-    """Every detection's numbers, the stop line and the lane boundaries are finite."""
-    for det in perception.detections:
-        if not _finite(det.score, det.yaw, *det.position, *det.extent, *det.velocity):
-            return False
-    light = perception.traffic_light
-    if light is not None and not _finite(*light.stop_line):
-        return False
-    road = perception.road
-    lines = () if road is None else (road.left_boundary, road.right_boundary)
-    return all(np.isfinite(line).all() for line in lines if line is not None)
-
-
-def plan_is_finite(plan: Plan) -> bool:
-    """Every sample of the trajectory (times, x, y, yaw, v, a, curvature) is finite."""
-    return all(np.isfinite(a).all() for a in (plan.times, plan.x, plan.y, plan.yaw, plan.v, plan.a, plan.curvature))
 
 
 class StagedRuntime:
@@ -241,11 +221,11 @@ class StagedRuntime:
         output, wall_s, latency_s = self._timed(name, frame, getattr(self.stack, name).step, *args)
         measured[name] = wall_s * 1e3
         used, ready_t, failsafe = self._settle(name, output, latency_s, start, frame, misses, held)
-        fault = self._output_fault(used)
-        if fault is None:
+        if OUTPUT_IS_FINITE[name](used):
             return used, ready_t, failsafe
         # Never keep (or hold later) a broken output: the frame records the last good one.
-        return (self._last_plan if name == "planner" else self._last_control), ready_t, failsafe or fault
+        last_good = self._last_plan if name == "planner" else self._last_control
+        return last_good, ready_t, failsafe or f"unusable output: {OUTPUT_NAME[name]} is not finite"
 
     def _settle(self, name: str, output, latency_s: float, start: float, frame: int, misses: list[str], held):
         """The stage's miss policy applied to an output that took `latency_s` from `start`:
@@ -277,22 +257,12 @@ class StagedRuntime:
             return f"stale input: perception is {age * 1e3:.0f} ms old"
         if not perception.usable:
             return f"unusable input: {perception.reason}"
-        problem = ego_fault(obs.ego)
-        if problem is not None:
-            return f"unusable input: {problem}"
+        if not ego_is_finite(obs.ego):
+            return "unusable input: the ego state is not finite"
         if not perception_is_finite(perception):
             return "unusable input: perception is not finite"
         return None
 
-    @staticmethod
-    def _output_fault(output: Plan | Control | None) -> str | None:
-        """Why a planner's or controller's output cannot be used: a plan with a non-finite
-        sample, or a control with a non-finite steer, throttle or brake. None when it can."""
-        if isinstance(output, Plan) and not plan_is_finite(output):
-            return "unusable output: plan is not finite"
-        if isinstance(output, Control) and not _finite(output.steer, output.throttle, output.brake):
-            return "unusable output: control is not finite"
-        return None
 
     def _failsafe(self, frame: int, reason: str) -> Control:
         """The one fail-safe command: a bounded emergency stop at `runtime.failsafe_brake`."""
