@@ -124,8 +124,9 @@ def _drive(config, scenario, sim, observers, on_frame, max_time_s, show_progress
             observer.frame(obs, record)
         if on_frame is not None:
             on_frame(obs, record)
-        bar.update(1)
-        bar.set_postfix_str(_progress_line(obs, record, runtime), refresh=False)
+        if show_progress:  # the line is built only for a bar that shows it
+            bar.update(1)
+            bar.set_postfix_str(_progress_line(obs, record, runtime), refresh=False)
         signals.stop_if_received()  # between whole frames: the video, records and series agree
 
     stopped_by, error = None, None
