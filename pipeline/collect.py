@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import shlex
-import subprocess
 import sys
 import multiprocessing
 from collections.abc import Iterable
@@ -36,12 +35,12 @@ from stagepilot.core.config import ConfigError, StackConfig
 from stagepilot.core.maps import PROJECT_MAPS, find_map
 from stagepilot.core.roadmap import MapError
 from stagepilot.pipeline.collect_scenes import SceneJob, sample_scenario
+from stagepilot.pipeline.provenance import git_state
 from stagepilot.sim.follower import make_follower
 from stagepilot.sim.render.camera import CameraSpec
 from stagepilot.sim.render.renderer import OUTLINE_MARGIN_PX
 from stagepilot.sim.world import EmbeddedSimulator
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_MAPS = ("straight", "curvy", "junction", "town")  # the project's own maps (configs/maps)
 # CARLA's Town01 trains too when the map search path holds it: without a real town the network
 # learned the project maps' road markings and kerbs and lost half its road-line IoU on Town02.
@@ -197,14 +196,6 @@ def _run_jobs(jobs: list[SceneJob], frames: int, workers: int, show_progress: bo
 # ---------------------------------------------------------------- the dataset
 
 
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
 def _camera(config: StackConfig) -> dict[str, Any]:
     cam = config.sim.cameras.get(CAMERA)
     if cam is None:
@@ -240,8 +231,7 @@ def collect_dataset(config: StackConfig, out: Path, frames: int, split: str = "b
     up in `maps_dirs` (`--maps`) first, then on the rest of the map search path."""
     _check(out, seed, val_fraction, interval_s)
     camera = _camera(config)
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain") if commit else None  # before we write anything
+    git = git_state()  # before we write anything
     counts = split_frames(frames, split, val_fraction)
     common = {"interval_s": interval_s, "out": out, "config": config, "image_format": image_format, "depth": depth}
     plans = {name: plan_scenes(name, n, frames_per_scene, seed, maps_dirs, **common) for name, n in counts.items()}
@@ -249,7 +239,7 @@ def collect_dataset(config: StackConfig, out: Path, frames: int, split: str = "b
     results = _run_jobs(jobs, frames, workers, show_progress)
     manifest = {
         "stagepilot_version": __version__,
-        "git": {"commit": commit, "dirty": None if status is None else bool(status)},
+        "git": git,
         "command": command or shlex.join(sys.argv),
         "seed": seed,
         "frames": counts,

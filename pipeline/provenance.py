@@ -41,10 +41,15 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def run_info(config: StackConfig, scenario, started: datetime.datetime) -> dict[str, Any]:
-    """Everything needed to reproduce the run: config hash, seeds, code and library versions."""
+def git_state() -> dict[str, Any]:
+    """The project's commit and whether its working tree differs from it (None outside git)."""
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain") if commit else None
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def run_info(config: StackConfig, scenario, started: datetime.datetime) -> dict[str, Any]:
+    """Everything needed to reproduce the run: config hash, seeds, code and library versions."""
     return {
         "config_hash": config_hash(config),
         "scenario": {"name": scenario.name, "source": scenario.source, "seed": scenario.seed,
@@ -58,7 +63,7 @@ def run_info(config: StackConfig, scenario, started: datetime.datetime) -> dict[
             "opencv": _version("opencv-python", "opencv-python-headless", "opencv-contrib-python") or cv2.__version__,
             "carla": _version("carla"),
         },
-        "git": {"commit": commit, "dirty": None if status is None else bool(status)},
+        "git": git_state(),
         "started": started.isoformat(timespec="seconds"),
         "host": socket.gethostname(),
         "argv": sys.argv,
