@@ -23,9 +23,18 @@ class ResultsError(Exception):
 # ---------------------------------------------------------------- machine
 
 
+def cpu_path(flags: list[str]) -> str:
+    """What the CPU offers the network: native bf16 (AVX-512 BF16 or AMX), or AVX2 only."""
+    if {"amx_bf16", "avx512_bf16"} & set(flags):
+        return "bf16 (" + " + ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) + ")"
+    return "AVX2 only, no bf16" if "avx2" in flags else "no AVX2"
+
+
 def machine_label(machine: dict) -> str:
-    """'AMD EPYC, 2 cores' (+ ', GPU NAME')."""
+    """'AMD EPYC, 2 cores, bf16 (avx512_bf16)' (+ ', GPU NAME')."""
     label = f"{machine['cpu']}, {machine['cores']} cores" if machine.get("cores") else machine["cpu"]
+    if machine.get("flags") is not None:
+        label += f", {cpu_path(machine['flags'])}"
     return label + (f", {machine['gpu']}" if machine.get("gpu") else "")
 
 
