@@ -49,6 +49,9 @@ class CameraConfig(Strict):
     roll_deg: float = Field(0.0, ge=-360.0, le=360.0)
     pitch_deg: float = Field(0.0, ge=-45.0, le=45.0)  # positive looks down
     yaw_deg: float = Field(0.0, ge=-360.0, le=360.0)
+    # How the camera sends its frames (core/camera.py); the stack sees the decoded frame.
+    stream: Literal["jpeg", "png"] = "jpeg"
+    jpeg_quality: int = Field(90, ge=50, le=100)
 
 
 class RenderConfig(Strict):

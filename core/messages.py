@@ -64,7 +64,9 @@ class CameraImage:
     (row r, column c) at (c, r)); a camera whose K counts pixel centres at c + 0.5 converts at its
     boundary (its principal point moves by -0.5 px on both axes). T_ego_cam: (4, 4) pose of the
     camera in the ego frame, mapping camera-frame points (OpenCV: x right, y down, z forward) to
-    ego frame. 2D boxes count pixel edges, half a pixel from K's coordinates: see
+    ego frame. encoded: the frame as the camera sent it (``encoding`` jpeg or png; core/camera.py),
+    of which ``rgb`` is the decoded image; None for a frame that never went over a camera link
+    (or that a fault changed after it arrived). 2D boxes count pixel edges, half a pixel from K's coordinates: see
     perception/geometry.py. outline_margin_px: how far this
     camera's silhouettes reach past an object's true outline (the embedded renderer's
     OUTLINE_MARGIN_PX; 0 for a camera that samples pixel centres), so that boxes drawn around
@@ -76,6 +78,8 @@ class CameraImage:
     K: np.ndarray
     T_ego_cam: np.ndarray
     outline_margin_px: float = 0.0
+    encoded: bytes | None = None
+    encoding: str = ""
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ class RoadMap:
             raise MapError(f"{source}: carla could not build the map ({exc})") from None
         self.name = name
         self.source = source
+        self.xodr_text = xodr_text  # kept so that a recording can carry its map
         topology = self.carla_map.get_topology()
         if not topology:
             raise MapError(f"{source}: the map has no drivable lanes")

@@ -1,6 +1,11 @@
 """The `stagepilot` command line.
 
-    stagepilot drive [--scenario NAME] [--time-model budget] [--out DIR] [key.path=value ...]
+    stagepilot drive [--scenario NAME] [--time-model budget] [--out DIR] [--no-record] [--live] [key.path=value ...]
+    stagepilot replay RECORDING [--stages perception,planner,controller] [--report DIR] [key.path=value ...]
+    stagepilot replay RECORDING --resim [--report DIR] [key.path=value ...]
+    stagepilot replay --update-golden RECORDING ...
+    stagepilot recording info FILE
+    stagepilot recording export FILE --frames A:B --out DIR
     stagepilot sim render --scenario NAME --out DIR [key.path=value ...]
     stagepilot sim list
     stagepilot bench sim|plan|control|perception --json
@@ -25,7 +30,9 @@ from pathlib import Path
 from stagepilot import __version__
 from stagepilot.core.config import ConfigError
 from stagepilot.core.roadmap import MapError
+from stagepilot.pipeline.codec import RecordingError
 from stagepilot.pipeline import commands as handlers
+from stagepilot.pipeline import commands_replay as replay_handlers
 from stagepilot.pipeline.interrupts import exit_status
 
 
@@ -96,9 +103,54 @@ def build_parser() -> argparse.ArgumentParser:
     drive.add_argument("--overwrite", action="store_true",
                        help="let --out name a folder that holds a run; its run files are replaced")
     drive.add_argument("--quiet", action="store_true", help="no progress line")
+    drive.add_argument("--no-record", action="store_true",
+                       help="do not write drive.mcap (the recording that `stagepilot replay` and Foxglove open)")
+    drive.add_argument("--live", action="store_true",
+                       help="stream the drive to Foxglove over a WebSocket on localhost while it runs")
+    drive.add_argument("--live-port", type=int, default=8765, metavar="PORT",
+                       help="port of the --live WebSocket server (default: 8765; 0 picks a free one)")
     _add_maps_arg(drive)
     _add_stack_args(drive)
     drive.set_defaults(handler=handlers.drive)
+
+    replay = commands.add_parser(
+        "replay", help="replay a recorded drive, stage by stage, as a regression test",
+        description="Feed each chosen stage the recorded inputs of every frame, in order, through the real stage "
+        "classes built from the recorded config (trailing key.path=value overrides on top), and compare its "
+        "outputs with the recorded ones under the tolerances of configs/replay.yaml. Prints the first divergence "
+        "per stage and a summary table. --resim drives the recorded scenario again, closed loop, and says where "
+        "the drives part. --update-golden rewrites the recordings' reference outputs with what the stages give "
+        "now. Exit status: 0 everything matches, 1 a regression, 2 bad input (a recording cut short replays up "
+        "to the cut and exits 2).")
+    replay.add_argument("items", nargs="*", metavar="RECORDING|key.path=value",
+                        help="a drive.mcap (or a run folder holding one), then overrides of the recorded config")
+    replay.add_argument("--stages", default="perception,planner,controller",
+                        help="comma-separated stages to replay (default: all three)")
+    replay.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="stack YAML laid over the recorded config (repeatable)")
+    replay.add_argument("--tolerances", action="append", default=[], metavar="FILE",
+                        help="tolerance YAML laid over configs/replay.yaml (repeatable)")
+    replay.add_argument("--exact", action="store_true", help="every tolerance zero: outputs must be bitwise equal")
+    replay.add_argument("--report", type=Path, default=None, metavar="DIR",
+                        help="write a diff report: report.md, differences.png, side_by_side.mp4")
+    replay.add_argument("--resim", action="store_true",
+                        help="closed-loop re-simulation with the recorded scenario, seed and config")
+    replay.add_argument("--update-golden", action="store_true",
+                        help="replace the recordings' reference outputs with the outputs now, and say what changed")
+    replay.add_argument("--quiet", action="store_true", help="no progress bar")
+    replay.set_defaults(handler=replay_handlers.replay)
+
+    recording = commands.add_parser("recording", help="inspect or export a drive recording (drive.mcap)")
+    recording_commands = recording.add_subparsers(dest="recording_command", metavar="SUBCOMMAND", required=True)
+    info = recording_commands.add_parser("info", help="channels, duration, frames, config hash and versions")
+    info.add_argument("file", type=Path, help="a drive.mcap")
+    info.set_defaults(handler=replay_handlers.recording_info)
+    export_frames = recording_commands.add_parser(
+        "export", help="frames as PNG (camera, segmentation) and JSON (ego, detections, plan, control)")
+    export_frames.add_argument("file", type=Path, help="a drive.mcap")
+    export_frames.add_argument("--frames", required=True, metavar="A:B", help="frame numbers A to B, inclusive")
+    export_frames.add_argument("--out", required=True, type=Path, help="output folder")
+    export_frames.set_defaults(handler=replay_handlers.recording_export)
 
     sim = commands.add_parser("sim", help="the embedded simulator", description="Work with the embedded simulator.")
     sim_commands = sim.add_subparsers(dest="sim_command", metavar="SUBCOMMAND", required=True)
@@ -238,10 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "command", None) == "replay" and not any(e.startswith("-") for e in extra):
+        args.items += extra  # `replay REC --quiet key=value`: recordings and overrides around the options
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.handler(args)
-    except (ConfigError, MapError) as exc:
+    except (ConfigError, MapError, RecordingError) as exc:
         print(f"stagepilot: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `stagepilot sim list | head`: the reader has all it wanted

@@ -200,7 +200,7 @@ def _camera(config: StackConfig) -> dict[str, Any]:
     cam = config.sim.cameras.get(CAMERA)
     if cam is None:
         raise ConfigError(f"sim.cameras: collect needs a camera named {CAMERA!r}")
-    spec = CameraSpec(name=CAMERA, **cam.model_dump())
+    spec = CameraSpec(name=CAMERA, **cam.model_dump(exclude={"stream", "jpeg_quality"}))
     return dataset.camera_record(CAMERA, spec.width, spec.height, spec.K, spec.T_ego_cam, OUTLINE_MARGIN_PX)
 
 

@@ -44,11 +44,19 @@ def drive(args) -> int:
     config = load_stack(args.config, stack_overrides)
     scenario = load_scenario(args.scenario, scenario_overrides, args.maps)
     out_dir = _run_dir(args.out, args.overwrite, scenario.name)
-    result = drive(config, scenario, observers=(RunWriter(out_dir, config, scenario),),
-                   show_progress=not args.quiet, stop_on_signals=True)
+    observers = [RunWriter(out_dir, config, scenario)]
+    if not args.no_record:
+        from stagepilot.pipeline.recorder import Recorder
+
+        observers.append(Recorder(out_dir / "drive.mcap", config, scenario))
+    if args.live:
+        observers.append(_live_view(config, args.live_port))
+    result = drive(config, scenario, observers=tuple(observers), show_progress=not args.quiet, stop_on_signals=True)
     outcome = result.outcome
     print(f"run folder: {out_dir}")
     print(f"video: {out_dir / 'video.mp4'}")
+    if not args.no_record:
+        print(f"recording: {out_dir / 'drive.mcap'} (stagepilot replay, or open it in Foxglove)")
     print(f"outcome: completed={outcome['completed']} collisions={outcome['collisions']} "
           f"red_lights={outcome['red_lights']} failsafe_frames={outcome['failsafe_frames']}")
     if result.stop_signal is None:
@@ -61,6 +69,19 @@ def drive(args) -> int:
         print(f"stagepilot: {name} while writing the run folder; the drive and its run folder are complete",
               file=sys.stderr)
     return exit_status(result.stop_signal)
+
+
+def _live_view(config, port: int):
+    from stagepilot.pipeline.live import LiveView
+
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--live-port {port}: expected a port number from 0 to 65535")
+    vehicle = config.vehicle
+    view = LiveView(next(iter(config.sim.cameras), "front"), vehicle.length_m, vehicle.width_m,
+                    vehicle.rear_overhang_m, port=port)
+    print("live: open Foxglove, then Open connection -> Foxglove WebSocket -> the URL it prints when the drive starts",
+          file=sys.stderr)
+    return view
 
 
 def render(args) -> int:

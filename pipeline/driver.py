@@ -142,8 +142,14 @@ def _drive(config, scenario, sim, observers, on_frame, max_time_s, show_progress
         result = _result(config, scenario, sim, runtime, series, np.asarray(obs.route.points, float),
                          _outcome(sim, runtime, stopped_by, error), stopped_by is not None)
         with SignalHold(redeliver=True):  # a second Ctrl-C waits until every output is written
-            for observer in observers:
-                observer.end(result)
+            failures = []
+            for observer in observers:  # each finishes its outputs, whatever another one did
+                try:
+                    observer.end(result)
+                except Exception as exc:
+                    failures.append(exc)
+            if failures and error is None:
+                raise failures[0]
         result.stop_signal = stopped_by if stopped_by is not None else signals.first
     return result
 

@@ -45,12 +45,13 @@ class FaultInjector:
             if _active(c.frozen_camera_from_s, t):
                 image = self._frozen.setdefault(name, image)
             elif _active(c.nan_images_from_s, t):
-                image = dataclasses.replace(image, rgb=np.full(image.rgb.shape, np.nan, np.float32))
+                image = dataclasses.replace(image, rgb=np.full(image.rgb.shape, np.nan, np.float32), encoded=None)
             elif _active(c.blank_images_from_s, t):
-                image = dataclasses.replace(image, rgb=np.zeros_like(image.rgb))
+                image = dataclasses.replace(image, rgb=np.zeros_like(image.rgb), encoded=None)
             elif c.image_noise_std:
                 noise = self.rng.normal(0.0, c.image_noise_std, image.rgb.shape)
-                image = dataclasses.replace(image, rgb=np.clip(image.rgb + noise, 0, 255).astype(np.uint8))
+                image = dataclasses.replace(image, rgb=np.clip(image.rgb + noise, 0, 255).astype(np.uint8),
+                                            encoded=None)
             cameras[name] = image
         truth = obs.ground_truth
         if _active(c.frozen_camera_from_s, t) and truth is not None:

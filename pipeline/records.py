@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from stagepilot.core.messages import Control, EgoState, Event, Perception, Plan
 
@@ -22,7 +23,10 @@ class FrameRecord:
     charged_delay_s: float  # sensor-to-actuator latency the time model charged [s]
     misses: tuple[str, ...] = ()  # e.g. "planner: 23.1 ms > 15 ms budget (hold)"
     failsafe: str | None = None  # why the fail-safe was active, None when it was not
-
+    # Each stage that ran this frame: name -> (its input arguments, its output as it returned
+    # it, before any miss policy). Observers see it (a recording is made of it); the runtime's
+    # kept records drop it.
+    calls: dict[str, tuple[tuple, Any]] = field(default_factory=dict)
 
 
 def frame_events(obs, record: FrameRecord) -> list[Event]:

@@ -188,8 +188,9 @@ class StagedRuntime:
     def decide(self, obs: Observation, perceived: tuple) -> FrameRecord:
         """Planner and controller for one frame, given its perception result. Each stage's
         output goes through its miss policy once (`_settle`); any fault ends in `_failsafe`."""
-        _, perception, p_measured, p_latency = perceived
+        seen, perception, p_measured, p_latency = perceived
         t, ego, frame = obs.t, obs.ego, obs.frame
+        calls = {"perception": ((seen,), perception)}
         self._ready = [*self._ready[-63:], _Ready(perception, t, t + p_latency, ego)]
         misses: list[str] = []
         measured = {"perception": p_measured * 1e3}
@@ -198,10 +199,10 @@ class StagedRuntime:
         failsafe = failsafe or self._input_fault(obs, used, max(ready_t, t))
         plan, control = self._last_plan, self._last_control
         if failsafe is None:
-            plan, ready_t, failsafe = self._run("planner", frame, ready_t, misses, measured,
+            plan, ready_t, failsafe = self._run("planner", frame, ready_t, misses, measured, calls,
                                                 (ego, obs.route, used, t), lambda due: self._held_plan(ego, t))
         if failsafe is None:
-            control, ready_t, failsafe = self._run("controller", frame, ready_t, misses, measured,
+            control, ready_t, failsafe = self._run("controller", frame, ready_t, misses, measured, calls,
                                                    (ego, plan, t), lambda due: self._last_control)
         if failsafe is None:
             self._last_plan = plan
@@ -211,15 +212,19 @@ class StagedRuntime:
         delay_s = self._schedule_command(frame, t, ready_t, control)
         record = FrameRecord(t=t, frame=frame, ego=ego, control=control, plan=plan, perception=used,
                              events=obs.events, stage_ms=measured, charged_delay_s=delay_s,
-                             misses=tuple(misses), failsafe=failsafe)
-        # Keep the log light: the semantic mask and the road surface go to observers, not the records.
-        self.records.append(dataclasses.replace(record, perception=dataclasses.replace(used, semantic=None, road=None)))
+                             misses=tuple(misses), failsafe=failsafe, calls=calls)
+        # Keep the log light: the semantic mask, the road surface and the stage calls go to
+        # observers, not the records.
+        self.records.append(dataclasses.replace(record, perception=dataclasses.replace(used, semantic=None, road=None),
+                                                calls={}))
         return record
 
-    def _run(self, name: str, frame: int, start: float, misses: list[str], measured: dict, args: tuple, held):
+    def _run(self, name: str, frame: int, start: float, misses: list[str], measured: dict, calls: dict,
+             args: tuple, held):
         """Stage `name` on `args`, starting at sim time `start`: (output, ready time, fail-safe reason)."""
         output, wall_s, latency_s = self._timed(name, frame, getattr(self.stack, name).step, *args)
         measured[name] = wall_s * 1e3
+        calls[name] = (args, output)
         used, ready_t, failsafe = self._settle(name, output, latency_s, start, frame, misses, held)
         if OUTPUT_IS_FINITE[name](used):
             return used, ready_t, failsafe

@@ -41,7 +41,7 @@ def default_run_dir(root: Path, scenario_name: str, now: datetime.datetime | Non
     return path
 
 
-RUN_FILES = ("config.yaml", "run.json", "video.mp4", "metrics.json", "trace.json", "summary.png")
+RUN_FILES = ("config.yaml", "run.json", "video.mp4", "metrics.json", "trace.json", "summary.png", "drive.mcap")
 
 
 def claim_run_dir(path: Path, overwrite: bool = False) -> Path:

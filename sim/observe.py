@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from stagepilot.core.camera import decode_frame, encode_frame
 from stagepilot.core.messages import (
     Box2D,
     CameraImage,
@@ -86,8 +87,10 @@ def build_observation(sim, events: tuple, render: bool = True) -> Observation:
         outputs = sim.sensors.render((ego.x, ego.y, ego.yaw), dynamic, sim.frame)
         for name, out in outputs.items():
             spec = sim.sensors.specs[name]
-            cameras[name] = CameraImage(name=name, rgb=out.rgb, K=spec.K, T_ego_cam=spec.T_ego_cam,
-                                        outline_margin_px=OUTLINE_MARGIN_PX)
+            link = sim.config.sim.cameras[name]
+            encoded = encode_frame(out.rgb, link.stream, link.jpeg_quality)
+            cameras[name] = CameraImage(name=name, rgb=decode_frame(encoded), K=spec.K, T_ego_cam=spec.T_ego_cam,
+                                        outline_margin_px=OUTLINE_MARGIN_PX, encoded=encoded, encoding=link.stream)
             semantic[name] = out.semantic
             depth[name] = out.depth
             if sim.config.sim.ground_truth:

@@ -52,7 +52,7 @@ class SensorSuite:
             road_map, scenario.seed, render.ground_resolution_m, render.scenery)
         self.lighting = lighting_for(scenario.weather, rng)
         self.specs = {
-            name: CameraSpec(name=name, **cam.model_dump()) for name, cam in config.sim.cameras.items()
+            name: CameraSpec(name=name, **cam.model_dump(exclude={"stream", "jpeg_quality"})) for name, cam in config.sim.cameras.items()
         }
         self.renderers = {name: CameraRenderer(spec, self.ground, self.statics, max_distance_m=render.view_distance_m)
                           for name, spec in self.specs.items()}
