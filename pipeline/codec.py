@@ -101,38 +101,72 @@ def _special(data: Any) -> Any:
 
 def from_plain(data: Any, hint: Any, where: str = "") -> Any:
     """`data` (from `to_plain`) as a value of type `hint`."""
-    data = _special(data)
-    if not isinstance(data, (dict, list)) or hint is Any:
-        return data
+    try:
+        return _decoder(hint)(data)
+    except IncompatibleMessage as exc:
+        raise IncompatibleMessage(f"{where}: {exc}" if where else str(exc)) from None
+
+
+def _leaf(data: Any) -> Any:
+    return _special(data) if isinstance(data, dict) else data
+
+
+@lru_cache(maxsize=None)
+def _decoder(hint: Any):
+    """A function that decodes plain data into `hint`, built once per type."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (Union, types.UnionType):
         options = [a for a in args if a is not type(None)]
         if len(options) != 1:
-            raise IncompatibleMessage(f"{where}: cannot tell which of {hint} the recording holds")
-        return from_plain(data, options[0], where)
+            raise IncompatibleMessage(f"cannot tell which of {hint} the recording holds")
+        inner = _decoder(options[0])
+        return lambda data: None if data is None else inner(data)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        if not isinstance(data, dict):
-            raise IncompatibleMessage(f"{where}: expected a {hint.__name__} object")
-        hints = _hints(hint)
-        unknown = sorted(set(data) - set(hints))
-        if unknown:
-            raise IncompatibleMessage(f"{where or hint.__name__}: the recording has field(s) {unknown} "
-                                      f"that {hint.__name__} does not")
-        return hint(**{key: from_plain(item, hints[key], f"{where}.{key}".lstrip(".")) for key, item in data.items()})
-    if origin is tuple and isinstance(data, list):
+        return _dataclass_decoder(hint)
+    if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(from_plain(item, args[0], f"{where}[{i}]") for i, item in enumerate(data))
-        if args and len(args) != len(data):
-            raise IncompatibleMessage(f"{where}: expected {len(args)} values, the recording has {len(data)}")
-        return tuple(from_plain(item, arg, f"{where}[{i}]") for i, (item, arg) in enumerate(zip(data, args or [Any] * len(data))))
-    if origin is list and isinstance(data, list):
-        return [from_plain(item, args[0] if args else Any, f"{where}[{i}]") for i, item in enumerate(data)]
-    if origin is dict and isinstance(data, dict):
-        value_hint = args[1] if args else Any
-        return {key: from_plain(item, value_hint, f"{where}.{key}") for key, item in data.items()}
-    if hint is tuple and isinstance(data, list):
-        return tuple(data)
-    return data
+            item = _decoder(args[0])
+            return lambda data: tuple(map(item, data)) if isinstance(data, list) else _leaf(data)
+        items = [_decoder(a) for a in args]
+
+        def fixed(data):
+            if not isinstance(data, list):
+                return _leaf(data)
+            if items and len(items) != len(data):
+                raise IncompatibleMessage(f"expected {len(items)} values, the recording has {len(data)}")
+            return tuple(f(x) for f, x in zip(items, data)) if items else tuple(data)
+        return fixed
+    if origin is list:
+        item = _decoder(args[0]) if args else _leaf
+        return lambda data: list(map(item, data)) if isinstance(data, list) else _leaf(data)
+    if origin is dict:
+        value = _decoder(args[1]) if args else _leaf
+        return lambda data: {k: value(v) for k, v in data.items()} if isinstance(data, dict) and not _tagged(data) else _leaf(data)
+    if hint is tuple:
+        return lambda data: tuple(data) if isinstance(data, list) else _leaf(data)
+    return _leaf
+
+
+def _tagged(data: dict) -> bool:
+    return "$nd" in data or "$np" in data or "$b64" in data
+
+
+def _dataclass_decoder(cls: type):
+    fields = {name: _decoder(h) for name, h in _hints(cls).items()}
+
+    def decode(data):
+        if data is None:  # a field the writer left out on purpose (filled in by the reader)
+            return None
+        if not isinstance(data, dict):
+            raise IncompatibleMessage(f"expected a {cls.__name__} object")
+        try:
+            values = {key: fields[key](item) for key, item in data.items()}
+        except KeyError:
+            unknown = sorted(set(data) - set(fields))
+            raise IncompatibleMessage(f"{cls.__name__}: the recording has field(s) {unknown} that "
+                                      f"{cls.__name__} does not") from None
+        return cls(**values)
+    return decode
 
 
 def loads(raw: bytes, hint: Any, where: str = "") -> Any:

@@ -53,6 +53,7 @@ class RecordedFrame:
     messages: dict[str, bytes]  # topic -> payload (the first on that topic; stage topics have one a frame)
     runtime: dict[str, Any] = field(default_factory=dict)
     records: list[tuple[str, int, bytes]] = field(default_factory=list)  # every message: topic, log time [ns], payload
+    decoded: dict[str, Any] = field(default_factory=dict, repr=False)  # messages decoded once
 
     @property
     def ran(self) -> tuple[str, ...]:
@@ -292,7 +293,9 @@ class Recording:
                 self._decode(frame, data["t"], float, "planner input t"))
 
     def plan(self, frame: RecordedFrame) -> Plan:
-        return self._decode(frame, self._json(frame, "/stagepilot/plan"), Plan, "plan")
+        if "plan" not in frame.decoded:  # the controller's input is often the same plan
+            frame.decoded["plan"] = self._decode(frame, self._json(frame, "/stagepilot/plan"), Plan, "plan")
+        return frame.decoded["plan"]
 
     def controller_input(self, frame: RecordedFrame) -> tuple[EgoState, Plan, float]:
         data = self._json(frame, "/stagepilot/controller/input")

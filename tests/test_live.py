@@ -171,3 +171,30 @@ def test_a_taken_port_is_reported_and_free_again_once_the_view_ends():
     finally:
         first.end(None)
         second.end(None)
+
+
+def test_stagepilot_drive_live_serves_the_drive_to_a_client(tmp_path):
+    """The command a user runs: `stagepilot drive --live` prints the URL, a client connects and
+    gets the channels and camera frames while the car drives; Ctrl-C ends it as usual."""
+    import signal
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "stagepilot.pipeline.cli", "drive", "--live", "--live-port", "0", "--scenario",
+               "town_loop", "--perception", "perfect", "--quiet", "--no-record", "--out", str(tmp_path / "run")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        port = None
+        for line in process.stderr:
+            if line.startswith("live: ws://"):
+                port = int(line.strip().rsplit(":", 1)[1])
+                break
+        assert port, "no live URL printed"
+        channels, first = asyncio.run(asyncio.wait_for(watch(port, {CAMERA_TOPIC}), WAIT_S))
+        assert CAMERA_TOPIC in {c["topic"] for c in channels} and first[CAMERA_TOPIC][1]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+    finally:
+        process.kill()
+        process.wait()
+    assert (tmp_path / "run" / "metrics.json").exists()

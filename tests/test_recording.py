@@ -141,3 +141,20 @@ def test_metadata_names_config_scenario_seeds_versions_commit(perfect_recording,
         for _ in recording.frames():
             pass
         assert recording.complete and json.loads(recording.meta["outcome"]["outcome"])["frames"] == 41
+
+
+def test_a_faulty_camera_is_recorded_as_the_stage_saw_it_and_replays_exactly(tmp_path):
+    """Blank frames from 1 s: perception sees them (recorded inline, not the camera stream),
+    flags them unusable, and the planner and controller do not run on those frames."""
+    path = tmp_path / "drive.mcap"
+    drove = record(path, "lead_vehicle_braking", 2.0, "perception.kind=perfect", "faults.blank_images_from_s=1.0")
+    assert drove.outcome["failsafe_frames"] > 0
+    result, unequal = _bitwise(path)
+    assert unequal == [] and result.ok
+    perception, planner = result.stages["perception"], result.stages["planner"]
+    assert perception.frames == len(drove.records)
+    assert planner.frames == len(drove.records) - drove.outcome["failsafe_frames"]
+    with Recording(path) as rec:
+        last = list(rec.frames())[-1]
+        assert last.ran == ("perception",)
+        assert not rec.perception(last).usable and rec.observation(last).cameras["front"].rgb.max() == 0
