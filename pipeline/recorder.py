@@ -33,7 +33,7 @@ from mcap.writer import CompressionType, Writer
 from stagepilot.core.config import StackConfig, config_hash
 from stagepilot.core.messages import Observation
 from stagepilot.pipeline import codec
-from stagepilot.pipeline.provenance import _version, run_info
+from stagepilot.pipeline.provenance import run_info
 from stagepilot.pipeline.records import FrameRecord
 from stagepilot.pipeline.viewer import ViewerFrames, semantic_png
 from stagepilot.sim.scenario import Scenario
@@ -88,10 +88,11 @@ class Recorder:
 
     def start(self, sim, obs: Observation) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        info = run_info(self.config, self.scenario, datetime.datetime.now(datetime.timezone.utc))
         self._file = open(self.path, "wb")
         self._writer = Writer(self._file, chunk_size=CHUNK_BYTES, compression=CompressionType.ZSTD)
-        self._writer.start(profile=PROFILE, library=f"stagepilot {_version('stagepilot') or ''}".strip())
-        for name, data in self._metadata(sim).items():
+        self._writer.start(profile=PROFILE, library=f"stagepilot {info['versions']['stagepilot'] or ''}".strip())
+        for name, data in self._metadata(info).items():
             self._writer.add_metadata(name, data)
         self._attach_map(sim)
         self._register()
@@ -110,7 +111,7 @@ class Recorder:
         for name, image in (obs.cameras or {}).items():
             if name != self.camera and image is not None and image.encoded is not None:
                 self._log(CAMERA.format(camera=name), frame, t_ns,
-                          _image(image.encoded, image.encoding, obs.t, f"camera_{name}"))
+                          image_message(image.encoded, image.encoding, obs.t, f"camera_{name}"))
         for topic, payload in self._stage_messages(obs, record):
             self._log(topic, frame, t_ns, payload)
         self.frames += 1
@@ -130,8 +131,7 @@ class Recorder:
 
     # ------------------------------------------------------------ contents
 
-    def _metadata(self, sim) -> dict[str, dict[str, str]]:
-        info = run_info(self.config, self.scenario, datetime.datetime.now(datetime.timezone.utc))
+    def _metadata(self, info: dict) -> dict[str, dict[str, str]]:
         git = info.get("git") or {}
         meta = {
             "message_version": str(codec.MESSAGE_VERSION),
@@ -201,8 +201,8 @@ class Recorder:
             yield "/stagepilot/observation", encode_observation(seen, obs)
             if output.semantic is not None:  # the viewer's PNG of the same mask, when it made one
                 shown = getattr(record.perception, "semantic", None) is output.semantic and self.viewer.segmentation_png
-                yield SEMANTIC_OUT, _image(shown or semantic_png(output.semantic), "png", obs.t)
-            yield "/stagepilot/perception", codec.dumps(_plain_perception(output, ref=output.semantic is not None))
+                yield SEMANTIC_OUT, image_message(shown or semantic_png(output.semantic), "png", obs.t)
+            yield "/stagepilot/perception", codec.dumps(plain_perception(output, ref=output.semantic is not None))
         if "planner" in calls:
             (ego, _route, perception, t), plan = calls["planner"]
             yield "/stagepilot/planner/input", codec.dumps(
@@ -228,7 +228,7 @@ class Recorder:
         for camera, mask in truth.semantic.items():
             topic = TRUTH_SEMANTIC.format(camera=camera)
             if topic in self._channels:
-                yield topic, _image(semantic_png(mask), "png", seen.t, f"camera_{camera}")
+                yield topic, image_message(semantic_png(mask), "png", seen.t, f"camera_{camera}")
 
 
 def encode_observation(seen: Observation, obs: Observation) -> bytes:
@@ -254,7 +254,8 @@ def encode_observation(seen: Observation, obs: Observation) -> bytes:
     return json.dumps(plain, separators=(",", ":")).encode()
 
 
-def _plain_perception(perception, ref: bool) -> dict[str, Any]:
+def plain_perception(perception, ref: bool) -> dict[str, Any]:
+    """The perception output as plain data, its tags mask a reference to SEMANTIC_OUT (`ref`)."""
     plain = codec.to_plain(dataclasses.replace(perception, semantic=None))
     if ref:
         plain["semantic"] = {"$topic": SEMANTIC_OUT}
@@ -271,7 +272,8 @@ def _image_schema() -> bytes:
     return CompressedImage.get_schema().data
 
 
-def _image(data: bytes, fmt: str, t: float, frame_id: str = "") -> bytes:
+def image_message(data: bytes, fmt: str, t: float, frame_id: str = "") -> bytes:
+    """A foxglove.CompressedImage holding `data` (jpeg or png), stamped with sim time `t`."""
     from foxglove.messages import CompressedImage, Timestamp
 
     seconds = int(t)

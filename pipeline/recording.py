@@ -26,7 +26,7 @@ from mcap.stream_reader import StreamReader
 
 from stagepilot.core.camera import decode_frame
 from stagepilot.core.config import StackConfig, load_stack
-from stagepilot.core.messages import Control, EgoState, Observation, Perception, Plan, Route
+from stagepilot.core.messages import CameraImage, Control, EgoState, GroundTruth, Observation, Perception, Plan, Route
 from stagepilot.core.roadmap import RoadMap
 from stagepilot.pipeline import codec
 from stagepilot.pipeline.codec import RecordingError
@@ -258,7 +258,7 @@ class Recording:
                 cameras[name] = None
                 continue
             rgb_ref, cam["rgb"] = cam.get("rgb"), None
-            image = self._decode(frame, cam, _camera_type(), f"observation.cameras.{name}")
+            image = self._decode(frame, cam, CameraImage, f"observation.cameras.{name}")
             if isinstance(rgb_ref, dict) and "$topic" in rgb_ref:
                 encoded = self.image(frame, rgb_ref["$topic"])
                 image = dataclasses.replace(image, rgb=decode_frame(encoded), encoded=encoded)
@@ -272,7 +272,7 @@ class Recording:
         if truth_plain is not None:
             refs = truth_plain.pop("semantic", {}) or {}
             truth_plain["semantic"] = {}
-            truth = self._decode(frame, truth_plain, _truth_type(), "observation.ground_truth")
+            truth = self._decode(frame, truth_plain, GroundTruth, "observation.ground_truth")
             semantic = {camera: semantic_from_png(self.image(frame, ref["$topic"])) for camera, ref in refs.items()}
             truth = dataclasses.replace(truth, semantic=semantic)
         return dataclasses.replace(obs, cameras=cameras, route=self.route(frame), ground_truth=truth)
@@ -314,18 +314,6 @@ class Recording:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _camera_type():
-    from stagepilot.core.messages import CameraImage
-
-    return CameraImage
-
-
-def _truth_type():
-    from stagepilot.core.messages import GroundTruth
-
-    return GroundTruth
 
 
 def _line(exc: BaseException) -> str:

@@ -69,6 +69,7 @@ class ReplayResult:
     truncated: str | None  # why the recording ends early, when it does
     wall_s: float  # the whole replay loop: reading, decoding, stages, comparing
     config: StackConfig | None = None
+    changes: list[str] = field(default_factory=list)  # --config files and key=value overrides on the recorded config
     outputs: dict[str, dict[int, Any]] = field(default_factory=dict)  # kept outputs now (update-golden)
 
     @property
@@ -167,7 +168,8 @@ def _replay(recording: Recording, stages, config_files, overrides, tolerances, s
         raise RecordingError(f"{recording.path}: carries no map, which the {stages[0]} needs")
     built = {name: build_stage(name, config, road_map) for name in stages}
     compare = {name: Comparator(name, tolerances) for name in stages}
-    result = ReplayResult(recording.path, {name: StageReplay(name) for name in stages}, 0, None, 0.0, config)
+    result = ReplayResult(recording.path, {name: StageReplay(name) for name in stages}, 0, None, 0.0, config,
+                          [*(str(f) for f in config_files), *overrides])
     result.outputs = {name: {} for name in stages} if keep_outputs else {}
     expected = recording.meta.get("outcome", {}).get("frames")
     bar = tqdm(total=int(expected) if expected else None, desc=f"replay {recording.path.name}", unit="frame",

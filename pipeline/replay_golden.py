@@ -10,7 +10,6 @@ A `golden_update` metadata record says when, by which commit, and what changed.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import os
@@ -21,7 +20,7 @@ from mcap.writer import CompressionType, Writer
 
 from stagepilot.pipeline import codec
 from stagepilot.pipeline.provenance import git_state
-from stagepilot.pipeline.recorder import CHUNK_BYTES, PROFILE, SEMANTIC_OUT, _image, _plain_perception
+from stagepilot.pipeline.recorder import CHUNK_BYTES, PROFILE, SEMANTIC_OUT, image_message, plain_perception
 from stagepilot.pipeline.recording import RUNTIME, STAGE_INPUTS, Recording, RecordedFrame, RecordingError
 from stagepilot.pipeline.replay import STAGES, replay
 from stagepilot.pipeline.replay_compare import Comparator, load_tolerances
@@ -95,9 +94,9 @@ def _rewrite(recording: Recording, stages, update: GoldenUpdate, out, show_progr
             difference = exact[stage].first(recorded, now)
             update.first[stage] = f"frame {frame.frame}: " + (difference.line() if difference else "bit-level change")
         if stage == "perception":
-            replaced[OUTPUT_TOPIC[stage]] = codec.dumps(_plain_perception(now, ref=now.semantic is not None))
+            replaced[OUTPUT_TOPIC[stage]] = codec.dumps(plain_perception(now, ref=now.semantic is not None))
             if now.semantic is not None:
-                replaced[SEMANTIC_OUT] = _image(semantic_png(now.semantic), "png", frame.t)
+                replaced[SEMANTIC_OUT] = image_message(semantic_png(now.semantic), "png", frame.t)
         else:
             replaced[OUTPUT_TOPIC[stage]] = codec.dumps(now)
         if stage == "planner" and "/stagepilot/controller/input" in frame.messages:

@@ -5,8 +5,7 @@ first divergence (frame, t, field, recorded vs now) or that it matches. differen
 stage a strip of matching (green) and diverging (red) frames over t, and the recorded (solid)
 against the replayed (dashed) figures, the first divergence a red line. side_by_side.mp4: the
 window around the first divergence of the stage that diverged first (earliest frame, then
-pipeline order), recorded left and now right over each frame's camera image (a blank canvas
-seen through the configured camera when the recording holds none); none when all match.
+pipeline order), recorded left and now right over each frame's camera (or a blank canvas).
 """
 
 from __future__ import annotations
@@ -70,7 +69,8 @@ def first_diverged(result: ReplayResult) -> str | None:
 def markdown(result: ReplayResult, video_note: str) -> str:
     recorded_hash, scenario = _recording_info(result.path)
     now_hash = config_hash(result.config) if result.config is not None else "unknown"
-    same = "the same" if now_hash == recorded_hash else "differs: the replay ran with overrides or other config files"
+    changes = ", ".join(f"`{c}`" for c in result.changes)
+    same = "the same" if now_hash == recorded_hash else f"differs: the replay ran with {changes or 'another config'}"
     diverged = [s.name for s in result.stages.values() if s.first is not None]
     verdict = (f"**Diverges: {', '.join(diverged)}.**" if diverged
                else f"**Every stage matches the recording** ({result.frames} frames).")

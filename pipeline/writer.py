@@ -3,6 +3,7 @@
     config.yaml   the resolved config            run.json      hash, seeds, versions, commit
     video.mp4     camera + overlays, H.264       metrics.json  outcome, events, comfort, latency
     summary.png   path, speed, stage latencies   trace.json    stage timings for Perfetto
+    drive.mcap    the recording (pipeline/recorder.py, another observer; `--no-record` leaves it out)
 
 `start` writes config.yaml and run.json, `frame` streams one video frame, and `end` writes the
 rest from the drive's result. `end` runs after Ctrl-C or a fault too, finishes every part it

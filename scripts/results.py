@@ -149,7 +149,8 @@ def drive_all(scenarios: list[str], out: Path, data: Path) -> None:
         if scenario not in DRIVES:
             raise ResultsError(f"{scenario}: not in the result set ({', '.join(DRIVES)})")
         run_dir = out / scenario
-        command = [_stagepilot(), "drive", "--quiet", "--scenario", scenario, "--out", str(run_dir), *DRIVES[scenario]]
+        command = [_stagepilot(), "drive", "--quiet", "--scenario", scenario, "--out", str(run_dir), "--overwrite",
+                   *DRIVES[scenario]]
         print("$", " ".join(command[1:]), flush=True)
         subprocess.run(command, check=True)
         collect_run(run_dir, data)

@@ -122,3 +122,17 @@ def test_range_outside_the_recording_names_both_and_writes_nothing(recorded, tmp
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="after the last"):
         export_frames(path, 9, 5, tmp_path)
+
+
+def test_the_commands_print_info_export_frames_and_refuse_a_bad_range(recorded, tmp_path, capsys):
+    from stagepilot.pipeline.cli import main
+
+    path, config, result = recorded
+    assert main(["recording", "info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "/stagepilot/plan" in out and config_hash(config) in out
+    assert main(["recording", "export", str(path), "--frames", "2:4", "--out", str(tmp_path / "x")]) == 0
+    assert "wrote 3 frames" in capsys.readouterr().out
+    assert len(list((tmp_path / "x").glob("*_camera.png"))) == 3
+    assert main(["recording", "export", str(path), "--frames", "9:5", "--out", str(tmp_path / "y")]) == 2
+    assert "9:5" in capsys.readouterr().err
