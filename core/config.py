@@ -51,7 +51,7 @@ class CameraConfig(Strict):
     yaw_deg: float = Field(0.0, ge=-360.0, le=360.0)
     # How the camera sends its frames (core/camera.py); the stack sees the decoded frame.
     stream: Literal["jpeg", "png"] = "jpeg"
-    jpeg_quality: int = Field(90, ge=50, le=100)
+    jpeg_quality: int = Field(95, ge=50, le=100)  # 95: the JPEG quality of the training frames
 
 
 class RenderConfig(Strict):

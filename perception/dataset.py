@@ -67,11 +67,14 @@ def _encode(image: np.ndarray, suffix: str) -> bytes:
 def write_frame(root: Path, split: str, image_id: int, obs: Observation, camera: str,
                 image_format: str = "jpg", depth: bool = False) -> dict[str, Any]:
     """Write one frame's files under `root`; returns its COCO image record (paths relative to root)."""
-    image = obs.cameras[camera].rgb
+    cam = obs.cameras[camera]
+    image = cam.rgb
     truth = obs.ground_truth
     stem = f"{image_id:06d}"
     files = {"file_name": f"images/{split}/{stem}.{image_format}", "semantic_file": f"semantic/{split}/{stem}.png"}
-    blobs = [_encode(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), f".{image_format}"),
+    # A JPEG the camera sent is kept as it came: the dataset holds what the stack sees, compressed once.
+    sent = cam.encoded if cam.encoded is not None and cam.encoding == "jpeg" and image_format == "jpg" else None
+    blobs = [sent or _encode(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), f".{image_format}"),
              _encode(truth.semantic[camera], ".png")]
     if depth:
         files["depth_file"] = f"depth/{split}/{stem}.png"
