@@ -5,6 +5,7 @@
     stagepilot replay RECORDING --resim [--report DIR] [key.path=value ...]
     stagepilot replay --update-golden RECORDING ...
     stagepilot recording info FILE
+    stagepilot evaluate --suite default [--workers N] [--backend local|ray] [--perception perfect] [--compare RESULTS]
     stagepilot recording export FILE --frames A:B --out DIR
     stagepilot sim render --scenario NAME --out DIR [key.path=value ...]
     stagepilot sim list
@@ -32,6 +33,7 @@ from stagepilot.core.config import ConfigError
 from stagepilot.core.roadmap import MapError
 from stagepilot.pipeline.codec import RecordingError
 from stagepilot.pipeline import commands as handlers
+from stagepilot.pipeline import commands_evaluate as evaluate_handlers
 from stagepilot.pipeline import commands_replay as replay_handlers
 from stagepilot.pipeline.interrupts import exit_status
 
@@ -139,6 +141,32 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replace the recordings' reference outputs with the outputs now, and say what changed")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
     replay.set_defaults(handler=replay_handlers.replay)
+
+    evaluate_suite = commands.add_parser(
+        "evaluate", help="drive a scenario suite in parallel and score it (CARLA Leaderboard driving score)",
+        description="Sample the suite's scenarios from their families (configs/suites/, configs/scenarios/families/), "
+        "drive each through the same driver as `stagepilot drive`, score it with the CARLA Leaderboard 2.0 driving "
+        "score, print a table per scenario and the mean per family and overall, and write results.json, a report "
+        "and a run folder per scenario.")
+    evaluate_suite.add_argument("--suite", default="default", help="a suite name from configs/suites/ or a path")
+    evaluate_suite.add_argument("--workers", type=_positive_int, default=1, help="scenarios in parallel (default 1)")
+    evaluate_suite.add_argument("--backend", choices=["local", "ray"], default="local",
+                                help="local processes, or Ray tasks (default: local)")
+    evaluate_suite.add_argument("--ray-address", default=None, metavar="ADDR",
+                                help="join this Ray cluster (HOST:PORT or ray://HOST:PORT); default: a local Ray")
+    evaluate_suite.add_argument("--perception", choices=["learned", "perfect"], default=None,
+                                help="perception stage (overrides perception.kind)")
+    evaluate_suite.add_argument("--out", default=None, metavar="DIR",
+                                help="output folder (default: runs/eval-<time>-<suite>/)")
+    evaluate_suite.add_argument("--overwrite", action="store_true", help="let --out name a folder that is not empty")
+    evaluate_suite.add_argument("--video", action="store_true", help="write each scenario's video.mp4 too")
+    evaluate_suite.add_argument("--no-record", action="store_true", help="no drive.mcap per scenario")
+    evaluate_suite.add_argument("--compare", default=None, metavar="RESULTS",
+                                help="a previous results.json (or its folder): add the score difference per scenario")
+    evaluate_suite.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_maps_arg(evaluate_suite)
+    _add_stack_args(evaluate_suite)
+    evaluate_suite.set_defaults(handler=evaluate_handlers.evaluate)
 
     recording = commands.add_parser("recording", help="inspect or export a drive recording (drive.mcap)")
     recording_commands = recording.add_subparsers(dest="recording_command", metavar="SUBCOMMAND", required=True)

@@ -65,9 +65,12 @@ class RunWriter:
     """Writes one run folder; pass it to `driver.drive(..., observers=(writer,))`. `camera`
     names the camera the video shows (default: the observation's first)."""
 
-    def __init__(self, out_dir: Path, config: StackConfig, scenario: Scenario, camera: str | None = None):
+    def __init__(self, out_dir: Path, config: StackConfig, scenario: Scenario, camera: str | None = None,
+                 video: bool = True):
         self.out_dir = Path(out_dir)
         self.config, self.scenario, self.camera = config, scenario, camera
+        self.with_video = video  # False: no video.mp4 (and no frame drawn), e.g. for suite evaluation
+        self.started = False
         self.info: dict | None = None
         self.video: VideoWriter | None = None
         self._drawer: FrameDrawer | None = None
@@ -80,10 +83,14 @@ class RunWriter:
         self.info = run_info(self.config, self.scenario, datetime.datetime.now(datetime.timezone.utc))
         _write_text(self.out_dir / "config.yaml", yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
         write_json(self.out_dir / "run.json", self.info)
-        self.video = VideoWriter(self.out_dir / "video.mp4", fps=1.0 / self.config.sim.dt_s)
+        if self.with_video:
+            self.video = VideoWriter(self.out_dir / "video.mp4", fps=1.0 / self.config.sim.dt_s)
+        self.started = True
 
     def frame(self, obs: Observation, record: FrameRecord) -> None:
         """Append the frame's video frame (nothing image-sized is kept)."""
+        if self.video is None:
+            return
         if self._drawer is None:
             camera = self.camera or next(iter(obs.cameras), None)
             self._drawer = FrameDrawer(self._sim, camera, self.config.vehicle)
@@ -92,12 +99,12 @@ class RunWriter:
     def end(self, result: DriveResult) -> None:
         """Finalise the video and write metrics.json, trace.json and summary.png; raises after
         every part was tried if one failed."""
-        if self.video is None:  # the drive ended before it started: nothing to write
+        if not self.started:  # the drive ended before it started: nothing to write
             return
-        parts = [("video.mp4", self.video.close),
-                 ("metrics.json", lambda: write_json(self.out_dir / "metrics.json", result.metrics)),
-                 ("trace.json", lambda: result.trace.write(self.out_dir / "trace.json")),
-                 ("summary.png", lambda: self._summary(result))]
+        parts = [("video.mp4", self.video.close)] if self.video is not None else []
+        parts += [("metrics.json", lambda: write_json(self.out_dir / "metrics.json", result.metrics)),
+                  ("trace.json", lambda: result.trace.write(self.out_dir / "trace.json")),
+                  ("summary.png", lambda: self._summary(result))]
         errors = []
         for name, write in parts:
             try:

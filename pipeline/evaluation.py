@@ -1,0 +1,259 @@
+"""`stagepilot evaluate`: a scenario suite driven in parallel, each drive scored, one number.
+
+The suite (sim/suites.py) is sampled into concrete scenarios, deterministically from its seed.
+Each scenario is one job: a fresh process (or Ray task) loads the stack config, drives the
+scenario through the one driver (pipeline/driver.py) with the run folder writer, the recorder
+and the criteria observer, and returns its score (pipeline/score.py). A job that raises is
+recorded as failed, with its error and a driving score of 0, and the others go on.
+
+Backends: `local` (a process pool of `--workers`; each worker gets cores / workers torch
+threads so that they do not oversubscribe the CPU) and `ray` (each job a Ray task with one
+CPU; `--ray-address` joins a cluster, otherwise a local Ray starts). Both run the same job
+function, so they give the same scores; the order of results is the suite's, whatever order
+the jobs finish in.
+
+With perfect perception the cameras are not rendered unless `--video` asks for them: the
+ground-truth stand-in reads no pixels, and the drives are the same frame for frame (checked on
+three families' draws: identical outcome and trajectory), three times faster.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from stagepilot.core.config import ConfigError, config_hash, load_stack
+
+SCORE_FIELDS = ("driving_score", "route_completion", "infraction_penalty", "infractions",
+                "outside_route_lanes_pct", "status", "min_ttc_s")
+
+
+@dataclass
+class EvaluationResult:
+    suite: str
+    out_dir: Path
+    scenarios: list[dict[str, Any]]  # one per scenario, in the suite's order
+    config_hash: str
+    backend: str
+    workers: int
+    wall_s: float
+    families: dict[str, float] = field(default_factory=dict)  # mean driving score per family
+
+    @property
+    def mean_driving_score(self) -> float:
+        scores = [s["driving_score"] for s in self.scenarios]
+        return sum(scores) / len(scores) if scores else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"suite": self.suite, "mean_driving_score": round(self.mean_driving_score, 3),
+                "families": {k: round(v, 3) for k, v in self.families.items()}, "config_hash": self.config_hash,
+                "backend": self.backend, "workers": self.workers, "wall_s": round(self.wall_s, 2),
+                "scenarios": self.scenarios}
+
+
+# ---------------------------------------------------------------- one job (runs in a worker)
+
+
+def _set_threads(threads: int) -> None:
+    """`threads` for every thread pool a drive uses: torch, OpenMP/BLAS (numpy) and OpenCV."""
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    import cv2
+
+    cv2.setNumThreads(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+def run_scenario(job: dict[str, Any]) -> dict[str, Any]:
+    """Drive and score one scenario; never raises for a failing drive (returns it as failed)."""
+    if job["threads"] != (os.cpu_count() or 1):  # a worker's share of the cores
+        _set_threads(job["threads"])
+    from stagepilot.pipeline.driver import drive
+    from stagepilot.pipeline.recorder import Recorder
+    from stagepilot.pipeline.score import CriteriaObserver, score_drive
+    from stagepilot.pipeline.writer import RunWriter
+    from stagepilot.sim.scenario import Scenario
+
+    entry = {"id": job["id"], "family": job["family"], "params": job["params"], "run_dir": job["out_dir"]}
+    start = time.perf_counter()
+    try:
+        config = load_stack(job["config_files"], job["overrides"])
+        scenario = Scenario.model_validate(job["scenario"])
+        out = Path(job["out_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        criteria = CriteriaObserver()
+        observers = [RunWriter(out, config, scenario, video=job["video"]), criteria]
+        if job["record"]:
+            observers.append(Recorder(out / "drive.mcap", config, scenario))
+        # Cameras render only when something looks at them: the network, or the video. The
+        # ground-truth stand-in drives the same without them (pipeline/evaluation.py docstring).
+        render = config.perception.kind == "learned" or job["video"]
+        result = drive(config, scenario, observers=tuple(observers), render=render)
+        score = score_drive(result, criteria, blocked_s=job["blocked_s"])
+    except Exception as exc:  # reported, and the suite goes on
+        return {**entry, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "driving_score": 0.0,
+                "route_completion": 0.0, "infraction_penalty": 0.0, "infractions": {},
+                "wall_s": round(time.perf_counter() - start, 2)}
+    latency = {stage: row["p99_ms"] for stage, row in result.latency.items()}
+    return {**entry, **score.as_dict(), "latency_p99_ms": latency, "duration_s": result.outcome["duration_s"],
+            "wall_s": round(time.perf_counter() - start, 2)}
+
+
+# ---------------------------------------------------------------- backends
+
+
+def _worker_init(threads: int) -> None:
+    _set_threads(threads)
+
+
+def _run_local(jobs: list[dict], workers: int, bar: tqdm) -> list[dict]:
+    if workers == 1:
+        results = []
+        for job in jobs:
+            results.append(run_scenario(job))
+            bar.update(1)
+        return results
+    results = []
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_init,
+                             initargs=(jobs[0]["threads"],)) as pool:
+        futures = [pool.submit(run_scenario, job) for job in jobs]
+        for future in as_completed(futures):
+            results.append(future.result())
+            bar.update(1)
+    return results
+
+
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """A one-line ConfigError, before anything runs, when `address` (host:port or
+    ray://host:port) does not answer."""
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--ray-address {address}: expected HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(f"--ray-address {address}: cannot reach the Ray cluster ({exc.strerror or exc})") from None
+
+
+def _run_ray(jobs: list[dict], workers: int, address: str | None, bar: tqdm) -> list[dict]:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--backend ray: Ray is not installed (pip install 'stagepilot[ray]')") from None
+    if address:
+        check_ray_address(address)
+    started = not ray.is_initialized()
+    if started:
+        kwargs = {"address": address} if address else {"num_cpus": workers, "include_dashboard": False}
+        ray.init(log_to_driver=False, **kwargs)
+    try:
+        task = ray.remote(num_cpus=1)(run_scenario)
+        pending = [task.remote(job) for job in jobs]
+        results = []
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            results.extend(ray.get(done))
+            bar.update(len(done))
+        return results
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# ---------------------------------------------------------------- the suite
+
+
+def default_out_dir(suite: str) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"eval-{stamp}-{suite}"
+
+
+def evaluate(suite_name: str, *, config_files=(), overrides=(), workers: int = 1, backend: str = "local",
+             ray_address: str | None = None, out_dir: Path | None = None, video: bool = False, record: bool = True,
+             maps_dirs=(), show_progress: bool = False) -> EvaluationResult:
+    """Sample the suite, run every scenario, score them; everything that can be wrong with the
+    input (suite, family, parameter, config, Ray address) is an error before any scenario runs."""
+    from stagepilot.sim.suites import load_suite
+
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: expected at least 1")
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"--backend {backend}: expected local or ray")
+    suite = load_suite(suite_name)
+    config = load_stack(list(config_files), list(overrides))
+    sampled = suite.sample(maps_dirs)
+    if backend == "ray" and ray_address:
+        check_ray_address(ray_address)
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(suite.name)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    blocked_s = float(suite.criteria.get("blocked_s", 180.0))
+    jobs = [{"id": s.id, "family": s.family, "params": s.params, "scenario": s.scenario.model_dump(mode="json"),
+             "config_files": [str(f) for f in config_files], "overrides": list(overrides),
+             "out_dir": str((out_dir / "scenarios" / s.id).resolve()), "video": video, "record": record,
+             "blocked_s": blocked_s, "threads": threads} for s in sampled]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(jobs), desc=f"evaluate {suite.name}", unit="scenario", disable=not show_progress,
+               file=sys.stderr, dynamic_ncols=True)
+    start = time.perf_counter()
+    try:
+        results = _run_ray(jobs, workers, ray_address, bar) if backend == "ray" else _run_local(jobs, workers, bar)
+    finally:
+        bar.close()
+    order = {s.id: i for i, s in enumerate(sampled)}
+    results.sort(key=lambda r: order[r["id"]])
+    evaluation = EvaluationResult(suite.name, out_dir, results, config_hash(config), backend, workers,
+                                  time.perf_counter() - start)
+    evaluation.families = family_means(results)
+    return evaluation
+
+
+def family_means(results: list[dict]) -> dict[str, float]:
+    by_family: dict[str, list[float]] = {}
+    for r in results:
+        by_family.setdefault(r["family"] or "explicit", []).append(r["driving_score"])
+    return {family: sum(v) / len(v) for family, v in sorted(by_family.items())}
+
+
+def write_results(evaluation: EvaluationResult) -> Path:
+    path = evaluation.out_dir / "results.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(evaluation.as_dict(), indent=2, default=str, allow_nan=False))
+    os.replace(tmp, path)
+    return path
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """A previous evaluation's results.json (or the folder holding it), for --compare."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"--compare {path}: cannot read ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise ConfigError(f"--compare {path}: not JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("scenarios"), list):
+        raise ConfigError(f"--compare {path}: not an evaluation's results.json (no scenarios list)")
+    return data
+
+
+def compare_scores(evaluation: EvaluationResult, other: dict[str, Any]) -> dict[str, float | None]:
+    """Per scenario id: this evaluation's driving score minus the other's (None: not in it)."""
+    before = {s["id"]: s.get("driving_score") for s in other["scenarios"]}
+    return {s["id"]: (None if before.get(s["id"]) is None else s["driving_score"] - before[s["id"]])
+            for s in evaluation.scenarios}
