@@ -24,6 +24,7 @@ import json
 import os
 import socket
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -92,6 +93,10 @@ def run_scenario(job: dict[str, Any]) -> dict[str, Any]:
     try:
         config = load_stack(job["config_files"], job["overrides"])
         scenario = Scenario.model_validate(job["scenario"])
+        if job.get("map_text"):  # a Ray node need not have the map where the driver found it
+            local_map = Path(tempfile.mkdtemp(prefix="stagepilot-map-")) / Path(scenario.map_path).name
+            local_map.write_text(job["map_text"])
+            scenario = scenario.model_copy(update={"map_path": str(local_map)})
         out = Path(job["out_dir"])
         out.mkdir(parents=True, exist_ok=True)
         criteria = CriteriaObserver()
@@ -119,6 +124,12 @@ def _worker_init(threads: int) -> None:
     _set_threads(threads)
 
 
+def _longest_first(jobs: list[dict]) -> list[dict]:
+    """Jobs in the order that keeps every worker busy to the end: the longest scenarios (by
+    their time limit) first, so that no long one starts last."""
+    return sorted(jobs, key=lambda job: -float(job["scenario"].get("duration_s", 0.0)))
+
+
 def _run_local(jobs: list[dict], workers: int, bar: tqdm) -> list[dict]:
     if workers == 1:
         results = []
@@ -129,7 +140,7 @@ def _run_local(jobs: list[dict], workers: int, bar: tqdm) -> list[dict]:
     results = []
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_init,
                              initargs=(jobs[0]["threads"],)) as pool:
-        futures = [pool.submit(run_scenario, job) for job in jobs]
+        futures = [pool.submit(run_scenario, job) for job in _longest_first(jobs)]
         for future in as_completed(futures):
             results.append(future.result())
             bar.update(1)
@@ -162,7 +173,7 @@ def _run_ray(jobs: list[dict], workers: int, address: str | None, bar: tqdm) -> 
         ray.init(log_to_driver=False, **kwargs)
     try:
         task = ray.remote(num_cpus=1)(run_scenario)
-        pending = [task.remote(job) for job in jobs]
+        pending = [task.remote(job) for job in _longest_first(jobs)]
         results = []
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
@@ -204,7 +215,8 @@ def evaluate(suite_name: str, *, config_files=(), overrides=(), workers: int = 1
     jobs = [{"id": s.id, "family": s.family, "params": s.params, "scenario": s.scenario.model_dump(mode="json"),
              "config_files": [str(f) for f in config_files], "overrides": list(overrides),
              "out_dir": str((out_dir / "scenarios" / s.id).resolve()), "video": video, "record": record,
-             "blocked_s": blocked_s, "threads": threads} for s in sampled]
+             "blocked_s": blocked_s, "threads": threads,
+             "map_text": Path(s.scenario.map_path).read_text() if backend == "ray" else None} for s in sampled]
     out_dir.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(jobs), desc=f"evaluate {suite.name}", unit="scenario", disable=not show_progress,
                file=sys.stderr, dynamic_ncols=True)

@@ -106,7 +106,7 @@ def test_every_scenario_of_the_default_suite_validates_on_a_map_that_exists(defa
     assert {"default", "full"} <= set(suite_names())
     assert 35 <= len(default_draws) == suite.size <= 45
     assert len({d.id for d in default_draws}) == len(default_draws)
-    assert {d.family for d in default_draws} == set(TEMPLATE_FAMILIES)
+    assert {d.family for d in default_draws} == {*TEMPLATE_FAMILIES, "random_routes"}
     for draw in default_draws:
         assert Path(draw.scenario.map_path).is_file(), draw.id
         assert draw.scenario.name == draw.id and draw.params
