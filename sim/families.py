@@ -70,15 +70,17 @@ GENERATORS: dict[str, Callable[[dict[str, Any], np.random.Generator, Iterable[st
 
 
 class ParameterSpec(Strict):
-    type: Literal["float", "int", "choice"]
+    # map: drawn from `values` like a choice, but a suite may pin it to any map the search path
+    # finds or to an .xodr file (the family then drives the user's own map)
+    type: Literal["float", "int", "choice", "map"]
     range: tuple[float, float] | None = None  # [lo, hi], for float and int
     values: list[Scalar] | None = Field(None, min_length=1)  # for choice
 
     @model_validator(mode="after")
     def _consistent(self) -> "ParameterSpec":
-        if self.type == "choice":
+        if self.type in ("choice", "map"):
             if self.values is None or self.range is not None:
-                raise ValueError("a choice parameter takes `values: [...]` and no range")
+                raise ValueError(f"a {self.type} parameter takes `values: [...]` and no range")
         else:
             if self.range is None or self.values is not None:
                 raise ValueError(f"a {self.type} parameter takes `range: [lo, hi]` and no values")
@@ -121,7 +123,7 @@ class Parameter:
     values: tuple[Scalar, ...] = ()
 
     def sample(self, rng: np.random.Generator) -> Scalar:
-        if self.type == "choice":
+        if self.type in ("choice", "map"):
             return self.values[int(rng.integers(len(self.values)))]
         if self.type == "int":
             return int(rng.integers(self.low, self.high + 1))
@@ -130,6 +132,8 @@ class Parameter:
 
     def problem(self, value: Any) -> str | None:
         """Why `value` is not a value of this parameter, or None."""
+        if self.type == "map":  # any map name or .xodr path; whether it exists is the map search's to say
+            return None if isinstance(value, str) and value.strip() else "is not a map name or an .xodr path"
         if self.type == "choice":
             ok = any(value == v and type(value) is type(v) for v in self.values)
             return None if ok else f"is not one of {list(self.values)}"
@@ -144,6 +148,8 @@ class Parameter:
     def describe(self) -> str:
         if self.type == "choice":
             return f"{self.name}: choice of {list(self.values)}"
+        if self.type == "map":
+            return f"{self.name}: a map, drawn from {list(self.values)}; any map name or .xodr path when pinned"
         return f"{self.name}: {self.type} in [{self.low}, {self.high}]"
 
 
@@ -301,6 +307,6 @@ def _check_template(family: Family) -> None:
     if unused:
         raise ConfigError(f"{family.source}: parameters.{unused[0]}: the scenario template never uses it")
     for corner in ("low", "high"):  # both extremes of every parameter give a valid scenario
-        params = {name: (p.values[0 if corner == "low" else -1] if p.type == "choice" else getattr(p, corner))
-                  for name, p in family.parameters.items()}
+        params = {name: (p.values[0 if corner == "low" else -1] if p.type in ("choice", "map")
+                         else getattr(p, corner)) for name, p in family.parameters.items()}
         family._validate(family.document(params, f"{family.name}-{corner}"), str(family.source))

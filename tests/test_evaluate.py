@@ -112,7 +112,7 @@ def test_compare_finds_a_score_change_planted_by_a_config_change(mini, tmp_path,
 
 
 @pytest.mark.slow
-def test_the_default_suite_runs_end_to_end_with_perfect_perception(tmp_path, capsys):
+def test_the_default_suite_runs_end_to_end_and_scores_the_same_on_1_and_2_workers_and_ray(tmp_path, capsys):
     out = tmp_path / "default"
     assert main(["evaluate", "--suite", "default", "--perception", "perfect", "--workers", "2", "--out", str(out),
                  "--quiet"]) == 0
@@ -123,3 +123,8 @@ def test_the_default_suite_runs_end_to_end_with_perfect_perception(tmp_path, cap
         assert (out / name).is_file()
     assert (out / "scenarios" / "cut_in-01" / "drive.mcap").is_file()
     assert "mean driving score" in capsys.readouterr().out
+    common = {"overrides": ["perception.kind=perfect"], "record": False}
+    one = evaluate("default", workers=1, out_dir=tmp_path / "one", **common)
+    ray = evaluate("default", workers=2, backend="ray", out_dir=tmp_path / "ray", **common)
+    two = [(s["id"], *(json.dumps(s.get(k), sort_keys=True) for k in SCORE_FIELDS)) for s in results["scenarios"]]
+    assert _scores(one) == two == _scores(ray)

@@ -53,7 +53,7 @@ def test_every_family_loads_and_every_parameter_has_a_range_or_values(name):
     assert family.description and family.modelled_on[0].isupper()
     assert family.parameters
     for parameter in family.parameters.values():
-        if parameter.type == "choice":
+        if parameter.type in ("choice", "map"):
             assert len(parameter.values) >= 2, parameter
         else:
             assert parameter.low < parameter.high, parameter
@@ -197,3 +197,14 @@ def test_a_family_of_each_kind_drives(name):
     result = drive(load_stack([], [PERFECT]), family.scenario(params, f"{name}-t"), render=False, max_time_s=4.0)
     assert result.outcome["error"] is None and result.outcome["collisions"] == 0
     assert result.outcome["route_progress_m"] > 5.0
+
+
+def test_a_suite_can_send_the_random_routes_family_to_any_opendrive_file(tmp_path):
+    """`random_routes: {count: N, params: {map: PATH}}`: the user's own map, by path."""
+    mine = tmp_path / "my_town.xodr"
+    mine.write_text((Path(__file__).resolve().parents[1] / "configs" / "maps" / "town.xodr").read_text())
+    suite = tmp_path / "mine.yaml"
+    suite.write_text(f"seed: 5\nfamilies:\n  random_routes: {{count: 2, params: {{map: {mine}}}}}\n")
+    draws = load_suite(str(suite)).sample()
+    assert [Path(d.scenario.map_path) for d in draws] == [mine, mine]
+    assert draws[0].scenario.ego != draws[1].scenario.ego  # two routes on it
