@@ -153,3 +153,26 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top, got {type(data).__name__}")
     return data
+
+
+def named_yaml(name_or_path: str | Path, folder: Path, noun: str, file_noun: str) -> Path:
+    """A YAML file by name from `folder` (`town_loop` -> folder/town_loop.yaml) or by path
+    (anything ending in .yaml/.yml, or an existing file). ConfigError when it is not there:
+    `<path>: <file_noun> not found`, or `<name>: no such <noun> (known: ...)`."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or _exists(path):  # a device or a FIFO too: the reader bounds it
+        if not _exists(path):
+            raise ConfigError(f"{clip(str(path), MAX_PATH_CHARS)}: {file_noun} not found")
+        return path
+    candidate = Path(folder) / f"{name_or_path}.yaml"
+    if not _exists(candidate):
+        known = ", ".join(sorted(p.stem for p in Path(folder).glob("*.yaml")))
+        raise ConfigError(f"{clip(str(name_or_path), MAX_PATH_CHARS)}: no such {noun} (known: {known})")
+    return candidate
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long to be a file
+        return False

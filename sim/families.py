@@ -37,7 +37,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from stagepilot.core.config import CONFIG_ROOT, ConfigError, Strict
 from stagepilot.core.config_load import format_validation_error, load_config
-from stagepilot.core.inputs import MAX_PATH_CHARS, clip, echo
+from stagepilot.core.inputs import clip, echo, named_yaml
 from stagepilot.core.maps import read_map_text
 from stagepilot.core.roadmap import MapError
 from stagepilot.sim.scenario import Scenario, resolve_map
@@ -255,22 +255,7 @@ def family_names() -> list[str]:
 
 def family_path(name_or_path: str | Path) -> Path:
     """A family name from configs/scenarios/families/ or a path to a YAML file."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or _is_file(path):
-        if not _is_file(path):
-            raise ConfigError(f"{clip(str(path), MAX_PATH_CHARS)}: family file not found")
-        return path
-    candidate = FAMILY_DIR / f"{name_or_path}.yaml"
-    if not _is_file(candidate):
-        raise ConfigError(f"{clip(str(name_or_path))}: no such scenario family (known: {', '.join(family_names())})")
-    return candidate
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except OSError:  # a name too long to be a file
-        return False
+    return named_yaml(name_or_path, FAMILY_DIR, "scenario family", "family file")
 
 
 def load_family(name_or_path: str | Path) -> Family:

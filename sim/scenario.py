@@ -16,11 +16,11 @@ from typing import Annotated, Literal, Union
 
 from pydantic import AfterValidator, Field, model_validator
 
-from stagepilot.core.config import CONFIG_ROOT, ConfigError, Strict
+from stagepilot.core.config import CONFIG_ROOT, Strict
 from stagepilot.core.config_base import (MAX_ACCEL_MPS2, MAX_DELAY_S, MAX_DISTANCE_M, MAX_DURATION_S, MAX_SEED,
                                          MAX_SPEED_MPS)
 from stagepilot.core.config_load import load_config
-from stagepilot.core.inputs import MAX_PATH_CHARS, clip
+from stagepilot.core.inputs import MAX_PATH_CHARS, clip, named_yaml
 from stagepilot.core.maps import SUFFIX, find_map, is_map_name, read_map_text
 from stagepilot.core.roadmap import MapError
 
@@ -184,23 +184,7 @@ class Scenario(Strict):
 
 def scenario_path(name_or_path: str | Path) -> Path:
     """A name from configs/scenarios/ or a path to a YAML file."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or _exists(path):
-        if not _exists(path):
-            raise ConfigError(f"{clip(str(path), MAX_PATH_CHARS)}: scenario file not found")
-        return path
-    candidate = SCENARIO_DIR / f"{name_or_path}.yaml"
-    if not _exists(candidate):
-        known = ", ".join(sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml")))
-        raise ConfigError(f"{clip(str(name_or_path), MAX_PATH_CHARS)}: no such scenario (known: {known})")
-    return candidate
-
-
-def _exists(path: Path) -> bool:
-    try:
-        return path.exists()
-    except OSError:  # a name too long to be a file
-        return False
+    return named_yaml(name_or_path, SCENARIO_DIR, "scenario", "scenario file")
 
 
 def resolve_map(text: str, scenario_file: Path, maps_dirs: Iterable[str | Path] = ()) -> Path:

@@ -29,7 +29,7 @@ from pydantic import Field, model_validator
 from stagepilot.core.config import CONFIG_ROOT, ConfigError, Strict
 from stagepilot.core.config_base import MAX_DURATION_S, MAX_SEED
 from stagepilot.core.config_load import load_config
-from stagepilot.core.inputs import MAX_PATH_CHARS, clip, echo
+from stagepilot.core.inputs import clip, echo, named_yaml
 from stagepilot.sim.families import family_names, load_family
 from stagepilot.sim.scenario import Scenario, load_scenario, scenario_path
 
@@ -130,22 +130,8 @@ def suite_names() -> list[str]:
 
 
 def suite_path(name_or_path: str | Path) -> Path:
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or _is_file(path):
-        if not _is_file(path):
-            raise ConfigError(f"{clip(str(path), MAX_PATH_CHARS)}: suite file not found")
-        return path
-    candidate = SUITE_DIR / f"{name_or_path}.yaml"
-    if not _is_file(candidate):
-        raise ConfigError(f"{clip(str(name_or_path))}: no such suite (known: {', '.join(suite_names())})")
-    return candidate
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except OSError:  # a name too long to be a file
-        return False
+    """A suite name from configs/suites/ or a path to a YAML file."""
+    return named_yaml(name_or_path, SUITE_DIR, "suite", "suite file")
 
 
 def load_suite(name_or_path: str | Path) -> Suite:
