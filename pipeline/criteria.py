@@ -29,9 +29,9 @@ import numpy as np
 from stagepilot.core.config import ConfigError
 from stagepilot.core.messages import Observation
 from stagepilot.core.paths import Polyline
+from stagepilot.sim.events import COLLISION_MIN_SPEED, LANE_MARGIN_M  # beyond half a lane + margin: outside
 
-LANE_MARGIN_M = 0.5  # [m] beyond half the lane width counts as outside
-MOVING_MPS = 0.1  # [m/s] the Leaderboard's epsilon: slower is standing
+MOVING_MPS = COLLISION_MIN_SPEED  # [m/s] the Leaderboard's epsilon: slower is standing
 TTC_HORIZON_S = 5.0  # [s] a constant-velocity projection is not worth more
 ACTOR_KINDS = ("vehicle", "pedestrian", "static")
 

@@ -35,6 +35,7 @@ from typing import Any
 from tqdm import tqdm
 
 from stagepilot.core.config import ConfigError, config_hash, load_stack
+from stagepilot.pipeline.provenance import write_json
 
 SCORE_FIELDS = ("driving_score", "route_completion", "infraction_penalty", "infractions",
                 "outside_route_lanes_pct", "status", "min_ttc_s")
@@ -242,9 +243,7 @@ def family_means(results: list[dict]) -> dict[str, float]:
 
 def write_results(evaluation: EvaluationResult) -> Path:
     path = evaluation.out_dir / "results.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(evaluation.as_dict(), indent=2, default=str, allow_nan=False))
-    os.replace(tmp, path)
+    write_json(path, evaluation.as_dict())  # atomic; NaN and infinities as null
     return path
 
 

@@ -35,7 +35,7 @@ from stagepilot.core.messages import Observation
 from stagepilot.pipeline import codec
 from stagepilot.pipeline.provenance import run_info
 from stagepilot.pipeline.records import FrameRecord
-from stagepilot.pipeline.viewer import ViewerFrames, semantic_png
+from stagepilot.pipeline.viewer import ViewerFrames, image_message, semantic_png
 from stagepilot.sim.scenario import Scenario
 
 PROFILE = "stagepilot"
@@ -81,6 +81,7 @@ class Recorder:
         self._file = None
         self._writer: Writer | None = None
         self._channels: dict[str, int] = {}
+        self._pngs: list[tuple] = []  # this frame's (mask, PNG) pairs
         self.frames = 0
         self.bytes_written = 0
 
@@ -108,6 +109,8 @@ class Recorder:
         t_ns, frame = _ns(obs.t), obs.frame
         for topic, log_time, payload in self.viewer.frame(obs, record):
             self._log(topic, frame, log_time, payload)
+        shown = getattr(record.perception, "semantic", None)
+        self._pngs = [(shown, self.viewer.segmentation_png)] if self.viewer.segmentation_png else []
         for name, image in (obs.cameras or {}).items():
             if name != self.camera and image is not None and image.encoded is not None:
                 self._log(CAMERA.format(camera=name), frame, t_ns,
@@ -199,9 +202,8 @@ class Recorder:
             (seen,), output = calls["perception"]
             yield from self._truth_images(seen)
             yield "/stagepilot/observation", encode_observation(seen, obs)
-            if output.semantic is not None:  # the viewer's PNG of the same mask, when it made one
-                shown = getattr(record.perception, "semantic", None) is output.semantic and self.viewer.segmentation_png
-                yield SEMANTIC_OUT, image_message(shown or semantic_png(output.semantic), "png", obs.t)
+            if output.semantic is not None:
+                yield SEMANTIC_OUT, image_message(self._png(output.semantic), "png", obs.t)
             yield "/stagepilot/perception", codec.dumps(plain_perception(output, ref=output.semantic is not None))
         if "planner" in calls:
             (ego, _route, perception, t), plan = calls["planner"]
@@ -221,6 +223,16 @@ class Recorder:
             "route_progress": obs.route_progress,
             "decision": record.plan.decision if record.plan is not None else None})
 
+    def _png(self, mask) -> bytes:
+        """The mask's paletted PNG, encoded once a frame: the viewer's segmentation, the
+        perception output and (with the ground-truth stand-in) the truth are often one array."""
+        for array, png in self._pngs:
+            if array is mask:
+                return png
+        png = semantic_png(mask)
+        self._pngs.append((mask, png))
+        return png
+
     def _truth_images(self, seen: Observation):
         truth = seen.ground_truth
         if truth is None:
@@ -228,7 +240,7 @@ class Recorder:
         for camera, mask in truth.semantic.items():
             topic = TRUTH_SEMANTIC.format(camera=camera)
             if topic in self._channels:
-                yield topic, image_message(semantic_png(mask), "png", seen.t, f"camera_{camera}")
+                yield topic, image_message(self._png(mask), "png", seen.t, f"camera_{camera}")
 
 
 def encode_observation(seen: Observation, obs: Observation) -> bytes:
@@ -272,10 +284,3 @@ def _image_schema() -> bytes:
     return CompressedImage.get_schema().data
 
 
-def image_message(data: bytes, fmt: str, t: float, frame_id: str = "") -> bytes:
-    """A foxglove.CompressedImage holding `data` (jpeg or png), stamped with sim time `t`."""
-    from foxglove.messages import CompressedImage, Timestamp
-
-    seconds = int(t)
-    stamp = Timestamp(sec=seconds, nsec=int(round((t - seconds) * 1e9)) % 1_000_000_000)
-    return CompressedImage(timestamp=stamp, frame_id=frame_id, data=data, format=fmt).encode()

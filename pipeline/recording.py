@@ -80,6 +80,7 @@ class Recording:
         self.attachments: dict[str, bytes] = {}
         self.schemas: dict[int, Schema] = {}
         self.channels: dict[int, Channel] = {}
+        self._by_topic: dict[str, Channel] = {}
         self.truncated: str | None = None  # why the file ends early, when it does
         self.partial_frames = 0  # messages of a frame whose end the file does not hold
         self.complete = False  # the file ends with its summary (the drive ended normally)
@@ -113,6 +114,7 @@ class Recording:
             self.schemas[record.id] = record
         elif isinstance(record, Channel):
             self.channels[record.id] = record
+            self._by_topic.setdefault(record.topic, record)
         elif isinstance(record, Metadata):
             self.meta[record.name] = dict(record.metadata)
         elif isinstance(record, Attachment):
@@ -141,7 +143,7 @@ class Recording:
     # ------------------------------------------------------------ what it holds
 
     def topics(self) -> set[str]:
-        return {channel.topic for channel in self.channels.values()}
+        return set(self._by_topic)
 
     def require(self, stages) -> None:
         """Raise unless the file has every channel that replaying `stages` reads."""
@@ -237,7 +239,7 @@ class Recording:
         raw = frame.messages.get(topic)
         if raw is None:
             raise RecordingError(f"{self.path}: frame {frame.frame} has no {topic} message")
-        channel = next(c for c in self.channels.values() if c.topic == topic)
+        channel = self._by_topic[topic]
         decoder = self._decoders.get(channel.id)
         if decoder is None:
             from mcap_protobuf.decoder import DecoderFactory

@@ -20,11 +20,11 @@ from mcap.writer import CompressionType, Writer
 
 from stagepilot.pipeline import codec
 from stagepilot.pipeline.provenance import git_state
-from stagepilot.pipeline.recorder import CHUNK_BYTES, PROFILE, SEMANTIC_OUT, image_message, plain_perception
+from stagepilot.pipeline.recorder import CHUNK_BYTES, PROFILE, SEMANTIC_OUT, plain_perception
 from stagepilot.pipeline.recording import RUNTIME, STAGE_INPUTS, Recording, RecordedFrame, RecordingError
 from stagepilot.pipeline.replay import STAGES, replay
 from stagepilot.pipeline.replay_compare import Comparator, load_tolerances
-from stagepilot.pipeline.viewer import semantic_png
+from stagepilot.pipeline.viewer import image_message, semantic_png
 
 OUTPUT_TOPIC = {"perception": "/stagepilot/perception", "planner": "/stagepilot/plan",
                 "controller": "/stagepilot/control"}

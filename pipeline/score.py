@@ -43,6 +43,7 @@ import numpy as np
 from stagepilot.pipeline.criteria import CriteriaFrame, CriteriaObserver
 from stagepilot.pipeline.driver import DriveResult
 from stagepilot.pipeline.metrics import NUPLAN_BOUNDS
+from stagepilot.sim.events import COLLISION_MIN_SPEED, COLLISION_REPEAT_S
 
 __all__ = ["PENALTY", "INFRACTIONS", "CollisionHit", "CriteriaObserver", "ScenarioScore", "count_collisions",
            "driving_score", "score_drive"]
@@ -58,8 +59,10 @@ PENALTY = {  # Leaderboard 2.0 coefficients, one factor per occurrence
 ROUTE_ENDING = ("route_deviation", "blocked")  # end the route, no coefficient
 INFRACTIONS = (*PENALTY, *ROUTE_ENDING)
 COLLISION_RADIUS_M = 5.0  # [m] a hit this close to the last counted one is the same collision
-COLLISION_REPEAT_S = 5.0  # [s] a hit with the last counted actor this soon is the same collision
-MIN_SPEED_MPS = 0.1  # [m/s] slower: not the ego's collision; and the blocked threshold
+# The Leaderboard's thresholds, shared with the simulator's event monitor (sim/events.py), which
+# already applies the first two to the events it emits; they are checked again here so that
+# hits from any source (another simulator, a test) follow the same rules.
+MIN_SPEED_MPS = COLLISION_MIN_SPEED  # [m/s] slower: not the ego's collision; and the blocked threshold
 ROUTE_DEVIATION_M = 30.0  # [m]
 SUCCESS_PCT = 99.0  # [%] with SUCCESS_DISTANCE_M, RouteCompletionTest's success
 SUCCESS_DISTANCE_M = 10.0  # [m]

@@ -215,6 +215,11 @@ def _times(t_s: float) -> tuple[int, Timestamp]:
     return t_ns, Timestamp(sec, nsec)
 
 
+def image_message(data: bytes, fmt: str, t: float, frame_id: str = "") -> bytes:
+    """A foxglove.CompressedImage holding `data` (jpeg or png), stamped with sim time `t`."""
+    return CompressedImage(timestamp=_times(t)[1], frame_id=frame_id, data=data, format=fmt).encode()
+
+
 def _image_bytes(image: CameraImage) -> bytes | None:
     """The frame as sent, or a JPEG of a uint8 frame a fault replaced; None for one that has no
     image to show (NaN)."""

@@ -22,9 +22,7 @@ ints in their range with both ends included, choices among their values.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -52,16 +50,17 @@ Scalar = str | int | float | bool
 # ---------------------------------------------------------------- generators
 
 
-def _random_routes(params: dict[str, Any], rng: np.random.Generator, maps_dirs: Iterable[str | Path]) -> dict:
+def _random_routes(params: dict[str, Any], maps_dirs: Iterable[str | Path]) -> dict:
     """A route through at least two junctions of a town, with traffic (sim/random_routes.py);
-    it draws from its own generator, seeded by params["seed"], so `rng` is not needed."""
+    it draws from its own generator, seeded by params["seed"]."""
     # Looked up at first use: the generator is a module of its own and is not needed to load families.
     module = importlib.import_module("stagepilot.sim.random_routes")
     return module.random_routes_scenario(params, maps_dirs)
 
 
-# name -> function(params, rng, maps_dirs) -> scenario document (a dict in the scenario-file format)
-GENERATORS: dict[str, Callable[[dict[str, Any], np.random.Generator, Iterable[str | Path]], dict]] = {
+# name -> function(params, maps_dirs) -> scenario document (a dict in the scenario-file format); a
+# generator draws what it needs from the parameters (their `seed`), so a draw is the same everywhere
+GENERATORS: dict[str, Callable[[dict[str, Any], Iterable[str | Path]], dict]] = {
     "random_routes": _random_routes,
 }
 
@@ -167,14 +166,17 @@ class Family:
         """One draw of every parameter, in the file's order (so a seed gives the same draw)."""
         return {name: parameter.sample(rng) for name, parameter in self.parameters.items()}
 
-    def check(self, params: dict[str, Any]) -> None:
-        """ConfigError naming the family and parameter when `params` is not one of its draws."""
+    def check(self, params: dict[str, Any], partial: bool = False) -> None:
+        """ConfigError naming the family and parameter when `params` is not one of its draws
+        (`partial`: some of them, e.g. the values a suite pins)."""
         unknown = [name for name in params if name not in self.parameters]
         if unknown:
             raise ConfigError(f"family {self.name}: unknown parameter {clip(str(unknown[0]))} "
                               f"(parameters: {', '.join(self.parameters) or 'none'})")
         for name, parameter in self.parameters.items():
             if name not in params:
+                if partial:
+                    continue
                 raise ConfigError(f"family {self.name}: parameter {name} is missing ({parameter.describe()})")
             problem = parameter.problem(params[name])
             if problem is not None:
@@ -184,8 +186,7 @@ class Family:
         """The scenario document (the YAML file's content) for `params`, named `name`."""
         self.check(params)
         if self.generator is not None:
-            rng = np.random.default_rng(params_seed(params))
-            doc = dict(GENERATORS[self.generator](dict(params), rng, tuple(maps_dirs)))
+            doc = dict(GENERATORS[self.generator](dict(params), tuple(maps_dirs)))
         else:
             doc = substitute(self.template, params)
         doc["name"] = name
@@ -210,12 +211,6 @@ class Family:
             return Scenario.model_validate(doc)
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, lambda _path: label, doc)) from None
-
-
-def params_seed(params: dict[str, Any]) -> int:
-    """A seed that depends on the parameter values only (the same on every machine)."""
-    text = json.dumps(params, sort_keys=True, default=str)
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
 
 def substitute(template: Any, params: dict[str, Any], path: str = "scenario") -> Any:

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from stagepilot.core.config import CONFIG_ROOT, ConfigError, Strict
 from stagepilot.core.config_base import MAX_DURATION_S, MAX_SEED
 from stagepilot.core.config_load import load_config
 from stagepilot.core.inputs import clip, echo, named_yaml
-from stagepilot.sim.families import family_names, load_family
+from stagepilot.sim.families import Family, family_names, load_family
 from stagepilot.sim.scenario import Scenario, load_scenario, scenario_path
 
 SUITE_DIR = CONFIG_ROOT / "suites"
@@ -53,17 +53,23 @@ class FamilyDraws(Strict):
 class SuiteSpec(Strict):
     description: str = ""
     seed: int = Field(ge=0, le=MAX_SEED)
-    families: dict[str, int | FamilyDraws] = {}
+    families: dict[str, FamilyDraws] = {}  # `name: N` is short for `name: {count: N}`
     scenarios: list[str] = []
     criteria: SuiteCriteria = SuiteCriteria()
+
+    @field_validator("families", mode="before")
+    @classmethod
+    def _short_form(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {k: {"count": v} if isinstance(v, int) and not isinstance(v, bool) else v for k, v in value.items()}
 
     @model_validator(mode="after")
     def _counts(self) -> "SuiteSpec":
         for name, draws in self.families.items():
-            count = draws if isinstance(draws, int) else draws.count
-            if not 0 <= count <= MAX_PER_FAMILY:
-                raise ValueError(f"family {echo(name)}: count {count} is outside [0, {MAX_PER_FAMILY}]")
-        if not any(d if isinstance(d, int) else d.count for d in self.families.values()) and not self.scenarios:
+            if not 0 <= draws.count <= MAX_PER_FAMILY:
+                raise ValueError(f"family {echo(name)}: count {draws.count} is outside [0, {MAX_PER_FAMILY}]")
+        if not any(d.count for d in self.families.values()) and not self.scenarios:
             raise ValueError("a suite needs at least one family count above 0 or one scenario")
         return self
 
@@ -86,6 +92,7 @@ class Suite:
     criteria: dict[str, Any]
     source: Path
     pinned: dict[str, dict[str, Any]] = field(default_factory=dict)  # family -> parameters fixed for every draw
+    loaded: dict[str, Family] = field(default_factory=dict, repr=False)  # the families, read once
 
     def sample(self, maps_dirs: Iterable[str | Path] = ()) -> list[SuiteScenario]:
         """Every scenario of the suite, validated and with its map resolved: the families' draws
@@ -93,7 +100,7 @@ class Suite:
         maps_dirs = tuple(maps_dirs)
         out: list[SuiteScenario] = []
         for name, count in self.families.items():
-            family = load_family(name)
+            family = self.loaded.get(name) or load_family(name)
             rng = np.random.default_rng(family_seed(self.seed, name))
             for index in range(1, count + 1):
                 params = {**family.sample(rng), **self.pinned.get(name, {})}  # pinning leaves the other draws alone
@@ -140,24 +147,22 @@ def load_suite(name_or_path: str | Path) -> Suite:
     path = suite_path(name_or_path)
     spec = load_config(SuiteSpec, [path])
     known = family_names()
-    for name in spec.families:
+    loaded: dict[str, Family] = {}
+    for name, draws in spec.families.items():
         if name not in known:
             raise ConfigError(f"{path}: families.{clip(name)}: no such scenario family (known: {', '.join(known)})")
         try:
-            load_family(name)
+            loaded[name] = load_family(name)
         except ConfigError as exc:
             raise ConfigError(f"{path}: families.{name}: {exc}") from None
-    pinned = {name: d.params for name, d in spec.families.items() if not isinstance(d, int) and d.params}
-    for name, params in pinned.items():  # a pinned value outside its range fails here, before any drive
-        family = load_family(name)
-        try:
-            family.check({**{p: family.parameters[p].sample(np.random.default_rng(0)) for p in family.parameters},
-                          **params})
+        try:  # a pinned value outside its range fails here, before any drive
+            loaded[name].check(draws.params, partial=True)
         except ConfigError as exc:
             raise ConfigError(f"{path}: families.{name}.params: {exc}") from None
-    counts = {name: d if isinstance(d, int) else d.count for name, d in spec.families.items()}
+    pinned = {name: d.params for name, d in spec.families.items() if d.params}
+    counts = {name: d.count for name, d in spec.families.items()}
     suite = Suite(path.stem, spec.description, spec.seed, counts, list(spec.scenarios),
-                  spec.criteria.model_dump(exclude_none=True), path, pinned)
+                  spec.criteria.model_dump(exclude_none=True), path, pinned, loaded)
     for index, entry in enumerate(spec.scenarios):
         try:
             scenario_path(suite._scenario_file(entry))
