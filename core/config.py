@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field, create_model, field_validator
 
 from stagepilot.core.config_base import ConfigError, Strict  # noqa: F401  (re-exported)
 from stagepilot.core.config_base import (MAX_ACCEL_MPS2, MAX_DELAY_MS, MAX_DELAY_S, MAX_DISTANCE_M,
@@ -104,11 +104,27 @@ def _vehicle_config_model() -> type[BaseModel]:
 VehicleConfig = _vehicle_config_model()
 
 
+# The default rig (docs/perception.md, "Camera rig"): three 90 deg cameras at the same mount, the
+# front one and two turned 60 deg either way, as the CARLA Leaderboard's camera agents have them.
+# Together they see 210 deg, each side view overlapping the front one by 30 deg, so that traffic
+# crossing a junction is in view before the car enters it.
+DEFAULT_RIG = {"front": CameraConfig(pitch_deg=3.0),
+               "front_left": CameraConfig(y=0.3, pitch_deg=3.0, yaw_deg=60.0),
+               "front_right": CameraConfig(y=-0.3, pitch_deg=3.0, yaw_deg=-60.0)}
+
+
 class SimConfig(Strict):
     dt_s: float = Field(0.05, ge=0.001, le=0.2)  # fixed step
-    cameras: dict[str, CameraConfig] = {"front": CameraConfig(pitch_deg=3.0)}
+    # The camera rig by name; the first is the main camera (the road and the semantic image come
+    # from it). `null` removes a camera that an earlier layer configured.
+    cameras: dict[str, CameraConfig | None] = DEFAULT_RIG
     render: RenderConfig = RenderConfig()
     ground_truth: bool = True
+
+    @field_validator("cameras")
+    @classmethod
+    def _drop_removed(cls, cameras: dict) -> dict:
+        return {name: cam for name, cam in cameras.items() if cam is not None}
 
 
 class BehaviourConfig(Strict):
@@ -145,6 +161,10 @@ class PerfectPerceptionConfig(Strict):
     extra_latency_s: float = Field(0.0, ge=0.0, le=MAX_DELAY_S)  # detections are this old
     max_range_m: float = Field(80.0, gt=0.0, le=MAX_DISTANCE_M)
     seed: int = Field(0, ge=0, le=MAX_SEED)
+    # rig: only what the rig's cameras could see (inside a view, not fully occluded; a light's
+    # state only while its head is in view), so that perfect and learned perception see the same
+    # field; all: everything in range, in every direction (planning on its own).
+    coverage: Literal["rig", "all"] = "rig"
 
 
 class TrackerConfig(Strict):

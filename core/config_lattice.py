@@ -5,7 +5,7 @@ Comfort limits default to nuPlan's comfort metric bounds (REFERENCE.md, Comfort:
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -49,6 +49,21 @@ class LatticeCollision(Strict):
     # (a pedestrian passing 0.2 m away) is not an unavoidable "collision" of every candidate
     margin_ramp_s: float = Field(0.5, ge=0.0, le=5.0)
     proximity_range_m: float = Field(2.0, ge=0.0, le=10.0)  # bare-body gap that starts to cost
+
+
+class LatticePrediction(Strict):
+    """How obstacles move over the plan horizon (planning/prediction.py): moving vehicles along
+    the road-map lanes they match, everything else at constant velocity."""
+
+    kind: Literal["lanes", "constant_velocity"] = "lanes"  # lanes needs a road map, else CV
+    max_offset_m: float = Field(1.5, gt=0.0, le=10.0)  # [m] vehicle centre to lane centre, to match
+    max_heading_error_rad: float = Field(0.5, gt=0.0, le=1.57)  # course vs lane direction, to match
+    # [m/s] slower obstacles stand: predicted in place with a margin that does not grow
+    min_speed_mps: float = Field(1.0, ge=0.0, le=10.0)
+    # [m/s] obstacle margins widen with prediction time t by these x t: lane-following vehicles
+    # stay in their lane, constant-velocity ones (walkers, unmatched vehicles) may go anywhere
+    lane_margin_growth_mps: float = Field(0.05, ge=0.0, le=5.0)
+    constant_velocity_margin_growth_mps: float = Field(0.1, ge=0.0, le=5.0)
 
 
 class LatticeFallback(Strict):
@@ -95,6 +110,7 @@ class LatticeConfig(Strict):
     limits: LatticeLimits = LatticeLimits()
     weights: LatticeWeights = LatticeWeights()
     collision: LatticeCollision = LatticeCollision()
+    prediction: LatticePrediction = LatticePrediction()
     fallback: LatticeFallback = LatticeFallback()
 
     @field_validator("plan_horizon_s")

@@ -181,7 +181,8 @@ class Detection:
     yaw: float  # [rad] ego frame
     extent: tuple[float, float, float]  # [m] length, width, height
     velocity: tuple[float, float]  # [m/s] over ground, ego axes
-    box_2d: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 [px], main camera
+    box_2d: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 [px] in `camera`'s image
+    camera: str = ""  # the rig camera that saw it this frame ("" when none did)
 
 
 @dataclass(frozen=True)

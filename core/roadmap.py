@@ -22,6 +22,7 @@ from stagepilot.core.lanes import (DRIVING, LanePoint, LaneSegment, RoutePath, S
                                    to_carla_location, to_world_xy)
 from stagepilot.core.inputs import MAX_MAP_BYTES, read_text
 from stagepilot.core.paths import Polyline
+from stagepilot.core.signals import signal_heads
 
 SAMPLE_STEP_M = 1.0
 LANE_CHANGE_COST_M = 30.0  # route-length penalty of one lane change
@@ -80,6 +81,7 @@ class RoadMap:
         self._add_lane_changes()
         self._finish_graph()
         self.stop_lines = self._find_stop_lines()
+        self.signal_heads = signal_heads(self.stop_lines)
         self.bounds = self._bounds()
 
     @classmethod

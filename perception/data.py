@@ -87,6 +87,8 @@ class PerceptionDataset(Dataset):
         coco = json.loads(path.read_text())
         self.split = split
         self.camera = coco.get("camera")  # {"K", "T_ego_cam", "width", "height"} when collect wrote it
+        # every rig camera that took the split's frames, by name (an image names its own: "camera")
+        self.cameras = coco.get("cameras") or ({self.camera["name"]: self.camera} if self.camera else {})
         names = {c["id"]: c["name"] for c in coco["categories"]}
         self.images = sorted(coco["images"], key=lambda i: i["id"])[:limit]
         self.objects: dict[int, list[tuple[list[float], int, list[float], list[float]]]] = {
@@ -135,7 +137,8 @@ class PerceptionDataset(Dataset):
             image = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0                           # (3, H, W)
         target = {"boxes": boxes, "labels": labels, "mask": torch.from_numpy(classes).long(),
                   "center_ego": center_ego, "extent": extent,
-                  "image_id": int(record["id"]), "scale": torch.tensor([sx, sy])}
+                  "image_id": int(record["id"]), "scale": torch.tensor([sx, sy]),
+                  "camera": record.get("camera", (self.camera or {}).get("name", ""))}
         return image, target
 
     def _augment(self, rgb: np.ndarray, boxes: Tensor, mask: np.ndarray,

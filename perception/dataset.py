@@ -162,8 +162,10 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
 
 
-def write_coco(path: Path, images: list[dict], annotations: list[dict], camera: dict, info: dict) -> None:
-    """A COCO detection file; annotation ids are assigned here, 1..n in the given order."""
+def write_coco(path: Path, images: list[dict], annotations: list[dict], camera: dict, info: dict,
+               cameras: dict[str, dict] | None = None) -> None:
+    """A COCO detection file; annotation ids are assigned here, 1..n in the given order. ``camera``
+    is the main camera's record; ``cameras`` every rig camera's by name (each image names its own)."""
     numbered = [{"id": i, **a} for i, a in enumerate(annotations, start=1)]
-    write_json(path, {"info": info, "camera": camera, "categories": coco_categories(),
-                      "images": images, "annotations": numbered})
+    write_json(path, {"info": info, "camera": camera, "cameras": cameras or {camera["name"]: camera},
+                      "categories": coco_categories(), "images": images, "annotations": numbered})

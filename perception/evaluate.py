@@ -77,12 +77,13 @@ def camera_record(config: StackConfig, name: str = CAMERA, *,
     return dataset_files.camera_record(name, cam.width, cam.height, K, T, outline_margin_px)
 
 
-def _camera(frames: PerceptionDataset, config: StackConfig) -> tuple[np.ndarray, np.ndarray, float]:
-    """(K, T_ego_cam, outline margin px) of the camera that took the split's frames: the one its
-    annotation file records, else the stack config's."""
-    camera = frames.camera if frames.camera is not None else camera_record(config)
-    K, T = np.asarray(camera["K"], dtype=float), np.asarray(camera["T_ego_cam"], dtype=float)
-    return K, T, float(camera.get("outline_margin_px", UNRECORDED_OUTLINE_MARGIN_PX))
+def _cameras(frames: PerceptionDataset, config: StackConfig) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """Name -> (K, T_ego_cam, outline margin px) of each camera that took the split's frames: those
+    its annotation file records, else the stack config's main camera (under the name "")."""
+    records = frames.cameras or {"": camera_record(config)}
+    return {name: (np.asarray(camera["K"], dtype=float), np.asarray(camera["T_ego_cam"], dtype=float),
+                   float(camera.get("outline_margin_px", UNRECORDED_OUTLINE_MARGIN_PX)))
+            for name, camera in records.items()}
 
 
 def _null(value: float) -> float | None:
@@ -98,7 +99,7 @@ def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *
     annotation file records none, and perception's contact depths for positions."""
     device = torch.device(device)
     dataset = PerceptionDataset(data, split, input_size=tuple(model.input_size), limit=limit)
-    K, T, margin = _camera(dataset, config)
+    cameras = _cameras(dataset, config)
     classes, seg_classes = list(model.classes), list(model.seg_classes)
     ap50 = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, iou_thresholds=[0.5],
                                 backend="pycocotools")
@@ -130,7 +131,8 @@ def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *
             present |= torch.bincount(seg[valid], minlength=len(seg_classes)).bool()
             present |= torch.bincount(mask[valid], minlength=len(seg_classes)).bool()
             _position_errors(boxes, det["scores"].cpu(), det["labels"].cpu(), gt_boxes, tgt, classes,
-                             score_threshold, (K, T, margin), config.perception.learned.contact_depth_m,
+                             score_threshold, cameras.get(tgt["camera"]) or next(iter(cameras.values())),
+                             config.perception.learned.contact_depth_m,
                              errors, eligible)
             _recall_by_height(boxes, det["scores"].cpu(), det["labels"].cpu(), gt_boxes, tgt["labels"], classes,
                               score_threshold, found)

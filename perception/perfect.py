@@ -1,9 +1,15 @@
 """PerfectPerception: the simulator's ground truth as the Perception message.
 
 The stand-in that Pylot and CARLA users rely on to test planning before learned perception
-exists. Optional imperfections from config: Gaussian position and velocity noise, random
-dropout of objects, and extra latency (the detections describe the world as it was
-`extra_latency_s` ago, moved into the current ego frame).
+exists. Its coverage is the rig's by default (``coverage: rig``): an object is reported only
+when some rig camera sees part of it (its occlusion-aware 2D box in that camera: inside the
+view and not fully hidden), and the governing light's state only while its head shows its
+lamps to a rig camera; otherwise the light is unread, as it would be to the learned stage. So
+"perfect against learned" compares the quality of perception over one field of view.
+``coverage: all`` reports everything in range in every direction, for planning on its own.
+Optional imperfections from config: Gaussian position and velocity noise, random dropout of
+objects, and extra latency (the detections describe the world as it was `extra_latency_s`
+ago, moved into the current ego frame).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from stagepilot.core.messages import (
 )
 from stagepilot.perception.checks import FrameCheck
 from stagepilot.perception.geometry import stop_line_ahead
+from stagepilot.perception.lights import FACING_MAX_RAD
 from stagepilot.core.paths import Polyline
 
 
@@ -38,14 +45,15 @@ class PerfectPerception:
 
     name = "perception"
 
-    def __init__(self, config: PerfectPerceptionConfig, dt_s: float, camera: str = "front"):
+    def __init__(self, config: PerfectPerceptionConfig, dt_s: float, cameras: tuple[str, ...] = ("front",)):
         self.config = config
-        self.camera = camera
+        self.cameras = tuple(cameras)
+        self.camera = self.cameras[0] if self.cameras else "front"  # the main camera
         self.rng = np.random.default_rng(config.seed)
         self.delay_frames = int(round(config.extra_latency_s / dt_s))
         self._history: deque = deque(maxlen=self.delay_frames + 1)
         self._route: Polyline | None = None
-        self.check = FrameCheck(camera)
+        self.check = FrameCheck(self.camera)
 
     def step(self, obs: Observation) -> Perception:
         truth = obs.ground_truth
@@ -54,6 +62,9 @@ class PerfectPerception:
         problem = self.check.reason(obs)
         if problem is not None:
             return Perception(t=obs.t, frame=obs.frame, detections=(), usable=False, reason=problem)
+        if self.config.coverage == "rig" and not any(source_camera in (obs.cameras or {}) for source_camera in self.cameras):
+            raise ConfigError("perception.perfect.coverage: rig reports what the rig's cameras see, so the cameras "
+                              "must render (or set coverage: all)")
         self._history.append(obs)
         source = self._history[0]  # the oldest kept frame: extra latency
         detections = tuple(self._detections(source, obs.ego))
@@ -82,8 +93,11 @@ class PerfectPerception:
             ex, ey = to_ego(wx, wy, ego)
             if math.hypot(ex, ey) > cfg.max_range_m:
                 continue
+            camera = self._seen_by(obj)
+            if camera is None and cfg.coverage == "rig":
+                continue  # behind the ego, beside the views, or hidden behind something
             c, s = math.cos(ego.yaw), math.sin(ego.yaw)
-            box = obj.boxes_2d.get(self.camera)
+            box = obj.boxes_2d.get(camera) if camera is not None else None
             yield Detection(
                 track_id=obj.id,
                 kind=obj.kind,
@@ -93,7 +107,17 @@ class PerfectPerception:
                 extent=obj.extent,
                 velocity=(c * vx + s * vy, -s * vx + c * vy),
                 box_2d=None if box is None else (box.x0, box.y0, box.x1, box.y1),
+                camera=camera or "",
             )
+
+    def _seen_by(self, obj) -> str | None:
+        """The rig camera that sees most of ``obj`` (the main one first on a tie), or None."""
+        best = None
+        for name in self.cameras:
+            box = obj.boxes_2d.get(name)
+            if box is not None and box.visible_fraction > 0.0 and (best is None or box.visible_fraction > best[1]):
+                best = (name, box.visible_fraction)
+        return None if best is None else best[0]
 
     def _light_ahead(self, source: Observation, obs: Observation) -> TrafficLightAhead | None:
         if self._route is None or self._route.points is not obs.route.points:
@@ -105,7 +129,25 @@ class PerfectPerception:
         light = found[0]
         p0 = to_ego(light.stop_line[0], light.stop_line[1], obs.ego)
         p1 = to_ego(light.stop_line[2], light.stop_line[3], obs.ego)
-        return TrafficLightAhead(id=light.id, state=light.state, stop_line=(*p0, *p1))
+        state = light.state if self.config.coverage == "all" or self._lamps_in_view(light, source) else "unknown"
+        return TrafficLightAhead(id=light.id, state=state, stop_line=(*p0, *p1))
+
+    def _lamps_in_view(self, light, source: Observation) -> bool:
+        """Whether a rig camera sees the head and its lamps face that camera."""
+        head = next((o for o in source.ground_truth.objects if o.id == light.id), None)
+        if head is None:
+            return False
+        ego = source.ego
+        for name in self.cameras:
+            box, image = head.boxes_2d.get(name), (source.cameras or {}).get(name)
+            if box is None or box.visible_fraction <= 0.0 or image is None:
+                continue
+            cx, cy = float(image.T_ego_cam[0, 3]), float(image.T_ego_cam[1, 3])
+            c, s = math.cos(ego.yaw), math.sin(ego.yaw)
+            bearing = math.atan2(ego.y + s * cx + c * cy - head.center_world[1], ego.x + c * cx - s * cy - head.center_world[0])
+            if abs(math.remainder(bearing - head.yaw_world, math.tau)) <= FACING_MAX_RAD:
+                return True
+        return False
 
 
 def _wrap(angle: float) -> float:

@@ -56,7 +56,8 @@ class Measurement:
     score: float
     position: tuple[float, float]  # [m] box centre on the ground, ego frame
     extent: tuple[float, float, float]  # [m] length, width, height
-    box_2d: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 [px], main camera
+    box_2d: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 [px] in `camera`
+    camera: str = ""  # the camera whose image holds box_2d
 
 
 @dataclass
@@ -68,6 +69,7 @@ class _Track:
     score: float
     extent: tuple[float, float, float]
     box_2d: tuple[float, float, float, float] | None
+    camera: str
     heading: float  # [rad] world frame, last heading while moving
     hits: int = 1
     misses: int = 0
@@ -214,7 +216,7 @@ class Tracker:
         track.misses = 0
         track.hidden_s = 0.0
         track.confirmed = track.confirmed or track.hits >= self.config.min_hits
-        track.score, track.extent, track.box_2d = m.score, m.extent, m.box_2d
+        track.score, track.extent, track.box_2d, track.camera = m.score, m.extent, m.box_2d, m.camera
         # Learn the heading only from a speed that stands out of its noise, so that the
         # first frames of a parked car do not leave it facing a random way.
         speed_mps, speed_std_mps = _speed(track)
@@ -236,7 +238,7 @@ class Tracker:
         cov[:2, :2] = r
         cov[2, 2] = cov[3, 3] = INITIAL_SPEED_STD**2
         track = _Track(track_id=self._next_id, kind=m.kind, state=np.array([z[0], z[1], 0.0, 0.0]),
-                       cov=cov, score=m.score, extent=m.extent, box_2d=m.box_2d,
+                       cov=cov, score=m.score, extent=m.extent, box_2d=m.box_2d, camera=m.camera,
                        heading=ego_yaw)  # unknown until it moves: assume aligned with the ego
         track.confirmed = track.hits >= self.config.min_hits
         self._next_id += 1
@@ -260,4 +262,4 @@ class Tracker:
         return Detection(track_id=track.track_id, kind=track.kind, score=track.score,
                          position=(float(position[0]), float(position[1])), yaw=yaw,
                          extent=track.extent, velocity=(float(velocity[0]), float(velocity[1])),
-                         box_2d=track.box_2d)
+                         box_2d=track.box_2d, camera=track.camera if track.box_2d is not None else "")

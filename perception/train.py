@@ -81,6 +81,7 @@ class AugmentOptions(Strict):
 class TrainConfig(Strict):
     data: str                                  # dataset folder written by `stagepilot collect`
     out: str = "runs/train/default"            # checkpoints go here
+    init: str | None = None                    # start from this checkpoint's weights (fine-tuning; fresh optimizer)
     epochs: int = Field(12, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(2e-3, gt=0.0)
@@ -179,6 +180,10 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, command: str
         raise ConfigError(f"model.architecture: {exc}") from None
     if config.model.backbone_weights is not None:
         load_backbone_weights(model, config.model.backbone_weights)
+    if config.init is not None and resume is None:
+        if not Path(config.init).is_file():
+            raise ConfigError(f"init: checkpoint {config.init} not found")
+        model, _ = load_checkpoint(config.init, model, map_location=device)  # weights only; optimizer starts fresh
     model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)

@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     collect = commands.add_parser(
         "collect", help="render a perception dataset (COCO boxes, semantic masks) from the embedded simulator",
         description="Render varied scenes (maps, traffic, pedestrians, parked cars, cones, weather) with the "
-        "embedded simulator and write the front camera's images, semantic masks (CARLA tags), optional depth, "
+        "embedded simulator and write every rig camera's images, semantic masks (CARLA tags), optional depth, "
         "COCO annotations per split and manifest.json. Training uses the project maps; validation uses "
         "Town02 and held-out seeds. The same command writes the same bytes.",
     )

@@ -4,8 +4,11 @@ Each scene is a scenario sampled from a seed: a map, an ego route from a random 
 position, background traffic (the simulator's `random_vehicles` on maps without dead ends,
 goal-routed NPCs elsewhere), NPC cars ahead and oncoming, pedestrians crossing and walking
 along the road, parked cars, cones and barriers, and a weather preset. The ego drives it with
-the reference follower; after a random warm-up, every `interval_s` one frame of the `front`
-camera is written (`perception/dataset.py` holds the file layout).
+the reference follower; after a random warm-up, every `interval_s` one frame of every rig
+camera (`sim.cameras`) is written, so that the model learns the side views too; each image names
+its camera, and the annotation file holds every camera's calibration (`perception/dataset.py`
+holds the file layout). A frame of a C-camera rig is C images: image id = frame id * C + camera
+index, in the rig's order.
 
 Training scenes use the project maps (configs/maps), plus CARLA's Town01 when it is on the map
 search path, and even scene seeds; validation scenes use CARLA's Town02 (found on the map search
@@ -50,7 +53,6 @@ TRAIN_MAP_WEIGHTS = {"straight": 1.0, "curvy": 1.0, "junction": 1.5, "town": 2.0
 VAL_TOWN = "Town02"
 SPLITS = ("train", "val")
 SEED_STRIDE = 1_000_000  # scene seeds of one --seed: 2 * (seed * SEED_STRIDE + scene) + split
-CAMERA = "front"
 MAX_ATTEMPTS = 5  # layouts tried per scene when one cannot be placed
 MAX_WARMUP_S = 3.0
 
@@ -131,13 +133,15 @@ def _render_scene(job: SceneJob, attempt: int) -> SceneResult:
     first = sim.reset(scenario)
     warmup = int(np.random.default_rng([job.seed, attempt, 1]).integers(1, round(MAX_WARMUP_S / sim.dt) + 1))
     images, annotations = [], []
+    rig = list(job.config.sim.cameras)
     for k, obs in enumerate(_drive(sim, first, job, warmup)):
-        image_id = job.first_image_id + k
-        record = dataset.write_frame(job.out, job.split, image_id, obs, CAMERA, job.image_format, job.depth)
-        record.update(scene=job.index, map=job.map_name, seed=job.seed, weather=params["weather"]["preset"],
-                      ego_speed=round(obs.ego.speed, 3))
-        images.append(record)
-        annotations += dataset.frame_annotations(obs, CAMERA, image_id)
+        for c, camera in enumerate(rig):
+            image_id = (job.first_image_id + k) * len(rig) + c
+            record = dataset.write_frame(job.out, job.split, image_id, obs, camera, job.image_format, job.depth)
+            record.update(camera=camera, scene=job.index, map=job.map_name, seed=job.seed,
+                          weather=params["weather"]["preset"], ego_speed=round(obs.ego.speed, 3))
+            images.append(record)
+            annotations += dataset.frame_annotations(obs, camera, image_id)
     scene = {"index": job.index, "map": job.map_name, "map_path": job.map_path, "seed": job.seed,
              "attempt": attempt, "warmup_ticks": warmup, "frames": job.frames,
              "lighting": _lighting(sim), "scenario": params}
@@ -196,12 +200,15 @@ def _run_jobs(jobs: list[SceneJob], frames: int, workers: int, show_progress: bo
 # ---------------------------------------------------------------- the dataset
 
 
-def _camera(config: StackConfig) -> dict[str, Any]:
-    cam = config.sim.cameras.get(CAMERA)
-    if cam is None:
-        raise ConfigError(f"sim.cameras: collect needs a camera named {CAMERA!r}")
-    spec = CameraSpec(name=CAMERA, **cam.model_dump(exclude={"stream", "jpeg_quality"}))
-    return dataset.camera_record(CAMERA, spec.width, spec.height, spec.K, spec.T_ego_cam, OUTLINE_MARGIN_PX)
+def _cameras(config: StackConfig) -> dict[str, dict[str, Any]]:
+    """Every rig camera's calibration record, in the rig's order (the main camera first)."""
+    if not config.sim.cameras:
+        raise ConfigError("sim.cameras: collect needs at least one camera")
+    records = {}
+    for name, cam in config.sim.cameras.items():
+        spec = CameraSpec(name=name, **cam.model_dump(exclude={"stream", "jpeg_quality"}))
+        records[name] = dataset.camera_record(name, spec.width, spec.height, spec.K, spec.T_ego_cam, OUTLINE_MARGIN_PX)
+    return records
 
 
 def _check(out: Path, seed: int, val_fraction: float, interval_s: float) -> None:
@@ -226,11 +233,12 @@ def collect_dataset(config: StackConfig, out: Path, frames: int, split: str = "b
                     image_format: str = "jpg", depth: bool = False, workers: int = 1,
                     command: str | None = None, show_progress: bool = True,
                     maps_dirs: Iterable[str | Path] = ()) -> dict[str, Any]:
-    """Render `frames` front-camera frames (over the splits) into a dataset under `out`;
+    """Render `frames` frames of every rig camera (over the splits) into a dataset under `out`;
     returns the manifest, which is also written to out/manifest.json. The CARLA towns are looked
     up in `maps_dirs` (`--maps`) first, then on the rest of the map search path."""
     _check(out, seed, val_fraction, interval_s)
-    camera = _camera(config)
+    cameras = _cameras(config)
+    camera = next(iter(cameras.values()))  # the main camera, as a one-camera reader expects
     git = git_state()  # before we write anything
     counts = split_frames(frames, split, val_fraction)
     common = {"interval_s": interval_s, "out": out, "config": config, "image_format": image_format, "depth": depth}
@@ -249,6 +257,8 @@ def collect_dataset(config: StackConfig, out: Path, frames: int, split: str = "b
         "semantic": "uint8 PNG, CARLA 0.9.14+ semantic tag ids",
         "depth": "uint16 PNG, camera-frame z [cm], 65535 = 655.35 m or farther (sky)" if depth else None,
         "camera": camera,
+        "cameras": cameras,
+        "images_per_frame": len(cameras),
         "categories": dataset.coco_categories(),
         "filters": {"min_visible_fraction": dataset.MIN_VISIBLE_FRACTION, "min_box_px": dataset.MIN_BOX_PX},
         "splits": {},
@@ -258,7 +268,7 @@ def collect_dataset(config: StackConfig, out: Path, frames: int, split: str = "b
         info = {"description": f"stagepilot embedded-simulator dataset, {name} split", "version": __version__,
                 "seed": seed}
         dataset.write_coco(out / "annotations" / f"{name}.json", [i for r in scenes for i in r.images],
-                           [a for r in scenes for a in r.annotations], camera, info)
+                           [a for r in scenes for a in r.annotations], camera, info, cameras)
         manifest["splits"][name] = _split_entry(scenes, plans[name][1])
     dataset.write_json(out / "manifest.json", manifest)
     return manifest

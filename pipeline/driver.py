@@ -111,7 +111,7 @@ def drive(config: StackConfig, scenario: Scenario, *, observers: tuple[DriveObse
 
 def _drive(config, scenario, sim, observers, on_frame, max_time_s, show_progress, signals: SignalHold) -> DriveResult:
     obs = sim.reset(scenario)
-    runtime = StagedRuntime(config, sim.road_map)
+    runtime = StagedRuntime(config, sim.road_map, signal_heads=getattr(sim, "signal_heads", None))
     series = DriveSeries()
     for observer in observers:
         observer.start(sim, obs)

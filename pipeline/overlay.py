@@ -1,5 +1,6 @@
-"""The run video's frame: the camera with segmentation, planned path, lane boundaries and
-detections overlaid, a bird's-eye inset and the frame's state as text."""
+"""The run video's frame: the main camera with segmentation, planned path, lane boundaries and
+detections overlaid, the rig's other cameras along the bottom (left to right as they look, with
+their detections), a bird's-eye inset and the frame's state as text."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from stagepilot.sim.video import BOX_BGR
 VIDEO_SIZE = (1280, 720)  # [px] width, height
 INSET_SIZE = (420, 300)  # [px] bird's-eye inset
 INSET_M_PER_PX = 0.2  # [m/px]: 41 m ahead of the ego, 84 m across
+THUMB_WIDTH = 400  # [px] width of each other rig camera's view along the bottom
 SEGMENTATION_ALPHA = 0.35
 PLAN_BGR = (255, 255, 0)
 LANE_BGR = (0, 215, 255)  # lane boundaries found by perception (amber)
@@ -66,7 +68,7 @@ class FrameDrawer:
     a bird's-eye inset (top right) and the frame's state as text (top left)."""
 
     def __init__(self, sim, camera: str | None, vehicle):
-        self.camera = camera
+        self.camera = camera  # the main camera; the others in the observation are drawn small
         self.vehicle = vehicle  # VehicleConfig: length_m, width_m, rear_overhang_m
         ground = getattr(getattr(sim, "sensors", None), "ground", None)
         self.bev = BevDrawer(ground, sim.route.path.points, size=INSET_SIZE) if ground is not None else None
@@ -83,6 +85,7 @@ class FrameDrawer:
             if record.perception is not None:
                 self._road(frame, record.perception, image, scale, offset)
                 self._detections(frame, record.perception, image, scale, offset)
+        self._other_views(frame, obs, record.perception)
         if self.bev is not None:
             self._inset(frame, obs, record)
         self.recent_events = [e for e in self.recent_events + events if record.t - e.t < 3.0][-3:]
@@ -140,11 +143,36 @@ class FrameDrawer:
             px = np.rint(uv[in_front] * scale + offset).astype(np.int32)
             cv2.polylines(frame, [px], False, LANE_BGR, 3, cv2.LINE_AA)
 
-    def _detections(self, frame, perception: Perception, image, scale: float, offset: np.ndarray) -> None:
+    def _other_views(self, frame, obs: Observation, perception: Perception | None) -> None:
+        """The rig's other cameras along the bottom, ordered from the leftmost view to the
+        rightmost, each with the boxes it saw this frame."""
+        others = [img for name, img in (obs.cameras or {}).items() if name != self.camera and img is not None]
+        others.sort(key=lambda img: -math.atan2(img.T_ego_cam[1, 2], img.T_ego_cam[0, 2]))  # optical axis bearing
+        if not others:
+            return
+        gap = (VIDEO_SIZE[0] - len(others) * THUMB_WIDTH) // (len(others) + 1)
+        for i, image in enumerate(others):
+            h, w = image.rgb.shape[:2]
+            scale = THUMB_WIDTH / w
+            size = (THUMB_WIDTH, round(h * scale))
+            offset = np.array([gap + i * (THUMB_WIDTH + gap), VIDEO_SIZE[1] - size[1] - 10])
+            bgr = cv2.resize(cv2.cvtColor(image.rgb, cv2.COLOR_RGB2BGR), size, interpolation=cv2.INTER_AREA)
+            frame[offset[1]:offset[1] + size[1], offset[0]:offset[0] + size[0]] = bgr
+            if perception is not None:
+                self._detections(frame, perception, image, scale, offset, boxes_only=True)
+            cv2.rectangle(frame, tuple(offset - 1), tuple(offset + size), (255, 255, 255), 1)
+            _text(frame, image.name, (int(offset[0]) + 6, int(offset[1]) + 18), TEXT_BGR, 0.5)
+
+    def _detections(self, frame, perception: Perception, image, scale: float, offset: np.ndarray,
+                    boxes_only: bool = False) -> None:
+        """Each detection's box where this image holds it; else (the main view) its footprint."""
         for det in perception.detections:
             color = BOX_BGR.get(det.kind, (255, 255, 255))
             label = f"{det.kind} {det.track_id}"
-            if det.box_2d is not None:
+            mine = det.box_2d is not None and det.camera in (image.name, "")
+            if boxes_only and not mine:
+                continue
+            if mine:
                 x0, y0, x1, y1 = (np.array(det.box_2d).reshape(2, 2) * scale + offset).ravel()
                 cv2.rectangle(frame, (int(x0), int(y0)), (int(x1), int(y1)), color, 2, cv2.LINE_AA)
                 anchor = (int(x0), int(y0) - 4)

@@ -128,11 +128,12 @@ def reanchor_plan(plan: Plan, ego: EgoState, t: float) -> Plan:
 class StagedRuntime:
     """Runs the stack on each frame under the configured time model and miss policies."""
 
-    def __init__(self, config: StackConfig, road_map: RoadMap | None, stack: DrivingStack | None = None):
+    def __init__(self, config: StackConfig, road_map: RoadMap | None, stack: DrivingStack | None = None,
+                 signal_heads=None):
         self.config = config
         self.runtime = config.runtime
         self.dt = config.sim.dt_s
-        self.stack = stack or DrivingStack(config, road_map)
+        self.stack = stack or DrivingStack(config, road_map, signal_heads)
         self.faults = FaultInjector(config.faults)
         stages = self.runtime.stages
         self.budget_s = {name: getattr(stages, name).budget_ms / 1e3 for name in STAGES}

@@ -23,16 +23,19 @@ def vehicle_geometry(config: StackConfig) -> VehicleGeometry:
                            max_steer_rate_rad_s=vehicle.max_steer_rate_rad_s)
 
 
-def build_perception(config: StackConfig, road_map: RoadMap | None = None) -> PerceptionStage:
+def build_perception(config: StackConfig, road_map: RoadMap | None = None, signal_heads=None) -> PerceptionStage:
     """The perception stage ``config.perception.kind`` names: the trained network (``learned``)
-    or the ground-truth stand-in (``perfect``)."""
+    or the ground-truth stand-in (``perfect``), over the rig ``config.sim.cameras``.
+    ``signal_heads``: the signalised approaches of the world (default: the road map's)."""
+    rig = tuple(config.sim.cameras)
     if config.perception.kind == "perfect":
-        return PerfectPerception(config.perception.perfect, config.sim.dt_s)
+        return PerfectPerception(config.perception.perfect, config.sim.dt_s, cameras=rig)
     from stagepilot.perception.learned import LearnedPerception  # torch loads only when it is used
 
     vehicle = config.vehicle
     reach = vehicle.length_m - vehicle.rear_overhang_m + config.planner.behaviour.stop_line_margin_m
-    return LearnedPerception(config.perception.learned, road_map, stop_reach_m=reach)
+    return LearnedPerception(config.perception.learned, road_map, cameras=rig, stop_reach_m=reach,
+                             signal_heads=signal_heads)
 
 
 def build_planner(config: StackConfig, road_map: RoadMap | None = None) -> PlannerStage:
@@ -46,8 +49,8 @@ def build_planner(config: StackConfig, road_map: RoadMap | None = None) -> Plann
 class DrivingStack:
     """The three stages a drive runs, built from one config."""
 
-    def __init__(self, config: StackConfig, road_map: RoadMap | None = None):
+    def __init__(self, config: StackConfig, road_map: RoadMap | None = None, signal_heads=None):
         self.config = config
-        self.perception: PerceptionStage = build_perception(config, road_map)
+        self.perception: PerceptionStage = build_perception(config, road_map, signal_heads)
         self.planner: PlannerStage = build_planner(config, road_map)
         self.controller: Controller = build_controller(config.controller, vehicle_geometry(config), config.sim.dt_s)

@@ -84,6 +84,7 @@ class BehaviourLayer:
         self._now = 0.0
         # pedestrian track id -> (its obstacle when last seen, that time [s]), for those that made the car stop
         self._stopped_for: dict[int, tuple[Obstacle, float]] = {}
+        self._light_read: tuple[int, str] | None = None  # (light id, its last state read)
 
     def decide(self, ego: EgoState, ref: ReferencePath, ego_s: float, perception: Perception) -> Decision:
         cfg, speed = self.config, max(ego.speed, 0.0)
@@ -208,8 +209,15 @@ class BehaviourLayer:
         return moving_in and (abs(t.d) - corridor) / abs(t.v_lateral) < PREDICTION_S
 
     def _light_stop(self, ego, ref, ego_s, front_s, perception, speed):
+        """A stop at the next signalised stop line unless its light reads green. Red and yellow
+        stop; a light perception cannot read counts as a possible red: the car approaches at a
+        speed from which it can still stop at the line, and goes only once it reads green. Yellow,
+        or an unread light the car can no longer stop for comfortably (it went unread late, after
+        green), clears the junction instead."""
         light = perception.traffic_light
-        if light is None or light.state not in ("red", "yellow"):
+        if light is not None and light.state != "unknown":
+            self._light_read = (light.id, light.state)
+        if light is None or light.state == "green":
             return None
         c, s = math.cos(ego.yaw), math.sin(ego.yaw)
         ex = (light.stop_line[0] + light.stop_line[2]) / 2
@@ -219,10 +227,13 @@ class BehaviourLayer:
         distance = line_s - front_s
         if distance < -0.5:
             return None  # already across
-        if light.state == "yellow" and distance < speed**2 / (2 * self.config.comfort_decel):
+        late = distance < speed**2 / (2 * self.config.comfort_decel)
+        if late and (light.state == "yellow" or (light.state == "unknown" and self._light_read == (light.id, "green"))):
             return None  # cannot stop comfortably: clear the junction
-        return (line_s - self.config.stop_line_margin_m, "stop_light",
-                f"stop: {light.state} light {light.id} at {distance:.1f} m")
+        stop_s = line_s - self.config.stop_line_margin_m
+        if light.state == "unknown":
+            return (stop_s, "stop_light", f"approach: light {light.id} at the stop line in {distance:.1f} m unread")
+        return (stop_s, "stop_light", f"stop: {light.state} light {light.id} at {distance:.1f} m")
 
     def _lane_width(self, t: _Tracked) -> float:
         if self.road_map is None:

@@ -1,11 +1,12 @@
-"""Collision checks of many ego trajectories against obstacles predicted at constant velocity.
+"""Collision checks of many ego trajectories against predicted obstacles.
 
-Footprints are rectangles grown by safety margins. A vectorised broad phase over candidates
-x times x obstacles sorts every footprint pair into "clear", "surely overlapping" or
-"undecided": the ego is a row of discs (outer discs cover its grown rectangle, inner discs
-lie inside its bare one), each measured against the obstacle's rectangle in that obstacle's
-own frame. Only undecided pairs need the exact shapely polygon test, run per candidate on
-demand.
+Footprints are rectangles grown by safety margins; an obstacle's heading and margin may
+change with time (prediction.py predicts them; `forecast` here is constant velocity). A
+vectorised broad phase over candidates x times x obstacles sorts every footprint pair into
+"clear", "surely overlapping" or "undecided": the ego is a row of discs (outer discs cover its
+grown rectangle, inner discs lie inside its bare one), each measured against the obstacle's
+rectangle in that obstacle's frame at that time. Only undecided pairs need the exact shapely
+polygon test, run per candidate on demand.
 """
 
 from __future__ import annotations
@@ -60,25 +61,36 @@ def make_discs(half_length: float, half_width: float, margin: float) -> Discs:
 
 @dataclass(frozen=True)
 class ObstacleForecast:
-    """N obstacles at T times. Boxes keep their heading; long axis along (cos, sin)."""
+    """N obstacles at T times; a box's long axis lies along (cos, sin) at each time."""
 
     ids: np.ndarray  # (N,) int
     x: np.ndarray  # (N, T) centre [m]
     y: np.ndarray  # (N, T)
-    cos: np.ndarray  # (N,)
-    sin: np.ndarray  # (N,)
+    cos: np.ndarray  # (N, T)
+    sin: np.ndarray  # (N, T)
     half_length: np.ndarray  # (N,) bare [m]
     half_width: np.ndarray  # (N,)
-    margin: np.ndarray  # (N,) full extra margin of its kind [m]
+    margin: np.ndarray  # (N, T) [m] grown on every side, on top of the ego's
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
+def margin_ramp(times: np.ndarray, ramp_s: float) -> np.ndarray:
+    """(T,) factor on the margins at times (T,) [s]: 0 at t=0, 1 from ramp_s on, so that a
+    present near miss (a walker passing 0.2 m away) is not an unavoidable collision."""
+    return np.minimum(times / ramp_s, 1.0) if ramp_s > 0 else np.ones_like(times)
+
+
 def forecast(
-    obstacles: list[Obstacle], times: np.ndarray, margin_by_kind: dict[str, float]
+    obstacles: list[Obstacle],
+    times: np.ndarray,
+    margin_by_kind: dict[str, float],
+    ramp: np.ndarray,
+    growth_mps: float | np.ndarray = 0.0,
 ) -> ObstacleForecast:
-    """Constant-velocity prediction at times (T,) [s]."""
+    """Constant-velocity prediction at times (T,) [s]. Each margin is its kind's extra margin
+    times ramp (T,), plus growth_mps (scalar or (N,)) [m/s] times t."""
     n = len(obstacles)
     arr = np.array([[o.x, o.y, o.yaw, o.length, o.width, o.vx, o.vy] for o in obstacles]).reshape(
         n, 7
@@ -88,16 +100,18 @@ def forecast(
     yaw = np.where(wide, yaw + 0.5 * np.pi, yaw)
     half_length = 0.5 * np.maximum(length, width)
     half_width = 0.5 * np.minimum(length, width)
-    margin = np.array([margin_by_kind.get(o.kind, 0.0) for o in obstacles], dtype=np.float64)
+    kind_margin = np.array([margin_by_kind.get(o.kind, 0.0) for o in obstacles], dtype=np.float64)
+    growth = np.broadcast_to(np.asarray(growth_mps, dtype=np.float64), (n,))
+    shape = (n, len(times))
     return ObstacleForecast(
         ids=np.array([o.id for o in obstacles], dtype=np.int64),
         x=x0[:, None] + vx[:, None] * times[None, :],
         y=y0[:, None] + vy[:, None] * times[None, :],
-        cos=np.cos(yaw),
-        sin=np.sin(yaw),
+        cos=np.broadcast_to(np.cos(yaw)[:, None], shape).copy(),
+        sin=np.broadcast_to(np.sin(yaw)[:, None], shape).copy(),
         half_length=half_length,
         half_width=half_width,
-        margin=margin,
+        margin=kind_margin[:, None] * ramp[None, :] + growth[:, None] * times[None, :],
     )
 
 
@@ -137,24 +151,25 @@ def broad_phase(
 ) -> BroadPhase:
     """Classify every (candidate, time, obstacle) footprint pair; near_range_m widens the
     bounding-circle filter so that gaps up to it are measured for the proximity cost.
-    ramp (T,) scales the margins in time, as in exact_overlap."""
+    ramp (T,) scales the ego's margin in time, as in exact_overlap."""
     C, T = ego.x.shape
     t, n = _active(ego, obs, near_range_m)  # (Q,) time and obstacle of pairs near any candidate
-    reach = _reach(ego, obs, near_range_m)[n]  # (Q,)
+    reach = _reach(ego, obs, near_range_m)[n, t]  # (Q,)
     dx = ego.x[:, t] - obs.x[n, t]  # (C, Q)
     dy = ego.y[:, t] - obs.y[n, t]
     near = np.flatnonzero(dx * dx + dy * dy < reach * reach)  # (P,) flat (c, q), sorted
     c, q = np.divmod(near, len(t))
     t, n = t[q], n[q]
-    ct = c * T + t
+    ct, nt = c * T + t, n * T + t  # flat (candidate, time) and (obstacle, time)
     # the ego's centre and axis in the obstacle's frame, float32 for speed
-    ocos, osin = obs.cos[n], obs.sin[n]  # (P,)
+    ocos, osin = obs.cos.ravel()[nt], obs.sin.ravel()[nt]  # (P,)
     rx, ry = dx.ravel()[near], dy.ravel()[near]
     rx, ry = (rx * ocos + ry * osin).astype(np.float32), (ry * ocos - rx * osin).astype(np.float32)
     ecos, esin = ego.cos.ravel()[ct], ego.sin.ravel()[ct]
     ux = (ecos * ocos + esin * osin).astype(np.float32)
     uy = (esin * ocos - ecos * osin).astype(np.float32)
-    a, b, m = (v[n].astype(np.float32) for v in (obs.half_length, obs.half_width, obs.margin))
+    a, b = (v[n].astype(np.float32) for v in (obs.half_length, obs.half_width))
+    m = obs.margin.ravel()[nt].astype(np.float32)
     disc = ego.discs
     gap = np.full(
         len(c), np.inf, dtype=np.float32
@@ -164,7 +179,7 @@ def broad_phase(
     gap -= disc.inner_radius
     # an inner disc of the ego grown by its margin reaching into the obstacle's rounded
     # margin (inside its grown rectangle) is a sure overlap
-    sure = gap < (ego.margin + m) * ramp[t]
+    sure = gap < ego.margin * ramp[t] + m
     hit = np.bincount(c, weights=sure, minlength=C) > 0  # (C,)
     hit_obstacle = np.full(C, -1)
     hit_obstacle[c[sure][::-1]] = n[sure][::-1]  # the earliest sure overlap wins
@@ -182,12 +197,11 @@ def broad_phase(
 
 
 def _reach(ego: EgoFootprints, obs: ObstacleForecast, near_range_m: float) -> np.ndarray:
-    """(N,) centre distance [m] beyond which an ego and an obstacle are surely further apart
+    """(N, T) centre distance [m] beyond which an ego and an obstacle are surely further apart
     than near_range_m, margins included."""
     ego_r = np.hypot(ego.half_length + ego.margin, ego.half_width + ego.margin)
-    return (
-        ego_r + np.hypot(obs.half_length + obs.margin, obs.half_width + obs.margin) + near_range_m
-    )
+    a, b, m = obs.half_length[:, None], obs.half_width[:, None], obs.margin  # (N, 1), (N, T)
+    return ego_r + np.hypot(a + m, b + m) + near_range_m
 
 
 def _active(
@@ -195,7 +209,7 @@ def _active(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(time, obstacle) index pairs whose obstacle is within reach of the box around all
     candidates' ego positions at that time."""
-    reach = _reach(ego, obs, near_range_m)[:, None]  # (N, 1)
+    reach = _reach(ego, obs, near_range_m)  # (N, T)
     lo_x, hi_x = ego.x.min(axis=0), ego.x.max(axis=0)  # (T,)
     lo_y, hi_y = ego.y.min(axis=0), ego.y.max(axis=0)
     near = (
@@ -235,7 +249,7 @@ def exact_overlap(
     ramp: np.ndarray,
 ) -> int:
     """Index of the first obstacle whose grown footprint overlaps candidate c's at the pairs
-    (t, n) by shapely's exact polygon test, or -1. ramp (T,) scales the margins in time."""
+    (t, n) by shapely's exact polygon test, or -1. ramp (T,) scales the ego's margin in time."""
     if len(t) == 0:
         return -1
     grow_e = ego.margin * ramp[t]  # (P,)
@@ -249,13 +263,13 @@ def exact_overlap(
             ego.half_width + grow_e,
         )
     )
-    grow_o = obs.margin[n] * ramp[t]
+    grow_o = obs.margin[n, t]
     obs_poly = shapely.polygons(
         rectangles(
             obs.x[n, t],
             obs.y[n, t],
-            obs.cos[n],
-            obs.sin[n],
+            obs.cos[n, t],
+            obs.sin[n, t],
             obs.half_length[n] + grow_o,
             obs.half_width[n] + grow_o,
         )

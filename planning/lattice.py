@@ -11,6 +11,9 @@ The planned point is the rear-axle centre, as in EgoState. `ego_s` is that point
 on the reference (`reference.project(ego.x, ego.y)`); it is refined by one projection step.
 [d_min, d_max] bounds the target offsets of the rear axle, which is the body centre's offset
 once the car runs parallel to the reference.
+
+Obstacles are predicted by prediction.py: along the road map's lanes when the planner has one,
+at constant velocity otherwise.
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ import numpy as np
 from stagepilot.core.messages import EgoState
 from stagepilot.core.paths import Polyline
 from stagepilot.core.config_lattice import LatticeConfig
-from stagepilot.planning.collision import Obstacle, forecast
+from stagepilot.core.roadmap import RoadMap
+from stagepilot.planning.collision import Obstacle, margin_ramp
 from stagepilot.planning.frenet import (
     FrenetState,
     ReferenceFrame,
@@ -37,6 +41,7 @@ from stagepilot.planning.lattice_sampling import (
     rear_axle_stop,
     sample_lattice,
 )
+from stagepilot.planning.prediction import ObstaclePredictor
 
 __all__ = ["FrenetLatticePlanner", "LatticeResult", "LatticeTarget"]
 
@@ -83,7 +88,8 @@ class LatticeResult:
 
 
 class FrenetLatticePlanner:
-    """One `plan` call per tick. Keeps only the last plan's end point (offset hysteresis)."""
+    """One `plan` call per tick. Keeps only the last plan's end point (offset hysteresis).
+    Without a road map, obstacles are predicted at constant velocity."""
 
     def __init__(
         self,
@@ -91,6 +97,7 @@ class FrenetLatticePlanner:
         vehicle_length_m: float,
         vehicle_width_m: float,
         rear_axle_to_center_m: float,
+        road_map: RoadMap | None = None,
     ):
         self.config = config
         self.length_m = vehicle_length_m
@@ -98,13 +105,16 @@ class FrenetLatticePlanner:
         self.rear_to_center_m = rear_axle_to_center_m
         self.rear_to_front_m = rear_axle_to_center_m + 0.5 * vehicle_length_m
         self.times = np.arange(config.num_samples) * config.dt_s  # (T,)
-        ramp_s = config.collision.margin_ramp_s
-        self.margin_ramp = (
-            np.minimum(self.times / ramp_s, 1.0) if ramp_s > 0 else np.ones_like(self.times)
-        )
+        self.margin_ramp = margin_ramp(self.times, config.collision.margin_ramp_s)  # (T,)
         margin = config.collision.safety_margin_m
         self.body = EgoBody.make(vehicle_length_m, vehicle_width_m, rear_axle_to_center_m, margin)
+        self.use_road_map(road_map)
         self._last_end_xy: tuple[float, float] | None = None
+
+    def use_road_map(self, road_map: RoadMap | None) -> None:
+        """Predict obstacles on this road map from now on (None: at constant velocity)."""
+        cfg = self.config
+        self.predictor = ObstaclePredictor(cfg.prediction, cfg.collision, self.times, road_map)
 
     def reset(self) -> None:
         self._last_end_xy = None
@@ -124,7 +134,7 @@ class FrenetLatticePlanner:
         failed = check_limits(lattice.lon, lattice.lon_idx, roll.world, roll.s_stop, cfg)  # (C,)
         d_prev = self._previous_offset(reference, roll.state)
         cost = candidate_cost(roll, target.target_speed, d_prev, cfg)
-        obs = forecast(obstacles, self.times, cfg.collision.extra_margin_by_kind_m)
+        obs = self.predictor.predict(obstacles)
         chosen, collided, exact_checks = choose(
             roll.world, failed, cost, obs, self.body, cfg, self.margin_ramp
         )

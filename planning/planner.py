@@ -3,7 +3,8 @@
 One method, `step(ego, route, perception) -> Plan`. The reference path is rebuilt only
 when the route changes. An emergency stop bypasses the lattice for a bounded braking
 trajectory along the current path. Perception that flags its frame unusable never reaches
-the planner: the runtime's fail-safe takes that frame.
+the planner: the runtime's fail-safe takes that frame. The lattice predicts other vehicles
+along the stage's road map (prediction.py); without one, at constant velocity.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class LatticePlannerStage:
         self.behaviour = BehaviourLayer(config.behaviour, vehicle, road_map)
         self.lattice = FrenetLatticePlanner(
             config.lattice, vehicle.length_m, vehicle.width_m,
-            rear_axle_to_center_m=vehicle.length_m / 2 - vehicle.rear_overhang_m,
+            rear_axle_to_center_m=vehicle.length_m / 2 - vehicle.rear_overhang_m, road_map=road_map,
         )
         self._route: Route | None = None
         self.reference: ReferencePath | None = None

@@ -51,7 +51,7 @@ def _objects(sim, ego: EgoState, boxes_2d: dict[str, dict]) -> tuple[ObjectTruth
     for light in sim.lights:
         x, y, z = light.position
         ex, ey = _to_ego(x, y, ego)
-        yaw = light.stop_line.heading + math.pi
+        yaw = light.facing
         objects.append(ObjectTruth(
             id=light.id, kind="traffic_light", tag=palette.TRAFFIC_LIGHT,
             center_world=(x, y, z), yaw_world=_wrap(yaw), extent=(0.3, 0.36, 0.95),

@@ -109,7 +109,7 @@ class PedestrianActor(Strict):
 
 class StaticActor(Strict):
     type: Literal["static"]
-    kind: Literal["parked_car", "cone", "barrier"]
+    kind: Literal["parked_car", "parked_truck", "cone", "barrier"]
     pose: Pose
     color_rgb: tuple[Channel, Channel, Channel] | None = None
 

@@ -82,6 +82,6 @@ def dynamic_boxes(sim) -> BoxSet:
             sets.append(shapes.obstacle(a.x, a.y, a.yaw, a.id, a.size, a.color))
     for light in sim.lights:
         x, y, z = light.position
-        sets.append(shapes.traffic_light(x, y, light.stop_line.heading + np.pi, light.id, light.state(sim.t),
+        sets.append(shapes.traffic_light(x, y, light.facing, light.id, light.state(sim.t),
                                          pole_height=z - 0.475))  # housing centred at z
     return BoxSet.concat(sets)

@@ -21,7 +21,8 @@ from stagepilot.sim.scenario import Behaviour
 
 VEHICLE_SIZE = (4.5, 1.85, 1.5)  # [m] length, width, height of an NPC car
 PEDESTRIAN_SIZE = (0.5, 0.6, 1.75)
-STATIC_SIZE = {"parked_car": (4.5, 1.85, 1.5), "cone": (0.4, 0.4, 0.7), "barrier": (0.4, 2.5, 1.0)}
+STATIC_SIZE = {"parked_car": (4.5, 1.85, 1.5), "parked_truck": (8.0, 2.5, 3.2), "cone": (0.4, 0.4, 0.7),
+               "barrier": (0.4, 2.5, 1.0)}
 
 
 @dataclass
@@ -73,6 +74,7 @@ class TrafficLight:
     offset_s: float  # shifts the junction's cycle
     timing: TrafficLightConfig
     position: tuple[float, float, float] = (0.0, 0.0, 0.0)  # housing centre [m]
+    facing: float = 0.0  # [rad] direction its lamps face
 
     @property
     def cycle_s(self) -> float:
@@ -99,37 +101,10 @@ class TrafficLight:
 
 
 def build_traffic_lights(road_map: RoadMap, timing: TrafficLightConfig) -> list[TrafficLight]:
-    """One light per junction approach, on the right of the approach at its stop line.
-
-    Approaches roughly parallel to a junction's first approach form group 0, the crossing
-    ones group 1, so crossing streams are never green together.
-    """
-    lights: list[TrafficLight] = []
-    by_junction: dict[int, list[StopLine]] = {}
-    for line in road_map.stop_lines:
-        by_junction.setdefault(line.junction_id, []).append(line)
-    for junction_id in sorted(by_junction):
-        lines = by_junction[junction_id]
-        if len(lines) < 2:
-            continue
-        base = lines[0].heading
-        for line in lines:
-            parallel = abs(math.cos(line.heading - base)) > math.cos(math.radians(45))
-            rx, ry = line.p1
-            # Pole 1.5 m right of the right lane edge, set back with the stop line.
-            nx_, ny_ = math.sin(line.heading), -math.cos(line.heading)
-            pos = (rx + 1.5 * nx_, ry + 1.5 * ny_, 4.2)
-            lights.append(
-                TrafficLight(
-                    id=1000 + len(lights),
-                    stop_line=line,
-                    group=0 if parallel else 1,
-                    offset_s=0.0,
-                    timing=timing,
-                    position=pos,
-                )
-            )
-    return lights
+    """One light per signalised junction approach, where the map's signal head stands
+    (core/signals.py); crossing streams are never green together."""
+    return [TrafficLight(id=head.id, stop_line=head.stop_line, group=head.group, offset_s=0.0, timing=timing,
+                         position=head.position, facing=head.facing) for head in road_map.signal_heads]
 
 
 @dataclass

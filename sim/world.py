@@ -183,8 +183,9 @@ class EmbeddedSimulator(Simulator):
             self.pedestrians.append(Pedestrian(agent, path, actor.speed, actor.start_t, actor.ego_within_m))
         elif isinstance(actor, StaticActor):
             x, y, yaw = self._resolve(actor.pose, f"{key}.pose", on_road=False)
-            kind = "vehicle" if actor.kind == "parked_car" else "static"
-            color = self._color(actor.color_rgb) if actor.kind == "parked_car" else (actor.color_rgb or (255, 110, 0))
+            parked = actor.kind in ("parked_car", "parked_truck")
+            kind = "vehicle" if parked else "static"
+            color = self._color(actor.color_rgb) if parked else (actor.color_rgb or (255, 110, 0))
             agent = Agent(self._new_id(), kind, x, y, yaw, 0.0, STATIC_SIZE[actor.kind], tuple(color))
             self.statics.append(agent)
 
@@ -303,6 +304,13 @@ class EmbeddedSimulator(Simulator):
         state = self.ego.state
         reach = self.vehicle_params.length_m - self.vehicle_params.rear_overhang_m
         return state.x + reach * math.cos(state.yaw), state.y + reach * math.sin(state.yaw)
+
+    @property
+    def signal_heads(self):
+        """The map's signal heads that have a light in this world (none when the scenario turns
+        the lights off): what the stack's map says is signalised."""
+        ids = {light.id for light in self.lights}
+        return tuple(head for head in self.road_map.signal_heads if head.id in ids)
 
     def light_states(self) -> dict[int, str]:
         return {light.id: light.state(self.t) for light in self.lights}

@@ -276,7 +276,9 @@ def test_broad_phase_never_contradicts_the_exact_check():
                 kind,
             )
         )
-    obs = forecast(obstacles, lattice.times, config.collision.extra_margin_by_kind_m)
+    obs = forecast(
+        obstacles, lattice.times, config.collision.extra_margin_by_kind_m, lattice.margin_ramp, 0.3
+    )
     cos, sin = np.cos(world.yaw), np.sin(world.yaw)
     margin = config.collision.safety_margin_m
     ego = EgoFootprints(
