@@ -266,6 +266,9 @@ class FaultsConfig(Strict):
     nan_images_from_s: float | None = Field(None, ge=0.0, le=MAX_DURATION_S)  # images turn to NaN from then on
     blank_images_from_s: float | None = Field(None, ge=0.0, le=MAX_DURATION_S)  # images turn black from then on
     image_noise_std: float = Field(0.0, ge=0.0, le=100.0)  # extra Gaussian noise [grey levels]
+    # every traffic light (pole, housing, lamps) is painted over in every camera until then, as if
+    # a sign hid it: the stage cannot read any light (the images' ground truth is left as it is)
+    lights_hidden_until_s: float | None = Field(None, ge=0.0, le=MAX_DURATION_S)
     seed: int = Field(0, ge=0, le=MAX_SEED)
 
 

@@ -127,7 +127,8 @@ def bench_plan(args) -> int:
     from stagepilot.planning.bench import bench_plan
 
     config = load_stack(args.config, args.overrides)
-    _print_result(bench_plan(config.planner.lattice, config.vehicle, calls=args.calls), args.json)
+    _print_result(bench_plan(config.planner.lattice, config.vehicle, calls=args.calls,
+                             behaviour=config.planner.behaviour), args.json)
     return 0
 
 

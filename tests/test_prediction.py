@@ -17,7 +17,7 @@ from stagepilot.core.config_lattice import LatticeCollision, LatticeConfig, Latt
 from stagepilot.core.messages import Detection, EgoState, Perception, Route
 from stagepilot.core.roadmap import RoadMap
 from stagepilot.planning.behaviour import VehicleShape
-from stagepilot.planning.bench import make_road_map, make_situation
+from stagepilot.planning.bench import make_road_map, make_scene
 from stagepilot.planning.collision import Obstacle, broad_phase, exact_overlap, forecast
 from stagepilot.planning.lattice import FrenetLatticePlanner, LatticeTarget
 from stagepilot.planning.planner import LatticePlannerStage
@@ -189,8 +189,12 @@ def test_broad_phase_agrees_with_the_exact_check_on_lane_forecasts(curvy):
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_the_bench_road_map_has_the_lanes_its_cars_drive_in(seed):
     """`bench plan` predicts on its own road map: every moving car lies on one of its lanes."""
-    (_, _, _, _, obstacles), radius = make_situation(np.random.default_rng(seed))
-    pred = predictor(make_road_map(radius))
+    stack = load_stack()
+    vehicle = VehicleShape(stack.vehicle.length_m, stack.vehicle.width_m, stack.vehicle.rear_overhang_m)
+    jerk = stack.planner.lattice.limits.max_longitudinal_jerk
+    scene = make_scene(np.random.default_rng(seed), vehicle, stack.planner.behaviour, jerk)
+    obstacles = scene.obstacles
+    pred = predictor(make_road_map(scene.radius))
     matches = pred.match(obstacles)
     moving = np.array([o.kind == "vehicle" and math.hypot(o.vx, o.vy) >= CONFIG.min_speed_mps
                        for o in obstacles])
