@@ -12,8 +12,8 @@ No matching box leaves the state unread (``unknown``), which the planner treats 
 red. Unseen, a light last read red or yellow stays so (the car must not run it on a missed
 detection); green turns ``unknown`` after ``light_hold_s``. A light in view is never taken
 from red to yellow (signals go red, green, yellow). The reported stop line is moved back
-where needed so that the car stops with the head still in one of the rig's views, and so sees
-it turn green.
+where needed so that the car stops with the head (where the map puts it) still in one of the
+rig's views, and so sees it turn green, whether or not it has read the light yet.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from stagepilot.perception.geometry import project_to_image, stop_line_ahead, wo
 
 LIGHT_SEQUENCE_GAP_S = 1.0  # [s] a light unseen longer than this may have gone through green meanwhile
 FACING_MAX_RAD = math.radians(70.0)  # a head's lamps are readable within this angle of its facing
+VIEW_LIMIT_RANGE_M = 40.0  # [m] the stop line is kept where the head stays in view from this near
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,6 @@ class LightReader:
     def reset(self) -> None:
         self._memory: tuple[int, str, float] | None = None  # (head id, state, t last seen)
         self._pending: tuple[str, int] = ("", 0)  # a new reading and how many frames in a row it came
-        self._view_limit_world: tuple[float, float] | None = None  # (x, y) the rear axle should not pass
 
     def next_head(self, obs: Observation) -> SignalHead | None:
         """The head of the next signalised stop line the route crosses, within range."""
@@ -95,21 +95,19 @@ class LightReader:
         state = "unknown"
         if best is not None:
             state = self._confirmed_state(head.id, best.state, obs.t)
-            if self.stop_reach_m is not None:
-                advance = self._view_limit(best.housing, images)
-                c, s = math.cos(ego.yaw), math.sin(ego.yaw)
-                self._view_limit_world = (ego.x + advance * c, ego.y + advance * s)
         elif self._memory is not None and self._memory[0] == head.id:
             # Unseen now: a red or yellow light is taken to stay so until it is seen otherwise
             # (running it on a missed detection is the worse error); green fades to unread.
             last_state, last_seen = self._memory[1], self._memory[2]
             if last_state in ("red", "yellow") or obs.t - last_seen <= self.config.light_hold_s:
                 state = last_state
-        if self._memory is None or self._memory[0] != head.id:
-            self._view_limit_world = None
-        if self._view_limit_world is not None:
-            p0, p1 = self._moved_back(p0, p1, ego)
-        return TrafficLightAhead(id=head.id, state=state, stop_line=(*p0, *p1))
+        if self.stop_reach_m is not None:
+            # Where the map puts the head: the car must stop where a camera still sees it, read or
+            # not, or it could wait at the line for a green it can never see.
+            mapped = world_to_ego(np.array(head.position[:2]), ego)[0]
+            if math.hypot(*mapped) <= VIEW_LIMIT_RANGE_M:
+                p0, p1 = self._moved_back(p0, p1, self._view_limit(mapped, images, head.position[2]))
+        return TrafficLightAhead(id=head.id, state=state, stop_line=tuple(float(v) for v in (*p0, *p1)))
 
     def _sighting_of(self, head: SignalHead, sightings: list[LightSighting], ego) -> LightSighting | None:
         """The best-scoring sighting that is ``head``'s: nearest to its mapped position of all the
@@ -132,10 +130,9 @@ class LightReader:
                 best = sighting
         return best
 
-    def _moved_back(self, p0, p1, ego):
+    def _moved_back(self, p0, p1, lx: float):
         """Stop where the head is still in view: move the line back (towards the ego) until the
-        bumper's stop leaves the rear axle short of the view limit."""
-        lx = float(world_to_ego(np.array(self._view_limit_world), ego)[0, 0])
+        bumper's stop leaves the rear axle short of ``lx`` [m ahead], the view limit."""
         centre = np.array([(p0[0] + p1[0]) / 2, (p0[1] + p1[1]) / 2])
         along = np.array([p1[0] - p0[0], p1[1] - p0[1]])
         along = along / max(float(np.linalg.norm(along)), 1e-6)
@@ -154,7 +151,6 @@ class LightReader:
         light stays in view (``LIGHT_SEQUENCE_GAP_S``)."""
         memory = self._memory
         if memory is None or memory[0] != head_id:
-            self._view_limit_world = None
             self._memory, self._pending = (head_id, reading, t), ("", 0)
             return reading
         if reading == memory[1]:
@@ -174,15 +170,15 @@ class LightReader:
         self._memory = (head_id, memory[1], t)
         return memory[1]
 
-    def _view_limit(self, housing: np.ndarray, images: list[CameraImage]) -> float:
+    def _view_limit(self, housing: np.ndarray, images: list[CameraImage], height_m: float) -> float:
         """How far the ego may drive straight ahead [m] before the housing at ``housing`` (x, y
-        ego frame, centre ``light_height_m`` up) leaves every camera's view, keeping
+        ego frame, centre ``height_m`` up) leaves every camera's view, keeping
         ``light_view_margin_px`` from the image edges. Bisection: moving closer only ever pushes
         the housing outwards in an image and towards the side cameras."""
         cfg = self.config
         hw, hh = cfg.light_housing_m[0] / 2, cfg.light_housing_m[1] / 2
         offsets = np.array([[0.0, dy, dz] for dy in (-hw, hw) for dz in (-hh, hh)])  # (4, 3)
-        centre = np.array([float(housing[0]), float(housing[1]), cfg.light_height_m])
+        centre = np.array([float(housing[0]), float(housing[1]), float(height_m)])
         m = cfg.light_view_margin_px
 
         def visible(advance: float) -> bool:

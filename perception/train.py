@@ -195,8 +195,8 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, command: str
         if not state:
             raise ConfigError(f"{resume}: holds no optimizer state to resume from (a final model.pt?)")
         start_epoch, losses = int(meta["epoch"]), list(state.get("losses", []))
-        if start_epoch >= config.epochs:
-            raise ConfigError(f"{resume}: already trained {start_epoch} epochs; set epochs above that to continue")
+        if start_epoch > config.epochs:
+            raise ConfigError(f"{resume}: already trained {start_epoch} epochs, more than epochs ({config.epochs})")
         optimizer.load_state_dict(state["optimizer"])
         if state.get("plan") == [config.epochs, steps_per_epoch, config.schedule]:
             scheduler.load_state_dict(_from_plain_scheduler(state["scheduler"]))
@@ -248,13 +248,13 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, command: str
                            "plan": [config.epochs, steps_per_epoch, config.schedule]}}
         checkpoint = save_checkpoint(out / f"epoch_{epoch + 1:03d}.pt", model, meta)
         shutil.copyfile(checkpoint, out / "last.pt")
-    if start_epoch < config.epochs:
-        # Running statistics that lagged the weights during training are re-estimated with
-        # the final weights before the model is evaluated and saved.
-        calib = DataLoader(train_set, batch_size=config.batch_size, shuffle=False, collate_fn=collate,
-                           num_workers=config.num_workers)
-        images = (batch[0].to(device).contiguous(memory_format=torch.channels_last) for batch in calib)
-        recalibrate_batchnorm(model, itertools.islice(images, BN_RECALIBRATION_BATCHES))
+    # Running statistics that lagged the weights during training are re-estimated with the final
+    # weights before the model is evaluated and saved (also when a resumed run had every epoch done
+    # and stopped before this step).
+    calib = DataLoader(train_set, batch_size=config.batch_size, shuffle=False, collate_fn=collate,
+                       num_workers=config.num_workers)
+    images = (batch[0].to(device).contiguous(memory_format=torch.channels_last) for batch in calib)
+    recalibrate_batchnorm(model, itertools.islice(images, BN_RECALIBRATION_BATCHES))
     metrics, final = {}, None
     if config.val_split and (Path(config.data) / "annotations" / f"{config.val_split}.json").is_file():
         metrics = evaluate_model(model, config.data, config.val_split, device=device, batch_size=config.batch_size,

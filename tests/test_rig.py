@@ -122,3 +122,29 @@ def test_a_front_only_rig_sees_the_crossing_car_late():
         return next(y for _, y, near in seen if near)
 
     assert first_seen(rig) > first_seen(front) + 10.0, (first_seen(rig), first_seen(front))
+
+
+def _junction_drive(rig_overrides: list[str]):
+    from stagepilot.pipeline.driver import drive
+    from stagepilot.sim.scenario import load_scenario
+
+    config = load_stack([], ["perception.kind=learned", *rig_overrides])
+    return drive(config, load_scenario("junction_cross_traffic"), max_time_s=18.0)
+
+
+@pytest.mark.slow
+def test_the_rig_sees_the_car_from_the_left_and_a_front_camera_alone_collides():
+    """configs/scenarios/junction_cross_traffic.yaml: waiting inside the junction to turn left, the
+    light turns; a car from the left comes in on its own green as the car clears the junction."""
+    front = _junction_drive(["sim.cameras.front_left=null", "sim.cameras.front_right=null"])
+    crashes = [e for e in front.metrics["events"] if e["kind"] == "collision"]
+    assert crashes, "the guard: with the front camera alone the car from the left is seen too late"
+    crossing = crashes[0]["other_id"]
+    rig = _junction_drive([])
+    assert rig.outcome["collisions"] == 0, rig.metrics["events"]
+    assert rig.outcome["red_lights"] == 0
+    assert rig.outcome["route_progress_m"] > front.outcome["route_progress_m"]
+    # The rig saw that car well before the front camera's collision: the side camera's boxes.
+    seen = [r.t for r in rig.records if r.perception is not None and any(
+        d.camera == "front_left" and d.kind == "vehicle" and d.position[1] > 10.0 for d in r.perception.detections)]
+    assert seen and seen[0] < crashes[0]["t"] - 3.0, (seen[:1], crashes[0]["t"], crossing)
