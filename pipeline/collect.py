@@ -223,7 +223,8 @@ def _check(out: Path, seed: int, val_fraction: float, interval_s: float) -> None
 
 
 def _split_entry(results: list[SceneResult], note: str | None) -> dict[str, Any]:
-    return {"frames": sum(len(r.images) for r in results), "annotations": sum(len(r.annotations) for r in results),
+    return {"frames": sum(r.scene["frames"] for r in results), "images": sum(len(r.images) for r in results),
+            "annotations": sum(len(r.annotations) for r in results),
             "maps": sorted({r.scene["map"] for r in results}), "seeds": [r.scene["seed"] for r in results],
             **({"note": note} if note else {}), "scenes": [r.scene for r in results]}
 

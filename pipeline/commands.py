@@ -176,7 +176,8 @@ def collect(args) -> int:
         maps_dirs=args.maps,
     )
     for name, split in manifest["splits"].items():
-        print(f"{name}: {split['frames']} frames, {split['annotations']} boxes, maps {', '.join(split['maps'])}")
+        print(f"{name}: {split['frames']} frames, {split['images']} images, {split['annotations']} boxes, "
+              f"maps {', '.join(split['maps'])}")
     print(f"wrote {args.out / 'manifest.json'}")
     return 0
 

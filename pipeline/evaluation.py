@@ -12,9 +12,10 @@ CPU; `--ray-address` joins a cluster, otherwise a local Ray starts). Both run th
 function, so they give the same scores; the order of results is the suite's, whatever order
 the jobs finish in.
 
-With perfect perception the cameras are not rendered unless `--video` asks for them: the
-ground-truth stand-in reads no pixels, and the drives are the same frame for frame (checked on
-three families' draws: identical outcome and trajectory), three times faster.
+With perfect perception of `coverage: all` the cameras are not rendered unless `--video` asks
+for them: that stand-in reads no pixels, and the drives are the same frame for frame (checked on
+three families' draws: identical outcome and trajectory), three times faster. The default
+`coverage: rig` needs the rig's images: what the cameras see is what it reports.
 """
 
 from __future__ import annotations
@@ -104,9 +105,10 @@ def run_scenario(job: dict[str, Any]) -> dict[str, Any]:
         observers = [RunWriter(out, config, scenario, video=job["video"]), criteria]
         if job["record"]:
             observers.append(Recorder(out / "drive.mcap", config, scenario))
-        # Cameras render only when something looks at them: the network, or the video. The
-        # ground-truth stand-in drives the same without them (pipeline/evaluation.py docstring).
-        render = config.perception.kind == "learned" or job["video"]
+        # Cameras render only when something looks at them: the network, the rig oracle's
+        # visibility, or the video (pipeline/evaluation.py docstring).
+        perception = config.perception
+        render = perception.kind == "learned" or perception.perfect.coverage == "rig" or job["video"]
         result = drive(config, scenario, observers=tuple(observers), render=render)
         score = score_drive(result, criteria, blocked_s=job["blocked_s"])
     except Exception as exc:  # reported, and the suite goes on

@@ -1,7 +1,7 @@
 """Write a checkpoint's model card from its own metadata (the figures cannot drift from the file).
 
     python scripts/model_card.py perception/weights/mtl_mbv3small_fpn96_s48_seg4_cs.pt \
-        --collect "stagepilot collect --out data/perception --frames 3000 --workers 2" \
+        --collect "stagepilot collect --config configs/rigs/front_only.yaml --out data/perception --frames 3000 --workers 2" \
         --timing "collect 3.2 min + train 66 min on the 2-core CPU" > perception/weights/MODEL_CARD.md
 """
 

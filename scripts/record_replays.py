@@ -22,15 +22,16 @@ from stagepilot.sim.scenario import load_scenario
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "replays"
 
-# Perfect perception reads no pixels beyond its frame check, so its drives send smaller JPEGs
-# and the suite stays under 20 MB.
-SMALL_FRAMES = "sim.cameras.front.jpeg_quality=75"
+# Perfect perception reads no pixels beyond its frame check (its coverage comes from the
+# renderer's boxes), so its drives send smaller JPEGs and the suite stays small.
+SMALL_FRAMES = ["sim.cameras.front.jpeg_quality=60", "sim.cameras.front_left.jpeg_quality=60",
+                "sim.cameras.front_right.jpeg_quality=60"]
 
 # name: (scenario, seconds, stack overrides)
 SUITE = {
     "town_loop_learned": ("town_loop", 3.0, ["perception.kind=learned", "perception.learned.precision=fp32"]),
-    "pedestrian_crossing_perfect": ("pedestrian_crossing", 6.0, ["perception.kind=perfect", SMALL_FRAMES]),
-    "lead_vehicle_braking_perfect": ("lead_vehicle_braking", 3.0, ["perception.kind=perfect", SMALL_FRAMES]),
+    "pedestrian_crossing_perfect": ("pedestrian_crossing", 6.0, ["perception.kind=perfect", *SMALL_FRAMES]),
+    "lead_vehicle_braking_perfect": ("lead_vehicle_braking", 3.0, ["perception.kind=perfect", *SMALL_FRAMES]),
 }
 
 

@@ -18,13 +18,14 @@ SHARED_MAPS = ROOT.parent / "shared" / "maps"
 # the map search path finds them through STAGEPILOT_MAPS unless the caller has set it.
 os.environ.setdefault(MAPS_ENV, str(SHARED_MAPS))
 # Tests of planning, control and the runtime drive on ground truth, so that they test those
-# stages and not the network; tests of learned perception ask for it.
-PERFECT = "perception.kind=perfect"
+# stages and not the network; tests of learned perception ask for it. Ground truth of every
+# object in range (`coverage: all`): no cameras need to render for it.
+PERFECT = ("perception.kind=perfect", "perception.perfect.coverage=all")
 
 
 @pytest.fixture(scope="session")
 def stack():
-    return load_stack([], [PERFECT])
+    return load_stack([], [*PERFECT])
 
 
 @pytest.fixture

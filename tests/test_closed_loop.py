@@ -20,7 +20,7 @@ from conftest import PERFECT, shared_map
 
 def run(name: str, overrides: list[str] | None = None, scenario_overrides: list[str] | None = None, on_frame=None):
     """Drive through the one driver with perfect perception; (simulator, drive result)."""
-    config = load_stack([], [PERFECT, *(overrides or [])])
+    config = load_stack([], [*PERFECT, *(overrides or [])])
     result = drive(config, load_scenario(name, scenario_overrides or []), render=False, on_frame=on_frame)
     return result.sim, result
 
@@ -81,7 +81,7 @@ def test_stops_for_a_crossing_pedestrian_then_goes_on():
         if obs.ego.speed < 0.05 and gap < 15.0:
             seen["stopped_near"] = True
 
-    config = load_stack([], [PERFECT])
+    config = load_stack([], [*PERFECT])
     watch.sim = EmbeddedSimulator(config, render=False)
     result = drive(config, load_scenario("pedestrian_crossing"), sim=watch.sim, on_frame=watch)
     assert seen["stopped_near"]

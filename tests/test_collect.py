@@ -41,7 +41,10 @@ def test_coco_files_hold_every_frame_with_its_files(dataset_dir):
     for split, count in manifest["frames"].items():
         coco = _coco(dataset_dir, split)
         assert [c["name"] for c in coco["categories"]] == ["vehicle", "pedestrian", "traffic_light", "static_obstacle"]
-        assert len(coco["images"]) == count
+        rig = list(coco["cameras"])
+        assert rig == ["front", "front_left", "front_right"] and coco["camera"]["name"] == "front"
+        assert len(coco["images"]) == count * len(rig) == manifest["splits"][split]["images"]
+        assert [i["camera"] for i in coco["images"]] == rig * count  # every camera of every frame
         for image in coco["images"]:
             rgb = cv2.imread(str(dataset_dir / image["file_name"]))
             semantic = cv2.imread(str(dataset_dir / image["semantic_file"]), cv2.IMREAD_UNCHANGED)
@@ -89,10 +92,16 @@ def test_traffic_light_boxes_frame_the_housing_and_carry_the_state(dataset_dir):
 
 
 def test_annotations_carry_ego_position_track_and_visibility(dataset_dir):
-    for ann in _coco(dataset_dir, "train")["annotations"]:
-        forward, _, up = ann["center_ego"]
-        assert forward > 0.0 and up > 0.0  # in front of the camera, box centre above the ground
+    coco = _coco(dataset_dir, "train")
+    camera_of = {i["id"]: i["camera"] for i in coco["images"]}
+    sides = set()
+    for ann in coco["annotations"]:
+        pose = np.asarray(coco["cameras"][camera_of[ann["image_id"]]]["T_ego_cam"])
+        depth = (np.linalg.inv(pose) @ np.array([*ann["center_ego"], 1.0]))[2]
+        assert depth > 0.0 and ann["center_ego"][2] > 0.0  # in front of its camera, box centre above the ground
         assert isinstance(ann["track_id"], int) and 0.25 <= ann["visible_fraction"] <= 1.0
+        sides.add(camera_of[ann["image_id"]])
+    assert len(sides) >= 2, "the side cameras' images carry boxes too"
 
 
 def test_train_and_val_never_share_a_map_seed_pair_or_a_seed(dataset_dir):

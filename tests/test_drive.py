@@ -56,7 +56,7 @@ def run_drive(config, name: str, scenario_overrides: list[str], out):
 
 
 def test_failsafe_miss_shows_in_metrics_and_trace(tmp_path):
-    config = load_stack([], [PERFECT, "faults.stage_delay_ms={perception: 200}", "runtime.stages.perception.on_miss=failsafe"])
+    config = load_stack([], [*PERFECT, "faults.stage_delay_ms={perception: 200}", "runtime.stages.perception.on_miss=failsafe"])
     out = run_drive(config, "pedestrian_crossing", ["duration_s=6"], tmp_path / "run")
     metrics = assert_complete_run_folder(out, frames_at_least=100)
     assert metrics["latency"]["perception"]["misses"] == metrics["frames"]
@@ -68,7 +68,7 @@ def test_failsafe_miss_shows_in_metrics_and_trace(tmp_path):
 
 
 def test_default_budget_drive_has_no_misses_and_a_latency_table(tmp_path):
-    config = load_stack([], [PERFECT])
+    config = load_stack([], [*PERFECT])
     out = run_drive(config, "lead_vehicle_braking", ["duration_s=5"], tmp_path / "run")
     metrics = assert_complete_run_folder(out, frames_at_least=100)
     assert metrics["outcome"]["collisions"] == 0 and not metrics["outcome"]["interrupted"]

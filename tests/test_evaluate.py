@@ -35,7 +35,7 @@ def _scores(evaluation) -> list[tuple]:
 
 
 def test_scores_are_identical_on_one_worker_two_workers_and_ray(mini, tmp_path):
-    common = {"overrides": ["perception.kind=perfect"], "record": False}
+    common = {"overrides": ["perception.kind=perfect", "perception.perfect.coverage=all"], "record": False}
     one = evaluate(str(mini), workers=1, out_dir=tmp_path / "one", **common)
     two = evaluate(str(mini), workers=2, out_dir=tmp_path / "two", **common)
     ray = evaluate(str(mini), workers=2, backend="ray", out_dir=tmp_path / "ray", **common)
@@ -83,7 +83,7 @@ def test_a_crashing_scenario_is_reported_failed_and_the_others_complete(mini, tm
         return real(config, scenario, **kwargs)
 
     monkeypatch.setattr(driver, "drive", crashing)
-    evaluation = evaluate(str(mini), workers=1, out_dir=tmp_path / "ev", overrides=["perception.kind=perfect"],
+    evaluation = evaluate(str(mini), workers=1, out_dir=tmp_path / "ev", overrides=["perception.kind=perfect", "perception.perfect.coverage=all"],
                           record=False)
     by_id = {s["id"]: s for s in evaluation.scenarios}
     assert by_id["cut_in-01"]["status"] == "failed"
@@ -123,7 +123,7 @@ def test_the_default_suite_runs_end_to_end_and_scores_the_same_on_1_and_2_worker
         assert (out / name).is_file()
     assert (out / "scenarios" / "cut_in-01" / "drive.mcap").is_file()
     assert "mean driving score" in capsys.readouterr().out
-    common = {"overrides": ["perception.kind=perfect"], "record": False}
+    common = {"overrides": ["perception.kind=perfect", "perception.perfect.coverage=all"], "record": False}
     one = evaluate("default", workers=1, out_dir=tmp_path / "one", **common)
     ray = evaluate("default", workers=2, backend="ray", out_dir=tmp_path / "ray", **common)
     two = [(s["id"], *(json.dumps(s.get(k), sort_keys=True) for k in SCORE_FIELDS)) for s in results["scenarios"]]

@@ -194,7 +194,7 @@ def test_a_family_of_each_kind_drives(name):
     params = family.sample(np.random.default_rng(3))
     if name == "random_routes":
         params.update(map="town", vehicles=2, pedestrians=1)
-    result = drive(load_stack([], [PERFECT]), family.scenario(params, f"{name}-t"), render=False, max_time_s=4.0)
+    result = drive(load_stack([], [*PERFECT]), family.scenario(params, f"{name}-t"), render=False, max_time_s=4.0)
     assert result.outcome["error"] is None and result.outcome["collisions"] == 0
     assert result.outcome["route_progress_m"] > 5.0
 

@@ -90,7 +90,7 @@ def refused(port: int) -> bool:
 
 
 def test_a_client_sees_the_channels_and_camera_frames_while_the_drive_runs():
-    config = load_stack([], [PERFECT])
+    config = load_stack([], [*PERFECT])
     live = live_view(config)
     held = HeldForClient(live)
     errors = []
@@ -142,7 +142,7 @@ class FailsAtFrame:
 
 
 def test_the_server_stops_when_the_drive_fails_and_builds_nothing_unwatched():
-    config = load_stack([], [PERFECT])
+    config = load_stack([], [*PERFECT])
     live = live_view(config)
     built = []
     frame = live._frames.frame
@@ -155,7 +155,7 @@ def test_the_server_stops_when_the_drive_fails_and_builds_nothing_unwatched():
 
 
 def test_a_taken_port_is_reported_and_free_again_once_the_view_ends():
-    config = load_stack([], [PERFECT])
+    config = load_stack([], [*PERFECT])
     first, second = live_view(config), live_view(config)
     obs = Observation(t=0.0, frame=0, cameras={}, ego=EgoState(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
                       route=Route(np.array([[0.0, 0.0], [10.0, 0.0]]), np.array([0.0, 10.0]), 10.0), route_progress=0.0)

@@ -129,7 +129,7 @@ def _nan_detection(perception):
 def test_a_stage_that_outputs_nan_fails_safe_with_its_reason(monkeypatch, builder, corrupt, reason):
     real = getattr(stack_module, builder)
     monkeypatch.setattr(stack_module, builder, lambda *args, **kwargs: _NanFrom(real(*args, **kwargs), corrupt))
-    config = load_stack([], [PERFECT])
+    config = load_stack([], [*PERFECT])
     result = drive(config, load_scenario(*SCENARIO), render=False, max_time_s=DRIVE_S)
     _assert_failsafe_after_break(result, reason)
     # The frames record the last good plan, never the broken one.

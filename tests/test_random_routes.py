@@ -122,6 +122,6 @@ def test_bad_params_name_the_key_or_map(params, named):
 
 def test_a_town01_route_drives_with_perfect_perception():
     doc = generated("Town01", 1)
-    result = drive(load_stack([], [PERFECT]), scenario_of(doc), render=False, max_time_s=10.0)
+    result = drive(load_stack([], [*PERFECT]), scenario_of(doc), render=False, max_time_s=10.0)
     assert result.series.t[-1] == pytest.approx(10.0, abs=0.1)
     assert math.isfinite(result.series.route_progress[-1]) and np.max(result.series.route_progress) > 5.0

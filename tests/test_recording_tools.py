@@ -27,7 +27,7 @@ FIRST, LAST = 5, 9  # the lead vehicle is in view, with a 2D box, from the first
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     """(path, config, drive result) of 2 s of lead_vehicle_braking, recorded."""
-    config = load_stack([], [PERFECT])
+    config = load_stack([], [*PERFECT])
     scenario = load_scenario("lead_vehicle_braking", [], ())
     path = tmp_path_factory.mktemp("recording") / "drive.mcap"
     result = drive(config, scenario, observers=(Recorder(path, config, scenario),), max_time_s=2.0)

@@ -28,7 +28,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("replay-report") / "drive.mcap"
-    config, scenario = load_stack([], [PERFECT]), load_scenario("pedestrian_crossing", [], ())
+    config, scenario = load_stack([], [*PERFECT]), load_scenario("pedestrian_crossing", [], ())
     drive(config, scenario, observers=(Recorder(path, config, scenario),), max_time_s=3.0)
     return path
 

@@ -57,7 +57,7 @@ def scenario():
 
 @pytest.fixture(scope="module")
 def stack():
-    return load_stack([], [PERFECT, *FAULTS])
+    return load_stack([], [*PERFECT, *FAULTS])
 
 
 @pytest.fixture(scope="module")

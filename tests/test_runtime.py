@@ -20,7 +20,7 @@ from conftest import PERFECT
 def drive(overrides: list[str], scenario: str = "pedestrian_crossing", render: bool = False,
           max_time_s: float | None = None, on_frame=None):
     """Drive through the one driver; (simulator, drive result)."""
-    config = load_stack([], [PERFECT, *overrides])
+    config = load_stack([], [*PERFECT, *overrides])
     sim = EmbeddedSimulator(config, render=render)
     result = driver.drive(config, load_scenario(scenario), sim=sim, max_time_s=max_time_s,
                           on_frame=on_frame and (lambda o, r: on_frame(sim, o, r)))
@@ -127,7 +127,7 @@ def test_pipelined_fail_safe_and_measured_drives_run_through():
 
 
 def test_an_older_frames_late_command_never_replaces_a_newer_one():
-    config = load_stack([], [PERFECT, "runtime.time_model=measured"])
+    config = load_stack([], [*PERFECT, "runtime.time_model=measured"])
     runtime = StagedRuntime(config, None)
     from stagepilot.core.messages import Control
 
@@ -160,6 +160,6 @@ def test_held_perception_moves_the_stop_line_and_plans_are_stamped_now():
 
 
 def test_pipelining_needs_latency():
-    config = load_stack([], [PERFECT, "runtime.time_model=ideal", "runtime.pipelined=true"])
+    config = load_stack([], [*PERFECT, "runtime.time_model=ideal", "runtime.pipelined=true"])
     with pytest.raises(ConfigError, match="runtime.pipelined"):
         StagedRuntime(config, None)

@@ -222,7 +222,7 @@ def test_route_deviation_ends_the_route_and_interrupted_carries_no_timeout():
 
 
 def scored_drive(scenario_name: str, scenario_overrides: list[str], stack_overrides: list[str] = ()):
-    config = load_stack([], [PERFECT, *stack_overrides])
+    config = load_stack([], [*PERFECT, *stack_overrides])
     criteria = CriteriaObserver()
     result = drive(config, load_scenario(scenario_name, scenario_overrides), observers=(criteria,), render=False)
     return result, criteria, score_drive(result, criteria)

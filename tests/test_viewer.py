@@ -50,7 +50,7 @@ class Collect:
 @pytest.fixture(scope="module")
 def drive_views():
     """A pedestrian walks into view after about 2.5 s: frames with and without detections."""
-    config = load_stack([], [PERFECT])
+    config = load_stack([], [*PERFECT])
     collect = Collect(config)
     drive(config, load_scenario("pedestrian_crossing", [], ()), observers=(collect,), max_time_s=3.5)
     return collect
