@@ -29,7 +29,7 @@ SMALL_FRAMES = ["sim.cameras.front.jpeg_quality=60", "sim.cameras.front_left.jpe
 
 # name: (scenario, seconds, stack overrides)
 SUITE = {
-    "town_loop_learned": ("town_loop", 3.0, ["perception.kind=learned", "perception.learned.precision=fp32"]),
+    "town_loop_learned": ("town_loop", 2.0, ["perception.kind=learned", "perception.learned.precision=fp32"]),
     "pedestrian_crossing_perfect": ("pedestrian_crossing", 6.0, ["perception.kind=perfect", *SMALL_FRAMES]),
     "lead_vehicle_braking_perfect": ("lead_vehicle_braking", 3.0, ["perception.kind=perfect", *SMALL_FRAMES]),
 }
