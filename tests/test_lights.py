@@ -43,10 +43,14 @@ def _front_progress(result) -> np.ndarray:
 
 
 def test_a_hidden_light_stops_the_car_at_the_line_until_it_reads_green():
-    hidden_until = 16.0
+    """Red for 4 s, then green from 4 s to 16 s (configs/stack.yaml traffic timing); every light is
+    hidden from the cameras until 14 s: the car reaches the line with its light green but unread."""
+    hidden_until = 14.0
     config = load_stack([], ["perception.kind=learned", f"faults.lights_hidden_until_s={hidden_until}"])
     sim = EmbeddedSimulator(config)
-    result = drive(config, _scenario("green", 40.0, 26.0), sim=sim)  # green throughout
+    result = drive(config, _scenario("red", 4.0, 22.0), sim=sim)
+    light, _ = _our_light(sim)
+    assert [light.state(t) for t in (5.0, hidden_until, 15.5)] == ["green"] * 3
     _, line_s = _our_light(sim)
     t, speed, front = np.asarray(result.series.t), np.asarray(result.series.speed), _front_progress(result)
     hidden = t < hidden_until
@@ -79,8 +83,9 @@ def test_the_state_comes_from_our_head_not_a_crossing_head_facing_us(ours):
     config = load_stack([], ["perception.kind=learned"])
     sim = _TurnedHeadSimulator(config)
     result = drive(config, _scenario(ours, 25.0, 14.0), sim=sim)
-    _, line_s = _our_light(sim)
-    assert sim.turned.state(0.0) != ours  # the crossing head shows the other stream's state
+    light, line_s = _our_light(sim)
+    # As the car reaches the line (about 7 s), the turned head shows the crossing stream's state.
+    assert light.state(7.0) == ours and sim.turned.state(7.0) == {"green": "red", "red": "green"}[ours]
     front, speed = _front_progress(result), np.asarray(result.series.speed)
     if ours == "green":
         assert front[-1] > line_s + 10.0, "the car should go on its own green"
