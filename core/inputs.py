@@ -124,7 +124,10 @@ StrictLoader.add_constructor("tag:yaml.org,2002:int", StrictLoader.construct_yam
 
 def parse_yaml(text: str) -> Any:
     """`text` as YAML through StrictLoader; raises yaml.YAMLError (StrictYamlError included)."""
-    return yaml.load(text, Loader=StrictLoader)  # noqa: S506  (a SafeLoader subclass)
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506  (a SafeLoader subclass)
+    except OverflowError as exc:  # PyYAML's scanner on an escape like "\U99999999" (chr() of a huge code)
+        raise yaml.YAMLError(f"an escape sequence names no character ({exc})") from None
 
 
 def yaml_problem(exc: yaml.YAMLError) -> str:
