@@ -109,9 +109,11 @@ class NetworkRunner:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
-        """(H, W, 3) uint8 frames -> (B, 3, h, w) float in [0, 1] at the input size, on the device.
-        Frames of one size are stacked before the copy; others are scaled one by one."""
+    def preprocess(self, images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 frames (or one frame) -> (B, 3, h, w) float in [0, 1] at the input size,
+        on the device. Frames of one size are stacked before the copy; others are scaled one by one."""
+        if isinstance(images, np.ndarray):
+            images = [images]
         sizes = {img.shape[:2] for img in images}
         if len(sizes) == 1:
             x = torch.from_numpy(np.ascontiguousarray(np.stack(images))).to(self.device, non_blocking=True)
