@@ -189,16 +189,16 @@ def test_a_yellow_read_straight_after_red_is_a_misread_but_green_is_taken(runner
     config = load_stack([], [LEARNED]).perception.learned
     stage = LearnedPerception(config, runner=runner)
     dt, n = 0.05, config.light_confirm_frames
-    assert stage._confirmed_state(3, "red", 0.0) == "red"
+    assert stage.lights._confirmed_state(3, "red", 0.0) == "red"
     # signals go red -> green -> yellow: yellow readings of a light in view never turn it yellow
-    assert [stage._confirmed_state(3, "yellow", dt * k) for k in range(1, 3 * n)] == ["red"] * (3 * n - 1)
+    assert [stage.lights._confirmed_state(3, "yellow", dt * k) for k in range(1, 3 * n)] == ["red"] * (3 * n - 1)
     t = 3 * n * dt
-    states = [stage._confirmed_state(3, "green", t + dt * k) for k in range(n)]
+    states = [stage.lights._confirmed_state(3, "green", t + dt * k) for k in range(n)]
     assert states == ["red"] * (n - 1) + ["green"]
     # a light unseen long enough to have gone through green may be yellow when seen again
     stage.reset()
-    stage._confirmed_state(3, "red", 0.0)
-    assert [stage._confirmed_state(3, "yellow", 5.0 + dt * k) for k in range(n)][-1] == "yellow"
+    stage.lights._confirmed_state(3, "red", 0.0)
+    assert [stage.lights._confirmed_state(3, "yellow", 5.0 + dt * k) for k in range(n)][-1] == "yellow"
 
 
 # ---- closed loop with learned perception --------------------------------------------------------
