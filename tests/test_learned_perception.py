@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LEARNED = "perception.kind=learned"
 CARD = SHIPPED_CHECKPOINT.parent / "MODEL_CARD.md"
 # The bars of issue 5, which the model card states.
+FRONT_ONLY = ["sim.cameras.front_left=null", "sim.cameras.front_right=null"]
 BARS = {"vehicle_ap50": 0.85, "pedestrian_ap50": 0.75, "miou": 0.80, "vehicle_position_error_m": 1.0}
 
 
@@ -53,12 +54,15 @@ def test_the_checkpoint_is_shipped_small_and_carries_its_metadata():
 
 @pytest.fixture(scope="module")
 def fresh_figures(tmp_path_factory) -> dict:
-    """The bar figures of the shipped model on validation frames rendered now."""
+    """The bar figures of the shipped model on validation frames rendered now, from the front
+    camera: the model card's figures are the front camera's (docs/perception.md has the side
+    cameras' figures beside them)."""
     shared_map("Town02")
     data = tmp_path_factory.mktemp("fresh") / "data"
+    front = load_stack(overrides=FRONT_ONLY)
     # seed 1: validation scenes whose seeds the shipped model's data (seed 0) never drew
-    collect_dataset(load_stack(), data, 600, split="val", seed=1, workers=2, show_progress=False)
-    result = evaluate_checkpoint(SHIPPED_CHECKPOINT, data, "val", device="cpu", config=load_stack())
+    collect_dataset(front, data, 600, split="val", seed=1, workers=2, show_progress=False)
+    result = evaluate_checkpoint(SHIPPED_CHECKPOINT, data, "val", device="cpu", config=front)
     figures = {"vehicle_ap50": result["ap50"]["vehicle"], "pedestrian_ap50": result["ap50"]["pedestrian"],
                "miou": result["miou"], "vehicle_position_error_m": result["position_error_median_m"]["vehicle"]}
     print(json.dumps(figures))

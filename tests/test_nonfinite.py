@@ -15,6 +15,7 @@ import torch
 from stagepilot.core.config import load_stack
 from stagepilot.core.messages import Control, EgoState
 from stagepilot.perception.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from stagepilot.perception.fusion import Placed
 from stagepilot.perception.learned import SHIPPED_CHECKPOINT, LearnedPerception
 from stagepilot.perception.tracking import Measurement, Tracker
 from stagepilot.pipeline import stack as stack_module
@@ -70,8 +71,8 @@ def test_the_drive_command_names_a_bad_checkpoint_in_one_line(request, tmp_path,
 def _stage_with_hook(build, sim, layer: str):
     """build_perception whose network's `layer` outputs NaN from BROKEN_FROM_S of `sim`'s time."""
 
-    def hooked(config, road_map=None):
-        stage = build(config, road_map)
+    def hooked(config, road_map=None, signal_heads=None):
+        stage = build(config, road_map, signal_heads)
         getattr(stage.runner.model, layer).register_forward_hook(
             lambda module, inputs, out: out * math.nan if sim.t >= BROKEN_FROM_S - 1e-9 else None)
         return stage
@@ -156,7 +157,7 @@ def test_the_learned_stage_flags_a_frame_whose_track_went_nan(monkeypatch):
     stage = LearnedPerception(config.perception.learned, sim.road_map)
     assert stage.step(first).usable
     nan_car = Measurement("vehicle", 0.9, (math.nan, 0.0), (4.5, 1.8, 1.5))
-    monkeypatch.setattr(stage, "_measurements", lambda out, image: ([nan_car], []))
+    monkeypatch.setattr(stage, "_measurements", lambda out, image: ([Placed(nan_car, cut=False)], []))
     seen = stage.step(sim.step(Control()))
     assert not seen.usable and seen.reason.startswith("tracker state is not finite (dropped track [")
     obs = sim.step(Control())
