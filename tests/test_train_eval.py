@@ -5,6 +5,7 @@ config keys are named. No accuracy thresholds: 8 frames train nothing useful."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -187,7 +188,9 @@ def test_resume_continues_the_epoch_count_from_the_checkpoint(trained, data_dir)
     assert main(args) == 0
     meta = _meta(trained / "epoch_003.pt")
     assert meta["epoch"] == 3 and meta["losses"][:2] == before["losses"] and len(meta["losses"]) == 3
-    assert meta["resume"]["scheduler"]["last_epoch"] == 3 * 2  # 8 train frames / batch 4 = 2 steps an epoch
+    train_images = len(json.loads((data_dir / "annotations" / "train.json").read_text())["images"])
+    assert train_images == 8 * len(load_stack().sim.cameras)  # every rig camera's image of 8 frames
+    assert meta["resume"]["scheduler"]["last_epoch"] == 3 * math.ceil(train_images / 4)  # batch 4
     assert "--resume" in meta["training_command"]
 
 
