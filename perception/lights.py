@@ -47,11 +47,17 @@ class LightSighting:
 
 def faces_camera(head: SignalHead, ego, image: CameraImage) -> bool:
     """Whether ``head``'s lamps face ``image``'s camera (world frame angles)."""
+    return lamps_face(head.position[:2], head.facing, ego, image)
+
+
+def lamps_face(position_xy, facing: float, ego, image: CameraImage) -> bool:
+    """Whether lamps at world ``position_xy`` pointing along world yaw ``facing`` face ``image``'s
+    camera on ``ego``: the camera lies within FACING_MAX_RAD of the way they point."""
     cam_x, cam_y = float(image.T_ego_cam[0, 3]), float(image.T_ego_cam[1, 3])
     c, s = math.cos(ego.yaw), math.sin(ego.yaw)
     wx, wy = ego.x + c * cam_x - s * cam_y, ego.y + s * cam_x + c * cam_y
-    bearing = math.atan2(wy - head.position[1], wx - head.position[0])
-    return abs(math.remainder(bearing - head.facing, math.tau)) <= FACING_MAX_RAD
+    bearing = math.atan2(wy - position_xy[1], wx - position_xy[0])
+    return abs(math.remainder(bearing - facing, math.tau)) <= FACING_MAX_RAD
 
 
 class LightReader:

@@ -29,7 +29,7 @@ from stagepilot.core.messages import (
 )
 from stagepilot.perception.checks import FrameCheck
 from stagepilot.perception.geometry import stop_line_ahead
-from stagepilot.perception.lights import FACING_MAX_RAD
+from stagepilot.perception.lights import lamps_face
 from stagepilot.core.paths import Polyline
 
 
@@ -137,18 +137,12 @@ class PerfectPerception:
         head = next((o for o in source.ground_truth.objects if o.id == light.id), None)
         if head is None:
             return False
-        ego = source.ego
         for name in self.cameras:
             box, image = head.boxes_2d.get(name), (source.cameras or {}).get(name)
-            if box is None or box.visible_fraction <= 0.0 or image is None:
-                continue
-            cx, cy = float(image.T_ego_cam[0, 3]), float(image.T_ego_cam[1, 3])
-            c, s = math.cos(ego.yaw), math.sin(ego.yaw)
-            bearing = math.atan2(ego.y + s * cx + c * cy - head.center_world[1], ego.x + c * cx - s * cy - head.center_world[0])
-            if abs(math.remainder(bearing - head.yaw_world, math.tau)) <= FACING_MAX_RAD:
+            if box is not None and box.visible_fraction > 0.0 and image is not None \
+                    and lamps_face(head.center_world[:2], head.yaw_world, source.ego, image):
                 return True
         return False
-
 
 def _wrap(angle: float) -> float:
     return (angle + math.pi) % (2 * math.pi) - math.pi
