@@ -13,7 +13,10 @@ red. Unseen, a light last read red or yellow stays so (the car must not run it o
 detection); green turns ``unknown`` after ``light_hold_s``. A light in view is never taken
 from red to yellow (signals go red, green, yellow). The reported stop line is moved back
 where needed so that the car stops with the head (where the map puts it) still in one of the
-rig's views, and so sees it turn green, whether or not it has read the light yet.
+rig's views, and so sees it turn green, whether or not it has read the light yet. A car that
+drives past that point on a green has passed its light: from there on the stage reports no
+light for that stop line (the head can no longer be seen, so a later reading, or none, must
+not stop the car where it would never see the head again).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from stagepilot.perception.geometry import project_to_image, stop_line_ahead, wo
 LIGHT_SEQUENCE_GAP_S = 1.0  # [s] a light unseen longer than this may have gone through green meanwhile
 FACING_MAX_RAD = math.radians(70.0)  # a head's lamps are readable within this angle of its facing
 VIEW_LIMIT_RANGE_M = 40.0  # [m] the stop line is kept where the head stays in view from this near
+VIEW_LIMIT_SLACK_M = 0.5  # [m] the car stops this far short of the view limit: a stop that overruns
+# its point by a few decimetres must still leave the head in view
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,7 @@ class LightReader:
     def reset(self) -> None:
         self._memory: tuple[int, str, float] | None = None  # (head id, state, t last seen)
         self._pending: tuple[str, int] = ("", 0)  # a new reading and how many frames in a row it came
+        self._passed: int | None = None  # the head whose view limit the car drove past on green
 
     def next_head(self, obs: Observation) -> SignalHead | None:
         """The head of the next signalised stop line the route crosses, within range."""
@@ -91,8 +97,12 @@ class LightReader:
 
     def read(self, obs: Observation, sightings: list[LightSighting], images: list[CameraImage]) -> TrafficLightAhead | None:
         head = self.next_head(obs)
+        if head is None or head.id != self._passed:
+            self._passed = None  # past its stop line: the next approach starts afresh
         if head is None:
             self._memory = None
+            return None
+        if head.id == self._passed:
             return None
         ego = obs.ego
         line = head.stop_line
@@ -112,7 +122,11 @@ class LightReader:
             # not, or it could wait at the line for a green it can never see.
             mapped = world_to_ego(np.array(head.position[:2]), ego)[0]
             if math.hypot(*mapped) <= VIEW_LIMIT_RANGE_M:
-                p0, p1 = self._moved_back(p0, p1, self._view_limit(mapped, images, head.position[2]))
+                limit = self._view_limit(mapped, images, head.position[2])
+                if limit <= 0.0 and state == "green":
+                    self._passed = head.id
+                    return None
+                p0, p1 = self._moved_back(p0, p1, max(limit - VIEW_LIMIT_SLACK_M, 0.0))
         return TrafficLightAhead(id=head.id, state=state, stop_line=tuple(float(v) for v in (*p0, *p1)))
 
     def _sighting_of(self, head: SignalHead, sightings: list[LightSighting], ego) -> LightSighting | None:

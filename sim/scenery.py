@@ -2,7 +2,10 @@
 
 Placement reads the ground raster: a distance transform of everything paved (road, road
 line, sidewalk) gives each terrain cell its distance to the street, and its gradient the
-direction the street lies in, so buildings face the road and nothing stands on it.
+direction the street lies in, so buildings face the road and nothing stands on it. No tree
+grows within SIGNAL_CLEAR_M of a signal head: road design keeps a signal's face in sight of its
+approach (the stopping sight distance of the MUTCD and its equivalents), and a crown over a
+head at the stop line would hide its state from every camera for good.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ from stagepilot.sim.render.boxes import BoxSet
 from stagepilot.sim.render.ground import GroundRaster
 
 PAVED = (palette.ROAD, palette.ROAD_LINE, palette.SIDEWALK)
+SIGNAL_CLEAR_M = 25.0  # [m] no tree's trunk this near a signal head
 WALL_COLORS = np.array([(150, 120, 100), (180, 170, 150), (120, 110, 110), (200, 190, 170),
                         (140, 80, 60), (90, 100, 110), (170, 150, 120), (110, 120, 100)])
 
 
-def build_scenery(ground: GroundRaster, rng: np.random.Generator) -> BoxSet:
-    """Static boxes (instance 0) for buildings, trees and lamps over the whole map."""
+def build_scenery(ground: GroundRaster, rng: np.random.Generator, signals_xy=()) -> BoxSet:
+    """Static boxes (instance 0) for buildings, trees and lamps over the whole map;
+    ``signals_xy``: the signal heads' world positions, kept clear of trees."""
     step = max(ground.resolution_m, 0.25)
     paved = np.isin(ground.tags, PAVED)
     scale = max(int(round(step / ground.resolution_m)), 1)
@@ -34,7 +39,7 @@ def build_scenery(ground: GroundRaster, rng: np.random.Generator) -> BoxSet:
     gy, gx = np.gradient(cv2.GaussianBlur(dist, (0, 0), 3.0))
     sets = [
         _buildings(ground, rng, dist, gx, gy, cell, scale),
-        _trees(ground, rng, dist, cell, scale),
+        _trees(ground, rng, dist, cell, scale, np.asarray(signals_xy, float).reshape(-1, 2)),
         _lamps(ground, rng, dist, gx, gy, cell, scale),
     ]
     return BoxSet.concat([s for s in sets if s is not None])
@@ -95,7 +100,7 @@ def _clear(dist, ground, xy, scale, radius) -> np.ndarray:
     return dist[row, col] > radius
 
 
-def _trees(ground, rng, dist, cell, scale) -> BoxSet | None:
+def _trees(ground, rng, dist, cell, scale, signals_xy: np.ndarray) -> BoxSet | None:
     cells = _candidates(dist, 2.0, 6.0, max(int(9.0 / cell), 1), rng)
     if len(cells) == 0:
         return None
@@ -117,7 +122,11 @@ def _trees(ground, rng, dist, cell, scale) -> BoxSet | None:
     ])
     rgb = np.concatenate([np.tile([[90, 65, 40]], (n, 1)), green, green * 0.85])
     yaws = np.concatenate([yaw, yaw, yaw + math.pi / 4])
-    return BoxSet(centers, yaws, sizes, np.clip(rgb, 0, 255), palette.VEGETATION, 0)
+    keep = np.ones(n, bool)
+    if len(signals_xy):  # (drawn from the same rng either way: the rest of the scenery stays)
+        keep = np.hypot(*(xy[:, None, :] - signals_xy[None, :, :]).transpose(2, 0, 1)).min(axis=1) > SIGNAL_CLEAR_M
+    boxes = BoxSet(centers, yaws, sizes, np.clip(rgb, 0, 255), palette.VEGETATION, 0)
+    return boxes.select(np.tile(keep, 3))
 
 
 def _lamps(ground, rng, dist, gx, gy, cell, scale) -> BoxSet | None:

@@ -31,7 +31,8 @@ PRESET_NAMES = {"clear_noon": "clear", "overcast": "overcast", "dusk": "dusk", "
 def ground_and_scenery(road_map: RoadMap, seed: int, resolution_m: float, scenery: bool):
     polygons = [(SURFACE_TAGS.get(s.lane_type, palette.TERRAIN), s.polygon) for s in road_map.surfaces()]
     ground = GroundRaster.build(polygons, road_map.markings(), road_map.bounds, resolution_m, seed)
-    statics = build_scenery(ground, np.random.default_rng([seed, 7])) if scenery else BoxSet.empty()
+    signals_xy = [head.position[:2] for head in road_map.signal_heads]
+    statics = build_scenery(ground, np.random.default_rng([seed, 7]), signals_xy) if scenery else BoxSet.empty()
     return ground, statics
 
 

@@ -133,6 +133,16 @@ class NpcVehicle:
     forced_decel: float | None = None  # active 'brake' behaviour [m/s^2]
     held: bool = False  # 'stop' behaviour: stay stopped until 'go'
     dead_end: bool = False  # a random route that reached a lane with no successor
+    turns: list[LeftTurn] = field(default_factory=list)  # where it must give way to oncoming traffic
+
+
+@dataclass(frozen=True)
+class LeftTurn:
+    """A junction connector along an NPC path that turns left, across the oncoming lanes."""
+
+    entry_s: float  # [m] along the NPC path where it enters the junction
+    centre: tuple[float, float]  # the connector's midpoint: where it crosses the oncoming lanes
+    heading: float  # [rad] the NPC's heading where it enters
 
 
 @dataclass
@@ -158,6 +168,58 @@ def light_stops(keys, path: Polyline, road_map: RoadMap, lights: list[TrafficLig
             if abs(offset) < 8.0:
                 stops.append(Stop(s=s, light=light))
     return stops
+
+
+def left_turns(keys, path: Polyline, road_map: RoadMap) -> list[LeftTurn]:
+    """The junction connectors of a path that turn left by more than LEFT_TURN_RAD."""
+    turns = []
+    for key in keys:
+        segment = road_map.segments[key]
+        if not segment.is_junction or segment.path.length < 2.0:
+            continue
+        x0, y0, yaw0 = (float(v) for v in segment.path.interpolate(0.0))
+        _, _, yaw1 = (float(v) for v in segment.path.interpolate(segment.path.length))
+        if math.remainder(yaw1 - yaw0, math.tau) < LEFT_TURN_RAD:
+            continue
+        entry_s, offset = path.project(x0, y0)
+        if abs(offset) < 1.0:
+            cx, cy, _ = (float(v) for v in segment.path.interpolate(segment.path.length / 2))
+            turns.append(LeftTurn(entry_s=entry_s, centre=(cx, cy), heading=yaw0))
+    return turns
+
+
+LEFT_TURN_RAD = 0.6  # [rad] a connector turning left by more than this crosses the oncoming lanes
+GIVE_WAY_GAP_S = 4.5  # [s] an oncoming vehicle this near its arrival at the crossing has the way
+GIVE_WAY_LOOK_M = 40.0  # [m] a left turn further ahead than this does not slow the NPC yet
+
+
+def give_way_gap(npc: "NpcVehicle", others: list[Agent]) -> float | None:
+    """Gap [m] to the junction entry of the NPC's next left turn, while an oncoming vehicle
+    would reach the crossing within GIVE_WAY_GAP_S (traffic turning left gives way to oncoming
+    traffic, as CARLA's Traffic Manager and every road code have it). An NPC already inside the
+    junction has committed and goes on."""
+    me = npc.agent
+    front = npc.s + me.size[0] / 2
+    for turn in npc.turns:
+        gap = turn.entry_s - front
+        if gap < -0.5:
+            continue
+        if gap > GIVE_WAY_LOOK_M:
+            return None
+        cx, cy = turn.centre
+        for other in others:
+            if other is me or not other.active or other.kind != "vehicle" or other.speed < 0.5:
+                continue
+            if math.cos(other.yaw - turn.heading) > -0.7:
+                continue  # not oncoming
+            c, s = math.cos(other.yaw), math.sin(other.yaw)
+            along, across = (cx - other.x) * c + (cy - other.y) * s, -(cx - other.x) * s + (cy - other.y) * c
+            if along < -other.size[0] or abs(across) > 10.0:
+                continue  # past the crossing, or not on the road through it
+            if max(along, 0.0) / other.speed <= GIVE_WAY_GAP_S:
+                return max(gap, 0.0)
+        return None
+    return None
 
 
 LANE_HALF_WIDTH_M = 1.75
@@ -233,7 +295,7 @@ def npc_accel(npc: NpcVehicle, others: list[Agent], t: float, idm: IdmConfig) ->
     stop_gap = light_gap(npc, t, idm)
     stops_at_end = not npc.random_route or npc.dead_end
     end_gap = npc.path.length - npc.s - npc.agent.size[0] / 2 if stops_at_end else None
-    candidates = [(gap, leader_speed), (stop_gap, 0.0), (end_gap, 0.0)]
+    candidates = [(gap, leader_speed), (stop_gap, 0.0), (end_gap, 0.0), (give_way_gap(npc, others), 0.0)]
     accel = min(idm_accel(idm, speed, npc.desired_speed, g, speed - v) for g, v in candidates if g is not None) \
         if any(g is not None for g, _ in candidates) else idm_accel(idm, speed, npc.desired_speed, None, 0.0)
     if npc.forced_decel is not None:
@@ -288,3 +350,4 @@ def extend_random_path(npc: NpcVehicle, road_map: RoadMap, rng: np.random.Genera
     npc.path = Polyline(points)
     npc.keys = keys[-12:]
     npc.stops = light_stops(npc.keys, npc.path, road_map, lights)
+    npc.turns = left_turns(npc.keys, npc.path, road_map)

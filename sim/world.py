@@ -33,6 +33,7 @@ from stagepilot.sim.traffic import (
     build_traffic_lights,
     extend_random_path,
     fire_behaviour,
+    left_turns,
     light_stops,
     npc_accel,
 )
@@ -211,6 +212,7 @@ class EmbeddedSimulator(Simulator):
                          initial_desired=speed)
         extend_random_path(npc, self.road_map, self.rng, self.lights)
         npc.stops = light_stops(npc.keys, npc.path, self.road_map, self.lights)
+        npc.turns = left_turns(npc.keys, npc.path, self.road_map)
         advance_npc(npc, 0.0, 0.0)
         self.npcs.append(npc)
 

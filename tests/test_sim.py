@@ -296,3 +296,65 @@ def test_random_traffic_stops_at_a_dead_end_instead_of_failing(stack):
     stuck = [n for n in sim.npcs if n.dead_end]
     assert stuck and all(n.agent.speed == 0.0 for n in stuck)
     assert all(n.path.length - n.s - n.agent.size[0] / 2 > -0.5 for n in stuck)  # stopped before the end
+
+
+@pytest.mark.parametrize("town", ["Town01", "Town02"])
+def test_no_tree_grows_where_it_would_hide_a_signal_head(town):
+    """Trees are kept SIGNAL_CLEAR_M from every signal head, so that a head stays in sight of its
+    approach; drawn without the heads, the same seed puts trees there (the clearance is real)."""
+    from stagepilot.sim.render.ground import GroundRaster
+    from stagepilot.sim.scenery import SIGNAL_CLEAR_M, build_scenery
+    from stagepilot.sim.sensors import SURFACE_TAGS
+    from stagepilot.sim.world import load_road_map
+
+    road_map = load_road_map(str(shared_map(town)))
+    polygons = [(SURFACE_TAGS.get(s.lane_type, palette.TERRAIN), s.polygon) for s in road_map.surfaces()]
+    ground = GroundRaster.build(polygons, road_map.markings(), road_map.bounds, 0.25, 5)
+    heads = np.array([head.position[:2] for head in road_map.signal_heads])
+    assert len(heads) > 0
+
+    def trunks_near_heads(signals_xy) -> int:
+        boxes = build_scenery(ground, np.random.default_rng([5, 7]), signals_xy)
+        trunks = boxes.center[(boxes.tag == palette.VEGETATION) & (boxes.size[:, 0] < 0.5), :2]
+        return int((np.hypot(*(trunks[:, None] - heads[None]).transpose(2, 0, 1)).min(axis=1) <= SIGNAL_CLEAR_M).sum())
+
+    assert trunks_near_heads(heads) == 0
+    assert trunks_near_heads(()) > 0
+
+
+def _left_turn_run(stack, scenario_file, oncoming: bool):
+    """An NPC from the north arm of the four-way junction turns left (east) across the lane of
+    one coming north from the south arm; both would reach the crossing together."""
+    actors = [{"type": "vehicle", "start": {"road": 2, "lane": 1, "s": 40}, "goal": {"road": 1, "lane": -1, "s": 60},
+               "speed": 8.0}]
+    if oncoming:
+        actors.append({"type": "vehicle", "start": {"road": 4, "lane": 1, "s": 45},
+                       "goal": {"road": 2, "lane": -1, "s": 100}, "speed": 9.0})
+    path = scenario_file({"name": "left_turn", "map": "junction", "seed": 1, "duration_s": 25, "speed_limit": 11.1,
+                          "ego": {"start": {"road": 3, "lane": -1, "s": 20}, "goal": {"road": 3, "lane": -1, "s": 60},
+                                  "initial_speed": 0.0},
+                          "traffic_lights": {"enabled": False}, "actors": actors})
+    sim = EmbeddedSimulator(stack, render=False)
+    sim.reset(load_scenario(path))
+    turner = sim.npcs[0]
+    entry_s = turner.turns[0].entry_s
+    front = lambda: turner.s + turner.agent.size[0] / 2  # noqa: E731
+    slowest_before_entry, entered_t, gaps, collisions = math.inf, None, [], 0
+    while sim.t < 16.0:
+        obs = sim.step(Control(brake=1.0))
+        collisions += sum(e.kind == "collision" for e in obs.events)
+        if front() < entry_s:
+            slowest_before_entry = min(slowest_before_entry, turner.agent.speed)
+        elif entered_t is None:
+            entered_t = sim.t
+        if oncoming:
+            other = sim.npcs[1].agent
+            gaps.append(math.hypot(other.x - turner.agent.x, other.y - turner.agent.y))
+    return slowest_before_entry, entered_t, min(gaps, default=math.inf), collisions
+
+
+def test_an_npc_turning_left_gives_way_to_oncoming_traffic(stack, scenario_file):
+    slowest, entered_t, closest, collisions = _left_turn_run(stack, scenario_file, oncoming=True)
+    assert slowest < 1.0 and entered_t is not None and collisions == 0 and closest > 3.0
+    free_slowest, free_entered_t, _, _ = _left_turn_run(stack, scenario_file, oncoming=False)
+    assert free_slowest > 7.0 and free_entered_t < entered_t - 3.0  # alone, it turns without stopping
