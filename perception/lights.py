@@ -14,7 +14,7 @@ detection); green turns ``unknown`` after ``light_hold_s``. A light in view is n
 from red to yellow (signals go red, green, yellow). The reported stop line is moved back
 where needed so that the car stops with the head (where the map puts it) still in one of the
 rig's views, and so sees it turn green, whether or not it has read the light yet. A car that
-drives past that point on a green has passed its light: from there on the stage reports no
+drives past that point on a green or yellow (the planner's choice to go) has passed its light: from there on the stage reports no
 light for that stop line (the head can no longer be seen, so a later reading, or none, must
 not stop the car where it would never see the head again).
 """
@@ -34,6 +34,7 @@ from stagepilot.perception.geometry import project_to_image, stop_line_ahead, wo
 
 LIGHT_SEQUENCE_GAP_S = 1.0  # [s] a light unseen longer than this may have gone through green meanwhile
 FACING_MAX_RAD = math.radians(70.0)  # a head's lamps are readable within this angle of its facing
+MIN_YELLOW_S = 3.0  # [s] the shortest yellow change interval (MUTCD 4D.26: 3 to 6 s)
 VIEW_LIMIT_RANGE_M = 40.0  # [m] the stop line is kept where the head stays in view from this near
 VIEW_LIMIT_SLACK_M = 0.5  # [m] the car stops this far short of the view limit: a stop that overruns
 # its point by a few decimetres must still leave the head in view
@@ -81,7 +82,8 @@ class LightReader:
     def reset(self) -> None:
         self._memory: tuple[int, str, float] | None = None  # (head id, state, t last seen)
         self._pending: tuple[str, int] = ("", 0)  # a new reading and how many frames in a row it came
-        self._passed: int | None = None  # the head whose view limit the car drove past on green
+        self._passed: int | None = None  # the head whose view limit the car drove past on green or yellow
+        self._green_at: tuple[int, float] | None = None  # (head id, t) of the last green read
 
     def next_head(self, obs: Observation) -> SignalHead | None:
         """The head of the next signalised stop line the route crosses, within range."""
@@ -123,7 +125,7 @@ class LightReader:
             mapped = world_to_ego(np.array(head.position[:2]), ego)[0]
             if math.hypot(*mapped) <= VIEW_LIMIT_RANGE_M:
                 limit = self._view_limit(mapped, images, head.position[2])
-                if limit <= 0.0 and state == "green":
+                if limit <= 0.0 and state in ("green", "yellow"):
                     self._passed = head.id
                     return None
                 p0, p1 = self._moved_back(p0, p1, max(limit - VIEW_LIMIT_SLACK_M, 0.0))
@@ -168,7 +170,18 @@ class LightReader:
         """The light's state given this frame's reading. The first reading of a head counts at
         once; a change of state needs ``light_confirm_frames`` equal readings in a row, so that
         one misread frame neither starts nor stops the car. Red never turns yellow while the
-        light stays in view (``LIGHT_SEQUENCE_GAP_S``)."""
+        light stays in view (``LIGHT_SEQUENCE_GAP_S``), and a light read green turns red no sooner
+        than a yellow interval later (``MIN_YELLOW_S``): a red read sooner is taken for yellow."""
+        if reading == "red" and self._green_at is not None and self._green_at[0] == head_id \
+                and t - self._green_at[1] < MIN_YELLOW_S:
+            reading = "yellow"  # read green less than a yellow interval ago: this red is a misread yellow
+        state = self._confirmed_reading(head_id, reading, t)
+        if state == "green" and reading == "green":
+            self._green_at = (head_id, t)
+        return state
+
+    def _confirmed_reading(self, head_id: int, reading: str, t: float) -> str:
+        """``_confirmed_state`` without the green-to-red rule."""
         memory = self._memory
         if memory is None or memory[0] != head_id:
             self._memory, self._pending = (head_id, reading, t), ("", 0)

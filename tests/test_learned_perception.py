@@ -205,6 +205,24 @@ def test_a_yellow_read_straight_after_red_is_a_misread_but_green_is_taken(runner
     assert [stage.lights._confirmed_state(3, "yellow", 5.0 + dt * k) for k in range(n)][-1] == "yellow"
 
 
+def test_a_red_read_within_a_yellow_interval_of_green_is_a_misread_yellow(runner):
+    """A Town01 route read a yellow light as red 0.7 s after its last green, braked hard and
+    stopped where no camera saw the head, then waited out the scenario: signals show yellow for
+    at least MIN_YELLOW_S after green."""
+    from stagepilot.perception.lights import MIN_YELLOW_S
+
+    config = load_stack([], [LEARNED]).perception.learned
+    stage = LearnedPerception(config, runner=runner)
+    dt, n = 0.05, config.light_confirm_frames
+    assert stage.lights._confirmed_state(3, "green", 0.0) == "green"
+    reads = [stage.lights._confirmed_state(3, "red", 0.7 + dt * k) for k in range(2 * n)]
+    assert reads[-1] == "yellow" and "red" not in reads
+    late = [stage.lights._confirmed_state(3, "red", MIN_YELLOW_S + 0.1 + dt * k) for k in range(n)]
+    assert late[-1] == "red"  # a full yellow interval later, red is red
+    stage.reset()  # never read green: a red is taken at once
+    assert stage.lights._confirmed_state(3, "red", 0.0) == "red"
+
+
 # ---- closed loop with learned perception --------------------------------------------------------
 def _closed_loop(name: str, overrides: list[str] | None = None, on_frame=None, sim=None):
     """Drive through the one driver with learned perception; (simulator, drive result)."""
