@@ -363,7 +363,8 @@ def _sim_headline(r: dict) -> str:
 
 def _plan_headline(r: dict) -> str:
     return (f"lattice planner p50 {ms(r['p50_ms'])}, p99 {ms(r['p99_ms'])}, max {ms(r['max_ms'])}; "
-            f"{r['candidates']} candidates, {r['obstacles']} obstacles")
+            f"{r['candidates']} candidates, {r['obstacles']} obstacles"
+            + (f"; fallback stops in {r['fallbacks']} of {r['calls']} calls" if "fallbacks" in r else ""))
 
 
 def _control_headline(r: dict) -> str:
