@@ -114,8 +114,10 @@ def test_compare_finds_a_score_change_planted_by_a_config_change(mini, tmp_path,
 @pytest.mark.slow
 def test_the_default_suite_runs_end_to_end_and_scores_the_same_on_1_and_2_workers_and_ray(tmp_path, capsys):
     out = tmp_path / "default"
+    # coverage all: the planning stack on its own, with no camera to render (the rig oracle's
+    # figures are docs/results/eval/default-perfect.json's)
     assert main(["evaluate", "--suite", "default", "--perception", "perfect", "--workers", "2", "--out", str(out),
-                 "--quiet"]) == 0
+                 "--quiet", "perception.perfect.coverage=all"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert len(results["scenarios"]) == 40 and results["mean_driving_score"] >= 90.0, results["families"]
     assert not [s["id"] for s in results["scenarios"] if s["status"] == "failed"]
