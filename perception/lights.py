@@ -14,9 +14,10 @@ detection); green turns ``unknown`` after ``light_hold_s``. A light in view is n
 from red to yellow (signals go red, green, yellow). The reported stop line is moved back
 where needed so that the car stops with the head (where the map puts it) still in one of the
 rig's views, and so sees it turn green, whether or not it has read the light yet. A car that
-drives past that point on a green or yellow (the planner's choice to go) has passed its light: from there on the stage reports no
-light for that stop line (the head can no longer be seen, so a later reading, or none, must
-not stop the car where it would never see the head again).
+drives past that point on a green or yellow (the planner's choice to go) has passed its
+light: from there on the stage reports no light for that stop line (the head can no longer
+be seen, so a later reading, or none, must not stop the car where it would never see the
+head again).
 """
 
 from __future__ import annotations
@@ -99,13 +100,12 @@ class LightReader:
 
     def read(self, obs: Observation, sightings: list[LightSighting], images: list[CameraImage]) -> TrafficLightAhead | None:
         head = self.next_head(obs)
-        if head is None or head.id != self._passed:
-            self._passed = None  # past its stop line: the next approach starts afresh
         if head is None:
-            self._memory = None
+            self._memory = self._passed = None
             return None
         if head.id == self._passed:
             return None
+        self._passed = None  # past its stop line: the next approach starts afresh
         ego = obs.ego
         line = head.stop_line
         p0, p1 = (tuple(map(float, p)) for p in world_to_ego(np.array([line.p0, line.p1]), ego))

@@ -188,6 +188,12 @@ def left_turns(keys, path: Polyline, road_map: RoadMap) -> list[LeftTurn]:
     return turns
 
 
+def set_path_rules(npc: "NpcVehicle", road_map: RoadMap, lights: list[TrafficLight]) -> None:
+    """Where the NPC's present path makes it stop for lights and give way when turning left."""
+    npc.stops = light_stops(npc.keys, npc.path, road_map, lights)
+    npc.turns = left_turns(npc.keys, npc.path, road_map)
+
+
 LEFT_TURN_RAD = 0.6  # [rad] a connector turning left by more than this crosses the oncoming lanes
 GIVE_WAY_GAP_S = 4.5  # [s] an oncoming vehicle this near its arrival at the crossing has the way
 GIVE_WAY_LOOK_M = 40.0  # [m] a left turn further ahead than this does not slow the NPC yet
@@ -349,5 +355,4 @@ def extend_random_path(npc: NpcVehicle, road_map: RoadMap, rng: np.random.Genera
     npc.s -= keep_from
     npc.path = Polyline(points)
     npc.keys = keys[-12:]
-    npc.stops = light_stops(npc.keys, npc.path, road_map, lights)
-    npc.turns = left_turns(npc.keys, npc.path, road_map)
+    set_path_rules(npc, road_map, lights)

@@ -33,9 +33,8 @@ from stagepilot.sim.traffic import (
     build_traffic_lights,
     extend_random_path,
     fire_behaviour,
-    left_turns,
-    light_stops,
     npc_accel,
+    set_path_rules,
 )
 from stagepilot.sim.vehicle import DynamicBicycle, VehicleParams
 
@@ -211,8 +210,7 @@ class EmbeddedSimulator(Simulator):
                          random_route=goal is None, lateral=offset, lateral_target=offset,
                          initial_desired=speed)
         extend_random_path(npc, self.road_map, self.rng, self.lights)
-        npc.stops = light_stops(npc.keys, npc.path, self.road_map, self.lights)
-        npc.turns = left_turns(npc.keys, npc.path, self.road_map)
+        set_path_rules(npc, self.road_map, self.lights)
         advance_npc(npc, 0.0, 0.0)
         self.npcs.append(npc)
 
