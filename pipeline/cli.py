@@ -6,6 +6,7 @@
     stagepilot replay --update-golden RECORDING ...
     stagepilot recording info FILE
     stagepilot evaluate --suite default [--workers N] [--backend local|ray] [--perception perfect] [--compare RESULTS]
+    stagepilot tune --space planner --suite default --trials 30 [--workers N] [--backend local|ray] [--holdout SUITE]
     stagepilot recording export FILE --frames A:B --out DIR
     stagepilot sim render --scenario NAME --out DIR [key.path=value ...]
     stagepilot sim list
@@ -35,6 +36,7 @@ from stagepilot.pipeline.codec import RecordingError
 from stagepilot.pipeline import commands as handlers
 from stagepilot.pipeline import commands_evaluate as evaluate_handlers
 from stagepilot.pipeline import commands_replay as replay_handlers
+from stagepilot.pipeline import commands_tune as tune_handlers
 from stagepilot.pipeline.interrupts import exit_status
 
 
@@ -167,6 +169,46 @@ def build_parser() -> argparse.ArgumentParser:
     _add_maps_arg(evaluate_suite)
     _add_stack_args(evaluate_suite)
     evaluate_suite.set_defaults(handler=evaluate_handlers.evaluate)
+
+    tune = commands.add_parser(
+        "tune", help="tune config keys with Optuna against a scenario suite; writes best.yaml",
+        description="Search the space's config keys (configs/tuning/) with a seeded TPE sampler, each trial driving "
+        "the suite's scenarios in order and reporting the running mean so that hopeless trials are pruned. Writes "
+        "best.yaml (an overlay of the tuned keys), trials.csv, plots and report.md in the study folder; the same "
+        "command resumes an interrupted study from its SQLite storage.")
+    tune.add_argument("--space", required=True, metavar="FILE", help="a space from configs/tuning/ or a path")
+    tune.add_argument("--suite", default="default", help="the suite to score trials on (default: default)")
+    tune.add_argument("--trials", type=_positive_int, required=True, help="finished trials the study ends with")
+    tune.add_argument("--study", default=None, metavar="NAME", help="study name (default: <space>-<suite>)")
+    tune.add_argument("--storage", default=None, metavar="URL",
+                      help="an RDB URL that several tuners share (postgresql://..., sqlite:///...); "
+                           "default: sqlite in the study folder")
+    tune.add_argument("--workers", type=_positive_int, default=1, help="trials in parallel (default 1)")
+    tune.add_argument("--backend", choices=["local", "ray"], default="local",
+                      help="scenario drives on local processes or as Ray tasks (default: local)")
+    tune.add_argument("--ray-address", default=None, metavar="ADDR",
+                      help="join this Ray cluster (HOST:PORT or ray://HOST:PORT); default: a local Ray")
+    tune.add_argument("--objective", choices=["score", "multi"], default="score",
+                      help="score: mean driving score less a comfort penalty; multi: score and comfort, a Pareto front")
+    tune.add_argument("--comfort-penalty", type=float, default=10.0, metavar="POINTS",
+                      help="points a drive that breaks every nuPlan comfort bound loses (default 10)")
+    tune.add_argument("--perception", choices=["learned", "perfect"], default=None,
+                      help="perception stage (overrides perception.kind)")
+    tune.add_argument("--holdout", default=None, metavar="SUITE",
+                      help="after the search, score the base config and best.yaml on this suite too")
+    tune.add_argument("--seed", type=int, default=0, help="the sampler's seed (default 0)")
+    tune.add_argument("--pruner", choices=["median", "none"], default="median", help="default: median")
+    tune.add_argument("--prune-startup", type=int, default=5, metavar="N",
+                      help="complete trials before pruning starts (default 5)")
+    tune.add_argument("--prune-warmup", type=int, default=None, metavar="K",
+                      help="scenarios a trial drives before it can be pruned (default: a quarter of the suite)")
+    tune.add_argument("--out", default=None, metavar="DIR", help="study folder (default: runs/tune-<study>/)")
+    tune.add_argument("--keep-runs", action="store_true", help="keep every scenario's run folder")
+    tune.add_argument("--json", action="store_true", help="print the summary as JSON")
+    tune.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_maps_arg(tune)
+    _add_stack_args(tune)
+    tune.set_defaults(handler=tune_handlers.tune)
 
     recording = commands.add_parser("recording", help="inspect or export a drive recording (drive.mcap)")
     recording_commands = recording.add_subparsers(dest="recording_command", metavar="SUBCOMMAND", required=True)

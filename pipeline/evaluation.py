@@ -27,7 +27,8 @@ import socket
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -133,23 +134,6 @@ def _longest_first(jobs: list[dict]) -> list[dict]:
     return sorted(jobs, key=lambda job: -float(job["scenario"].get("duration_s", 0.0)))
 
 
-def _run_local(jobs: list[dict], workers: int, bar: tqdm) -> list[dict]:
-    if workers == 1:
-        results = []
-        for job in jobs:
-            results.append(run_scenario(job))
-            bar.update(1)
-        return results
-    results = []
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_init,
-                             initargs=(jobs[0]["threads"],)) as pool:
-        futures = [pool.submit(run_scenario, job) for job in _longest_first(jobs)]
-        for future in as_completed(futures):
-            results.append(future.result())
-            bar.update(1)
-    return results
-
-
 def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
     """A one-line ConfigError, before anything runs, when `address` (host:port or
     ray://host:port) does not answer."""
@@ -163,29 +147,114 @@ def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
         raise ConfigError(f"--ray-address {address}: cannot reach the Ray cluster ({exc.strerror or exc})") from None
 
 
-def _run_ray(jobs: list[dict], workers: int, address: str | None, bar: tqdm) -> list[dict]:
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("--backend ray: Ray is not installed (pip install 'stagepilot[ray]')") from None
-    if address:
-        check_ray_address(address)
-    started = not ray.is_initialized()
-    if started:
-        kwargs = {"address": address} if address else {"num_cpus": workers, "include_dashboard": False}
-        ray.init(log_to_driver=False, **kwargs)
-    try:
-        task = ray.remote(num_cpus=1)(run_scenario)
-        pending = [task.remote(job) for job in _longest_first(jobs)]
+class ScenarioPool:
+    """Scenario jobs (run_scenario) on `workers` local processes or as Ray tasks, for callers
+    that schedule the jobs themselves: `submit` a job, `wait` for any of the handles, read its
+    `result`. One local worker runs each job in this process, when it is submitted.
+
+    `isolate` runs even a single local worker in a process of its own, so that Ctrl-C reaches
+    the caller between jobs' results rather than inside a drive."""
+
+    def __init__(self, backend: str = "local", workers: int = 1, ray_address: str | None = None,
+                 isolate: bool = False):
+        if backend not in ("local", "ray"):
+            raise ConfigError(f"--backend {backend}: expected local or ray")
+        self.backend, self.workers, self.ray_address, self.isolate = backend, workers, ray_address, isolate
+        self.threads = max(1, (os.cpu_count() or 1) // workers)
+        self._pool: ProcessPoolExecutor | None = None
+        self._ray = None
+        self._started_ray = False
+        self._task = None
+
+    def __enter__(self) -> ScenarioPool:
+        if self.backend == "ray":
+            try:
+                import ray
+            except ImportError:
+                raise ConfigError("--backend ray: Ray is not installed (pip install 'stagepilot[ray]')") from None
+            if self.ray_address:
+                check_ray_address(self.ray_address)
+            self._ray = ray
+            self._started_ray = not ray.is_initialized()
+            if self._started_ray:
+                kwargs = {"address": self.ray_address} if self.ray_address else {
+                    "num_cpus": self.workers, "include_dashboard": False}
+                ray.init(log_to_driver=False, **kwargs)
+            self._task = ray.remote(num_cpus=1)(run_scenario)
+        elif self.workers > 1 or self.isolate:
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn"),
+                                             initializer=_worker_init, initargs=(self.threads,))
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if self._pool is not None:
+            interrupted = exc_type is not None and issubclass(exc_type, BaseException) and not issubclass(
+                exc_type, Exception)
+            if interrupted:  # Ctrl-C: do not wait for the drives in flight
+                for process in list(getattr(self._pool, "_processes", {}).values()):
+                    process.terminate()
+            self._pool.shutdown(wait=not interrupted, cancel_futures=True)
+            self._pool = None
+        if self._ray is not None and self._started_ray:
+            self._ray.shutdown()
+        self._ray = None
+
+    @property
+    def inline(self) -> bool:
+        """Jobs run in this process, one at a time."""
+        return self._pool is None and self._ray is None
+
+    def submit(self, job: dict[str, Any]):
+        if self._ray is not None:
+            return self._task.remote(job)
+        if self._pool is not None:
+            return self._pool.submit(run_scenario, job)
+        future: Future = Future()
+        future.set_result(run_scenario(job))
+        return future
+
+    def wait(self, handles: list, timeout: float | None = None) -> list:
+        """The handles among `handles` that are done (at least one unless `timeout` passed)."""
+        if not handles:
+            return []
+        if self._ray is not None:
+            done, _ = self._ray.wait(list(handles), num_returns=1, timeout=timeout)
+            return done
+        done, _ = futures_wait(handles, timeout=timeout, return_when=FIRST_COMPLETED)
+        return list(done)
+
+    def result(self, handle) -> dict[str, Any]:
+        return self._ray.get(handle) if self._ray is not None else handle.result()
+
+
+def run_jobs(jobs: list[dict], pool: ScenarioPool, bar: tqdm) -> list[dict]:
+    """Every job, as many at a time as the pool has workers (longest first; in order on one
+    worker in this process); results in finishing order."""
+    if pool.inline:
         results = []
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            results.extend(ray.get(done))
-            bar.update(len(done))
+        for job in jobs:
+            results.append(run_scenario(job))
+            bar.update(1)
         return results
-    finally:
-        if started:
-            ray.shutdown()
+    pending = [pool.submit(job) for job in _longest_first(jobs)]
+    results = []
+    while pending:
+        for handle in pool.wait(pending):
+            pending.remove(handle)
+            results.append(pool.result(handle))
+            bar.update(1)
+    return results
+
+
+def scenario_jobs(sampled, *, config_files=(), overrides=(), out_dir: Path, threads: int, blocked_s: float,
+                  video: bool = False, record: bool = True, ship_maps: bool = False) -> list[dict[str, Any]]:
+    """One job per sampled scenario (SuiteScenario), in the suite's order; `ship_maps` carries
+    each map's text for workers on other machines (Ray)."""
+    return [{"id": s.id, "family": s.family, "params": s.params, "scenario": s.scenario.model_dump(mode="json"),
+             "config_files": [str(f) for f in config_files], "overrides": list(overrides),
+             "out_dir": str((Path(out_dir) / "scenarios" / s.id).resolve()), "video": video, "record": record,
+             "blocked_s": blocked_s, "threads": threads,
+             "map_text": Path(s.scenario.map_path).read_text() if ship_maps else None} for s in sampled]
 
 
 # ---------------------------------------------------------------- the suite
@@ -213,19 +282,17 @@ def evaluate(suite_name: str, *, config_files=(), overrides=(), workers: int = 1
     if backend == "ray" and ray_address:
         check_ray_address(ray_address)
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(suite.name)
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    blocked_s = float(suite.criteria.get("blocked_s", 180.0))
-    jobs = [{"id": s.id, "family": s.family, "params": s.params, "scenario": s.scenario.model_dump(mode="json"),
-             "config_files": [str(f) for f in config_files], "overrides": list(overrides),
-             "out_dir": str((out_dir / "scenarios" / s.id).resolve()), "video": video, "record": record,
-             "blocked_s": blocked_s, "threads": threads,
-             "map_text": Path(s.scenario.map_path).read_text() if backend == "ray" else None} for s in sampled]
+    pool = ScenarioPool(backend, workers, ray_address)
+    jobs = scenario_jobs(sampled, config_files=config_files, overrides=overrides, out_dir=out_dir,
+                         threads=pool.threads, blocked_s=float(suite.criteria.get("blocked_s", 180.0)), video=video,
+                         record=record, ship_maps=backend == "ray")
     out_dir.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(jobs), desc=f"evaluate {suite.name}", unit="scenario", disable=not show_progress,
                file=sys.stderr, dynamic_ncols=True)
     start = time.perf_counter()
     try:
-        results = _run_ray(jobs, workers, ray_address, bar) if backend == "ray" else _run_local(jobs, workers, bar)
+        with pool:
+            results = run_jobs(jobs, pool, bar)
     finally:
         bar.close()
     order = {s.id: i for i, s in enumerate(sampled)}

@@ -46,3 +46,14 @@ def shared_map(name: str) -> Path:
         return find_map(name)
     except MapError as exc:
         pytest.skip(f"needs the CARLA town {name} ({exc})")
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    """Run the CLI on `argv`; it must fail with status 2 and one line on stderr, returned."""
+    from stagepilot.pipeline.cli import main
+
+    status = main(argv)
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert status == 2 and len(lines) == 1, captured.err
+    return lines[0]

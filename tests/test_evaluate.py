@@ -13,6 +13,8 @@ from stagepilot.pipeline import driver
 from stagepilot.pipeline.cli import main
 from stagepilot.pipeline.evaluation import SCORE_FIELDS, evaluate
 
+from conftest import one_line_error
+
 MINI = """\
 description: three short scenarios, for the tests
 seed: 3
@@ -44,14 +46,6 @@ def test_scores_are_identical_on_one_worker_two_workers_and_ray(mini, tmp_path):
     assert one.mean_driving_score == two.mean_driving_score == ray.mean_driving_score
 
 
-def _one_line_error(capsys, argv: list[str]) -> str:
-    status = main(argv)
-    captured = capsys.readouterr()
-    lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert status == 2 and len(lines) == 1, captured.err
-    return lines[0]
-
-
 @pytest.mark.parametrize("suite, expected", [
     ("seed: 1\nfamilies: {no_such_family: 2}\n", "no such scenario family"),
     ("seed: 1\nfamilies: {cut_in: {count: 2, params: {cutter_speed: 30.0}}}\n", "cutter_speed = 30.0 is outside its range"),
@@ -61,14 +55,14 @@ def test_bad_suites_are_one_line_before_any_scenario_runs(tmp_path, capsys, suit
     path = tmp_path / "suite.yaml"
     path.write_text(suite)
     out = tmp_path / "out"
-    line = _one_line_error(capsys, ["evaluate", "--suite", str(path), "--out", str(out), "--quiet"])
+    line = one_line_error(capsys, ["evaluate", "--suite", str(path), "--out", str(out), "--quiet"])
     assert expected in line and str(path) in line
     assert not out.exists()  # nothing ran, nothing was written
 
 
 def test_an_unreachable_ray_address_is_one_line_before_any_scenario_runs(mini, tmp_path, capsys):
     out = tmp_path / "out"
-    line = _one_line_error(capsys, ["evaluate", "--suite", str(mini), "--backend", "ray", "--ray-address",
+    line = one_line_error(capsys, ["evaluate", "--suite", str(mini), "--backend", "ray", "--ray-address",
                                     "127.0.0.1:1", "--out", str(out), "--quiet"])
     assert "--ray-address 127.0.0.1:1: cannot reach the Ray cluster" in line
     assert not out.exists()

@@ -1,0 +1,707 @@
+"""`stagepilot tune`: an Optuna study over config keys, scored on a scenario suite.
+
+A trial is one config overlay: the space's keys (pipeline/tuning_space.py) set to values the
+sampler chose, on top of the base stack (`--config` files and overrides). It drives the suite's
+scenarios one after another in the suite's fixed order, each through the evaluator's job
+(pipeline/evaluation.py `run_scenario`: the same driver, criteria and score as `stagepilot
+evaluate`), and after each scenario reports the running mean of the objective, so that the
+pruner can stop a hopeless trial before its last scenario. Trials run in parallel: `--workers`
+trials at once, each scenario a job on the evaluator's local process pool or a Ray task.
+
+Objective (`score`, the default): the mean over the suite's scenarios of
+
+    driving score - comfort_penalty x (share of nuPlan's comfort bounds the drive broke)
+
+so a drive that breaks every bound loses `comfort_penalty` points (10 by default), one that
+breaks one of six loses 1.7. `multi` makes it a two-objective study instead: the mean driving
+score (maximised) and the mean share of comfort bounds broken, in percent (minimised); Optuna
+cannot prune multi-objective trials, so they always run every scenario.
+
+Sampling: a seeded TPE sampler (constant liar for parallel trials). The first trial of a new
+study is the base config's own values, so the study's history starts from the baseline.
+Storage: SQLite in the study folder unless `--storage URL` names any RDB (PostgreSQL, MySQL) that
+several tuners share. The same command resumes a study: trials that an interrupted run left
+running are marked failed and queued again with the same parameters, and the run stops when
+the study holds the requested number of finished (complete or pruned) trials.
+
+Outputs in the study folder: best.yaml (the tuned keys only, a header naming study, trial,
+score and date), trials.csv, trials/NNNN/results.json (each trial's per-scenario results, in
+the evaluator's format, for `evaluate --compare`), plots (optimisation history, parameter
+importances, the Pareto front of a multi-objective study) and report.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import fcntl
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm import tqdm
+
+from stagepilot.core.config import ConfigError, config_hash, load_stack
+from stagepilot.core.inputs import clip
+from stagepilot.pipeline.evaluation import EvaluationResult, ScenarioPool, family_means, scenario_jobs, write_results
+from stagepilot.pipeline.metrics import NUPLAN_BOUNDS
+from stagepilot.pipeline.tuning_space import Space, base_values, flat_overrides, load_space, overlay
+
+OBJECTIVES = ("score", "multi")
+COMFORT_PENALTY = 10.0  # [points] a drive that breaks every comfort bound loses this much
+HEARTBEAT_S = 30  # a running trial's heartbeat in the storage; stale after GRACE_S without one
+GRACE_S = 120
+
+
+@dataclass
+class TuneOptions:
+    space: str
+    suite: str
+    trials: int
+    study: str | None = None
+    storage: str | None = None
+    workers: int = 1
+    backend: str = "local"
+    ray_address: str | None = None
+    objective: str = "score"
+    comfort_penalty: float = COMFORT_PENALTY
+    config_files: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+    out_dir: Path | None = None
+    holdout: str | None = None
+    seed: int = 0
+    prune_startup: int = 5  # complete trials before the pruner acts
+    prune_warmup: int | None = None  # scenarios a trial runs before it can be pruned (default: a quarter)
+    pruner: str = "median"
+    maps_dirs: list[str] = field(default_factory=list)
+    keep_runs: bool = False
+    show_progress: bool = True
+
+
+@dataclass
+class TuneResult:
+    out_dir: Path
+    study_name: str
+    storage: str
+    best_number: int | None
+    best_values: list[float] | None
+    best_score: float | None
+    baseline_score: float | None
+    finished: int
+    paths: dict[str, Path]
+    holdout: dict[str, float] | None = None
+    pruned: int = 0
+
+
+# ---------------------------------------------------------------- the objective
+
+
+def comfort_broken(entry: dict[str, Any]) -> float:
+    """The share [0, 1] of nuPlan's comfort bounds a scored drive broke (0 when it has none)."""
+    bounds = (entry.get("comfort") or {}).get("bounds") or {}
+    if not bounds:
+        return 0.0
+    return sum(1 for holds in bounds.values() if holds is False) / len(bounds)
+
+
+def scenario_value(entry: dict[str, Any], comfort_penalty: float) -> float:
+    return float(entry.get("driving_score", 0.0)) - comfort_penalty * comfort_broken(entry)
+
+
+def trial_values(results: list[dict], objective: str, comfort_penalty: float) -> list[float]:
+    n = max(1, len(results))
+    if objective == "multi":
+        return [sum(float(r.get("driving_score", 0.0)) for r in results) / n,
+                100.0 * sum(comfort_broken(r) for r in results) / n]
+    return [sum(scenario_value(r, comfort_penalty) for r in results) / n]
+
+
+# ---------------------------------------------------------------- storage and study
+
+
+def _quiet_optuna() -> None:
+    """Optuna's own log lines and experimental-feature warnings stay out of the progress output."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+
+def open_storage(url: str, shared: bool = True):
+    """An Optuna RDB storage, or a one-line ConfigError when the URL cannot be opened. A shared
+    storage keeps heartbeats of running trials, so that a tuner that died leaves no trial
+    running for ever (another tuner fails it once it is stale)."""
+    import optuna
+
+    _quiet_optuna()
+    heartbeat = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S} if shared else {}
+    try:
+        return optuna.storages.RDBStorage(url, **heartbeat)
+    except Exception as exc:  # sqlalchemy's ArgumentError, OperationalError, a missing driver ...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"--storage {clip(url)}: cannot open the study storage ({clip(reason, 200)})") from None
+
+
+class FolderLock:
+    """An exclusive lock on the study folder, so that two tuners on one machine do not share a
+    SQLite file by accident (several machines share a study through an RDB server instead)."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / "tune.lock"
+        self._file = None
+
+    def __enter__(self) -> FolderLock:
+        self._file = self.path.open("w")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.close()
+            raise ConfigError(f"{self.path.parent}: another `stagepilot tune` is running on this study folder") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._file.close()
+
+
+def _study_identity(space: Space, suite: str, base_hash: str, objective: str, penalty: float) -> dict[str, Any]:
+    return {"space": space.name, "space_digest": space.digest(), "suite": suite, "base_config": base_hash,
+            "objective": objective, "comfort_penalty": penalty}
+
+
+def _check_identity(study, identity: dict[str, Any]) -> None:
+    stored = study.user_attrs.get("stagepilot")
+    if stored is None:
+        study.set_user_attr("stagepilot", identity)
+        return
+    changed = [key for key in identity if stored.get(key) != identity[key]]
+    if changed:
+        raise ConfigError(f"study {study.study_name!r} was created with a different {', '.join(changed)} "
+                          f"({', '.join(f'{k}: {stored.get(k)}' for k in changed)}); "
+                          "resume it with the same command, or choose a new --study")
+
+
+def _recover(study, own_storage: bool) -> int:
+    """Trials an interrupted run left behind: RUNNING ones are failed (all of them when this
+    tuner owns the storage, else those whose heartbeat is stale), and every failed trial that
+    was not queued again is queued with its parameters. Returns how many were queued."""
+    import optuna
+    from optuna.trial import TrialState
+
+    if own_storage:
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    else:
+        optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    queued = 0
+    for trial in trials:
+        if trial.state == TrialState.FAIL and trial.number not in retried and trial.params:
+            study.enqueue_trial(trial.params, user_attrs={**_kept_attrs(trial), "retry_of": trial.number},
+                                skip_if_exists=False)
+            queued += 1
+    return queued
+
+
+def _kept_attrs(trial) -> dict[str, Any]:
+    return {k: v for k, v in trial.user_attrs.items() if k == "baseline"}
+
+
+def _finished(study) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def _counted(study) -> int:
+    from optuna.trial import TrialState
+
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+# ---------------------------------------------------------------- running trials
+
+
+@dataclass
+class _Running:
+    trial: Any  # optuna.Trial
+    params: dict[str, Any]
+    overrides: list[str]
+    folder: Path
+    jobs: list[dict]
+    results: list[dict] = field(default_factory=list)
+    handle: Any = None
+    started: float = field(default_factory=time.perf_counter)
+
+
+class Tuner:
+    def __init__(self, options: TuneOptions):
+        from stagepilot.sim.suites import load_suite
+
+        o = self.options = options
+        if o.trials < 1:
+            raise ConfigError(f"--trials {o.trials}: expected at least 1")
+        if o.workers < 1:
+            raise ConfigError(f"--workers {o.workers}: expected at least 1")
+        if o.objective not in OBJECTIVES:
+            raise ConfigError(f"--objective {o.objective}: expected one of {', '.join(OBJECTIVES)}")
+        if not (math.isfinite(o.comfort_penalty) and o.comfort_penalty >= 0.0):
+            raise ConfigError(f"--comfort-penalty {o.comfort_penalty}: expected a finite number >= 0")
+        if o.pruner not in ("median", "none"):
+            raise ConfigError(f"--pruner {o.pruner}: expected median or none")
+        self.base = load_stack(o.config_files, o.overrides)
+        self.space = load_space(o.space, o.config_files, o.overrides)
+        self.suite = load_suite(o.suite)
+        self.sampled = self.suite.sample(o.maps_dirs)
+        self.holdout_suite = load_suite(o.holdout) if o.holdout else None
+        if self.holdout_suite is not None:
+            self.holdout_suite.sample(o.maps_dirs)  # its maps and parameters are checked now too
+        if o.backend == "ray":
+            self._check_ray()
+        self.study_name = o.study or f"{self.space.name}-{self.suite.name}"
+        self.out_dir = Path(o.out_dir) if o.out_dir is not None else Path("runs") / f"tune-{self.study_name}"
+        self.storage_url = o.storage or f"sqlite:///{(self.out_dir / 'study.db').resolve()}"
+        if o.storage:  # a shared storage that does not open fails before the folder is made
+            self.storage = open_storage(o.storage)
+        self.blocked_s = float(self.suite.criteria.get("blocked_s", 180.0))
+        self.warmup = o.prune_warmup if o.prune_warmup is not None else max(1, len(self.sampled) // 4)
+
+    def _check_ray(self) -> None:
+        from stagepilot.pipeline.evaluation import check_ray_address
+
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ConfigError("--backend ray: Ray is not installed (pip install 'stagepilot[ray]')") from None
+        if self.options.ray_address:
+            check_ray_address(self.options.ray_address)
+
+    # -- study
+
+    def _create_study(self):
+        import optuna
+
+        o = self.options
+        if not o.storage:
+            self.storage = open_storage(self.storage_url, shared=False)
+        sampler = optuna.samplers.TPESampler(seed=o.seed, constant_liar=o.workers > 1,
+                                             n_startup_trials=min(10, max(2, o.trials // 3)))
+        pruner = (optuna.pruners.MedianPruner(n_startup_trials=o.prune_startup, n_warmup_steps=self.warmup)
+                  if o.pruner == "median" and o.objective == "score" else optuna.pruners.NopPruner())
+        directions = ["maximize", "minimize"] if o.objective == "multi" else ["maximize"]
+        try:
+            study = optuna.create_study(study_name=self.study_name, storage=self.storage, sampler=sampler,
+                                        pruner=pruner, directions=directions, load_if_exists=True)
+        except ValueError as exc:  # an existing study of other directions
+            raise ConfigError(f"study {self.study_name!r}: {exc}") from None
+        if [d.name.lower() for d in study.directions] != directions:
+            raise ConfigError(f"study {self.study_name!r} was created with objective directions "
+                              f"{[d.name.lower() for d in study.directions]}; choose a new --study")
+        identity = _study_identity(self.space, self.suite.name, config_hash(self.base), o.objective,
+                                   o.comfort_penalty)
+        _check_identity(study, identity)
+        return study
+
+    def _ask(self, study) -> _Running:
+        trial = study.ask()
+        params = {p.key: p.suggest(trial) for p in self.space.params}
+        trial.set_user_attr("params_used", params)
+        tree = overlay(params, self.base)
+        overrides = [*self.options.overrides, *flat_overrides(tree)]
+        folder = self.out_dir / "trials" / f"{trial.number:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "overlay.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+        jobs = scenario_jobs(self.sampled, config_files=self.options.config_files, overrides=overrides,
+                             out_dir=folder, threads=self.pool.threads, blocked_s=self.blocked_s, video=False,
+                             record=False, ship_maps=self.options.backend == "ray")
+        return _Running(trial, params, overrides, folder, jobs)
+
+    def _submit_next(self, running: _Running) -> None:
+        running.handle = self.pool.submit(running.jobs[len(running.results)])
+
+    def _step(self, study, running: _Running, entry: dict) -> str | None:
+        """Take one scenario's result; 'complete' or 'pruned' when the trial is over."""
+        from optuna.trial import TrialState
+
+        o = self.options
+        running.results.append(entry)
+        if not self.options.keep_runs:
+            shutil.rmtree(entry.get("run_dir") or "", ignore_errors=True)
+        step = len(running.results) - 1
+        values = trial_values(running.results, o.objective, o.comfort_penalty)
+        if o.objective == "score":
+            running.trial.report(values[0], step)
+        done = len(running.results) == len(running.jobs)
+        pruned = not done and o.objective == "score" and running.trial.should_prune()
+        if not (done or pruned):
+            return None
+        self._finish_trial(running, pruned)
+        if pruned:
+            study.tell(running.trial, state=TrialState.PRUNED)
+            return "pruned"
+        study.tell(running.trial, values)
+        return "complete"
+
+    def _finish_trial(self, running: _Running, pruned: bool) -> None:
+        o = self.options
+        trial = running.trial
+        scores = [float(r.get("driving_score", 0.0)) for r in running.results]
+        trial.set_user_attr("mean_driving_score", round(sum(scores) / len(scores), 4))
+        trial.set_user_attr("comfort_broken_pct", round(trial_values(running.results, "multi", 0.0)[1], 3))
+        trial.set_user_attr("scenarios_run", len(running.results))
+        trial.set_user_attr("scenario_wall_s", round(sum(float(r.get("wall_s", 0.0)) for r in running.results), 2))
+        if pruned:
+            trial.set_user_attr("pruned_after", running.results[-1]["id"])
+        evaluation = EvaluationResult(self.suite.name, running.folder, running.results,
+                                      config_hash(load_stack(o.config_files, running.overrides)), o.backend,
+                                      o.workers, time.perf_counter() - running.started)
+        evaluation.families = family_means(running.results)
+        write_results(evaluation)
+        if not o.keep_runs:
+            shutil.rmtree(running.folder / "scenarios", ignore_errors=True)
+
+    def run(self) -> TuneResult:
+        o = self.options
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with FolderLock(self.out_dir):
+            study = self._create_study()
+            queued = _recover(study, own_storage=not o.storage)
+            if not study.get_trials(deepcopy=False):
+                study.enqueue_trial(base_values(self.space, self.base), user_attrs={"baseline": True})
+            self.pool = ScenarioPool(o.backend, o.workers, o.ray_address, isolate=True)
+            start_finished = _finished(study)
+            bar = tqdm(total=o.trials, initial=min(start_finished, o.trials), desc=f"tune {self.study_name}",
+                       unit="trial", disable=not o.show_progress, file=sys.stderr, dynamic_ncols=True)
+            if queued:
+                bar.write(f"resuming: {queued} interrupted trial(s) queued again with their parameters")
+            running: list[_Running] = []
+            try:
+                with self.pool:
+                    self._loop(study, running, bar)
+            except BaseException as exc:
+                interrupted = not isinstance(exc, Exception)
+                for item in running:  # failed, and queued again when the study resumes
+                    item.trial.set_user_attr("interrupted", interrupted)
+                    study.tell(item.trial, state=_fail_state())
+                bar.close()
+                if interrupted:
+                    self.write_outputs(study)
+                    print(f"tune: interrupted with {_finished(study)} of {o.trials} trials finished; "
+                          f"the same command resumes the study ({self.out_dir})", file=sys.stderr)
+                raise
+            bar.close()
+            paths = self.write_outputs(study)
+            holdout = self.run_holdout(study) if self.holdout_suite is not None else None
+            if holdout is not None:
+                paths["report"] = self.write_report(study, holdout)
+            return self._result(study, paths, holdout)
+
+    def _loop(self, study, running: list[_Running], bar: tqdm) -> None:
+        o = self.options
+        best_seen = None
+        while True:
+            while len(running) < o.workers and _counted(study) < o.trials:
+                item = self._ask(study)
+                self._submit_next(item)
+                running.append(item)
+            if not running:
+                return
+            done = self.pool.wait([r.handle for r in running], timeout=HEARTBEAT_S)
+            if self.options.storage:  # a heartbeat, so that other tuners sharing the study see it alive
+                for item in running:
+                    study._storage.record_heartbeat(item.trial._trial_id)
+            for handle in done:
+                item = next(r for r in running if r.handle is handle)
+                outcome = self._step(study, item, self.pool.result(handle))
+                if outcome is None:
+                    self._submit_next(item)
+                    continue
+                running.remove(item)
+                bar.update(1)
+                best = self._best(study)
+                if best is not None and best.number != best_seen:
+                    best_seen = best.number
+                    bar.set_postfix_str(f"best {best.values[0]:.2f} (trial {best.number})")
+                    bar.write(f"trial {best.number}: best so far, {_values_text(best.values, o.objective)}: "
+                              f"{_params_text(best.user_attrs.get('params_used', best.params))}")
+                elif outcome == "pruned":
+                    bar.write(f"trial {item.trial.number}: pruned after {len(item.results)} of "
+                              f"{len(item.jobs)} scenarios")
+
+    # -- results
+
+    def _best(self, study):
+        from optuna.trial import TrialState
+
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not complete:
+            return None
+        if self.options.objective == "multi":  # the Pareto trial of the highest score, then least discomfort
+            front = study.best_trials
+            return max(front, key=lambda t: (t.values[0], -t.values[1], -t.number))
+        return max(complete, key=lambda t: (t.values[0], -t.number))
+
+    def _baseline(self, study):
+        from optuna.trial import TrialState
+
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if trial.user_attrs.get("baseline"):
+                return trial
+        return None
+
+    def write_outputs(self, study) -> dict[str, Path]:
+        paths = {"study": self.out_dir, "trials_csv": self.write_trials_csv(study)}
+        best = self._best(study)
+        if best is not None:
+            paths["best"] = self.write_best(best)
+        paths.update(self.write_plots(study))
+        paths["report"] = self.write_report(study, None)
+        return paths
+
+    def write_best(self, best) -> Path:
+        o = self.options
+        params = best.user_attrs.get("params_used", best.params)
+        tree = overlay(params, self.base)
+        stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+        header = [f"# stagepilot tune: study {self.study_name}, trial {best.number}, "
+                  f"{_values_text(best.values, o.objective)}, mean driving score "
+                  f"{best.user_attrs.get('mean_driving_score', float('nan')):.2f} on suite {self.suite.name}",
+                  f"# space {self.space.source}; base: configs/stack.yaml"
+                  + "".join(f" + {f}" for f in o.config_files) + "".join(f" {x}" for x in o.overrides),
+                  f"# written {stamp}; use: stagepilot evaluate --config <base files> --config best.yaml"]
+        path = self.out_dir / "best.yaml"
+        tmp = path.with_suffix(".yaml.tmp")
+        tmp.write_text("\n".join(header) + "\n" + yaml.safe_dump(tree, sort_keys=False))
+        tmp.replace(path)
+        return path
+
+    def write_trials_csv(self, study) -> Path:
+        path = self.out_dir / "trials.csv"
+        keys = self.space.keys
+        value_names = ["score_mean", "comfort_broken_pct"] if self.options.objective == "multi" else ["objective"]
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["number", "state", *value_names, "mean_driving_score", "comfort_broken_pct",
+                             "scenarios_run", "pruned_after", "scenario_wall_s", "started", "finished", *keys])
+            for t in study.get_trials(deepcopy=False):
+                used = t.user_attrs.get("params_used", t.params)
+                values = list(t.values) if t.values is not None else [""] * len(value_names)
+                writer.writerow([t.number, t.state.name, *values, t.user_attrs.get("mean_driving_score", ""),
+                                 t.user_attrs.get("comfort_broken_pct", ""), t.user_attrs.get("scenarios_run", ""),
+                                 t.user_attrs.get("pruned_after", ""), t.user_attrs.get("scenario_wall_s", ""),
+                                 _stamp(t.datetime_start), _stamp(t.datetime_complete),
+                                 *[used.get(k, "") for k in keys]])
+        return path
+
+    def write_plots(self, study) -> dict[str, Path]:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import optuna.visualization.matplotlib as ovm
+        from optuna.trial import TrialState
+
+        out: dict[str, Path] = {}
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        multi = self.options.objective == "multi"
+        plots = [("history", lambda: ovm.plot_optimization_history(
+            study, target=(lambda t: t.values[0]) if multi else None,
+            target_name="mean driving score" if multi else "objective"))]
+        if len(complete) >= 2 and len(self.space.params) >= 1:
+            plots.append(("importances", lambda: ovm.plot_param_importances(
+                study, target=(lambda t: t.values[0]) if multi else None)))
+        if multi and complete:
+            plots.append(("pareto", lambda: ovm.plot_pareto_front(
+                study, target_names=["mean driving score", "comfort bounds broken [%]"])))
+        import warnings
+
+        for name, make in plots:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
+                    axes = make()
+            except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. importances of one distinct value
+                print(f"tune: no {name} plot ({exc})", file=sys.stderr)
+                continue
+            figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+            figure.set_size_inches(8, 5)
+            figure.tight_layout()
+            path = self.out_dir / f"{name}.png"
+            figure.savefig(path, dpi=110)
+            plt.close(figure)
+            out[name] = path
+        return out
+
+    def run_holdout(self, study) -> dict[str, float] | None:
+        from stagepilot.pipeline.evaluation import evaluate
+
+        o = self.options
+        best_path = self.out_dir / "best.yaml"
+        if not best_path.is_file():
+            return None
+        figures = {}
+        for label, files in (("baseline", o.config_files), ("best", [*o.config_files, str(best_path)])):
+            out = self.out_dir / "holdout" / label
+            evaluation = evaluate(str(self.holdout_suite.source), config_files=files, overrides=o.overrides,
+                                  workers=o.workers, backend=o.backend, ray_address=o.ray_address, out_dir=out,
+                                  record=False, maps_dirs=o.maps_dirs, show_progress=o.show_progress)
+            write_results(evaluation)
+            figures[label] = evaluation.mean_driving_score
+        return figures
+
+    def write_report(self, study, holdout: dict[str, float] | None) -> Path:
+        from optuna.trial import TrialState
+
+        from stagepilot.pipeline.evaluation import compare_scores, load_results
+
+        o = self.options
+        best, baseline = self._best(study), self._baseline(study)
+        trials = study.get_trials(deepcopy=False)
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        pruned = [t for t in trials if t.state == TrialState.PRUNED]
+        lines = [f"# Tuning study {self.study_name}", "",
+                 f"- suite `{self.suite.name}` ({len(self.sampled)} scenarios), space `{self.space.source}` "
+                 f"({len(self.space.params)} keys), base `configs/stack.yaml`"
+                 + "".join(f" + `{f}`" for f in o.config_files) + "".join(f" `{x}`" for x in o.overrides),
+                 f"- objective: {_objective_text(o)}",
+                 f"- trials: {len(complete)} complete, {len(pruned)} pruned, "
+                 f"{sum(t.state == TrialState.FAIL for t in trials)} failed (interrupted, run again)",
+                 f"- storage: `{self.storage_url if o.storage is None else clip(o.storage)}`, study `{self.study_name}`",
+                 ""]
+        full = len(self.sampled)
+        if pruned and complete:
+            walls = [t.user_attrs.get("scenario_wall_s", 0.0) for t in complete]
+            mean_full = sum(walls) / len(walls)
+            spent = sum(t.user_attrs.get("scenario_wall_s", 0.0) for t in pruned)
+            skipped_runs = sum(full - t.user_attrs.get("scenarios_run", full) for t in pruned)
+            saved = mean_full * len(pruned) - spent
+            total = sum(walls) + spent
+            lines += [f"Pruning: {len(pruned)} trials stopped early, {skipped_runs} of {full * len(pruned)} of their "
+                      f"scenario drives skipped, about {saved / 60:.1f} min of drive time saved "
+                      f"({100 * saved / max(total + saved, 1e-9):.0f} % of what the study would have taken).", ""]
+        if baseline is not None and best is not None:
+            b = baseline.user_attrs.get("mean_driving_score", float("nan"))
+            t = best.user_attrs.get("mean_driving_score", float("nan"))
+            lines += ["| | trial | objective | mean driving score |", "|---|---:|---:|---:|",
+                      f"| baseline (base config) | {baseline.number} | {_values_text(baseline.values, o.objective)} "
+                      f"| {b:.2f} |",
+                      f"| tuned (best.yaml) | {best.number} | {_values_text(best.values, o.objective)} | {t:.2f} |",
+                      "", f"Change in mean driving score: **{t - b:+.2f}**.", ""]
+            before_path = self.out_dir / "trials" / f"{baseline.number:04d}" / "results.json"
+            after_path = self.out_dir / "trials" / f"{best.number:04d}" / "results.json"
+            if before_path.is_file() and after_path.is_file():
+                before, after = load_results(before_path), load_results(after_path)
+                lines += self._family_rows(before, after, compare_scores)
+            lines += self._moved_rows(baseline, best)
+        if holdout is not None:
+            lines += ["## Held-out suite", "",
+                      f"Suite `{self.holdout_suite.name}`, never seen by the search "
+                      f"({len(self.holdout_suite.sample(o.maps_dirs))} scenarios):", "",
+                      "| | mean driving score |", "|---|---:|", f"| baseline | {holdout['baseline']:.2f} |",
+                      f"| tuned | {holdout['best']:.2f} |", "",
+                      f"Change: **{holdout['best'] - holdout['baseline']:+.2f}**.", ""]
+        plots = [name for name in ("history", "importances", "pareto") if (self.out_dir / f"{name}.png").is_file()]
+        if plots:
+            lines += ["## Plots", "", *[f"![{name}]({name}.png)" for name in plots], ""]
+        path = self.out_dir / "report.md"
+        path.write_text("\n".join(lines))
+        return path
+
+    def _family_rows(self, before: dict, after: dict, compare_scores) -> list[str]:
+        fam_before = before.get("families", {})
+        fam_after = after.get("families", {})
+        rows = ["## Per family (baseline -> tuned)", "", "| family | baseline | tuned | change |",
+                "|---|---:|---:|---:|"]
+        for family in fam_after:
+            b, a = fam_before.get(family), fam_after[family]
+            rows.append(f"| {family} | {'' if b is None else f'{b:.1f}'} | {a:.1f} | "
+                        f"{'' if b is None else f'{a - b:+.1f}'} |")
+        return [*rows, ""]
+
+    def _moved_rows(self, baseline, best) -> list[str]:
+        before = baseline.user_attrs.get("params_used", baseline.params)
+        after = best.user_attrs.get("params_used", best.params)
+        rows = ["## Parameters", "", "| key | base | tuned |", "|---|---:|---:|"]
+        for key in self.space.keys:
+            mark = "" if before.get(key) == after.get(key) else " **moved**"
+            rows.append(f"| `{key}` | {before.get(key)} | {after.get(key)}{mark} |")
+        return [*rows, ""]
+
+    def _result(self, study, paths: dict[str, Path], holdout) -> TuneResult:
+        from optuna.trial import TrialState
+
+        best, baseline = self._best(study), self._baseline(study)
+        return TuneResult(self.out_dir, self.study_name, self.storage_url if not self.options.storage else self.options.storage,
+                          best.number if best else None, list(best.values) if best else None,
+                          best.user_attrs.get("mean_driving_score") if best else None,
+                          baseline.user_attrs.get("mean_driving_score") if baseline else None, _finished(study), paths,
+                          holdout, len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))))
+
+
+def _fail_state():
+    from optuna.trial import TrialState
+
+    return TrialState.FAIL
+
+
+def _stamp(moment) -> str:
+    return moment.isoformat(timespec="seconds") if moment else ""
+
+
+def _values_text(values, objective: str) -> str:
+    if values is None:
+        return "-"
+    if objective == "multi":
+        return f"score {values[0]:.2f}, comfort bounds broken {values[1]:.1f} %"
+    return f"objective {values[0]:.2f}"
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"{key.rsplit('.', 1)[-1] if not key.rsplit('.', 1)[-1].isdigit() else key.split('.', 1)[-1]}="
+                     f"{value}" for key, value in params.items())
+
+
+def _objective_text(o: TuneOptions) -> str:
+    if o.objective == "multi":
+        return ("two objectives: mean driving score (max) and mean share of nuPlan comfort bounds broken, % (min); "
+                "Pareto front in pareto.png")
+    return (f"mean over scenarios of driving score - {o.comfort_penalty:g} x share of nuPlan comfort bounds broken "
+            f"({len(NUPLAN_BOUNDS)} bounds); pruned by the running mean after each scenario (median pruner)")
+
+
+def tune(options: TuneOptions) -> TuneResult:
+    """Everything that can be wrong with the input is a ConfigError before any trial runs."""
+    return Tuner(options).run()
+
+
+def summary(result: TuneResult) -> str:
+    lines = [f"study {result.study_name}: {result.finished} trials finished ({result.pruned} pruned), "
+             f"storage {result.storage}"]
+    if result.baseline_score is not None:
+        lines.append(f"baseline mean driving score {result.baseline_score:.2f}")
+    if result.best_score is not None:
+        lines.append(f"best trial {result.best_number}: mean driving score {result.best_score:.2f} "
+                     f"(objective {', '.join(f'{v:.2f}' for v in result.best_values or [])})")
+    if result.holdout:
+        lines.append(f"held-out suite: baseline {result.holdout['baseline']:.2f} -> tuned {result.holdout['best']:.2f}")
+    for name, path in result.paths.items():
+        lines.append(f"{name}: {path}")
+    return "\n".join(lines)
+
+
+def json_summary(result: TuneResult) -> str:
+    return json.dumps({"study": result.study_name, "finished": result.finished, "pruned": result.pruned,
+                       "best_trial": result.best_number, "best_score": result.best_score,
+                       "baseline_score": result.baseline_score, "holdout": result.holdout,
+                       "paths": {k: str(v) for k, v in result.paths.items()}})
