@@ -193,7 +193,8 @@ def _check_identity(study, identity: dict[str, Any]) -> None:
 def _recover(study, own_storage: bool) -> int:
     """Trials an interrupted run left behind: RUNNING ones are failed (all of them when this
     tuner owns the storage, else those whose heartbeat is stale), and every failed trial that
-    was not queued again is queued with its parameters. Returns how many were queued."""
+    was not queued again is queued with its parameters (not one whose values made no valid
+    stack). Returns how many were queued."""
     import optuna
     from optuna.trial import TrialState
 
@@ -206,7 +207,8 @@ def _recover(study, own_storage: bool) -> int:
     retried = {t.user_attrs.get("retry_of") for t in trials}
     queued = 0
     for trial in trials:
-        if trial.state == TrialState.FAIL and trial.number not in retried and trial.params:
+        if (trial.state == TrialState.FAIL and trial.number not in retried and trial.params
+                and "invalid" not in trial.user_attrs):
             study.enqueue_trial(trial.params, user_attrs={**_kept_attrs(trial), "retry_of": trial.number},
                                 skip_if_exists=False)
             queued += 1
@@ -313,12 +315,20 @@ class Tuner:
         _check_identity(study, identity)
         return study
 
-    def _ask(self, study) -> _Running:
+    def _ask(self, study) -> _Running | None:
+        """The next trial, or None when its values together break a cross-key rule of the
+        schema: that trial is failed with the reason (and never queued again)."""
         trial = study.ask()
         params = {p.key: p.suggest(trial) for p in self.space.params}
         trial.set_user_attr("params_used", params)
         tree = overlay(params, self.base)
         overrides = [*self.options.overrides, *flat_overrides(tree)]
+        try:
+            load_stack(self.options.config_files, overrides)
+        except ConfigError as exc:
+            trial.set_user_attr("invalid", str(exc))
+            study.tell(trial, state=_fail_state())
+            return None
         folder = self.out_dir / "trials" / f"{trial.number:04d}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "overlay.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
@@ -413,6 +423,10 @@ class Tuner:
         while True:
             while len(running) < o.workers and _counted(study) < o.trials:
                 item = self._ask(study)
+                if item is None:
+                    bar.write(f"trial {len(study.get_trials(deepcopy=False)) - 1}: not a valid stack, skipped "
+                              f"({study.get_trials(deepcopy=False)[-1].user_attrs['invalid']})")
+                    continue
                 self._submit_next(item)
                 running.append(item)
             if not running:
