@@ -491,7 +491,7 @@ class Tuner:
         header = [f"# stagepilot tune: study {self.study_name}, trial {best.number}, "
                   f"{_values_text(best.values, o.objective)}, mean driving score "
                   f"{best.user_attrs.get('mean_driving_score', float('nan')):.2f} on suite {self.suite.name}",
-                  f"# space {self.space.source}; base: configs/stack.yaml"
+                  f"# space {_shown(self.space.source)}; base: configs/stack.yaml"
                   + "".join(f" + {f}" for f in o.config_files) + "".join(f" {x}" for x in o.overrides),
                   f"# written {stamp}; use: stagepilot evaluate --config <base files> --config best.yaml"]
         path = self.out_dir / "best.yaml"
@@ -585,7 +585,7 @@ class Tuner:
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         pruned = [t for t in trials if t.state == TrialState.PRUNED]
         lines = [f"# Tuning study {self.study_name}", "",
-                 f"- suite `{self.suite.name}` ({len(self.sampled)} scenarios), space `{self.space.source}` "
+                 f"- suite `{self.suite.name}` ({len(self.sampled)} scenarios), space `{_shown(self.space.source)}` "
                  f"({len(self.space.params)} keys), base `configs/stack.yaml`"
                  + "".join(f" + `{f}`" for f in o.config_files) + "".join(f" `{x}`" for x in o.overrides),
                  f"- objective: {_objective_text(o)}",
@@ -667,6 +667,14 @@ def _fail_state():
     from optuna.trial import TrialState
 
     return TrialState.FAIL
+
+
+def _shown(path: Path) -> str:
+    """A path as a reader would type it: relative to the working folder when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _stamp(moment) -> str:
