@@ -57,3 +57,13 @@ def one_line_error(capsys, argv: list[str]) -> str:
     lines = [line for line in captured.err.splitlines() if line.strip()]
     assert status == 2 and len(lines) == 1, captured.err
     return lines[0]
+
+
+def default_signals() -> None:
+    """`preexec_fn` for a child that a test signals: a shell starts background jobs with SIGINT
+    ignored (and nohup ignores SIGHUP), and the child would inherit that; give it the default
+    actions back, as a terminal would."""
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)

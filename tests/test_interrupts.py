@@ -18,20 +18,15 @@ from stagepilot.core.config import ConfigError
 from stagepilot.pipeline.interrupts import SignalHold
 from stagepilot.pipeline.writer import RUN_FILES, claim_run_dir
 
+from conftest import default_signals
+
 DRIVE = [sys.executable, "-m", "stagepilot.pipeline.cli", "drive", "--scenario", "pedestrian_crossing",
          "--perception", "perfect", "--quiet"]
 
 
-def _default_signals() -> None:
-    # A shell starts background jobs with SIGINT ignored (and nohup ignores SIGHUP); the child
-    # would inherit that: give it the default actions back, as a terminal would.
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
-
-
 def _start(out, *args: str) -> subprocess.Popen:
     return subprocess.Popen([*DRIVE, "--out", str(out), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=_default_signals)
+                            text=True, preexec_fn=default_signals)
 
 
 def _wait_until_under_way(proc: subprocess.Popen, out) -> None:

@@ -24,7 +24,7 @@ from stagepilot.pipeline.driver import drive
 from stagepilot.pipeline.live import LiveView
 from stagepilot.sim.scenario import load_scenario
 
-from conftest import PERFECT
+from conftest import PERFECT, default_signals
 
 SUBPROTOCOL = "foxglove.sdk.v1"  # foxglove-sdk 0.30 refuses the older "foxglove.websocket.v1"
 CAMERA_TOPIC = "/camera/front"
@@ -182,7 +182,8 @@ def test_stagepilot_drive_live_serves_the_drive_to_a_client(tmp_path):
 
     command = [sys.executable, "-m", "stagepilot.pipeline.cli", "drive", "--live", "--live-port", "0", "--scenario",
                "town_loop", "--perception", "perfect", "--quiet", "--no-record", "--out", str(tmp_path / "run")]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=default_signals)
     try:
         port = None
         for line in process.stderr:

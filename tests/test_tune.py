@@ -22,7 +22,7 @@ from stagepilot.core.config import ConfigError, load_stack
 from stagepilot.pipeline.evaluation import evaluate
 from stagepilot.pipeline.tuning import TuneOptions, tune
 from stagepilot.pipeline.tuning_space import load_space, overlay, schema_leaf
-from conftest import PERFECT, ROOT, one_line_error
+from conftest import PERFECT, ROOT, default_signals, one_line_error
 
 SMOKE = "smoke"  # configs/suites/smoke.yaml: three short scenarios
 
@@ -155,7 +155,7 @@ def test_an_interrupted_study_resumes_with_the_same_command_to_the_requested_tri
                "--trials", "3", "--out", str(out), "--quiet", *PERFECT]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+                               text=True, start_new_session=True, preexec_fn=default_signals)
     deadline = time.monotonic() + 240
     while not (out / "trials" / "0001" / "overlay.yaml").exists():  # trial 0 done, trial 1 under way
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
