@@ -114,6 +114,7 @@ DEFAULT_RIG = {"front": CameraConfig(pitch_deg=3.0),
 
 
 class SimConfig(Strict):
+    source: Literal["embedded", "carla"] = "embedded"  # the world: the embedded simulator or a CARLA server
     dt_s: float = Field(0.05, ge=0.001, le=0.2)  # fixed step
     # The camera rig by name; the first is the main camera (the road and the semantic image come
     # from it). `null` removes a camera that an earlier layer configured.
@@ -125,6 +126,28 @@ class SimConfig(Strict):
     @classmethod
     def _drop_removed(cls, cameras: dict) -> dict:
         return {name: cam for name, cam in cameras.items() if cam is not None}
+
+
+class CarlaConfig(Strict):
+    """The CARLA server that `sim.source: carla` drives (sim/carla; docs/carla.md)."""
+
+    host: str = Field("localhost", min_length=1)
+    port: int = Field(2000, ge=1, le=65535)  # the server's RPC port (-carla-rpc-port)
+    tm_port: int = Field(8000, ge=1, le=65535)  # the Traffic Manager's port
+    timeout_s: float = Field(10.0, gt=0.0, le=600.0)  # connecting, loading a map, and each tick
+    # More servers, "host:port[:tm_port]": parallel workers of evaluate and tune take one each.
+    servers: list[str] = []
+    vehicle_blueprint: str = Field("vehicle.lincoln.mkz_2020", min_length=1)  # the ego
+    recorder: bool = False  # also run CARLA's own recorder; the recording's metadata names its file
+
+    @field_validator("servers")
+    @classmethod
+    def _endpoints(cls, servers: list[str]) -> list[str]:
+        for entry in servers:
+            parts = entry.rsplit(":", 2) if entry.count(":") >= 1 else []
+            if len(parts) < 2 or not all(p.isdigit() and 0 < int(p) < 65536 for p in parts[1:]) or not parts[0]:
+                raise ValueError(f"{entry!r}: expected host:port or host:port:tm_port")
+        return servers
 
 
 class BehaviourConfig(Strict):
@@ -282,6 +305,7 @@ class StackConfig(Strict):
     controller: ControllerConfig = ControllerConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     faults: FaultsConfig = FaultsConfig()
+    carla: CarlaConfig = CarlaConfig()
 
 
 # ---------------------------------------------------------------- default stack

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import carla
 import numpy as np
 
-from stagepilot.core.lanes import DRIVING, to_world_xy, world_yaw
+from stagepilot.core.carla_frame import to_world_xy, world_yaw
+from stagepilot.core.lanes import DRIVING
 
 
 @dataclass(frozen=True)

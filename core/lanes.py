@@ -1,33 +1,20 @@
-"""Lane-level values of the road map, and the one conversion out of CARLA's frame.
+"""Lane-level values of the road map, in the world frame.
 
-`carla.Map` answers in CARLA's left-handed frame (y flipped, yaw clockwise in degrees); the
-functions here turn its locations and rotations into the world frame (x east, y north, yaw
-CCW [rad]). Only the road map modules (`roadmap`, `lane_surfaces`) call them.
+`carla.Map` answers in CARLA's left-handed frame; `core/carla_frame.py` converts what it
+gives into the world frame (x east, y north, yaw CCW [rad]).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import carla
 import numpy as np
 
+from stagepilot.core.carla_frame import to_world_xy, world_yaw
 from stagepilot.core.paths import Polyline
 
 DRIVING = carla.LaneType.Driving
-
-
-def to_world_xy(location: carla.Location) -> tuple[float, float]:
-    return location.x, -location.y
-
-
-def to_carla_location(x: float, y: float, z: float = 0.0) -> carla.Location:
-    return carla.Location(x=float(x), y=float(-y), z=float(z))
-
-
-def world_yaw(rotation: carla.Rotation) -> float:
-    return -math.radians(rotation.yaw)
 
 
 @dataclass(frozen=True)

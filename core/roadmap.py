@@ -18,8 +18,8 @@ import networkx as nx
 import numpy as np
 
 from stagepilot.core.lane_surfaces import LaneMarking, LaneSurface, lane_markings, lane_surfaces
-from stagepilot.core.lanes import (DRIVING, LanePoint, LaneSegment, RoutePath, StopLine, lane_point,
-                                   to_carla_location, to_world_xy)
+from stagepilot.core.carla_frame import to_carla_location, to_world_xy
+from stagepilot.core.lanes import DRIVING, LanePoint, LaneSegment, RoutePath, StopLine, lane_point
 from stagepilot.core.inputs import MAX_MAP_BYTES, read_text
 from stagepilot.core.paths import Polyline
 from stagepilot.core.signals import signal_heads

@@ -38,6 +38,7 @@ from stagepilot.pipeline import commands_evaluate as evaluate_handlers
 from stagepilot.pipeline import commands_replay as replay_handlers
 from stagepilot.pipeline import commands_tune as tune_handlers
 from stagepilot.pipeline.interrupts import exit_status
+from stagepilot.sim.interface import SimulatorError
 
 
 def _add_stack_args(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +53,29 @@ def _add_maps_arg(parser: argparse.ArgumentParser) -> None:
                         help="a folder of OpenDRIVE maps, searched first for a scenario's `map: NAME` (NAME.xodr; "
                              "repeatable); then $STAGEPILOT_MAPS (folders separated like PATH), configs/maps and "
                              "$CARLA_ROOT/CarlaUE4/Content/Carla/Maps/OpenDrive")
+
+
+def _add_sim_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("world source (docs/carla.md)")
+    group.add_argument("--sim", dest="sim_source", default=None, choices=["embedded", "carla"],
+                       help="the embedded simulator (no server) or a running CARLA server; overrides sim.source "
+                            "(default: embedded)")
+    group.add_argument("--host", default=None, help="CARLA server host (carla.host, default: localhost)")
+    group.add_argument("--port", type=int, default=None, help="CARLA server RPC port (carla.port, default: 2000)")
+    group.add_argument("--tm-port", type=int, default=None, help="Traffic Manager port (carla.tm_port, default: 8000)")
+    group.add_argument("--timeout", type=float, default=None, metavar="S",
+                       help="seconds to wait for the server when connecting, loading a map and each tick "
+                            "(carla.timeout_s, default: 10)")
+    group.add_argument("--carla-recorder", action="store_true",
+                       help="also run CARLA's own recorder (carla.recorder); the recording's metadata names its file")
+
+
+def _sim_overrides(args: argparse.Namespace) -> list[str]:
+    """The world-source options as config overrides, so that every worker of a command sees them."""
+    pairs = [("sim.source", args.sim_source), ("carla.host", args.host), ("carla.port", args.port),
+             ("carla.tm_port", args.tm_port), ("carla.timeout_s", args.timeout),
+             ("carla.recorder", "true" if args.carla_recorder else None)]
+    return [f"{key}={value}" for key, value in pairs if value is not None]
 
 
 def _positive_int(text: str) -> int:
@@ -95,7 +119,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     drive.add_argument("--scenario", default="town_loop",
                        help="a name from configs/scenarios/ or a path to a YAML file (default: town_loop)")
-    drive.add_argument("--sim", default="embedded", choices=["embedded", "carla"], help="world source (default: embedded)")
     drive.add_argument("--perception", default=None, choices=["learned", "perfect"],
                        help="perception stage: learned (the trained network, the default from configs/stack.yaml) "
                             "or perfect (the ground-truth stand-in); overrides perception.kind")
@@ -114,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     drive.add_argument("--live-port", type=int, default=8765, metavar="PORT",
                        help="port of the --live WebSocket server (default: 8765; 0 picks a free one)")
     _add_maps_arg(drive)
+    _add_sim_args(drive)
     _add_stack_args(drive)
     drive.set_defaults(handler=handlers.drive)
 
@@ -167,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="a previous results.json (or its folder): add the score difference per scenario")
     evaluate_suite.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_maps_arg(evaluate_suite)
+    _add_sim_args(evaluate_suite)
     _add_stack_args(evaluate_suite)
     evaluate_suite.set_defaults(handler=evaluate_handlers.evaluate)
 
@@ -207,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--json", action="store_true", help="print the summary as JSON")
     tune.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_maps_arg(tune)
+    _add_sim_args(tune)
     _add_stack_args(tune)
     tune.set_defaults(handler=tune_handlers.tune)
 
@@ -317,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--workers", type=_positive_int, default=1, help="processes (the output does not depend on it)")
     collect.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_maps_arg(collect)
+    _add_sim_args(collect)
     _add_stack_args(collect)
     collect.set_defaults(handler=handlers.collect)
 
@@ -366,11 +393,16 @@ def main(argv: list[str] | None = None) -> int:
         args.items += extra  # `replay REC --quiet key=value`: recordings and overrides around the options
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if hasattr(args, "sim_source"):
+        args.overrides = [*_sim_overrides(args), *args.overrides]  # later overrides win
     try:
         return args.handler(args)
     except (ConfigError, MapError, RecordingError) as exc:
         print(f"stagepilot: error: {exc}", file=sys.stderr)
         return 2
+    except SimulatorError as exc:  # no CARLA server, a lost connection, an actor that would not spawn
+        print(f"stagepilot: error: {exc}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # `stagepilot sim list | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0

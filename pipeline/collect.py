@@ -37,12 +37,13 @@ from stagepilot.perception import dataset
 from stagepilot.core.config import ConfigError, StackConfig
 from stagepilot.core.maps import PROJECT_MAPS, find_map
 from stagepilot.core.roadmap import MapError
+from stagepilot.core.carla_frame import carla_camera_intrinsics
 from stagepilot.pipeline.collect_scenes import SceneJob, sample_scenario
+from stagepilot.pipeline.driver import make_simulator
 from stagepilot.pipeline.provenance import git_state
 from stagepilot.sim.follower import make_follower
 from stagepilot.sim.render.camera import CameraSpec
 from stagepilot.sim.render.renderer import OUTLINE_MARGIN_PX
-from stagepilot.sim.world import EmbeddedSimulator
 
 TRAIN_MAPS = ("straight", "curvy", "junction", "town")  # the project's own maps (configs/maps)
 # CARLA's Town01 trains too when the map search path holds it: without a real town the network
@@ -114,7 +115,7 @@ def plan_scenes(split: str, frames: int, frames_per_scene: int, seed: int,
 # ---------------------------------------------------------------- driving one scene
 
 
-def _drive(sim: EmbeddedSimulator, obs, job: SceneJob, warmup_ticks: int):
+def _drive(sim, obs, job: SceneJob, warmup_ticks: int):
     """Yield the observations to save: the first after the warm-up, then one per interval.
     The cameras render only on those ticks (the follower reads object truth alone): with them
     off, a tick costs a fraction of a rendered one."""
@@ -129,7 +130,14 @@ def _drive(sim: EmbeddedSimulator, obs, job: SceneJob, warmup_ticks: int):
 
 def _render_scene(job: SceneJob, attempt: int) -> SceneResult:
     scenario, params = sample_scenario(job, attempt)
-    sim = EmbeddedSimulator(job.config)
+    sim = make_simulator(job.config)
+    try:
+        return _drive_scene(sim, scenario, params, job, attempt)
+    finally:
+        sim.close()
+
+
+def _drive_scene(sim, scenario, params, job: SceneJob, attempt: int) -> SceneResult:
     first = sim.reset(scenario)
     warmup = int(np.random.default_rng([job.seed, attempt, 1]).integers(1, round(MAX_WARMUP_S / sim.dt) + 1))
     images, annotations = [], []
@@ -165,9 +173,11 @@ def run_scene(job: SceneJob) -> SceneResult:
                       f"last: {problems[-1]}")
 
 
-def _lighting(sim: EmbeddedSimulator) -> dict[str, Any]:
-    """The jittered values the weather preset came out as."""
-    light = sim.sensors.lighting
+def _lighting(sim) -> dict[str, Any]:
+    """The jittered values the weather preset came out as (on CARLA: the weather preset)."""
+    light = getattr(getattr(sim, "sensors", None), "lighting", None)
+    if light is None:
+        return {"carla_weather": getattr(sim, "weather_name", "")}
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in vars(light).items()
             if isinstance(v, (int, float, str))}
 
@@ -207,7 +217,11 @@ def _cameras(config: StackConfig) -> dict[str, dict[str, Any]]:
     records = {}
     for name, cam in config.sim.cameras.items():
         spec = CameraSpec(name=name, **cam.model_dump(exclude={"stream", "jpeg_quality"}))
-        records[name] = dataset.camera_record(name, spec.width, spec.height, spec.K, spec.T_ego_cam, OUTLINE_MARGIN_PX)
+        if config.sim.source == "carla":  # CARLA's optical axis and pixel-centre sampling
+            K, margin = carla_camera_intrinsics(cam.width, cam.height, cam.fov_deg), 0.0
+        else:
+            K, margin = spec.K, OUTLINE_MARGIN_PX
+        records[name] = dataset.camera_record(name, spec.width, spec.height, K, spec.T_ego_cam, margin)
     return records
 
 

@@ -32,8 +32,6 @@ def drive(args) -> int:
     from stagepilot.pipeline.writer import RunWriter
     from stagepilot.sim.scenario import load_scenario
 
-    if args.sim != "embedded":
-        raise ConfigError(f"--sim {args.sim}: only the embedded simulator is available so far")
     stack_overrides, scenario_overrides = _split_overrides(args.overrides)
     if args.time_model:
         stack_overrides.append(f"runtime.time_model={args.time_model}")

@@ -99,14 +99,30 @@ def drive(config: StackConfig, scenario: Scenario, *, observers: tuple[DriveObse
           stop_on_signals: bool = False) -> DriveResult:
     """Drive `scenario` closed loop under `config` (its time model, budgets and miss policies)
     until it ends, `max_time_s` passes, or Ctrl-C. `sim` defaults to the embedded simulator,
-    rendering cameras unless `render` is False (perfect perception needs no images).
+    rendering cameras unless `render` is False (perfect perception needs no images); a
+    simulator made here (`make_simulator`: `sim.source` picks it) is closed at the end.
     With `stop_on_signals` (the CLI; main thread only) SIGINT, SIGTERM and SIGHUP are held for
     the whole drive and end it after the frame in progress; `stop_signal` says which came."""
     if config.perception.kind == "perfect" and not config.sim.ground_truth:
         raise ConfigError("sim.ground_truth: perfect perception needs ground truth; set sim.ground_truth: true")
     with SignalHold(STOP_SIGNALS if stop_on_signals else ()) as signals:
-        sim = sim if sim is not None else EmbeddedSimulator(config, render=render)
-        return _drive(config, scenario, sim, observers, on_frame, max_time_s, show_progress, signals)
+        own = sim is None
+        sim = sim if sim is not None else make_simulator(config, render=render)
+        try:
+            return _drive(config, scenario, sim, observers, on_frame, max_time_s, show_progress, signals)
+        finally:
+            if own:
+                with SignalHold(redeliver=True):  # a second Ctrl-C waits until the server is clean
+                    sim.close()
+
+
+def make_simulator(config: StackConfig, render: bool = True):
+    """The world `sim.source` names: the embedded simulator, or a CARLA server (`carla.*`)."""
+    if config.sim.source == "carla":
+        from stagepilot.sim.carla.world import CarlaSimulator
+
+        return CarlaSimulator(config, render=render)
+    return EmbeddedSimulator(config, render=render)
 
 
 def _drive(config, scenario, sim, observers, on_frame, max_time_s, show_progress, signals: SignalHold) -> DriveResult:

@@ -8,6 +8,11 @@ from stagepilot.core.messages import Control, Observation
 from stagepilot.sim.scenario import Scenario
 
 
+class SimulatorError(RuntimeError):
+    """A world source that failed: no server, a lost connection, an actor that could not be
+    spawned, a sensor frame that never came. The message names what was being done."""
+
+
 class Simulator(ABC):
     """A world that runs in fixed steps: reset with a scenario, then step with a control."""
 

@@ -105,6 +105,9 @@ class PedestrianActor(Strict):
     speed: float = Field(1.4, gt=0.0, le=5.0)  # [m/s]
     start_t: float | None = Field(None, ge=0.0, le=MAX_DURATION_S)  # [s]
     ego_within_m: float | None = Field(None, gt=0.0, le=MAX_DISTANCE_M)  # start when the ego is this close
+    # On CARLA, "ai" walks to the path's last point on the server's navigation mesh (a walker AI
+    # controller); "path" (and every walker on the embedded simulator) walks the path's straight legs.
+    controller: Literal["path", "ai"] = "path"
 
 
 class StaticActor(Strict):

@@ -19,6 +19,7 @@ from stagepilot.core.paths import Polyline
 from stagepilot.core.roadmap import MapError, RoadMap
 from stagepilot.sim.events import EventMonitor
 from stagepilot.sim.interface import Simulator
+from stagepilot.sim.placement import Placement
 from stagepilot.sim.scenario import PedestrianActor, Pose, Scenario, StaticActor, VehicleActor
 from stagepilot.sim.sensors import SensorSuite
 from stagepilot.sim.traffic import (
@@ -74,7 +75,8 @@ class EmbeddedSimulator(Simulator):
         self.t = 0.0
         self.frame = 0
         self._ended = False
-        self.route = self._build_route(scenario)
+        self.placement = Placement(self.road_map, scenario)
+        self.route = self.placement.route
         # One Route message for the whole drive: consumers cache what they derive from it.
         self.route_message = Route(points=self.route.path.points, s=self.route.path.s,
                                    speed_limit=scenario.speed_limit)
@@ -93,43 +95,10 @@ class EmbeddedSimulator(Simulator):
         return self._observe(self.monitor.update(self.t, self.ego_agent(), self._ego_front(), self.agents()))
 
     def _fail(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self.scenario.source}: {key}: {problem}")
+        return self.placement.fail(key, problem)
 
     def _resolve(self, pose: Pose, key: str, on_road: bool = True) -> tuple[float, float, float]:
-        """A scenario pose as world (x, y, yaw)."""
-        if pose.route_s is not None:
-            if pose.route_s > self.route.path.length:
-                raise self._fail(key, f"route_s {pose.route_s} is beyond the route's {self.route.path.length:.0f} m")
-            x, y, yaw = (float(v) for v in self.route.path.interpolate(pose.route_s))
-        elif pose.road is not None:
-            lane = self.road_map.lane_at(pose.road, pose.lane, pose.s)
-            if lane is None:
-                raise self._fail(key, f"no lane {pose.lane} on road {pose.road} at s={pose.s} in {self.road_map.source}")
-            x, y, yaw = lane.x, lane.y, lane.yaw
-        else:
-            x, y = pose.x, pose.y
-            yaw = math.radians(pose.yaw_deg) if pose.yaw_deg is not None else None
-            if on_road:
-                lane = self.road_map.waypoint(x, y, project=False)
-                if lane is None:
-                    raise self._fail(key, f"({x:.1f}, {y:.1f}) is off the road in {self.road_map.source}")
-                yaw = lane.yaw if yaw is None else yaw
-            yaw = 0.0 if yaw is None else yaw
-        if pose.offset:
-            x, y = x - math.sin(yaw) * pose.offset, y + math.cos(yaw) * pose.offset
-        return x, y, yaw
-
-    def _build_route(self, scenario: Scenario):
-        ego = scenario.ego
-        poses = [("ego.start", ego.start)]
-        poses += [(f"ego.waypoints.{i}", p) for i, p in enumerate(ego.waypoints)]
-        if ego.goal is not None:
-            poses.append(("ego.goal", ego.goal))
-        points = [self._resolve(pose, key)[:2] for key, pose in poses]
-        try:
-            return self.road_map.route(points)
-        except MapError as exc:
-            raise self._fail("ego", str(exc)) from None
+        return self.placement.resolve(pose, key, on_road)
 
     def _build_lights(self, scenario: Scenario) -> list[TrafficLight]:
         if not scenario.traffic_lights.enabled:

@@ -1,0 +1,432 @@
+"""The CARLA backend: a scenario on a running CARLA server, behind the `Simulator` interface.
+
+`reset` takes a server (sim/carla/connection.py), loads the scenario's town by name or builds
+a world from its OpenDRIVE file, switches to synchronous mode with the stack's fixed step,
+plans the route on the map the server reports (the same `RoadMap` and placement code as the
+embedded simulator), spawns the ego, the rig's cameras, the collision and lane-invasion
+sensors and the scenario's actors, and sets the traffic lights. `step` applies the command,
+ticks the world once and reads every sensor's data for that very frame. Events come from the
+same `EventMonitor` as on the embedded simulator, fed from CARLA's actor list, so that a
+driving score means the same on both; collisions with the world's own geometry (poles, walls)
+come from the collision sensor. `close` (also on an error or Ctrl-C) undoes everything.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import carla
+import numpy as np
+
+from stagepilot.core.camera import decode_frame, encode_frame
+from stagepilot.core.carla_frame import (to_carla_location, to_world_xy, to_world_xyz, world_matrix, world_vector,
+                                         world_yaw, world_yaw_rate)
+from stagepilot.core.config import StackConfig
+from stagepilot.core.maps import find_map, is_map_name, read_map_text
+from stagepilot.core.messages import (CameraImage, Control, EgoState, Event, GroundTruth, ObjectTruth, Observation,
+                                      Route)
+from stagepilot.core.roadmap import MapError, RoadMap
+from stagepilot.sim.carla.actors import ScenarioActors
+from stagepilot.sim.carla.connection import CarlaError, ServerLease, connect, endpoints, version_note
+from stagepilot.sim.carla.sensors import (EventSensor, SensorQueue, camera_blueprint, decode_depth, decode_rgb,
+                                          decode_semantic, mount_transform, rig_specs)
+from stagepilot.sim.carla.session import CarlaSession
+from stagepilot.sim.carla.spawn import pick_blueprint, spawn_plan, spawn_with_retry
+from stagepilot.sim.carla.truth import Box3D, project_boxes
+from stagepilot.sim.events import EventMonitor
+from stagepilot.sim.interface import Simulator
+from stagepilot.sim.observe import _lane, _lights, _wrap
+from stagepilot.sim.render import palette
+from stagepilot.sim.scenario import Scenario
+from stagepilot.sim.traffic import Agent
+from stagepilot.sim.vehicle import VehicleParams
+
+KIND_BY_PREFIX = (("vehicle.", "vehicle"), ("walker.pedestrian", "pedestrian"), ("static.prop", "static"))
+KIND_TAGS = {"vehicle": palette.CAR, "pedestrian": palette.PEDESTRIAN, "static": palette.STATIC}
+WEATHER = {"clear_noon": "ClearNoon", "overcast": "CloudyNoon", "dusk": "ClearSunset", "fog": "SoftRainNoon",
+           "night": "ClearNight"}
+LIGHT_STATES = {carla.TrafficLightState.Red: "red", carla.TrafficLightState.Yellow: "yellow",
+                carla.TrafficLightState.Green: "green"}
+TRUTH_RANGE_M = 120.0  # [m] objects farther than this from the ego are left out of the ground truth
+
+
+@dataclass
+class CarlaLight:
+    """A map signal head bound to the CARLA traffic light that governs its lanes; the state is
+    the light's at the last tick. Quacks like the embedded simulator's TrafficLight."""
+
+    id: int
+    stop_line: object
+    position: tuple[float, float, float]
+    facing: float
+    actor: object
+    current: str = "unknown"
+
+    def state(self, t: float) -> str:  # noqa: ARG002 (the server keeps the time)
+        return self.current
+
+
+class CarlaSimulator(Simulator):
+    """A world on a CARLA server. `client_class` is carla.Client (a test passes a double)."""
+
+    def __init__(self, config: StackConfig | None = None, render: bool = True, client_class=None):
+        self.config = config or StackConfig()
+        self.dt = self.config.sim.dt_s
+        self.render_enabled = render
+        # The follower that drives `collect` reads these (sim/follower.py): the config's vehicle.
+        self.vehicle_params = VehicleParams(**self.config.vehicle.model_dump())
+        self.client_class = client_class or carla.Client
+        self.session: CarlaSession | None = None
+        self.lease: ServerLease | None = None
+        self.scenario: Scenario | None = None
+        self.versions: dict = {}
+        self.teardown_problems: list[str] = []
+
+    # ------------------------------------------------------------ reset
+
+    def reset(self, scenario: Scenario) -> Observation:
+        self.close()
+        self.scenario = scenario
+        cfg = self.config.carla
+        self.lease = ServerLease(endpoints(cfg), wait_s=max(60.0, 30 * cfg.timeout_s))
+        endpoint = self.lease.__enter__()
+        self.where = f"CARLA at {endpoint}"
+        try:
+            client, self.versions = connect(self.client_class, endpoint, cfg.timeout_s)
+            note = version_note(self.versions, endpoint)
+            if note:
+                print(f"stagepilot: {note}", file=sys.stderr)
+            self.session = CarlaSession(client, endpoint, cfg.timeout_s)
+            self._open_map(scenario)
+            self.session.synchronous(self.dt, scenario.seed)
+            self._weather(scenario)
+            return self._build(scenario)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_map(self, scenario: Scenario) -> None:
+        """The scenario's town by name when the server has it, else a world from its .xodr."""
+        session = self.session
+        available = session.call("listing the server's maps", session.client.get_available_maps)
+        towns = {path.rsplit("/", 1)[-1]: path for path in available}
+        if is_map_name(scenario.map) and scenario.map in towns:
+            world = session.load_town(scenario.map)
+        else:
+            path = scenario.map_path or str(find_map(scenario.map))
+            world = session.load_opendrive(read_map_text(path), path)
+        carla_map = session.call("reading the map", world.get_map)
+        name = carla_map.name.rsplit("/", 1)[-1]
+        text = session.call("reading the map's OpenDRIVE", carla_map.to_opendrive)
+        try:
+            self.road_map = RoadMap(name, text, source=f"{self.where} map {name}")
+        except MapError as exc:
+            raise CarlaError(f"{self.where}: the server's map {name} cannot be used: {exc}") from None
+
+    def _weather(self, scenario: Scenario) -> None:
+        spec = scenario.weather
+        preset = spec.preset if spec.preset != "random" else ("clear_noon", "overcast", "dusk")[scenario.seed % 3]
+        self.weather_name = WEATHER[preset]
+        weather = getattr(carla.WeatherParameters, WEATHER[preset])
+        if spec.fog_density is not None:
+            weather.fog_density = min(100.0, spec.fog_density * 1000.0)  # [1/m] -> CARLA's 0..100
+        if spec.sun_altitude_deg is not None:
+            weather.sun_altitude_angle = spec.sun_altitude_deg
+        self.session.call("setting the weather", self.session.world.set_weather, weather)
+
+    def _build(self, scenario: Scenario) -> Observation:
+        session, cfg = self.session, self.config
+        self.rng = np.random.default_rng(scenario.seed)
+        self.placement, plan = spawn_plan(self.road_map, scenario, cfg.carla.vehicle_blueprint, self.rng)
+        self.route = self.placement.route
+        self.route_message = Route(points=self.route.path.points, s=self.route.path.s,
+                                   speed_limit=scenario.speed_limit)
+        library = session.call("reading the blueprint library", session.world.get_blueprint_library)
+        ego_spec = plan[0]
+        blueprint = pick_blueprint(library, ego_spec)
+        if blueprint.has_attribute("role_name"):
+            blueprint.set_attribute("role_name", "hero")
+        self.ego_actor = session.track(session.call("spawning the ego", spawn_with_retry, session.world,
+                                                    self.road_map, ego_spec, blueprint, self.where))
+        self._ego_geometry()
+        self._sensors(library)
+        self.actors = ScenarioActors(session, self.road_map, plan, self.where)
+        self.lights = self._bind_lights(scenario)
+        if cfg.carla.recorder:
+            session.start_recorder(str(Path(f"stagepilot-{scenario.name}-{scenario.seed}.log")))
+        self.t, self.frame, self._ended = 0.0, 0, False
+        self.events: list[Event] = []
+        self.monitor = EventMonitor(self.road_map, self.route.path, self.lights)
+        self._server_frame = session.tick("ticking the first frame")
+        return self._observe(self._events())
+
+    def _ego_geometry(self) -> None:
+        """The ego's box and where its rear axle sits in its own frame (from the wheels when the
+        server gives them, else from the configured rear overhang)."""
+        box = self.ego_actor.bounding_box
+        self.ego_size = (2 * box.extent.x, 2 * box.extent.y, 2 * box.extent.z)
+        self.ego_box_x = float(box.location.x)
+        rear = self.ego_box_x - (box.extent.x - self.config.vehicle.rear_overhang_m)
+        physics = self.session.call("reading the ego's physics", self.ego_actor.get_physics_control)
+        wheels = list(getattr(physics, "wheels", []) or [])
+        if len(wheels) == 4:  # wheel positions are world locations in cm
+            inverse = np.linalg.inv(np.asarray(self.ego_actor.get_transform().get_matrix(), float))
+            xs = [float((inverse @ np.array([w.position.x / 100, w.position.y / 100, w.position.z / 100, 1.0]))[0])
+                  for w in wheels[2:]]
+            rear = float(np.mean(xs))
+        self.rear_axle_x = rear
+        self.max_steer_rad = math.radians(float(wheels[0].max_steer_angle)) if wheels else 0.61
+
+    def _sensors(self, library) -> None:
+        session, cfg = self.session, self.config
+        self.specs = rig_specs(cfg.sim.cameras)
+        self.queues: dict[tuple[str, str], SensorQueue] = {}
+        kinds = (["rgb"] + (["semantic", "depth"] if cfg.sim.ground_truth else [])) if self.render_enabled else []
+        for name, spec in self.specs.items():
+            for kind in kinds:
+                sensor = session.track(session.call(
+                    f"spawning camera {name} ({kind})", session.world.spawn_actor, camera_blueprint(library, kind, spec.config),
+                    mount_transform(spec.config, self.rear_axle_x), self.ego_actor), "sensor")
+                queue = self.queues[(name, kind)] = SensorQueue(f"{name}/{kind}")
+                sensor.listen(queue.put)
+        self.collisions = EventSensor("collision")
+        self.invasions = EventSensor("lane_invasion")
+        for sink, blueprint_id in ((self.collisions, "sensor.other.collision"),
+                                   (self.invasions, "sensor.other.lane_invasion")):
+            sensor = session.track(session.call(f"spawning the {sink.name} sensor", session.world.spawn_actor,
+                                                library.find(blueprint_id), carla.Transform(), self.ego_actor), "sensor")
+            sensor.listen(sink.put)
+
+    def _bind_lights(self, scenario: Scenario) -> list[CarlaLight]:
+        """Each map head bound to the CARLA light whose stop waypoints are on its lanes; heads with
+        no CARLA light are not signalised here. Timing from the stack's config; the scenario's
+        first light is set; with lights off, every light is green and frozen."""
+        world = self.session.world
+        actors = [a for a in self.session.call("listing the traffic lights", world.get_actors)
+                  if a.type_id.startswith("traffic.traffic_light")]
+        timing = self.config.traffic.traffic_lights
+        by_lane: dict[tuple[int, int], object] = {}
+        for light in actors:
+            if not scenario.traffic_lights.enabled:
+                light.set_state(carla.TrafficLightState.Green)
+                continue
+            light.set_green_time(timing.green_s)
+            light.set_yellow_time(timing.yellow_s)
+            light.set_red_time(timing.all_red_s)
+            for wp in light.get_stop_waypoints():
+                by_lane.setdefault((wp.road_id, wp.lane_id), light)
+        if not scenario.traffic_lights.enabled:
+            world.freeze_all_traffic_lights(True)
+            return []
+        bound = []
+        for head in self.road_map.signal_heads:
+            light = next((by_lane[(k[0], k[2])] for k in head.stop_line.lane_keys if (k[0], k[2]) in by_lane), None)
+            if light is not None:
+                location = light.get_transform().location
+                x, y = to_world_xy(location)
+                bound.append(CarlaLight(head.id, head.stop_line, (x, y, head.position[2]), head.facing, light))
+        first = self._first_light(bound)
+        if first is not None and scenario.traffic_lights.first_light != "auto":
+            state = {"red": carla.TrafficLightState.Red, "yellow": carla.TrafficLightState.Yellow,
+                     "green": carla.TrafficLightState.Green}[scenario.traffic_lights.first_light]
+            first.actor.set_state(state)
+        return bound
+
+    def _first_light(self, lights: list[CarlaLight]) -> CarlaLight | None:
+        by_lane = {key: light for light in lights for key in light.stop_line.lane_keys}
+        return next((by_lane[key] for key in self.route.segment_keys if key in by_lane), None)
+
+    @property
+    def signal_heads(self):
+        """The map's heads that have a CARLA light, where that light stands."""
+        heads = {h.id: h for h in self.road_map.signal_heads}
+        return tuple(replace(heads[light.id], position=light.position) for light in self.lights)
+
+    # ------------------------------------------------------------ step
+
+    def step(self, control: Control, render: bool = True) -> Observation:
+        """One tick. render=False leaves this frame's images unread (the next read drops them)."""
+        if self.session is None:
+            raise RuntimeError("reset() the simulator with a scenario before step()")
+        command = control.clipped()
+        ego = self.ego_agent()
+        self.actors.update(self.t, (ego.x, ego.y), self.dt)
+        self.session.call("sending the ego's command", self.ego_actor.apply_control, carla.VehicleControl(
+            throttle=command.throttle, steer=command.steer, brake=command.brake, hand_brake=command.hand_brake,
+            reverse=command.reverse))
+        self._server_frame = self.session.tick(f"ticking frame {self.frame + 1}")
+        self.t = round(self.t + self.dt, 9)
+        self.frame += 1
+        events = self._events()
+        if self.t >= self.scenario.duration_s - 1e-9 or self.monitor.route_completed:
+            self._ended = True
+        return self._observe(events, render)
+
+    def _events(self) -> list[Event]:
+        for light in self.lights:
+            light.current = LIGHT_STATES.get(light.actor.get_state(), "unknown")
+        agents = self.agents()
+        events = self.monitor.update(self.t, self.ego_agent(), self._ego_front(), agents)
+        known = {a.id for a in agents}
+        ego_speed = self.ego_agent().speed
+        for hit in self.collisions.drain(self._server_frame):
+            other = hit.other_actor
+            if other is not None and other.id in known or ego_speed < 0.1:
+                continue  # actors' contacts are the monitor's (same rules as the embedded simulator)
+            what = other.type_id if other is not None else "the world"
+            events.append(Event(self.t, "collision", f"collision with {what} at {ego_speed:.1f} m/s",
+                                other.id if other is not None else None))
+        for crossing in self.invasions.drain(self._server_frame):
+            markings = ", ".join(sorted({str(m.type) for m in crossing.crossed_lane_markings}))
+            events.append(Event(self.t, "lane_invasion", f"crossed {markings}"))
+        return events
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def done(self) -> bool:
+        return self._ended
+
+    def agents(self) -> list[Agent]:
+        """Every vehicle, walker and prop on the server but the ego, from the actor list."""
+        found = []
+        for actor in self.session.call("listing the actors", self.session.world.get_actors):
+            kind = next((k for prefix, k in KIND_BY_PREFIX if actor.type_id.startswith(prefix)), None)
+            if kind is None or actor.id == self.ego_actor.id:
+                continue
+            x, y, yaw, size = _box(actor)
+            vx, vy, _ = world_vector(actor.get_velocity())
+            speed = vx * math.cos(yaw) + vy * math.sin(yaw)
+            found.append(Agent(actor.id, kind, x, y, yaw, speed, size, (0, 0, 0)))
+        return found
+
+    def ego_agent(self) -> Agent:
+        x, y, yaw, _ = _box(self.ego_actor)
+        return Agent(self.ego_actor.id, "vehicle", x, y, yaw, self._ego_speed(), self.ego_size, (0, 0, 0))
+
+    def _ego_speed(self) -> float:
+        vx, vy, _ = world_vector(self.ego_actor.get_velocity())
+        yaw = world_yaw(self.ego_actor.get_transform().rotation)
+        return vx * math.cos(yaw) + vy * math.sin(yaw)
+
+    def _ego_front(self) -> tuple[float, float]:
+        x, y, yaw, size = _box(self.ego_actor)
+        return x + size[0] / 2 * math.cos(yaw), y + size[0] / 2 * math.sin(yaw)
+
+    def ego_state(self) -> EgoState:
+        transform = self.ego_actor.get_transform()
+        ox, oy = to_world_xy(transform.location)
+        yaw = world_yaw(transform.rotation)
+        vx, vy, _ = world_vector(self.ego_actor.get_velocity())
+        ax, ay, _ = world_vector(self.ego_actor.get_acceleration())
+        c, s = math.cos(yaw), math.sin(yaw)
+        steer = float(self.ego_actor.get_control().steer)
+        return EgoState(x=ox + self.rear_axle_x * c, y=oy + self.rear_axle_x * s, yaw=yaw,
+                        speed=vx * c + vy * s, yaw_rate=world_yaw_rate(self.ego_actor.get_angular_velocity()),
+                        accel=ax * c + ay * s, steer_angle=-steer * self.max_steer_rad,  # CARLA's right is our -yaw
+                        lateral_speed=-vx * s + vy * c)
+
+    def light_states(self) -> dict[int, str]:
+        return {light.id: light.current for light in self.lights}
+
+    def metadata(self) -> dict[str, str]:
+        """What a recording says about the server behind it."""
+        endpoint = self.session.endpoint if self.session else None
+        return {"simulator": "carla", "server": str(endpoint), "server_version": self.versions.get("server", ""),
+                "client_version": self.versions.get("client", ""), "map": self.road_map.name,
+                "carla_recorder_file": (self.session.recorder_file or "") if self.session else ""}
+
+    # ------------------------------------------------------------ observation
+
+    def _observe(self, events: list[Event], render: bool = True) -> Observation:
+        self.events.extend(events)
+        ego = self.ego_state()
+        cameras, semantic, depth = {}, {}, {}
+        frame_where = f"{self.where}: frame {self.frame} (server frame {self._server_frame})"
+        for (name, kind), queue in (self.queues.items() if render else ()):
+            image = queue.take(self._server_frame, self.config.carla.timeout_s, frame_where)
+            spec = self.specs[name]
+            if kind == "rgb":
+                link = spec.config
+                encoded = encode_frame(decode_rgb(image.raw_data, image.width, image.height), link.stream,
+                                       link.jpeg_quality)
+                cameras[name] = CameraImage(name=name, rgb=decode_frame(encoded), K=spec.K, T_ego_cam=spec.T_ego_cam,
+                                            encoded=encoded, encoding=link.stream)
+            elif kind == "semantic":
+                semantic[name] = decode_semantic(image.raw_data, image.width, image.height)
+            else:
+                depth[name] = decode_depth(image.raw_data, image.width, image.height)
+        truth = None
+        if self.config.sim.ground_truth:
+            truth = GroundTruth(objects=self._objects(ego, semantic, depth), semantic=semantic, depth=depth,
+                                traffic_lights=_lights(self), lane=_lane(self))
+        return Observation(t=self.t, frame=self.frame, cameras=cameras, ego=ego, route=self.route_message,
+                           route_progress=self.monitor.progress, events=tuple(events), ground_truth=truth)
+
+    def _objects(self, ego: EgoState, semantic: dict, depth: dict) -> tuple[ObjectTruth, ...]:
+        """Ground truth of the actors near the ego: 3D boxes from the actor list, 2D boxes in
+        each camera from them with occlusion from its depth and semantic images."""
+        c, s = math.cos(ego.yaw), math.sin(ego.yaw)
+        ego_z = to_world_xyz(self.ego_actor.get_transform().location)[2]
+        near, boxes = [], []
+        for agent in self.agents():
+            if math.hypot(agent.x - ego.x, agent.y - ego.y) > TRUTH_RANGE_M:
+                continue
+            near.append(agent)
+            boxes.append(Box3D(agent.id, KIND_TAGS[agent.kind], (agent.x, agent.y, ego_z + agent.size[2] / 2),
+                               agent.yaw, agent.size))
+        for light in self.lights:
+            near.append(light)
+        T_world_ego = world_matrix(self.ego_actor.get_transform())  # noqa: N806
+        T_world_ego[:3, 3] += T_world_ego[:3, 0] * self.rear_axle_x
+        boxes_2d = {name: project_boxes(boxes, spec.K, T_world_ego @ spec.T_ego_cam, depth[name], semantic.get(name))
+                    for name, spec in self.specs.items() if name in depth}
+        objects = []
+        for item in near:
+            if isinstance(item, CarlaLight):
+                x, y, z = item.position
+                kind, tag, yaw, extent, vx, vy = "traffic_light", palette.TRAFFIC_LIGHT, item.facing, (0.3, 0.36, 0.95), 0.0, 0.0
+            else:
+                x, y, z = item.x, item.y, item.size[2] / 2
+                kind, tag, yaw, extent = item.kind, KIND_TAGS[item.kind], item.yaw, item.size
+                vx, vy = item.velocity
+            ex, ey = c * (x - ego.x) + s * (y - ego.y), -s * (x - ego.x) + c * (y - ego.y)
+            objects.append(ObjectTruth(
+                id=item.id, kind=kind, tag=tag, center_world=(x, y, z), yaw_world=_wrap(yaw), extent=extent,
+                center_ego=(ex, ey, z), yaw_ego=_wrap(yaw - ego.yaw), velocity_world=(vx, vy),
+                velocity_ego=(c * vx + s * vy, -s * vx + c * vy),
+                boxes_2d={cam: _box2d(b[item.id]) for cam, b in boxes_2d.items() if item.id in b}))
+        return tuple(objects)
+
+    # ------------------------------------------------------------ teardown
+
+    def close(self) -> None:
+        """Undo everything on the server (settings, actors, recorder) and free the server."""
+        if self.session is not None:
+            self.teardown_problems = self.session.close()
+            for problem in self.teardown_problems:
+                print(f"stagepilot: {problem}", file=sys.stderr)
+            self.session = None
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+
+
+def _box(actor) -> tuple[float, float, float, tuple[float, float, float]]:
+    """(x, y, yaw, (length, width, height)) of an actor's bounding box, world frame."""
+    transform = actor.get_transform()
+    box = actor.bounding_box
+    x, y = to_world_xy(transform.transform(box.location))
+    return x, y, world_yaw(transform.rotation), (2 * box.extent.x, 2 * box.extent.y, 2 * box.extent.z)
+
+
+def _box2d(values):
+    from stagepilot.core.messages import Box2D
+
+    return Box2D(*values)
+
+
+__all__ = ["CarlaSimulator", "CarlaError", "to_carla_location"]

@@ -1,0 +1,135 @@
+"""Teardown on a CARLA server, against the recording double (tests/carla_double.py): on a
+normal end, an exception mid-drive and Ctrl-C, every actor we spawned is destroyed, walkers'
+AI controllers stop first, and the server's settings come back. No server can run here; the
+double only counts, and every method it has exists on the real API (checked below)."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import carla
+import pytest
+
+from stagepilot.core.config import load_stack
+from stagepilot.pipeline.driver import drive
+from stagepilot.sim.carla.connection import CarlaError
+from stagepilot.sim.scenario import load_scenario
+
+from tests import carla_double
+from tests.carla_double import Client, Server
+
+LIBCARLA_PYI = Path(carla.__file__).parent / "libcarla.pyi"
+
+
+def _pyi_members() -> dict[str, set[str]]:
+    """Every class of libcarla.pyi with the names it and its bases define."""
+    tree = ast.parse(LIBCARLA_PYI.read_text())
+    own, bases = {}, {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            names = {n.name for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+            names |= {t.id for n in node.body if isinstance(n, ast.AnnAssign) for t in [n.target]
+                      if isinstance(t, ast.Name)}
+            names |= {t.id for n in node.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+            own[node.name] = names
+            bases[node.name] = [b.id for b in node.bases if isinstance(b, ast.Name)]
+
+    def members(name: str) -> set[str]:
+        return own.get(name, set()).union(*(members(b) for b in bases.get(name, [])))
+
+    return {name: members(name) for name in own}
+
+
+def test_every_method_of_the_double_exists_on_the_real_api() -> None:
+    members = _pyi_members()
+    missing = []
+    for double, names in carla_double.STANDS_FOR.items():
+        real = set().union(*(members[n] for n in names))
+        for name, _ in inspect.getmembers(double, inspect.isfunction):
+            if not name.startswith("_") and name not in real:
+                missing.append(f"{double.__name__}.{name} (stands for {'/'.join(names)})")
+    assert not missing, "the double has methods the carla API does not: " + ", ".join(missing)
+
+
+def test_the_api_check_catches_a_made_up_method() -> None:
+    members = _pyi_members()
+    assert "tick" in members["World"] and "destroy" in members["Vehicle"]  # inherited from Actor
+    assert "tick_twice" not in members["World"]
+
+
+@pytest.fixture
+def server(monkeypatch):
+    def make(**faults) -> Server:
+        server = Server(**faults)
+        monkeypatch.setattr(Client, "server", server, raising=False)
+        monkeypatch.setattr(carla, "Client", Client)
+        return server
+    return make
+
+
+def _config():
+    return load_stack(None, ["sim.source=carla", "perception.kind=perfect", "carla.port=2990",
+                             "runtime.time_model=ideal"])
+
+
+def _scenario(name: str = "lead_vehicle_braking", *overrides: str):
+    return load_scenario(name, ["duration_s=1.0", *overrides])
+
+
+def _clean(server: Server) -> None:
+    assert server.spawned, "the drive spawned nothing"
+    assert not server.alive(), f"actors left on the server: {sorted(server.alive())}"
+    assert server.settings.synchronous_mode == server.original.synchronous_mode
+    assert server.settings.fixed_delta_seconds == server.original.fixed_delta_seconds
+    assert not server.tm_sync
+
+
+def test_a_normal_drive_cleans_up(server) -> None:
+    srv = server()
+    result = drive(_config(), _scenario())
+    assert result.outcome["frames"] == 21 and not result.interrupted
+    sync = [value for what, value in srv.log if what == "settings"]
+    assert sync == [1, 0], "synchronous mode on for the drive, the server's own settings after"
+    kinds = {a.type_id for a in srv.world.actors}
+    assert {"vehicle.lincoln.mkz_2020", "sensor.camera.rgb", "sensor.camera.depth",
+            "sensor.camera.semantic_segmentation", "sensor.other.collision"} <= kinds
+    _clean(srv)
+
+
+def test_an_exception_mid_drive_cleans_up_and_names_the_server(server) -> None:
+    srv = server(fail_at_tick=6, failure=RuntimeError("time-out of 10000ms while waiting for the simulator"))
+    with pytest.raises(CarlaError, match=r"CARLA at localhost:2990: ticking frame 5: the server did not answer"):
+        drive(_config(), _scenario())
+    _clean(srv)
+
+
+def test_ctrl_c_mid_drive_cleans_up(server) -> None:
+    srv = server(fail_at_tick=6, failure=KeyboardInterrupt())
+    result = drive(_config(), _scenario())
+    assert result.interrupted and result.outcome["frames"] == 5
+    _clean(srv)
+
+
+def test_walkers_ai_controllers_stop_before_anything_is_destroyed(server) -> None:
+    srv = server()
+    scenario = _scenario("pedestrian_crossing")
+    walker = scenario.actors[0].model_copy(update={"controller": "ai", "ego_within_m": None})
+    drive(_config(), scenario.model_copy(update={"actors": [walker]}))
+    controllers = [a.id for a in srv.world.actors if a.type_id == "controller.ai.walker"]
+    assert controllers, "the walker got no AI controller"
+    order = [(what, actor) for what, actor in srv.log if what in ("stop", "destroy")]
+    first_destroy = next(i for i, (what, _) in enumerate(order) if what == "destroy")
+    assert all(("stop", c) in order[:first_destroy] for c in controllers)
+    _clean(srv)
+
+
+def test_a_server_that_dies_mid_drive_ends_with_one_message_and_no_hang(server, capsys) -> None:
+    srv = server(fail_at_tick=4, failure=RuntimeError("time-out of 10000ms while waiting for the simulator"),
+                 gone=True)
+    with pytest.raises(CarlaError, match="localhost:2990"):
+        drive(_config(), _scenario())
+    err = capsys.readouterr().err
+    assert "may remain on the server" in err and "restarting the server removes them" in err
+    assert srv.alive(), "the dead server kept its actors (nothing could reach it)"
