@@ -95,6 +95,9 @@ class Recorder:
         self._writer.start(profile=PROFILE, library=f"stagepilot {info['versions']['stagepilot'] or ''}".strip())
         for name, data in self._metadata(info).items():
             self._writer.add_metadata(name, data)
+        describe = getattr(sim, "metadata", None)
+        if describe is not None:  # the server behind a CARLA drive, and CARLA's own recording
+            self._writer.add_metadata("simulator", {k: str(v) for k, v in describe().items()})
         self._attach_map(sim)
         self._register()
         t_ns = _ns(obs.t)

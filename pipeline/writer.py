@@ -81,6 +81,9 @@ class RunWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._sim = sim
         self.info = run_info(self.config, self.scenario, datetime.datetime.now(datetime.timezone.utc))
+        describe = getattr(sim, "metadata", None)
+        if describe is not None:
+            self.info["simulator"] = describe()
         _write_text(self.out_dir / "config.yaml", yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
         write_json(self.out_dir / "run.json", self.info)
         if self.with_video:

@@ -133,3 +133,53 @@ def test_a_server_that_dies_mid_drive_ends_with_one_message_and_no_hang(server, 
     err = capsys.readouterr().err
     assert "may remain on the server" in err and "restarting the server removes them" in err
     assert srv.alive(), "the dead server kept its actors (nothing could reach it)"
+
+
+def _metadata(path: Path) -> dict[str, dict[str, str]]:
+    from mcap.reader import make_reader
+
+    with open(path, "rb") as handle:
+        return {m.name: dict(m.metadata) for m in make_reader(handle).iter_metadata()}
+
+
+def _drive_cli(tmp_path, *extra: str) -> tuple[int, Path]:
+    from stagepilot.pipeline.cli import main
+
+    out = tmp_path / "run"
+    status = main(["drive", "--sim", "carla", "--port", "2990", "--quiet", "--scenario", "lead_vehicle_braking",
+                   "--out", str(out), "--perception", "perfect", "--time-model", "ideal", *extra,
+                   "scenario.duration_s=1.0"])
+    return status, out
+
+
+def test_a_carla_drive_replays_with_no_server(server, tmp_path, capsys) -> None:
+    from stagepilot.pipeline.cli import main
+
+    srv = server()
+    status, out = _drive_cli(tmp_path, "--carla-recorder")
+    assert status == 0
+    _clean(srv)
+    assert ("start_recorder", 0) in srv.log and ("stop_recorder", 0) in srv.log
+    simulator = _metadata(out / "drive.mcap")["simulator"]
+    assert simulator["simulator"] == "carla" and simulator["server"] == "localhost:2990"
+    assert simulator["carla_recorder_file"] == "stagepilot-lead_vehicle_braking-2.log"
+    monkey_gone = Server(fail_at_tick=1, failure=RuntimeError("no server"), gone=True)
+    monkey_gone.dead = True
+    Client.server = monkey_gone  # any call to a server now fails: the replay must make none
+    capsys.readouterr()
+    assert main(["replay", str(out / "drive.mcap"), "--quiet"]) == 0
+    assert "match" in capsys.readouterr().out.lower()
+
+
+def test_a_lost_connection_leaves_a_readable_run_folder(server, tmp_path, capsys) -> None:
+    import json
+
+    srv = server(fail_at_tick=8, failure=RuntimeError("time-out of 10000ms while waiting for the simulator"),
+                 gone=True)
+    status, out = _drive_cli(tmp_path)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("stagepilot: error")]
+    assert status == 1 and len(err) == 1 and "CARLA at localhost:2990: ticking frame 7" in err[0]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["outcome"]["frames"] == 7 and "CarlaError" in metrics["outcome"]["error"]
+    assert _metadata(out / "drive.mcap")["outcome"]["frames"] == "7"
+    assert srv.alive()  # the server died holding them; the message said so
