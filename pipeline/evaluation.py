@@ -265,6 +265,18 @@ def default_out_dir(suite: str) -> Path:
     return Path("runs") / f"eval-{stamp}-{suite}"
 
 
+def share_note(config, workers: int) -> None:
+    """Say so when parallel workers outnumber the CARLA servers: they take turns (one lease each)."""
+    if config.sim.source != "carla":
+        return
+    from stagepilot.sim.carla.connection import endpoints
+
+    servers = len(endpoints(config.carla))
+    if workers > servers:
+        print(f"stagepilot: {workers} workers share {servers} CARLA server(s): each drive holds a server, so they "
+              "take turns; list more in carla.servers (docs/carla.md)", file=sys.stderr)
+
+
 def evaluate(suite_name: str, *, config_files=(), overrides=(), workers: int = 1, backend: str = "local",
              ray_address: str | None = None, out_dir: Path | None = None, video: bool = False, record: bool = True,
              maps_dirs=(), show_progress: bool = False) -> EvaluationResult:
@@ -279,6 +291,7 @@ def evaluate(suite_name: str, *, config_files=(), overrides=(), workers: int = 1
     suite = load_suite(suite_name)
     config = load_stack(list(config_files), list(overrides))
     sampled = suite.sample(maps_dirs)
+    share_note(config, min(workers, len(sampled)))
     if backend == "ray" and ray_address:
         check_ray_address(ray_address)
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(suite.name)

@@ -47,7 +47,8 @@ from tqdm import tqdm
 
 from stagepilot.core.config import ConfigError, config_hash, load_stack
 from stagepilot.core.inputs import clip
-from stagepilot.pipeline.evaluation import EvaluationResult, ScenarioPool, family_means, scenario_jobs, write_results
+from stagepilot.pipeline.evaluation import (EvaluationResult, ScenarioPool, family_means, scenario_jobs, share_note,
+                                           write_results)
 from stagepilot.pipeline.tuning_report import StudyOutputs, _params_text, _values_text
 from stagepilot.pipeline.tuning_space import Space, base_values, flat_overrides, load_space, overlay
 
@@ -264,6 +265,7 @@ class Tuner(StudyOutputs):
         self.space = load_space(o.space, o.config_files, o.overrides)
         self.suite = load_suite(o.suite)
         self.sampled = self.suite.sample(o.maps_dirs)
+        share_note(self.base, o.workers)
         self.holdout_suite = load_suite(o.holdout) if o.holdout else None
         if self.holdout_suite is not None:
             self.holdout_suite.sample(o.maps_dirs)  # its maps and parameters are checked now too
