@@ -27,8 +27,9 @@ def _copy(settings):
 
 
 class Server:
-    """What the double's server saw. `fail_at_tick`: tick number whose call raises `failure`;
-    with `gone`, every later call raises it too (the server died)."""
+    """What the double's server saw. `fail_at_tick`: tick number whose call raises `failure`
+    (tick 1 places the ego, tick k + 2 makes frame k); with `gone`, every later call raises it
+    too (the server died)."""
 
     def __init__(self, fail_at_tick: int | None = None, failure: BaseException | None = None, gone: bool = False):
         self.settings = carla.WorldSettings()  # the server's own: asynchronous

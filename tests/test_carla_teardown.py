@@ -99,14 +99,14 @@ def test_a_normal_drive_cleans_up(server) -> None:
 
 
 def test_an_exception_mid_drive_cleans_up_and_names_the_server(server) -> None:
-    srv = server(fail_at_tick=6, failure=RuntimeError("time-out of 10000ms while waiting for the simulator"))
+    srv = server(fail_at_tick=7, failure=RuntimeError("time-out of 10000ms while waiting for the simulator"))
     with pytest.raises(CarlaError, match=r"CARLA at localhost:2990: ticking frame 5: the server did not answer"):
         drive(_config(), _scenario())
     _clean(srv)
 
 
 def test_ctrl_c_mid_drive_cleans_up(server) -> None:
-    srv = server(fail_at_tick=6, failure=KeyboardInterrupt())
+    srv = server(fail_at_tick=7, failure=KeyboardInterrupt())
     result = drive(_config(), _scenario())
     assert result.interrupted and result.outcome["frames"] == 5
     _clean(srv)
@@ -163,9 +163,9 @@ def test_a_carla_drive_replays_with_no_server(server, tmp_path, capsys) -> None:
     simulator = _metadata(out / "drive.mcap")["simulator"]
     assert simulator["simulator"] == "carla" and simulator["server"] == "localhost:2990"
     assert simulator["carla_recorder_file"] == "stagepilot-lead_vehicle_braking-2.log"
-    monkey_gone = Server(fail_at_tick=1, failure=RuntimeError("no server"), gone=True)
-    monkey_gone.dead = True
-    Client.server = monkey_gone  # any call to a server now fails: the replay must make none
+    dead = Server(fail_at_tick=1, failure=RuntimeError("no server"), gone=True)
+    dead.dead = True
+    Client.server = dead  # any call to a server now fails: the replay must make none
     capsys.readouterr()
     assert main(["replay", str(out / "drive.mcap"), "--quiet"]) == 0
     assert "match" in capsys.readouterr().out.lower()
@@ -174,7 +174,7 @@ def test_a_carla_drive_replays_with_no_server(server, tmp_path, capsys) -> None:
 def test_a_lost_connection_leaves_a_readable_run_folder(server, tmp_path, capsys) -> None:
     import json
 
-    srv = server(fail_at_tick=8, failure=RuntimeError("time-out of 10000ms while waiting for the simulator"),
+    srv = server(fail_at_tick=9, failure=RuntimeError("time-out of 10000ms while waiting for the simulator"),
                  gone=True)
     status, out = _drive_cli(tmp_path)
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("stagepilot: error")]

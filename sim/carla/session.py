@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import carla
 
-from stagepilot.sim.carla.connection import CarlaError, Endpoint, has_api
+from stagepilot.sim.carla.connection import Endpoint, has_api
 
 
 class CarlaSession:
@@ -157,8 +157,3 @@ def _server_gone(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "time-out" in text or "timed out" in text or "connection" in text
 
-
-def check_closed(problems: list[str]) -> None:
-    """Raise the teardown's problems as one CarlaError (for callers that must know)."""
-    if problems:
-        raise CarlaError("; ".join(problems))

@@ -22,21 +22,21 @@ import carla
 import numpy as np
 
 from stagepilot.core.camera import decode_frame, encode_frame
-from stagepilot.core.carla_frame import (to_carla_location, to_world_xy, to_world_xyz, world_matrix, world_vector,
+from stagepilot.core.carla_frame import (to_world_xy, to_world_xyz, world_matrix, world_vector,
                                          world_yaw, world_yaw_rate)
 from stagepilot.core.config import StackConfig
 from stagepilot.core.maps import find_map, is_map_name, read_map_text
-from stagepilot.core.messages import (CameraImage, Control, EgoState, Event, GroundTruth, ObjectTruth, Observation,
+from stagepilot.core.messages import (Box2D, CameraImage, Control, EgoState, Event, GroundTruth, ObjectTruth, Observation,
                                       Route)
 from stagepilot.core.roadmap import MapError, RoadMap
 from stagepilot.sim.carla.actors import ScenarioActors
-from stagepilot.sim.carla.connection import CarlaError, ServerLease, connect, endpoints, version_note
+from stagepilot.sim.carla.connection import CarlaError, ServerLease, connect, endpoints, has_api, version_note
 from stagepilot.sim.carla.sensors import (EventSensor, SensorQueue, camera_blueprint, decode_depth, decode_rgb,
                                           decode_semantic, mount_transform, rig_specs)
 from stagepilot.sim.carla.session import CarlaSession
 from stagepilot.sim.carla.spawn import pick_blueprint, spawn_plan, spawn_with_retry
 from stagepilot.sim.carla.truth import Box3D, project_boxes
-from stagepilot.sim.events import EventMonitor
+from stagepilot.sim.events import COLLISION_MIN_SPEED, COLLISION_REPEAT_S, EventMonitor
 from stagepilot.sim.interface import Simulator
 from stagepilot.sim.observe import _lane, _lights, _wrap
 from stagepilot.sim.render import palette
@@ -63,6 +63,7 @@ class CarlaLight:
     position: tuple[float, float, float]
     facing: float
     actor: object
+    lamps: tuple[Box3D, ...] = ()  # the light's lamp housings, world frame (for its 2D boxes)
     current: str = "unknown"
 
     def state(self, t: float) -> str:  # noqa: ARG002 (the server keeps the time)
@@ -130,7 +131,7 @@ class CarlaSimulator(Simulator):
         spec = scenario.weather
         preset = spec.preset if spec.preset != "random" else ("clear_noon", "overcast", "dusk")[scenario.seed % 3]
         self.weather_name = WEATHER[preset]
-        weather = getattr(carla.WeatherParameters, WEATHER[preset])
+        weather = _weather_copy(getattr(carla.WeatherParameters, WEATHER[preset]))  # presets are shared objects
         if spec.fog_density is not None:
             weather.fog_density = min(100.0, spec.fog_density * 1000.0)  # [1/m] -> CARLA's 0..100
         if spec.sun_altitude_deg is not None:
@@ -151,6 +152,7 @@ class CarlaSimulator(Simulator):
             blueprint.set_attribute("role_name", "hero")
         self.ego_actor = session.track(session.call("spawning the ego", spawn_with_retry, session.world,
                                                     self.road_map, ego_spec, blueprint, self.where))
+        session.tick("placing the ego")  # its wheels' positions are known after a tick
         self._ego_geometry()
         self._sensors(library)
         self.actors = ScenarioActors(session, self.road_map, plan, self.where)
@@ -159,6 +161,7 @@ class CarlaSimulator(Simulator):
             session.start_recorder(str(Path(f"stagepilot-{scenario.name}-{scenario.seed}.log")))
         self.t, self.frame, self._ended = 0.0, 0, False
         self.events: list[Event] = []
+        self._world_hits: dict[int, float] = {}
         self.monitor = EventMonitor(self.road_map, self.route.path, self.lights)
         self._server_frame = session.tick("ticking the first frame")
         return self._observe(self._events())
@@ -172,11 +175,12 @@ class CarlaSimulator(Simulator):
         rear = self.ego_box_x - (box.extent.x - self.config.vehicle.rear_overhang_m)
         physics = self.session.call("reading the ego's physics", self.ego_actor.get_physics_control)
         wheels = list(getattr(physics, "wheels", []) or [])
-        if len(wheels) == 4:  # wheel positions are world locations in cm
+        if len(wheels) == 4:  # wheel positions are world locations in cm; FL, FR, RL, RR
             inverse = np.linalg.inv(np.asarray(self.ego_actor.get_transform().get_matrix(), float))
             xs = [float((inverse @ np.array([w.position.x / 100, w.position.y / 100, w.position.z / 100, 1.0]))[0])
                   for w in wheels[2:]]
-            rear = float(np.mean(xs))
+            if abs(float(np.mean(xs)) - self.ego_box_x) < box.extent.x:  # inside the body: believable
+                rear = float(np.mean(xs))
         self.rear_axle_x = rear
         self.max_steer_rad = math.radians(float(wheels[0].max_steer_angle)) if wheels else 0.61
 
@@ -225,9 +229,10 @@ class CarlaSimulator(Simulator):
         for head in self.road_map.signal_heads:
             light = next((by_lane[(k[0], k[2])] for k in head.stop_line.lane_keys if (k[0], k[2]) in by_lane), None)
             if light is not None:
-                location = light.get_transform().location
-                x, y = to_world_xy(location)
-                bound.append(CarlaLight(head.id, head.stop_line, (x, y, head.position[2]), head.facing, light))
+                lamps = _lamps(light, head.id)
+                x, y = to_world_xy(light.get_transform().location)
+                z = max((lamp.center[2] for lamp in lamps), default=head.position[2])
+                bound.append(CarlaLight(head.id, head.stop_line, (x, y, z), head.facing, light, lamps))
         first = self._first_light(bound)
         if first is not None and scenario.traffic_lights.first_light != "auto":
             state = {"red": carla.TrafficLightState.Red, "yellow": carla.TrafficLightState.Yellow,
@@ -274,10 +279,15 @@ class CarlaSimulator(Simulator):
         ego_speed = self.ego_agent().speed
         for hit in self.collisions.drain(self._server_frame):
             other = hit.other_actor
-            if other is not None and other.id in known or ego_speed < 0.1:
+            if other is not None and other.id in known or ego_speed < COLLISION_MIN_SPEED:
                 continue  # actors' contacts are the monitor's (same rules as the embedded simulator)
+            key = other.id if other is not None else -1
+            last = self._world_hits.get(key)
+            if last is not None and self.t - last < COLLISION_REPEAT_S:
+                continue  # the sensor reports every frame of a contact: one collision per 5 s
+            self._world_hits[key] = self.t
             what = other.type_id if other is not None else "the world"
-            events.append(Event(self.t, "collision", f"collision with {what} at {ego_speed:.1f} m/s",
+            events.append(Event(self.t, "collision", f"collision with static {what} at {ego_speed:.1f} m/s",
                                 other.id if other is not None else None))
         for crossing in self.invasions.drain(self._server_frame):
             markings = ", ".join(sorted({str(m.type) for m in crossing.crossed_lane_markings}))
@@ -293,11 +303,13 @@ class CarlaSimulator(Simulator):
     def agents(self) -> list[Agent]:
         """Every vehicle, walker and prop on the server but the ego, from the actor list."""
         found = []
+        self._box_z: dict[int, float] = {}
         for actor in self.session.call("listing the actors", self.session.world.get_actors):
             kind = next((k for prefix, k in KIND_BY_PREFIX if actor.type_id.startswith(prefix)), None)
             if kind is None or actor.id == self.ego_actor.id:
                 continue
             x, y, yaw, size = _box(actor)
+            self._box_z[actor.id] = _box_z(actor)
             vx, vy, _ = world_vector(actor.get_velocity())
             speed = vx * math.cos(yaw) + vy * math.sin(yaw)
             found.append(Agent(actor.id, kind, x, y, yaw, speed, size, (0, 0, 0)))
@@ -376,13 +388,19 @@ class CarlaSimulator(Simulator):
             if math.hypot(agent.x - ego.x, agent.y - ego.y) > TRUTH_RANGE_M:
                 continue
             near.append(agent)
-            boxes.append(Box3D(agent.id, KIND_TAGS[agent.kind], (agent.x, agent.y, ego_z + agent.size[2] / 2),
+            boxes.append(Box3D(agent.id, KIND_TAGS[agent.kind], (agent.x, agent.y, self._box_z[agent.id]),
                                agent.yaw, agent.size))
+        lamp_of: dict[int, int] = {}  # a light's lamp boxes get ids of their own, then merge
         for light in self.lights:
             near.append(light)
+            for box in light.lamps:
+                lamp_id = -1 - len(lamp_of)
+                lamp_of[lamp_id] = light.id
+                boxes.append(replace(box, id=lamp_id))
         T_world_ego = world_matrix(self.ego_actor.get_transform())  # noqa: N806
         T_world_ego[:3, 3] += T_world_ego[:3, 0] * self.rear_axle_x
-        boxes_2d = {name: project_boxes(boxes, spec.K, T_world_ego @ spec.T_ego_cam, depth[name], semantic.get(name))
+        boxes_2d = {name: _merge_lamps(project_boxes(boxes, spec.K, T_world_ego @ spec.T_ego_cam, depth[name],
+                                                     semantic.get(name)), lamp_of)
                     for name, spec in self.specs.items() if name in depth}
         objects = []
         for item in near:
@@ -390,13 +408,14 @@ class CarlaSimulator(Simulator):
                 x, y, z = item.position
                 kind, tag, yaw, extent, vx, vy = "traffic_light", palette.TRAFFIC_LIGHT, item.facing, (0.3, 0.36, 0.95), 0.0, 0.0
             else:
-                x, y, z = item.x, item.y, item.size[2] / 2
+                x, y, z = item.x, item.y, self._box_z[item.id]
                 kind, tag, yaw, extent = item.kind, KIND_TAGS[item.kind], item.yaw, item.size
                 vx, vy = item.velocity
+            z_ego = z - ego_z  # the ego frame's origin is on the ground under the ego
             ex, ey = c * (x - ego.x) + s * (y - ego.y), -s * (x - ego.x) + c * (y - ego.y)
             objects.append(ObjectTruth(
                 id=item.id, kind=kind, tag=tag, center_world=(x, y, z), yaw_world=_wrap(yaw), extent=extent,
-                center_ego=(ex, ey, z), yaw_ego=_wrap(yaw - ego.yaw), velocity_world=(vx, vy),
+                center_ego=(ex, ey, z_ego), yaw_ego=_wrap(yaw - ego.yaw), velocity_world=(vx, vy),
                 velocity_ego=(c * vx + s * vy, -s * vx + c * vy),
                 boxes_2d={cam: _box2d(b[item.id]) for cam, b in boxes_2d.items() if item.id in b}))
         return tuple(objects)
@@ -415,6 +434,41 @@ class CarlaSimulator(Simulator):
             self.lease = None
 
 
+def _lamps(light, light_id: int) -> tuple[Box3D, ...]:
+    """The lamp housings of a CARLA traffic light (world-space boxes, carla 0.9.14 and later)."""
+    if not has_api(light, "get_light_boxes"):
+        return ()
+    lamps = []
+    for box in light.get_light_boxes():
+        center = to_world_xyz(box.location)
+        lamps.append(Box3D(light_id, palette.TRAFFIC_LIGHT, center, world_yaw(box.rotation),
+                           (2 * box.extent.x, 2 * box.extent.y, 2 * box.extent.z)))
+    return tuple(lamps)
+
+
+def _merge_lamps(found: dict[int, tuple], lamp_of: dict[int, int]) -> dict[int, tuple]:
+    """Per light, its most visible lamp's 2D box."""
+    merged = {k: v for k, v in found.items() if k >= 0}
+    for lamp, light_id in lamp_of.items():
+        if lamp in found and (light_id not in merged or found[lamp][4] > merged[light_id][4]):
+            merged[light_id] = found[lamp]
+    return merged
+
+
+def _weather_copy(preset) -> "carla.WeatherParameters":
+    weather = carla.WeatherParameters()
+    for name in dir(preset):
+        value = getattr(preset, name)
+        if not name.startswith("_") and isinstance(value, float):
+            setattr(weather, name, value)
+    return weather
+
+
+def _box_z(actor) -> float:
+    """[m] height of the centre of an actor's bounding box."""
+    return float(actor.get_transform().transform(actor.bounding_box.location).z)
+
+
 def _box(actor) -> tuple[float, float, float, tuple[float, float, float]]:
     """(x, y, yaw, (length, width, height)) of an actor's bounding box, world frame."""
     transform = actor.get_transform()
@@ -423,10 +477,5 @@ def _box(actor) -> tuple[float, float, float, tuple[float, float, float]]:
     return x, y, world_yaw(transform.rotation), (2 * box.extent.x, 2 * box.extent.y, 2 * box.extent.z)
 
 
-def _box2d(values):
-    from stagepilot.core.messages import Box2D
-
+def _box2d(values) -> Box2D:
     return Box2D(*values)
-
-
-__all__ = ["CarlaSimulator", "CarlaError", "to_carla_location"]
