@@ -99,3 +99,17 @@ def test_carla_image_bytes_decode_to_rgb_tags_and_metres() -> None:
     assert decode_depth(depth.tobytes(), 2, 1)[0, 0] == pytest.approx(10.0, abs=1e-3)
     with pytest.raises(ValueError, match="expected 3x2x4"):
         decode_rgb(bytes(10), 3, 2)
+
+
+def test_a_frame_that_arrives_late_is_waited_for_and_unread_frames_are_forgotten() -> None:
+    import threading
+
+    queue = SensorQueue("front/depth")
+    for frame in range(1, 6):
+        queue.put(_image(frame))
+    queue.drop_through(4)  # ticks whose images nobody read
+    assert queue.take(5, 0.1, "test").frame == 5 and queue.dropped == 0
+    threading.Timer(0.2, queue.put, args=(_image(6),)).start()  # the callback thread, a bit late
+    start = time.monotonic()
+    assert queue.take(6, 5.0, "test").frame == 6
+    assert 0.1 < time.monotonic() - start < 4.0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import math
 from pathlib import Path
 
 import carla
@@ -92,10 +93,35 @@ def test_a_normal_drive_cleans_up(server) -> None:
     assert result.outcome["frames"] == 21 and not result.interrupted
     sync = [value for what, value in srv.log if what == "settings"]
     assert sync == [1, 0], "synchronous mode on for the drive, the server's own settings after"
+    standing = result.outcome  # the double's actors never move: the ego stays where it was spawned
+    assert standing["off_road"] == 0 and standing["lane_departures"] == 0 and standing["route_progress_m"] < 1.0
     kinds = {a.type_id for a in srv.world.actors}
     assert {"vehicle.lincoln.mkz_2020", "sensor.camera.rgb", "sensor.camera.depth",
             "sensor.camera.semantic_segmentation", "sensor.other.collision"} <= kinds
     _clean(srv)
+
+
+def test_observations_place_the_ego_and_actors_where_the_plan_put_them(server) -> None:
+    from stagepilot.core.messages import Control
+    from stagepilot.sim.carla.world import CarlaSimulator
+
+    server()
+    sim = CarlaSimulator(_config())
+    try:
+        obs = sim.reset(_scenario())
+        start = sim.placement.resolve(sim.scenario.ego.start, "ego.start")
+        for _ in range(3):
+            obs = sim.step(Control())
+        body = sim.ego_agent()
+        assert (body.x, body.y) == pytest.approx(start[:2], abs=1e-3)
+        back = -sim.rear_axle_x  # the double's box centre is the actor origin
+        assert (obs.ego.x, obs.ego.y) == pytest.approx((start[0] - back * math.cos(start[2]),
+                                                        start[1] - back * math.sin(start[2])), abs=1e-3)
+        lead = next(o for o in obs.ground_truth.objects if o.kind == "vehicle")
+        assert lead.center_ego[0] == pytest.approx(35.0 + back, abs=0.05) and abs(lead.center_ego[1]) < 0.05
+        assert obs.ground_truth.lane.on_road and abs(obs.ground_truth.lane.lateral_offset) < 0.01
+    finally:
+        sim.close()
 
 
 def test_an_exception_mid_drive_cleans_up_and_names_the_server(server) -> None:
@@ -183,3 +209,23 @@ def test_a_lost_connection_leaves_a_readable_run_folder(server, tmp_path, capsys
     assert metrics["outcome"]["frames"] == 7 and "CarlaError" in metrics["outcome"]["error"]
     assert _metadata(out / "drive.mcap")["outcome"]["frames"] == "7"
     assert srv.alive()  # the server died holding them; the message said so
+
+
+def test_collect_from_carla_writes_the_same_dataset_format(server, tmp_path) -> None:
+    import json
+
+    from stagepilot.pipeline.cli import main
+
+    srv = server()
+    out = tmp_path / "ds"
+    assert main(["collect", "--sim", "carla", "--port", "2990", "--out", str(out), "--frames", "2",
+                 "--frames-per-scene", "2", "--split", "train", "--seed", "1", "--quiet"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    coco = json.loads((out / "annotations" / "train.json").read_text())
+    cameras = manifest["cameras"] if "cameras" in manifest else {"front": manifest["camera"]}
+    front = cameras["front"]
+    assert front["K"][0][2] == pytest.approx(319.5), "CARLA's optical axis is the image centre"
+    rig = len(load_stack().sim.cameras)
+    assert len(coco["images"]) == 2 * rig and all((out / image["file_name"]).is_file() for image in coco["images"])
+    assert manifest["splits"]["train"]["scenes"][0]["lighting"]["carla_weather"]
+    _clean(srv)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from stagepilot.core.config import CarlaConfig
 from stagepilot.sim.interface import SimulatorError
 
 LEASE_POLL_S = 0.5
+WAIT_NOTE_S = 5.0  # [s] then say why we wait
 
 
 class CarlaError(SimulatorError):
@@ -61,27 +63,33 @@ class ServerLease:
     parallel workers of `evaluate` or `tune` on one machine take one server each and wait for a
     free one when there are more workers than servers."""
 
-    def __init__(self, candidates: list[Endpoint], wait_s: float):
+    def __init__(self, candidates: list[Endpoint], wait_s: float | None):
         self.candidates = candidates
-        self.wait_s = wait_s
+        self.wait_s = wait_s  # None: as long as it takes (another worker's drive ends)
         self.endpoint: Endpoint | None = None
         self._file = None
 
     def __enter__(self) -> Endpoint:
-        deadline = time.monotonic() + self.wait_s
+        start = time.monotonic()
+        said = False
         while True:
             for endpoint in self.candidates:
                 if self._try(endpoint):
                     self.endpoint = endpoint
                     return endpoint
-            if len(self.candidates) == 1 and not self.wait_s:
+            waited = time.monotonic() - start
+            if self.wait_s is not None and waited >= self.wait_s:
                 break
-            if time.monotonic() > deadline:
-                break
+            if not said and waited > WAIT_NOTE_S:
+                print(f"stagepilot: waiting for a free CARLA server ({self._names()} in use by other stagepilot "
+                      "processes on this machine)", file=sys.stderr)
+                said = True
             time.sleep(LEASE_POLL_S)
-        names = ", ".join(str(e) for e in self.candidates)
-        raise CarlaError(f"CARLA at {names}: every server is in use by another stagepilot process on this machine "
-                         f"(waited {self.wait_s:.0f} s); add servers with carla.servers or run fewer workers")
+        raise CarlaError(f"CARLA at {self._names()}: every server is in use by another stagepilot process on this "
+                         f"machine (waited {self.wait_s:g} s); add servers with carla.servers or run fewer workers")
+
+    def _names(self) -> str:
+        return ", ".join(str(e) for e in self.candidates)
 
     def _try(self, endpoint: Endpoint) -> bool:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{endpoint.host}-{endpoint.port}")

@@ -9,8 +9,9 @@ sensor and the frame: a frame is never silently replaced by "the latest image".
 
 from __future__ import annotations
 
-import queue
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,26 +59,40 @@ class SensorQueue:
 
     def __init__(self, name: str):
         self.name = name
-        self._queue: queue.Queue = queue.Queue()
+        self._items: deque = deque()  # (frame, data), in the order the server sent them
+        self._ready = threading.Condition()
         self.dropped = 0  # frames older than the one asked for
 
     def put(self, data) -> None:
-        self._queue.put((int(data.frame), data))
+        with self._ready:
+            self._items.append((int(data.frame), data))
+            self._ready.notify()
 
     def take(self, frame: int, timeout_s: float, where: str):
         """The data of `frame`, waiting at most `timeout_s` [s] for it."""
-        while True:
-            try:
-                got, data = self._queue.get(timeout=timeout_s)
-            except queue.Empty:
-                raise CarlaError(f"{where}: sensor {self.name} sent nothing for frame {frame} within "
-                                 f"{timeout_s:g} s") from None
-            if got == frame:
-                return data
-            if got > frame:
-                raise CarlaError(f"{where}: sensor {self.name} skipped frame {frame} (next data is frame {got}); "
-                                 "a frame went missing")
-            self.dropped += 1
+        deadline = time.monotonic() + timeout_s
+        with self._ready:
+            while True:
+                while self._items and self._items[0][0] < frame:
+                    self._items.popleft()
+                    self.dropped += 1
+                if self._items:
+                    got, data = self._items.popleft()
+                    if got == frame:
+                        return data
+                    raise CarlaError(f"{where}: sensor {self.name} skipped frame {frame} (next data is frame "
+                                     f"{got}); a frame went missing")
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._ready.wait(left):
+                    if not self._items:
+                        raise CarlaError(f"{where}: sensor {self.name} sent nothing for frame {frame} within "
+                                         f"{timeout_s:g} s")
+
+    def drop_through(self, frame: int) -> None:
+        """Forget data up to `frame` unread (a tick whose images nobody wants)."""
+        with self._ready:
+            while self._items and self._items[0][0] <= frame:
+                self._items.popleft()
 
 
 class EventSensor:

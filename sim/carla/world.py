@@ -92,7 +92,7 @@ class CarlaSimulator(Simulator):
         self.close()
         self.scenario = scenario
         cfg = self.config.carla
-        self.lease = ServerLease(endpoints(cfg), wait_s=max(60.0, 30 * cfg.timeout_s))
+        self.lease = ServerLease(endpoints(cfg), wait_s=None)  # parallel workers wait their turn
         endpoint = self.lease.__enter__()
         self.where = f"CARLA at {endpoint}"
         try:
@@ -358,6 +358,9 @@ class CarlaSimulator(Simulator):
         ego = self.ego_state()
         cameras, semantic, depth = {}, {}, {}
         frame_where = f"{self.where}: frame {self.frame} (server frame {self._server_frame})"
+        if not render:  # nobody wants this frame's images: forget them now, not at the next read
+            for queue in self.queues.values():
+                queue.drop_through(self._server_frame)
         for (name, kind), queue in (self.queues.items() if render else ()):
             image = queue.take(self._server_frame, self.config.carla.timeout_s, frame_where)
             spec = self.specs[name]
@@ -464,17 +467,26 @@ def _weather_copy(preset) -> "carla.WeatherParameters":
     return weather
 
 
+def _box_centre(actor) -> np.ndarray:
+    """(3,) world-frame centre of an actor's bounding box [m]. (carla.Transform.transform works
+    on the point it is given in place: the matrix leaves the actor's box alone.)"""
+    box = actor.bounding_box.location
+    local = np.array([box.x, box.y, box.z, 1.0])
+    centre = np.asarray(actor.get_transform().get_matrix(), float) @ local
+    return np.array(to_world_xyz(carla.Location(*(float(v) for v in centre[:3]))))
+
+
 def _box_z(actor) -> float:
     """[m] height of the centre of an actor's bounding box."""
-    return float(actor.get_transform().transform(actor.bounding_box.location).z)
+    return float(_box_centre(actor)[2])
 
 
 def _box(actor) -> tuple[float, float, float, tuple[float, float, float]]:
     """(x, y, yaw, (length, width, height)) of an actor's bounding box, world frame."""
-    transform = actor.get_transform()
     box = actor.bounding_box
-    x, y = to_world_xy(transform.transform(box.location))
-    return x, y, world_yaw(transform.rotation), (2 * box.extent.x, 2 * box.extent.y, 2 * box.extent.z)
+    x, y, _ = _box_centre(actor)
+    return float(x), float(y), world_yaw(actor.get_transform().rotation), (2 * box.extent.x, 2 * box.extent.y,
+                                                                           2 * box.extent.z)
 
 
 def _box2d(values) -> Box2D:
