@@ -40,7 +40,7 @@ def drive(args) -> int:
     if args.perception:
         stack_overrides.append(f"perception.kind={args.perception}")
     config = load_stack(args.config, stack_overrides)
-    scenario = load_scenario(args.scenario, scenario_overrides, args.maps)
+    scenario = load_scenario(args.scenario, scenario_overrides, args.maps, server_maps=config.sim.source == "carla")
     out_dir = _run_dir(args.out, args.overwrite, scenario.name)
     observers = [RunWriter(out_dir, config, scenario)]
     if not args.no_record:

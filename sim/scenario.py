@@ -211,12 +211,18 @@ def resolve_map(text: str, scenario_file: Path, maps_dirs: Iterable[str | Path] 
 
 
 def load_scenario(name_or_path: str | Path, overrides: list[str] | None = None,
-                  maps_dirs: Iterable[str | Path] = ()) -> Scenario:
+                  maps_dirs: Iterable[str | Path] = (), server_maps: bool = False) -> Scenario:
     """A scenario by name or path, with `key.path=value` overrides; its map is looked up with
-    the `--maps` folders `maps_dirs` first."""
+    the `--maps` folders `maps_dirs` first. With `server_maps` (a CARLA server will drive it), a
+    town name that is not on the map search path is left to the server: `map_path` is empty."""
     path = scenario_path(name_or_path)
     scenario = load_config(Scenario, [path], overrides)
-    map_path = resolve_map(scenario.map, path, maps_dirs)
+    try:
+        map_path = resolve_map(scenario.map, path, maps_dirs)
+    except MapError:
+        if server_maps and is_map_name(scenario.map):
+            return scenario.model_copy(update={"source": str(path), "map_path": ""})
+        raise
     try:
         read_map_text(map_path)  # bounded, UTF-8 and not empty, before the simulator parses it
     except MapError as exc:

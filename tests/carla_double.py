@@ -43,6 +43,8 @@ class Server:
         self.tm_sync = False
         self.ids = itertools.count(100)
         self.world: World | None = None
+        self.extra_towns: dict[str, str] = {}  # towns only the server has: name -> a map file to stand in
+        self.loads: list[tuple[str, str]] = []
 
     def check(self) -> None:
         if self.dead:
@@ -75,12 +77,15 @@ class Client:  # carla.Client
         return self.server.world
 
     def get_available_maps(self) -> list[str]:
-        return ["/Game/Carla/Maps/Town01", "/Game/Carla/Maps/Town02"]
+        return [f"/Game/Carla/Maps/{town}" for town in ("Town01", "Town02", *self.server.extra_towns)]
 
     def load_world(self, map_name: str, reset_settings: bool = True) -> "World":
-        return self._new_world(read_map_text(find_map(map_name)), map_name, reset_settings)
+        self.server.loads.append(("load_world", map_name))
+        stand_in = self.server.extra_towns.get(map_name, map_name)
+        return self._new_world(read_map_text(find_map(stand_in)), map_name, reset_settings)
 
     def generate_opendrive_world(self, opendrive: str, parameters=None, reset_settings: bool = True) -> None:
+        self.server.loads.append(("generate_opendrive_world", ""))
         self._new_world(opendrive, "OpenDriveMap", reset_settings)
 
     def _new_world(self, text: str, name: str, reset_settings: bool) -> "World":

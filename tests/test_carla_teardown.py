@@ -93,6 +93,7 @@ def test_a_normal_drive_cleans_up(server) -> None:
     assert result.outcome["frames"] == 21 and not result.interrupted
     sync = [value for what, value in srv.log if what == "settings"]
     assert sync == [1, 0], "synchronous mode on for the drive, the server's own settings after"
+    assert srv.loads == [("generate_opendrive_world", "")], "a project map goes to the server as OpenDRIVE"
     standing = result.outcome  # the double's actors never move: the ego stays where it was spawned
     assert standing["off_road"] == 0 and standing["lane_departures"] == 0 and standing["route_progress_m"] < 1.0
     kinds = {a.type_id for a in srv.world.actors}
@@ -229,3 +230,29 @@ def test_collect_from_carla_writes_the_same_dataset_format(server, tmp_path) -> 
     assert len(coco["images"]) == 2 * rig and all((out / image["file_name"]).is_file() for image in coco["images"])
     assert manifest["splits"]["train"]["scenes"][0]["lighting"]["carla_weather"]
     _clean(srv)
+
+
+def test_a_town_only_the_server_has_is_loaded_by_name(server, scenario_file, tmp_path) -> None:
+    from stagepilot.pipeline.cli import main
+
+    srv = server()
+    path = scenario_file({"name": "town07_drive", "map": "Town07", "seed": 1, "duration_s": 0.5,
+                          "ego": {"start": {"road": 1, "lane": -1, "s": 20.0}, "goal": {"road": 1, "lane": -1, "s": 200.0}}})
+    srv.extra_towns = {"Town07": "straight"}  # the server has it; the map search path does not
+    status = main(["drive", "--sim", "carla", "--port", "2990", "--quiet", "--perception", "perfect",
+                   "--scenario", str(path), "--out", str(tmp_path / "run")])
+    assert status == 0 and ("load_world", "Town07") in srv.loads
+    _clean(srv)
+
+
+def test_a_town_neither_has_is_one_clear_error(server, scenario_file, tmp_path, capsys) -> None:
+    from stagepilot.pipeline.cli import main
+
+    server()
+    path = scenario_file({"name": "town99_drive", "map": "Town99", "duration_s": 0.5,
+                          "ego": {"start": {"x": 0, "y": 0}, "goal": {"x": 50, "y": 0}}})
+    status = main(["drive", "--sim", "carla", "--port", "2990", "--quiet", "--scenario", str(path),
+                   "--out", str(tmp_path / "run")])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert status == 1 and len(err) == 1
+    assert "map Town99: the server has no such town (it has Town01, Town02" in err[0]

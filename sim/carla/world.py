@@ -25,7 +25,7 @@ from stagepilot.core.camera import decode_frame, encode_frame
 from stagepilot.core.carla_frame import (to_world_xy, to_world_xyz, world_matrix, world_vector,
                                          world_yaw, world_yaw_rate)
 from stagepilot.core.config import StackConfig
-from stagepilot.core.maps import find_map, is_map_name, read_map_text
+from stagepilot.core.maps import is_map_name, read_map_text
 from stagepilot.core.messages import (Box2D, CameraImage, Control, EgoState, Event, GroundTruth, ObjectTruth, Observation,
                                       Route)
 from stagepilot.core.roadmap import MapError, RoadMap
@@ -116,9 +116,11 @@ class CarlaSimulator(Simulator):
         towns = {path.rsplit("/", 1)[-1]: path for path in available}
         if is_map_name(scenario.map) and scenario.map in towns:
             world = session.load_town(scenario.map)
+        elif scenario.map_path:
+            world = session.load_opendrive(read_map_text(scenario.map_path), scenario.map_path)
         else:
-            path = scenario.map_path or str(find_map(scenario.map))
-            world = session.load_opendrive(read_map_text(path), path)
+            raise CarlaError(f"{self.where}: {scenario.source}: map {scenario.map}: the server has no such town "
+                             f"(it has {', '.join(sorted(towns)) or 'none'}) and it is not on the map search path")
         carla_map = session.call("reading the map", world.get_map)
         name = carla_map.name.rsplit("/", 1)[-1]
         text = session.call("reading the map's OpenDRIVE", carla_map.to_opendrive)
