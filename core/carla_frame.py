@@ -79,6 +79,13 @@ def world_matrix(transform: carla.Transform) -> np.ndarray:
     return mirror @ np.asarray(transform.get_matrix(), float) @ mirror
 
 
+def forward_of(transform: carla.Transform, location: carla.Location, scale: float = 1.0) -> float:
+    """[m] how far ahead of `transform`'s origin, along its forward axis, a CARLA location lies
+    (`scale` turns its units into metres: 0.01 for the centimetres of wheel positions)."""
+    point = np.array([location.x * scale, location.y * scale, location.z * scale, 1.0])
+    return float((np.linalg.inv(np.asarray(transform.get_matrix(), float)) @ point)[0])
+
+
 def camera_mount(x: float, y: float, z: float, roll_deg: float, pitch_deg: float, yaw_deg: float,
                  rear_axle_x: float) -> carla.Transform:
     """A camera mounted at (x, y, z) [m] in the ego frame (origin on the ground under the rear

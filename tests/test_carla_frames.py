@@ -78,3 +78,13 @@ def test_a_camera_mount_looks_where_our_camera_pose_looks() -> None:
 def test_carla_intrinsics_centre_the_optical_axis_on_the_image() -> None:
     K = carla_camera_intrinsics(640, 360, 90.0)  # noqa: N806
     assert K[0, 0] == pytest.approx(320.0) and K[0, 2] == pytest.approx(319.5) and K[1, 2] == pytest.approx(179.5)
+
+
+def test_forward_of_measures_along_the_actor_heading() -> None:
+    from stagepilot.core.carla_frame import forward_of
+
+    transform = to_carla_transform(10.0, 5.0, 0.0, yaw=math.pi / 2)  # facing north
+    behind = to_carla_location(10.0, 3.6, 0.3)  # 1.4 m south of it
+    assert forward_of(transform, behind) == pytest.approx(-1.4, abs=1e-5)
+    in_cm = carla.Location(behind.x * 100, behind.y * 100, behind.z * 100)
+    assert forward_of(transform, in_cm, scale=0.01) == pytest.approx(-1.4, abs=1e-5)

@@ -22,7 +22,7 @@ import carla
 import numpy as np
 
 from stagepilot.core.camera import decode_frame, encode_frame
-from stagepilot.core.carla_frame import (to_world_xy, to_world_xyz, world_matrix, world_vector,
+from stagepilot.core.carla_frame import (forward_of, to_world_xy, to_world_xyz, world_matrix, world_vector,
                                          world_yaw, world_yaw_rate)
 from stagepilot.core.config import StackConfig
 from stagepilot.core.maps import is_map_name, read_map_text
@@ -178,9 +178,8 @@ class CarlaSimulator(Simulator):
         physics = self.session.call("reading the ego's physics", self.ego_actor.get_physics_control)
         wheels = list(getattr(physics, "wheels", []) or [])
         if len(wheels) == 4:  # wheel positions are world locations in cm; FL, FR, RL, RR
-            inverse = np.linalg.inv(np.asarray(self.ego_actor.get_transform().get_matrix(), float))
-            xs = [float((inverse @ np.array([w.position.x / 100, w.position.y / 100, w.position.z / 100, 1.0]))[0])
-                  for w in wheels[2:]]
+            transform = self.ego_actor.get_transform()
+            xs = [forward_of(transform, w.position, scale=0.01) for w in wheels[2:]]
             if abs(float(np.mean(xs)) - self.ego_box_x) < box.extent.x:  # inside the body: believable
                 rear = float(np.mean(xs))
         self.rear_axle_x = rear
