@@ -79,6 +79,7 @@ def recording_info(path: str | Path) -> dict[str, Any]:
             "checkpoint_sha256": meta.get("checkpoint_sha256", ""),
             "message_version": meta.get("message_version", ""),
             "outcome": _json_or_text(outcome["outcome"]) if outcome and "outcome" in outcome else None,
+            "simulator": dict(rec.meta.get("simulator", {"simulator": "embedded"})),
         }
 
 
@@ -118,6 +119,14 @@ def _json_or_text(text: str) -> Any:
         return text
 
 
+def _simulator(sim: dict[str, str]) -> str:
+    if sim.get("simulator") != "carla":
+        return sim.get("simulator", "embedded")
+    line = (f"CARLA {sim.get('server_version', '?')} at {sim.get('server', '?')}, map {sim.get('map', '?')}, "
+            f"client {sim.get('client_version', '?')}")
+    return line + (f"; CARLA recorder file {sim['carla_recorder_file']}" if sim.get("carla_recorder_file") else "")
+
+
 def format_info(info: dict[str, Any]) -> str:
     """`recording_info`'s dict as the text `stagepilot recording info` prints."""
     size = info["size_bytes"]
@@ -141,6 +150,7 @@ def format_info(info: dict[str, Any]) -> str:
         f"frames       {frames}",
         f"scenario     {info['scenario']} (seed {info['scenario_seed']})",
         f"perception   {info['perception']} (seed {info['perception_seed']}); faults seed {info['faults_seed']}",
+        f"simulator    {_simulator(info['simulator'])}",
         f"camera       {info['camera']}, dt {info['dt_s']} s, time model {info['time_model']}",
         f"config hash  {info['config_hash']}",
         f"git commit   {info['git_commit'] or '(unknown)'}{' (dirty)' if info['git_dirty'] else ''}",

@@ -190,6 +190,9 @@ def test_a_carla_drive_replays_with_no_server(server, tmp_path, capsys) -> None:
     simulator = _metadata(out / "drive.mcap")["simulator"]
     assert simulator["simulator"] == "carla" and simulator["server"] == "localhost:2990"
     assert simulator["carla_recorder_file"] == "stagepilot-lead_vehicle_braking-2.log"
+    capsys.readouterr()
+    assert main(["recording", "info", str(out / "drive.mcap")]) == 0
+    assert "CARLA 0.9.16 at localhost:2990, map OpenDriveMap" in capsys.readouterr().out
     dead = Server(fail_at_tick=1, failure=RuntimeError("no server"), gone=True)
     dead.dead = True
     Client.server = dead  # any call to a server now fails: the replay must make none

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import carla
 
-from stagepilot.sim.carla.connection import Endpoint, has_api
+from stagepilot.sim.carla.connection import CarlaError, Endpoint, has_api
 
 
 class CarlaSession:
@@ -40,6 +40,8 @@ class CarlaSession:
         """`function(*args)`, with a server failure turned into one CarlaError naming `doing`."""
         try:
             return function(*args, **kwargs)
+        except CarlaError:
+            raise  # already one message
         except RuntimeError as exc:
             raise self.endpoint.error(doing, exc) from None
 
