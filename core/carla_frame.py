@@ -87,13 +87,14 @@ def forward_of(transform: carla.Transform, location: carla.Location, scale: floa
 
 
 def camera_mount(x: float, y: float, z: float, roll_deg: float, pitch_deg: float, yaw_deg: float,
-                 rear_axle_x: float) -> carla.Transform:
+                 rear_axle_x: float, ground_z: float = 0.0) -> carla.Transform:
     """A camera mounted at (x, y, z) [m] in the ego frame (origin on the ground under the rear
     axle), angles [deg] as `core/camera.py` has them (positive pitch looks down), as the
-    carla.Transform relative to the vehicle actor. The rear axle sits at x = `rear_axle_x` [m]
-    in the actor's frame (negative: behind the actor's origin), whose origin is on the ground."""
+    carla.Transform relative to the vehicle actor. The ego frame's origin sits at
+    (`rear_axle_x`, 0, `ground_z`) [m] in the actor's frame: the rear axle behind the actor's
+    origin (negative x), the ground under its wheels (the bottom of its bounding box)."""
     return carla.Transform(
-        carla.Location(x=float(x + rear_axle_x), y=float(-y), z=float(z)),
+        carla.Location(x=float(x + rear_axle_x), y=float(-y), z=float(z + ground_z)),
         carla.Rotation(pitch=-float(pitch_deg), yaw=-float(yaw_deg), roll=float(roll_deg)),
     )
 

@@ -28,7 +28,8 @@ def _copy(settings):
 
 class Server:
     """What the double's server saw. `fail_at_tick`: tick number whose call raises `failure`
-    (tick 1 places the ego, tick k + 2 makes frame k); with `gone`, every later call raises it
+    (tick 1 places the ego, tick 2 warms the sensors up, tick k + 3 makes frame k); with `gone`,
+    every later call raises it
     too (the server died)."""
 
     def __init__(self, fail_at_tick: int | None = None, failure: BaseException | None = None, gone: bool = False):
@@ -139,7 +140,13 @@ class World:  # carla.World
         self.server.check()
 
     def freeze_all_traffic_lights(self, frozen: bool) -> None:
-        pass
+        self.server.log.append(("freeze_lights", int(frozen)))
+
+    def reset_all_traffic_lights(self) -> None:
+        self.server.log.append(("reset_lights", 0))
+
+    def set_pedestrians_cross_factor(self, percentage: float) -> None:
+        self.server.log.append(("cross_factor", int(100 * percentage)))
 
     def try_spawn_actor(self, blueprint, transform, attach_to=None):
         self.server.check()
@@ -195,7 +202,7 @@ class Actor:  # carla.Actor, Vehicle, Walker, Sensor, WalkerAIController
         self.transform = transform if parent is None else parent.get_transform()
         self.bounding_box = carla.BoundingBox(carla.Location(0, 0, 0.75), carla.Vector3D(2.4, 1.0, 0.75))
         self.callback = None
-        self.is_listening = False
+        self.listening = False
 
     def get_transform(self):
         return self.transform
@@ -228,10 +235,13 @@ class Actor:  # carla.Actor, Vehicle, Walker, Sensor, WalkerAIController
         pass
 
     def listen(self, callback) -> None:
-        self.callback, self.is_listening = callback, True
+        self.callback, self.listening = callback, True
+
+    def is_listening(self) -> bool:
+        return self.listening
 
     def stop(self) -> None:
-        self.is_listening = False
+        self.listening = False
         self.server.log.append(("stop", self.id))
 
     def start(self) -> None:

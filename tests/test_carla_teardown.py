@@ -126,14 +126,14 @@ def test_observations_place_the_ego_and_actors_where_the_plan_put_them(server) -
 
 
 def test_an_exception_mid_drive_cleans_up_and_names_the_server(server) -> None:
-    srv = server(fail_at_tick=7, failure=RuntimeError("time-out of 10000ms while waiting for the simulator"))
+    srv = server(fail_at_tick=8, failure=RuntimeError("time-out of 10000ms while waiting for the simulator"))
     with pytest.raises(CarlaError, match=r"CARLA at localhost:2990: ticking frame 5: the server did not answer"):
         drive(_config(), _scenario())
     _clean(srv)
 
 
 def test_ctrl_c_mid_drive_cleans_up(server) -> None:
-    srv = server(fail_at_tick=7, failure=KeyboardInterrupt())
+    srv = server(fail_at_tick=8, failure=KeyboardInterrupt())
     result = drive(_config(), _scenario())
     assert result.interrupted and result.outcome["frames"] == 5
     _clean(srv)
@@ -204,7 +204,7 @@ def test_a_carla_drive_replays_with_no_server(server, tmp_path, capsys) -> None:
 def test_a_lost_connection_leaves_a_readable_run_folder(server, tmp_path, capsys) -> None:
     import json
 
-    srv = server(fail_at_tick=9, failure=RuntimeError("time-out of 10000ms while waiting for the simulator"),
+    srv = server(fail_at_tick=10, failure=RuntimeError("time-out of 10000ms while waiting for the simulator"),
                  gone=True)
     status, out = _drive_cli(tmp_path)
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("stagepilot: error")]
@@ -259,3 +259,27 @@ def test_a_town_neither_has_is_one_clear_error(server, scenario_file, tmp_path, 
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert status == 1 and len(err) == 1
     assert "map Town99: the server has no such town (it has Town01, Town02" in err[0]
+
+
+def test_lights_frozen_for_a_drive_are_running_again_after_it(server) -> None:
+    srv = server()
+    drive(_config(), _scenario("lead_vehicle_braking", "traffic_lights.enabled=false"))
+    lights = [entry for entry in srv.log if entry[0] in ("freeze_lights", "reset_lights")]
+    assert lights == [("freeze_lights", 1), ("freeze_lights", 0), ("reset_lights", 0)]
+    _clean(srv)
+
+
+def test_a_cut_in_is_asked_for_until_the_car_changes_lane(server, monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(carla_double.TrafficManager, "force_lane_change",
+                        lambda self, actor, direction: calls.append(direction), raising=True)
+    from stagepilot.sim.scenario import Behaviour
+
+    srv = server()
+    scenario = _scenario("lead_vehicle_braking")
+    cut_in = Behaviour(action="cut_in", at_t=0.2, side="right", duration_s=0.3)
+    car = scenario.actors[0].model_copy(update={"behaviours": [cut_in]})
+    drive(_config(), scenario.model_copy(update={"actors": [car]}))
+    # the double's car never moves: asked each tick from 0.2 s until 0.2 + 0.3 + 2 s (the 1 s drive ends first)
+    assert len(calls) == 16 and all(calls)
+    _clean(srv)

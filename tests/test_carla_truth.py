@@ -161,3 +161,12 @@ def test_semantic_tag_keeps_the_box_to_the_objects_own_pixels() -> None:
     assert (x0, x1) == (300, 340)
     semantic[:] = palette.SKY
     assert project_boxes([board], SPEC.K, T_CAM, _sky(), semantic) == {}
+
+
+def test_an_actors_own_semantic_tags_count_as_its_pixels() -> None:
+    """A truck is a vehicle to the stack but its pixels are Truck (15) on CARLA's semantic camera."""
+    truck = Box3D(12, palette.CAR, (15.0, 0.0, 1.6), 0.0, (8.0, 2.5, 3.2))
+    semantic = np.full((SPEC.height, SPEC.width), palette.TRUCK, np.uint8)
+    assert project_boxes([truck], SPEC.K, T_CAM, _sky(), semantic) == {}
+    tagged = Box3D(12, palette.CAR, (15.0, 0.0, 1.6), 0.0, (8.0, 2.5, 3.2), other_tags=(palette.TRUCK,))
+    assert project_boxes([tagged], SPEC.K, T_CAM, _sky(), semantic)[12][4] == 1.0

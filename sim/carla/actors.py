@@ -18,9 +18,10 @@ import carla
 
 from stagepilot.core.carla_frame import to_carla_location, to_carla_vector, to_world_xy
 from stagepilot.sim.carla.session import CarlaSession
-from stagepilot.sim.carla.spawn import SpawnSpec, pick_blueprint, spawn_with_retry
+from stagepilot.sim.carla.spawn import SpawnSpec, ground_z, pick_blueprint, spawn_with_retry
 from stagepilot.sim.scenario import Behaviour
 
+CUT_IN_GRACE_S = 2.0  # [s] past the behaviour's duration that a forced lane change is still asked for
 MAX_BRAKE_DECEL = 8.0  # [m/s^2] a full brake pedal on CARLA's cars, roughly
 WALK_ARRIVED_M = 0.5
 
@@ -32,6 +33,7 @@ class Npc:
     speed: float  # [m/s] desired
     behaviours: list[Behaviour] = field(default_factory=list)
     braking: float | None = None  # [m/s^2] a scripted brake holds the car (off the Traffic Manager)
+    cut_in: tuple[bool, float, int] | None = None  # (to the right, until t [s], from lane id) while pending
 
 
 @dataclass
@@ -48,12 +50,16 @@ class ScenarioActors:
 
     def __init__(self, session: CarlaSession, road_map, plan: list[SpawnSpec], where: str):
         self.session = session
+        self.road_map = road_map
         self.tm = session.traffic_manager
         self.npcs: list[Npc] = []
         self.walkers: list[Walker] = []
         self.statics: list = []
         world = session.world
         library = session.call("reading the blueprint library", world.get_blueprint_library)
+        if any(s.role == "pedestrian" and s.actor.controller == "ai" for s in plan):
+            # AI walkers keep to crosswalks unless allowed to cross anywhere (set before they spawn)
+            session.call("letting AI walkers cross the road", world.set_pedestrians_cross_factor, 1.0)
         for spec in plan:
             if spec.role == "ego":
                 continue
@@ -84,7 +90,7 @@ class ScenarioActors:
         self.tm.auto_lane_change(actor, False)
         self.tm.ignore_lights_percentage(actor, 0.0 if scripted is None or scripted.obey_traffic_lights else 100.0)
         if spec.route:
-            self.tm.set_path(actor, [to_carla_location(x, y) for x, y in spec.route])
+            self.tm.set_path(actor, [to_carla_location(x, y, ground_z(self.road_map, x, y)) for x, y in spec.route])
         initial = scripted.initial_speed if scripted is not None and scripted.initial_speed is not None else speed
         if initial > 0:
             actor.set_target_velocity(to_carla_vector(initial * math.cos(spec.yaw), initial * math.sin(spec.yaw)))
@@ -105,6 +111,7 @@ class ScenarioActors:
 
     def update(self, t: float, ego_xy: tuple[float, float], dt: float) -> None:
         """Fire the behaviours whose trigger has come and move the walkers, before a tick."""
+        self.t_now = t
         for npc in self.npcs:
             for behaviour in list(npc.behaviours):
                 at_t = behaviour.at_t is not None and t >= behaviour.at_t - 1e-9
@@ -114,6 +121,8 @@ class ScenarioActors:
                     npc.behaviours.remove(behaviour)
             if npc.braking is not None:
                 npc.actor.apply_control(carla.VehicleControl(throttle=0.0, brake=min(1.0, npc.braking / MAX_BRAKE_DECEL)))
+            if npc.cut_in is not None:
+                self._cut_in(npc, t)
         for walker in self.walkers:
             self._walk(walker, t, ego_xy)
 
@@ -129,7 +138,21 @@ class ScenarioActors:
         elif b.action == "set_speed":
             self.tm.set_desired_speed(npc.actor, float(b.speed) * 3.6)
         elif b.action == "cut_in":
-            self.tm.force_lane_change(npc.actor, b.side == "right")  # True: the lane on its right
+            npc.cut_in = (b.side == "right", self.t_now + b.duration_s + CUT_IN_GRACE_S, self._lane_id(npc.actor))
+
+    def _cut_in(self, npc: Npc, t: float) -> None:
+        """The Traffic Manager takes a forced lane change as a one-shot request that it may
+        drop (in a junction, too soon after another change): ask again each tick until the car
+        is on another lane, or the behaviour's time is up."""
+        right, until, lane = npc.cut_in
+        if t > until or self._lane_id(npc.actor) != lane:
+            npc.cut_in = None
+            return
+        self.tm.force_lane_change(npc.actor, right)  # True: the lane on its right
+
+    def _lane_id(self, actor) -> int | None:
+        lane = self.road_map.waypoint(*to_world_xy(actor.get_location()), project=True)
+        return None if lane is None else lane.lane_id
 
     def _walk(self, walker: Walker, t: float, ego_xy: tuple[float, float]) -> None:
         scripted = walker.spec.actor

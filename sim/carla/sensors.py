@@ -139,5 +139,5 @@ def camera_blueprint(library, kind: str, cam: CameraConfig):
     return blueprint
 
 
-def mount_transform(cam: CameraConfig, rear_axle_x: float):
-    return camera_mount(cam.x, cam.y, cam.z, cam.roll_deg, cam.pitch_deg, cam.yaw_deg, rear_axle_x)
+def mount_transform(cam: CameraConfig, rear_axle_x: float, ground_z: float = 0.0):
+    return camera_mount(cam.x, cam.y, cam.z, cam.roll_deg, cam.pitch_deg, cam.yaw_deg, rear_axle_x, ground_z)

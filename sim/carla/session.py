@@ -9,9 +9,14 @@ stops answering ends the teardown at once with a message, not one timeout per ac
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import carla
 
 from stagepilot.sim.carla.connection import CarlaError, Endpoint, has_api
+
+
+LOAD_TIMEOUT_S = 120.0  # [s] for a map load, which can take a minute on a first load
 
 
 class CarlaSession:
@@ -32,6 +37,7 @@ class CarlaSession:
         self.traffic_manager = None
         self.recorder_file: str | None = None
         self.changed_settings = False
+        self.froze_lights = False  # the lights were frozen for the drive (scenario lights off)
         self.closed = False
 
     # ------------------------------------------------------------ world and settings
@@ -49,7 +55,8 @@ class CarlaSession:
         """The server's world on `town` (loaded only when another map is up); our settings stay."""
         current = self.call("reading the current map", lambda: self.world.get_map().name)
         if current.rsplit("/", 1)[-1] != town:
-            self.world = self.call(f"loading {town}", self.client.load_world, town, False)
+            with self._load_timeout():
+                self.world = self.call(f"loading {town}", self.client.load_world, town, False)
         return self.world
 
     def load_opendrive(self, xodr_text: str, source: str):
@@ -57,10 +64,20 @@ class CarlaSession:
         parameters = carla.OpendriveGenerationParameters(vertex_distance=2.0, max_road_length=50.0,
                                                          wall_height=0.0, additional_width=0.6,
                                                          smooth_junctions=True, enable_mesh_visibility=True)
-        self.call(f"building a world from {source}", self.client.generate_opendrive_world, xodr_text,
-                  parameters, False)
+        with self._load_timeout():
+            self.call(f"building a world from {source}", self.client.generate_opendrive_world, xodr_text,
+                      parameters, False)
         self.world = self.call("reading the new world", self.client.get_world)
         return self.world
+
+    @contextmanager
+    def _load_timeout(self):
+        """Loading a town or building a mesh takes longer than a tick: LOAD_TIMEOUT_S at least."""
+        self.client.set_timeout(max(self.timeout_s, LOAD_TIMEOUT_S))
+        try:
+            yield
+        finally:
+            self.client.set_timeout(self.timeout_s)
 
     def synchronous(self, dt_s: float, seed: int) -> None:
         """Synchronous mode with a fixed step of `dt_s` [s]; the Traffic Manager in step with the
@@ -108,6 +125,7 @@ class CarlaSession:
         problems: list[str] = []
         steps = [("stopping sensors", self._stop_sensors),
                  ("stopping walkers' AI controllers", self._stop_controllers),
+                 ("restoring the traffic lights", self._restore_lights),
                  ("restoring the server's settings", self._restore_settings),
                  ("destroying our actors", self._destroy_actors),
                  ("stopping CARLA's recorder", self._stop_recorder)]
@@ -126,12 +144,18 @@ class CarlaSession:
 
     def _stop_sensors(self) -> None:
         for sensor in self.sensors:
-            if sensor.is_listening:
+            if sensor.is_listening():
                 sensor.stop()
 
     def _stop_controllers(self) -> None:
         for controller in self.controllers:
             controller.stop()
+
+    def _restore_lights(self) -> None:
+        if self.froze_lights:  # frozen lights stay frozen until a map reload: undo it
+            self.world.freeze_all_traffic_lights(False)
+            self.world.reset_all_traffic_lights()
+            self.froze_lights = False
 
     def _restore_settings(self) -> None:
         if self.traffic_manager is not None:

@@ -34,6 +34,7 @@ class Box3D:
     center: tuple[float, float, float]  # [m] box centre
     yaw: float  # [rad] about world z, CCW from +x
     extent: tuple[float, float, float]  # [m] FULL length, width, height
+    other_tags: tuple[int, ...] = ()  # further tags its pixels may show (an actor's semantic_tags)
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def project_boxes(
         hit, entry_z = _ray_hits(cam_box, K_inv, window)
         c0, r0, c1, r1 = window
         unoccluded = hit & (depth[r0:r1, c0:c1] >= entry_z - depth_tolerance_m)
-        own = unoccluded if semantic is None else unoccluded & (semantic[r0:r1, c0:c1] == box.tag)
+        own = unoccluded if semantic is None else unoccluded & np.isin(semantic[r0:r1, c0:c1], (box.tag, *box.other_tags))
         if np.count_nonzero(own) < max(min_pixels, 1):
             continue
         rows, cols = np.nonzero(own.any(axis=1))[0], np.nonzero(own.any(axis=0))[0]

@@ -50,6 +50,7 @@ WEATHER = {"clear_noon": "ClearNoon", "overcast": "CloudyNoon", "dusk": "ClearSu
            "night": "ClearNight"}
 LIGHT_STATES = {carla.TrafficLightState.Red: "red", carla.TrafficLightState.Yellow: "yellow",
                 carla.TrafficLightState.Green: "green"}
+KERBS = ("static.sidewalk",)
 TRUTH_RANGE_M = 120.0  # [m] objects farther than this from the ego are left out of the ground truth
 
 
@@ -163,8 +164,11 @@ class CarlaSimulator(Simulator):
             session.start_recorder(str(Path(f"stagepilot-{scenario.name}-{scenario.seed}.log")))
         self.t, self.frame, self._ended = 0.0, 0, False
         self.events: list[Event] = []
-        self._world_hits: dict[int, float] = {}
+        self._world_hits: dict[object, float] = {}  # when each thing of the world was last hit [s]
         self.monitor = EventMonitor(self.road_map, self.route.path, self.lights)
+        warm = session.tick("warming up the sensors")  # a new camera may skip its first tick
+        for queue in self.queues.values():
+            queue.drop_through(warm)
         self._server_frame = session.tick("ticking the first frame")
         return self._observe(self._events())
 
@@ -183,6 +187,7 @@ class CarlaSimulator(Simulator):
             if abs(float(np.mean(xs)) - self.ego_box_x) < box.extent.x:  # inside the body: believable
                 rear = float(np.mean(xs))
         self.rear_axle_x = rear
+        self.ground_z = float(box.location.z - box.extent.z)  # the ground under the wheels, actor frame
         self.max_steer_rad = math.radians(float(wheels[0].max_steer_angle)) if wheels else 0.61
 
     def _sensors(self, library) -> None:
@@ -194,7 +199,7 @@ class CarlaSimulator(Simulator):
             for kind in kinds:
                 sensor = session.track(session.call(
                     f"spawning camera {name} ({kind})", session.world.spawn_actor, camera_blueprint(library, kind, spec.config),
-                    mount_transform(spec.config, self.rear_axle_x), self.ego_actor), "sensor")
+                    mount_transform(spec.config, self.rear_axle_x, self.ground_z), self.ego_actor), "sensor")
                 queue = self.queues[(name, kind)] = SensorQueue(f"{name}/{kind}")
                 sensor.listen(queue.put)
         self.collisions = EventSensor("collision")
@@ -225,7 +230,9 @@ class CarlaSimulator(Simulator):
                 by_lane.setdefault((wp.road_id, wp.lane_id), light)
         if not scenario.traffic_lights.enabled:
             world.freeze_all_traffic_lights(True)
+            self.session.froze_lights = True  # undone at close: a frozen light outlives the drive
             return []
+        world.reset_all_traffic_lights()  # the new times from t = 0, whatever the server ran before
         bound = []
         for head in self.road_map.signal_heads:
             light = next((by_lane[(k[0], k[2])] for k in head.stop_line.lane_keys if (k[0], k[2]) in by_lane), None)
@@ -282,17 +289,23 @@ class CarlaSimulator(Simulator):
             other = hit.other_actor
             if other is not None and other.id in known or ego_speed < COLLISION_MIN_SPEED:
                 continue  # actors' contacts are the monitor's (same rules as the embedded simulator)
-            key = other.id if other is not None else -1
+            what = other.type_id if other is not None else "static.unknown"
+            if what in KERBS:
+                continue  # riding onto a kerb is not a collision (Leaderboard)
+            # The world's own meshes all come as actor 0 ("static.<tag>"): one per tag and place.
+            ego = self.ego_agent()
+            key = other.id if other is not None and other.id else (what, round(ego.x / 5.0), round(ego.y / 5.0))
+            t = max(0.0, round(self.t - (self._server_frame - int(hit.frame)) * self.dt, 9))  # its own frame's time
             last = self._world_hits.get(key)
-            if last is not None and self.t - last < COLLISION_REPEAT_S:
+            if last is not None and t - last < COLLISION_REPEAT_S:
                 continue  # the sensor reports every frame of a contact: one collision per 5 s
-            self._world_hits[key] = self.t
-            what = other.type_id if other is not None else "the world"
-            events.append(Event(self.t, "collision", f"collision with static {what} at {ego_speed:.1f} m/s",
-                                other.id if other is not None else None))
+            self._world_hits[key] = t
+            events.append(Event(t, "collision", f"collision with static {what} at {ego_speed:.1f} m/s",
+                                other.id if other is not None and other.id else None))
         for crossing in self.invasions.drain(self._server_frame):
             markings = ", ".join(sorted({str(m.type) for m in crossing.crossed_lane_markings}))
-            events.append(Event(self.t, "lane_invasion", f"crossed {markings}"))
+            t = max(0.0, round(self.t - (self._server_frame - int(crossing.frame)) * self.dt, 9))
+            events.append(Event(t, "lane_invasion", f"crossed {markings}"))
         return events
 
     # ------------------------------------------------------------ state
@@ -305,12 +318,14 @@ class CarlaSimulator(Simulator):
         """Every vehicle, walker and prop on the server but the ego, from the actor list."""
         found = []
         self._box_z: dict[int, float] = {}
+        self._tags: dict[int, tuple[int, ...]] = {}
         for actor in self.session.call("listing the actors", self.session.world.get_actors):
             kind = next((k for prefix, k in KIND_BY_PREFIX if actor.type_id.startswith(prefix)), None)
             if kind is None or actor.id == self.ego_actor.id:
                 continue
             x, y, yaw, size = _box(actor)
             self._box_z[actor.id] = _box_z(actor)
+            self._tags[actor.id] = tuple(int(t) for t in getattr(actor, "semantic_tags", ()) or ())
             vx, vy, _ = world_vector(actor.get_velocity())
             speed = vx * math.cos(yaw) + vy * math.sin(yaw)
             found.append(Agent(actor.id, kind, x, y, yaw, speed, size, (0, 0, 0)))
@@ -386,14 +401,15 @@ class CarlaSimulator(Simulator):
         """Ground truth of the actors near the ego: 3D boxes from the actor list, 2D boxes in
         each camera from them with occlusion from its depth and semantic images."""
         c, s = math.cos(ego.yaw), math.sin(ego.yaw)
-        ego_z = to_world_xyz(self.ego_actor.get_transform().location)[2]
+        ego_z = to_world_xyz(self.ego_actor.get_transform().location)[2] + self.ground_z
         near, boxes = [], []
         for agent in self.agents():
             if math.hypot(agent.x - ego.x, agent.y - ego.y) > TRUTH_RANGE_M:
                 continue
             near.append(agent)
+            # its semantic tags (a truck's pixels are Truck, not Car), the kind's as a fallback
             boxes.append(Box3D(agent.id, KIND_TAGS[agent.kind], (agent.x, agent.y, self._box_z[agent.id]),
-                               agent.yaw, agent.size))
+                               agent.yaw, agent.size, self._tags.get(agent.id, ())))
         lamp_of: dict[int, int] = {}  # a light's lamp boxes get ids of their own, then merge
         for light in self.lights:
             near.append(light)
@@ -402,7 +418,7 @@ class CarlaSimulator(Simulator):
                 lamp_of[lamp_id] = light.id
                 boxes.append(replace(box, id=lamp_id))
         T_world_ego = world_matrix(self.ego_actor.get_transform())  # noqa: N806
-        T_world_ego[:3, 3] += T_world_ego[:3, 0] * self.rear_axle_x
+        T_world_ego[:3, 3] += T_world_ego[:3, 0] * self.rear_axle_x + T_world_ego[:3, 2] * self.ground_z
         boxes_2d = {name: _merge_lamps(project_boxes(boxes, spec.K, T_world_ego @ spec.T_ego_cam, depth[name],
                                                      semantic.get(name)), lamp_of)
                     for name, spec in self.specs.items() if name in depth}
