@@ -283,3 +283,29 @@ def test_a_cut_in_is_asked_for_until_the_car_changes_lane(server, monkeypatch) -
     # the double's car never moves: asked each tick from 0.2 s until 0.2 + 0.3 + 2 s (the 1 s drive ends first)
     assert len(calls) == 16 and all(calls)
     _clean(srv)
+
+
+def test_a_taken_spawn_point_is_retried_nearby_and_a_failure_names_the_actor(server, monkeypatch) -> None:
+    real = carla_double.World.try_spawn_actor
+    tried: list[tuple[str, float]] = []
+
+    def crowded(self, blueprint, transform, attach_to=None):
+        if blueprint.id.startswith("vehicle.") and blueprint.id != "vehicle.lincoln.mkz_2020":
+            tried.append((blueprint.id, transform.location.x))
+            if len(tried) < 3 or self.server.crowded:
+                return None  # the place is taken
+        return real(self, blueprint, transform, attach_to)
+
+    monkeypatch.setattr(carla_double.World, "try_spawn_actor", crowded)
+    srv = server()
+    srv.crowded = False
+    drive(_config(), _scenario())
+    assert len(tried) == 3 and len({x for _, x in tried}) == 3, "retried at other places along the lane"
+    _clean(srv)
+    tried.clear()
+    srv = server()
+    srv.crowded = True
+    with pytest.raises(CarlaError, match=r"could not spawn actors\.0 \(vehicle\.[a-z0-9_.]+\) at \(.*\) or within 6 m"):
+        drive(_config(), _scenario())
+    assert len(tried) == 7
+    assert srv.spawned and not srv.alive(), "the ego and its sensors were destroyed after the failed spawn"
