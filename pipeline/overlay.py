@@ -207,7 +207,7 @@ class FrameDrawer:
             (f"t {record.t:6.2f} s   frame {record.frame}   speed {record.ego.speed:5.2f} m/s   "
              + f"limit {obs.route.speed_limit:.1f} m/s", TEXT_BGR),
             (f"plan: {plan.reason}" if plan is not None else "plan: none", TEXT_BGR),
-            (f"ms: {stages}   charged delay {record.charged_delay_s * 1e3:.0f}", TEXT_BGR),
+            (f"ms: {stages}   sensor to actuator {record.sensor_to_actuator_s * 1e3:.0f}", TEXT_BGR),
             *[(f"MISS {line}", MISS_BGR) for line in record.misses[:3]],
             *([(f"FAIL-SAFE: {record.failsafe}", MISS_BGR)] if record.failsafe else []),
             *[(f"{e.t:6.2f} s {e.kind}: {e.detail}", EVENT_BGR) for e in self.recent_events],

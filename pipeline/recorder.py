@@ -221,7 +221,8 @@ class Recorder:
             yield "/stagepilot/control", codec.dumps(control)
         yield "/stagepilot/runtime", codec.dumps({
             "t": record.t, "frame": record.frame, "ran": list(calls), "control": record.control,
-            "stage_ms": record.stage_ms, "charged_delay_s": record.charged_delay_s, "misses": record.misses,
+            "stage_ms": record.stage_ms, "charged_delay_s": record.charged_delay_s,
+            "sensor_to_actuator_s": record.sensor_to_actuator_s, "misses": record.misses,
             "failsafe": record.failsafe, "events": record.events, "ego": record.ego,
             "route_progress": obs.route_progress,
             "decision": record.plan.decision if record.plan is not None else None})

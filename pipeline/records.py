@@ -20,9 +20,12 @@ class FrameRecord:
     perception: Perception | None
     events: tuple[Event, ...]  # sim and runtime events this frame (duplicates of obs.events are dropped)
     stage_ms: dict[str, float]  # measured latency of each stage this frame [ms]
-    charged_delay_s: float  # sensor-to-actuator latency the time model charged [s]
+    charged_delay_s: float  # [s] from the frame to its command's ready time, as the time model charged it
     misses: tuple[str, ...] = ()  # e.g. "planner: 23.1 ms > 15 ms budget (hold)"
     failsafe: str | None = None  # why the fail-safe was active, None when it was not
+    # [s] from the capture of the camera frame the command was computed from (a held
+    # perception's own frame) to the tick at which the command applies
+    sensor_to_actuator_s: float = 0.0
     # Each stage that ran this frame: name -> (its input arguments, its output as it returned
     # it, before any miss policy). Observers see it (a recording is made of it); the runtime's
     # kept records drop it.

@@ -48,7 +48,7 @@ class ResimTolerance(Strict):
 
 
 class ReplayTolerances(Strict):
-    ignore: list[str] = ["stage_ms", "charged_delay_s"]  # timing-only fields
+    ignore: list[str] = ["stage_ms", "charged_delay_s", "sensor_to_actuator_s"]  # timing-only fields
     perception: PerceptionTolerance = PerceptionTolerance()
     planner: StageTolerance = StageTolerance()
     controller: StageTolerance = StageTolerance()

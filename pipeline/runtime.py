@@ -20,7 +20,8 @@ numbers, an ego state that is not finite, or a plan or control that is not finit
 the remaining stages and command `runtime.failsafe_brake`. Stages refuse such input rather
 than brake on their own. The command computed for frame k applies from tick
 k + round(latency / dt) until a newer one replaces it; the latency charged to each frame is
-recorded.
+recorded, and so is its sensor-to-actuator latency: from the capture of the camera frame
+behind the command (a held perception's or a held plan's own frame) to that tick.
 """
 
 from __future__ import annotations
@@ -146,6 +147,9 @@ class StagedRuntime:
         self.wall0 = time.perf_counter()
         self._ready: list[_Ready] = []
         self._last_plan: Plan | None = None
+        # planner outputs: (plan, sim time it was ready, capture time of the frame behind it)
+        self._plans: list[tuple[Plan, float, float]] = []
+        self._source_t: dict[float, float] = {}  # a plan's frame time -> the capture time behind it
         self._last_control: Control = NO_COMMAND
         self._schedule: dict[int, tuple[int, Control]] = {}  # due tick -> (source frame, command)
         self._applied, self._applied_frame = NO_COMMAND, -1
@@ -201,19 +205,22 @@ class StagedRuntime:
         plan, control = self._last_plan, self._last_control
         if failsafe is None:
             plan, ready_t, failsafe = self._run("planner", frame, ready_t, misses, measured, calls,
-                                                (ego, obs.route, used, t), lambda due: self._held_plan(ego, t))
+                                                (ego, obs.route, used, t), lambda due: self._held_plan(ego, t, due))
         if failsafe is None:
             control, ready_t, failsafe = self._run("controller", frame, ready_t, misses, measured, calls,
                                                    (ego, plan, t), lambda due: self._last_control)
         if failsafe is None:
             self._last_plan = plan
+            source_t = self._source_t.get(plan.t, used.t)  # a held plan: the frame it came from
         else:
             control, ready_t = self._failsafe(frame, failsafe), max(ready_t, t)
+            source_t = used.t
         self._last_control = control
-        delay_s = self._schedule_command(frame, t, ready_t, control)
+        delay_s, applies_t = self._schedule_command(frame, t, ready_t, control)
         record = FrameRecord(t=t, frame=frame, ego=ego, control=control, plan=plan, perception=used,
                              events=obs.events, stage_ms=measured, charged_delay_s=delay_s,
-                             misses=tuple(misses), failsafe=failsafe, calls=calls)
+                             misses=tuple(misses), failsafe=failsafe, calls=calls,
+                             sensor_to_actuator_s=applies_t - source_t)
         # Keep the log light: the semantic mask, the road surface and the stage calls go to
         # observers, not the records.
         self.records.append(dataclasses.replace(record, perception=dataclasses.replace(used, semantic=None, road=None),
@@ -226,6 +233,9 @@ class StagedRuntime:
         output, wall_s, latency_s = self._timed(name, frame, getattr(self.stack, name).step, *args)
         measured[name] = wall_s * 1e3
         calls[name] = (args, output)
+        if name == "planner" and plan_is_finite(output):  # a later frame may hold it
+            self._plans = [*self._plans[-63:], (output, start + latency_s, args[2].t)]
+            self._source_t = {p.t: source for p, _, source in self._plans}
         used, ready_t, failsafe = self._settle(name, output, latency_s, start, frame, misses, held)
         if OUTPUT_IS_FINITE[name](used):
             return used, ready_t, failsafe
@@ -252,8 +262,10 @@ class StagedRuntime:
         ready = [r for r in self._ready[:-1] if r.ready_t <= due + 1e-9]
         return reanchor_perception(ready[-1].perception, ready[-1].ego, ego, t) if ready else None
 
-    def _held_plan(self, ego: EgoState, t: float) -> Plan | None:
-        return None if self._last_plan is None else reanchor_plan(self._last_plan, ego, t)
+    def _held_plan(self, ego: EgoState, t: float, due: float) -> Plan | None:
+        """The newest earlier plan ready by `due`, re-anchored to the current pose."""
+        ready = [plan for plan, ready_t, _ in self._plans[:-1] if ready_t <= due + 1e-9]
+        return reanchor_plan(ready[-1], ego, t) if ready else None
 
     def _input_fault(self, obs: Observation, perception: Perception, when: float) -> str | None:
         """Why the planner cannot use this frame: stale or unusable perception, an ego state
@@ -276,16 +288,20 @@ class StagedRuntime:
                            args={"frame": frame, "reason": reason})
         return Control(brake=self.runtime.failsafe_brake)
 
-    def _schedule_command(self, frame: int, t: float, ready_t: float, control: Control) -> float:
-        """Schedule the frame's command for the tick its latency reaches; the charged delay [s]."""
+    def _schedule_command(self, frame: int, t: float, ready_t: float, control: Control) -> tuple[float, float]:
+        """Schedule the frame's command for the tick its latency reaches: (the charged delay [s],
+        the sim time of the tick at which the command applies [s])."""
         delay_s = 0.0 if self.runtime.time_model == "ideal" else ready_t - t
-        ticks = int(math.floor(delay_s / self.dt + 0.5))  # round half up
-        if self.runtime.pipelined:
-            ticks = max(ticks, 1)  # the step after this frame was already taken
+        ticks = self.ticks_for(delay_s)
         due = frame + ticks
         if due not in self._schedule or self._schedule[due][0] < frame:
             self._schedule[due] = (frame, control)
-        return delay_s
+        return delay_s, t + ticks * self.dt
+
+    def ticks_for(self, delay_s: float) -> int:
+        """The ticks after its frame at which a command `delay_s` [s] late applies."""
+        ticks = int(math.floor(delay_s / self.dt + 0.5))  # round half up
+        return max(ticks, 1) if self.runtime.pipelined else ticks  # pipelined: the next step was already taken
 
     def command_for_step(self, tick: int) -> Control:
         """The command in force during the step that starts at `tick`: the newest frame's

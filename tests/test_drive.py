@@ -74,7 +74,8 @@ def test_default_budget_drive_has_no_misses_and_a_latency_table(tmp_path):
     assert metrics["outcome"]["collisions"] == 0 and not metrics["outcome"]["interrupted"]
     assert all(row["misses"] == 0 for row in metrics["latency"].values())
     assert metrics["misses"] == [] and metrics["failsafes"] == []
-    assert metrics["sensor_to_actuator_ms"]["p50_ms"] == pytest.approx(45.0)
+    assert metrics["charged_delay_ms"]["p50_ms"] == pytest.approx(45.0)  # 25 + 15 + 5 ms of budgets
+    assert metrics["sensor_to_actuator_ms"]["p50_ms"] == pytest.approx(50.0)  # applies on the next tick
     run = read_json(out / "run.json")
     assert run["scenario"]["seed"] == 2
 

@@ -90,6 +90,10 @@ def test_late_perception_with_hold_still_stops_for_the_pedestrian():
     assert all(r.charged_delay_s == pytest.approx(0.245, abs=1e-6) for r in runtime.records[:4])
     # The planner works on perception that is 200 ms old, moved into the current frame.
     assert all(r.t - r.perception.t == pytest.approx(0.2, abs=1e-6) for r in runtime.records[5:])
+    # Sensor to actuator counts from that old frame's capture: 200 ms + 45 ms charged, on the
+    # next tick, never the charged 45 ms alone.
+    assert all(r.sensor_to_actuator_s >= 0.2 for r in runtime.records)
+    assert all(r.sensor_to_actuator_s == pytest.approx(0.25, abs=1e-6) for r in runtime.records[5:])
     assert seen["stopped"] and seen["closest"] >= 1.0
     assert "collision" not in [e.kind for e in sim.events]
     assert sim.monitor.route_completed
