@@ -212,7 +212,9 @@ def _drives_section(runs: dict) -> list[str]:
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {stamp(run['machine'])} |")
     lines += ["", "Per-stage latency on the wall clock. A miss is a stage over its budget in the time model's",
               "own terms; under `budget` a wall-clock overrun does not change the drive and is counted in",
-              "\"over budget (wall)\". Sensor-to-actuator is the latency charged from frame to command:", ""]
+              "\"over budget (wall)\". Sensor to actuator runs from the capture of the frame behind each "
+              "command (a held one's own) to the tick the command applies; the charged delay is the "
+              "runtime's part of it (drives recorded before the first was kept show the charged delay alone):", ""]
     for name, run in runs.items():
         lines += _latency_table(name, run)
     return lines
@@ -220,7 +222,6 @@ def _drives_section(runs: dict) -> list[str]:
 
 def _latency_table(name: str, run: dict) -> list[str]:
     m = run["metrics"]
-    s2a = m["sensor_to_actuator_ms"]
     lines = [f"**{name}** ({m['outcome']['frames']} frames; {stamp(run['machine'])})", "",
              "| stage | budget | p50 | p95 | p99 | max | misses | over budget (wall) |",
              "|---|---|---|---|---|---|---|---|"]
@@ -228,7 +229,8 @@ def _latency_table(name: str, run: dict) -> list[str]:
         p50 = ms(t["p50_ms"]) + (" (over budget)" if t["p50_ms"] > t["budget_ms"] else "")
         lines.append(f"| {stage} | {t['budget_ms']:g} ms | {p50} | {ms(t['p95_ms'])} | {ms(t['p99_ms'])} | "
                      f"{ms(t['max_ms'])} | {t['misses']} | {over_budget_text(t)} |")
-    lines.append(f"| sensor to actuator | | {ms(s2a['p50_ms'])} | | {ms(s2a['p99_ms'])} | {ms(s2a['max_ms'])} | | |")
+    for label, row in _delay_rows(m):
+        lines.append(f"| {label} | | {ms(row['p50_ms'])} | | {ms(row['p99_ms'])} | {ms(row['max_ms'])} | | |")
     extra = [f"{len(m.get('misses', []))} misses logged", f"{len(m.get('failsafes', []))} fail-safes"]
     return lines + ["", "; ".join(extra) + ".", ""]
 
@@ -340,7 +342,7 @@ def render_block(runs: dict, benches: dict, card: dict | None) -> str:
 
 def _default_drive_lines(run: dict) -> list[str]:
     m = run["metrics"]
-    o, t, s2a = m["outcome"], m["tracking"], m["sensor_to_actuator_ms"]
+    o, t = m["outcome"], m["tracking"]
     lines = [f"The default drive (`make drive`: {DEFAULT_DRIVE}, {drive_setup(run)}; "
              f"{stamp(run['machine'])}): {outcome_text(o, with_time=True)} ({route_text(o)}); "
              f"events: {events_text(o)}; rear-axle lateral error {t['lateral_rms_m']:.2f} m RMS "
@@ -350,10 +352,21 @@ def _default_drive_lines(run: dict) -> list[str]:
         p50 = ms(s["p50_ms"]) + (f" (over its {s['budget_ms']:g} ms budget)" if s["p50_ms"] > s["budget_ms"] else "")
         lines.append(f"| {stage} | {s['budget_ms']:g} ms | {p50} | {ms(s['p99_ms'])} | {ms(s['max_ms'])} | "
                      f"{s['misses']} | {over_budget_text(s)} |")
-    lines += ["", f"Sensor-to-actuator latency charged: p50 {ms(s2a['p50_ms'])}, max {ms(s2a['max_ms'])}. Under the",
+    delays = "; ".join(f"{label}: p50 {ms(row['p50_ms'])}, p99 {ms(row['p99_ms'])}, max {ms(row['max_ms'])}"
+                       for label, row in _delay_rows(m))
+    lines += ["", f"{delays[0].upper()}{delays[1:]}. Under the",
               "`budget` time model a wall-clock overrun is counted but does not change the drive; "
               "`--time-model measured` charges it.", ""]
     return lines
+
+
+def _delay_rows(m: dict) -> list[tuple[str, dict]]:
+    """(label, percentiles): sensor to actuator and the charged delay; a drive recorded before
+    the two were told apart has the charged delay under the first name."""
+    if "charged_delay_ms" not in m:
+        return [("charged delay", m["sensor_to_actuator_ms"])]
+    return [("sensor to actuator (capture to the command's tick)", m["sensor_to_actuator_ms"]),
+            ("charged delay", m["charged_delay_ms"])]
 
 
 def _sim_headline(r: dict) -> str:
