@@ -24,7 +24,8 @@ The QP over z = [x_0..x_N, u_0..u_{N-1}] (OSQP's MPC example layout; x_0 pinned 
 bounds) is set up once; each tick updates q, l, u and the values of P (diagonal) and A, with
 the same sparsity, warm-started (REFERENCE.md, Control practice). The command delay is
 compensated by propagating the measured state through the commands already sent
-(Autoware). When OSQP fails or returns non-finite numbers, the tick falls back to pure
+(Autoware): the delay the runtime charges under its time model (`expect_delay`, before each
+step) plus the configured `actuator_lag_s`. When OSQP fails or returns non-finite numbers, the tick falls back to pure
 pursuit + PID and is counted in `fallback_count`.
 """
 
@@ -43,6 +44,8 @@ from stagepilot.control.geometry import VehicleGeometry
 from stagepilot.control.longitudinal import emergency_pedals, hold_still
 from stagepilot.control.reference import PlanReference
 from stagepilot.control.tracker import PidTracker, check_inputs
+
+MAX_DELAY_TICKS = 64  # commands kept for the delay compensation
 from stagepilot.core.messages import Control, EgoState, Plan
 from stagepilot.core.config_control import MpcConfig, StandstillConfig
 
@@ -237,7 +240,7 @@ class MpcTracker:
         self.dt_s = dt_s
         self.qp = PathErrorQp(config, vehicle)
         self.fallback = fallback
-        self.delay_ticks = round(config.input_delay_s / dt_s)
+        self.command_delay_s = 0.0  # [s] the runtime's: from the frame to the tick its command applies
         self._lag_gain = 1.0 - math.exp(-dt_s / max(config.accel_time_constant_s, 1e-9))
         self.reset()
 
@@ -249,8 +252,22 @@ class MpcTracker:
     def setup_count(self) -> int:
         return self.qp.setup_count
 
+    def expect_delay(self, delay_s: float) -> None:
+        """The runtime says when this frame's command will apply: `delay_s` [s] after the frame
+        (0 under `ideal`; the charged latency, in whole ticks, under `budget` and `measured`)."""
+        self.command_delay_s = float(delay_s)
+
+    @property
+    def compensation_s(self) -> float:
+        """[s] the delay compensated: the runtime's command delay plus the actuator lag."""
+        return self.command_delay_s + self.config.actuator_lag_s
+
+    @property
+    def delay_ticks(self) -> int:
+        return round(self.compensation_s / self.dt_s)
+
     def reset(self) -> None:
-        self._sent: deque[tuple[float, float]] = deque(maxlen=max(self.delay_ticks, 1))
+        self._sent: deque[tuple[float, float]] = deque(maxlen=MAX_DELAY_TICKS)
         self.fallback.reset()
         self.fallback_count = 0  # ticks where OSQP failed and pure pursuit + PID drove
         self.solve_count = 0

@@ -123,12 +123,13 @@ class MpcConfig(Strict):
     accel_max_mps2: float = Field(3.0, gt=0.0, le=10.0)  # [m/s^2]
     # [s] first-order lag from acceleration command to acceleration (throttle lag of the sedan)
     accel_time_constant_s: float = Field(0.25, ge=0.0, le=2.0)
-    # [s] command-to-actuator delay; the initial state is propagated through the commands
-    # already sent in that time (Autoware). Tuned: the default stack's `budget` delay (45 ms,
-    # one 0.05 s tick) plus ~0.05 s for the tyres' lag that the kinematic model leaves out.
-    # Too little destabilises the loop (0.2 s of real delay uncompensated diverges); one or
-    # two ticks too much costs little (tests/test_control.py, docstring of mpc.py).
-    input_delay_s: float = Field(0.1, ge=0.0, le=1.0)
+    # [s] lag between a command's tick and the car's response that the runtime does not
+    # charge: the tyres' lag that the kinematic model leaves out. The MPC compensates the delay
+    # the runtime charges under its time model (the command's tick after its frame) plus this,
+    # by propagating the state through the commands already sent in that time (Autoware).
+    # Tuned with the `budget` delay (one 0.05 s tick): 0.05 s more tracks best; too little
+    # destabilises the loop, a tick too much costs little (tests/test_control.py).
+    actuator_lag_s: float = Field(0.05, ge=0.0, le=1.0)
     # [m] the station error is clipped to this, so a plan that starts far from the car does
     # not ask for a violent catch-up
     station_error_limit_m: float = Field(5.0, gt=0.0, le=100.0)

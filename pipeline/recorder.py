@@ -217,7 +217,8 @@ class Recorder:
             (ego, plan_in, t), control = calls["controller"]
             planned = calls.get("planner", (None, None))[1]
             yield "/stagepilot/controller/input", codec.dumps(
-                {"ego": ego, "t": t, "plan": "$plan" if plan_in is planned else plan_in})
+                {"ego": ego, "t": t, "plan": "$plan" if plan_in is planned else plan_in,
+                 "command_delay_s": record.controller_delay_s})
             yield "/stagepilot/control", codec.dumps(control)
         yield "/stagepilot/runtime", codec.dumps({
             "t": record.t, "frame": record.frame, "ran": list(calls), "control": record.control,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import struct
 import tempfile
 from dataclasses import dataclass, field
@@ -41,6 +42,25 @@ STAGE_INPUTS = {
 }
 RUNTIME = "/stagepilot/runtime"
 MCAP_MAGIC = b"\x89MCAP0\r\n"
+
+
+def migrate_config(data: dict) -> dict:
+    """A recorded config in today's schema. `controller.mpc.input_delay_s` (the whole delay
+    the MPC compensated, set by hand) became `actuator_lag_s` (what it compensates beyond the
+    delay the runtime charges): the same compensation is the old value less the tick the
+    recorded time model charged (none under `ideal`)."""
+    mpc = data.get("controller", {}).get("mpc", {})
+    if "input_delay_s" in mpc:
+        runtime, dt = data.get("runtime", {}), float(data.get("sim", {}).get("dt_s", 0.05))
+        charged = 0.0
+        if runtime.get("time_model", "budget") != "ideal":
+            stages = runtime.get("stages", {})
+            budget_s = sum(float(stages.get(name, {}).get("budget_ms", 0.0))
+                           for name in ("perception", "planner", "controller")) / 1e3
+            ticks = math.floor(budget_s / dt + 0.5)
+            charged = (max(ticks, 1) if runtime.get("pipelined") else ticks) * dt
+        mpc["actuator_lag_s"] = round(max(0.0, float(mpc.pop("input_delay_s")) - charged), 9)
+    return data
 
 
 @dataclass
@@ -163,7 +183,7 @@ class Recording:
             raise RecordingError(f"{self.path}: holds no config")
         with tempfile.TemporaryDirectory() as tmp:
             recorded = Path(tmp) / "recorded-config.yaml"
-            recorded.write_text(text)
+            recorded.write_text(yaml.safe_dump(migrate_config(yaml.safe_load(text)), sort_keys=False))
             return load_stack([recorded, *files], list(overrides))
 
     def scenario_data(self) -> dict[str, Any]:
@@ -304,6 +324,19 @@ class Recording:
         plan = self.plan(frame) if data["plan"] == "$plan" else self._decode(frame, data["plan"], Plan, "controller input plan")
         return (self._decode(frame, data["ego"], EgoState, "controller input ego"), plan,
                 self._decode(frame, data["t"], float, "controller input t"))
+
+    def controller_delay(self, frame: RecordedFrame, config: StackConfig) -> float:
+        """[s] the command delay the runtime told the controller on this frame. Recordings made
+        before it was recorded: the tick the recorded charged delay reached (which is what the
+        runtime tells), from the frame's runtime record."""
+        data = self._json(frame, "/stagepilot/controller/input")
+        if "command_delay_s" in data:
+            return self._decode(frame, data["command_delay_s"], float, "controller input command delay")
+        if config.runtime.time_model == "ideal":
+            return 0.0
+        charged = float(frame.runtime.get("charged_delay_s", 0.0))
+        ticks = math.floor(charged / config.sim.dt_s + 0.5)
+        return (max(ticks, 1) if config.runtime.pipelined else ticks) * config.sim.dt_s
 
     def control(self, frame: RecordedFrame) -> Control:
         return self._decode(frame, self._json(frame, "/stagepilot/control"), Control, "control")

@@ -26,6 +26,8 @@ class FrameRecord:
     # [s] from the capture of the camera frame the command was computed from (a held
     # perception's own frame) to the tick at which the command applies
     sensor_to_actuator_s: float = 0.0
+    # [s] when the runtime told the controller its command would apply (its delay compensation)
+    controller_delay_s: float = 0.0
     # Each stage that ran this frame: name -> (its input arguments, its output as it returned
     # it, before any miss policy). Observers see it (a recording is made of it); the runtime's
     # kept records drop it.

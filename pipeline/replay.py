@@ -181,6 +181,8 @@ def _replay(recording: Recording, stages, config_files, overrides, tolerances, s
             if name not in frame.ran:
                 continue
             args = _inputs(recording, frame, name)
+            if name == "controller" and hasattr(built[name], "expect_delay"):  # as the runtime told it
+                built[name].expect_delay(recording.controller_delay(frame, config))
             t0 = time.perf_counter()
             now = built[name].step(*args)
             report = result.stages[name]

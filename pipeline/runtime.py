@@ -152,6 +152,7 @@ class StagedRuntime:
         self._source_t: dict[float, float] = {}  # a plan's frame time -> the capture time behind it
         self._last_control: Control = NO_COMMAND
         self._schedule: dict[int, tuple[int, Control]] = {}  # due tick -> (source frame, command)
+        self.expected_delay_s = 0.0  # [s] the command delay the controller was last told
         self._applied, self._applied_frame = NO_COMMAND, -1
         self.records: list[FrameRecord] = []
         if self.runtime.pipelined and self.runtime.time_model == "ideal":
@@ -207,6 +208,7 @@ class StagedRuntime:
             plan, ready_t, failsafe = self._run("planner", frame, ready_t, misses, measured, calls,
                                                 (ego, obs.route, used, t), lambda due: self._held_plan(ego, t, due))
         if failsafe is None:
+            self._tell_controller(t, ready_t)
             control, ready_t, failsafe = self._run("controller", frame, ready_t, misses, measured, calls,
                                                    (ego, plan, t), lambda due: self._last_control)
         if failsafe is None:
@@ -220,12 +222,33 @@ class StagedRuntime:
         record = FrameRecord(t=t, frame=frame, ego=ego, control=control, plan=plan, perception=used,
                              events=obs.events, stage_ms=measured, charged_delay_s=delay_s,
                              misses=tuple(misses), failsafe=failsafe, calls=calls,
-                             sensor_to_actuator_s=applies_t - source_t)
+                             sensor_to_actuator_s=applies_t - source_t, controller_delay_s=self.expected_delay_s)
         # Keep the log light: the semantic mask, the road surface and the stage calls go to
         # observers, not the records.
         self.records.append(dataclasses.replace(record, perception=dataclasses.replace(used, semantic=None, road=None),
                                                 calls={}))
         return record
+
+    def _tell_controller(self, t: float, start: float) -> None:
+        """Tell the controller when its command will apply, for its delay compensation: the
+        tick the time model will charge, its own latency taken as its budget (`budget`) or its
+        last measured time (`measured`)."""
+        expect = getattr(self.stack.controller, "expect_delay", None)
+        if expect is None:
+            return
+        self.expected_delay_s = self.expected_command_delay(t, start)
+        expect(self.expected_delay_s)
+
+    def expected_command_delay(self, t: float, start: float) -> float:
+        """[s] from the frame at `t` to the tick its command will apply, the controller
+        starting at sim time `start`."""
+        if self.runtime.time_model == "ideal":
+            return self.ticks_for(0.0) * self.dt
+        samples = self.telemetry["controller"].samples_ms
+        own = self.budget_s["controller"]
+        if self.runtime.time_model == "measured" and samples:
+            own = samples[-1] / 1e3
+        return self.ticks_for(start - t + own + self.injected_s["controller"]) * self.dt
 
     def _run(self, name: str, frame: int, start: float, misses: list[str], measured: dict, calls: dict,
              args: tuple, held):

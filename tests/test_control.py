@@ -140,8 +140,13 @@ def track(path: Polyline, plan_for, controller, *, s_start: float = 0.0, s_end: 
 
 
 def controller_of(kind: str = "mpc", **sections) -> object:
+    """A controller as the default stack runs it: an MPC is told, as the runtime tells it under
+    the `budget` time model, that its commands apply one tick after their frame."""
     data = {"kind": kind, **sections}
-    return build_controller(ControllerConfig.model_validate(data), GEOMETRY, DT_S)
+    controller = build_controller(ControllerConfig.model_validate(data), GEOMETRY, DT_S)
+    if hasattr(controller, "expect_delay"):
+        controller.expect_delay(DT_S)
+    return controller
 
 
 def rms(values: np.ndarray) -> float:
@@ -313,14 +318,23 @@ def test_mpc_compensates_the_command_delay(curvy_lane):
     lane, _ = curvy_lane
 
     def lateral_rms(delay_s: float) -> float:
-        result = track(lane, lambda s, t: cruise_plan(lane, s, t, 15.0),
-                       controller_of("mpc", mpc={"input_delay_s": delay_s}), s_start=300.0, s_end=520.0,
+        controller = controller_of("mpc", mpc={"actuator_lag_s": 0.0})
+        controller.expect_delay(delay_s)  # what the runtime tells it before each step
+        result = track(lane, lambda s, t: cruise_plan(lane, s, t, 15.0), controller, s_start=300.0, s_end=520.0,
                        speed_mps=15.0, delay_ticks=4)
         return rms(result.lateral_m)
 
     compensated = lateral_rms(0.2)
     assert compensated < 0.05
     assert lateral_rms(0.0) > 3.0 * compensated
+
+
+def test_mpc_compensates_the_runtimes_delay_plus_the_actuator_lag():
+    controller = build_controller(ControllerConfig.model_validate({"kind": "mpc", "mpc": {"actuator_lag_s": 0.05}}),
+                                  GEOMETRY, DT_S)
+    assert controller.compensation_s == pytest.approx(0.05) and controller.delay_ticks == 1  # alone: the lag
+    controller.expect_delay(0.15)
+    assert controller.compensation_s == pytest.approx(0.2) and controller.delay_ticks == 4
 
 
 def test_mpc_falls_back_to_pure_pursuit_when_osqp_fails():

@@ -96,8 +96,8 @@ def test_a_table_entry_is_tuned_by_index_and_written_as_the_whole_table():
     base = load_stack()
     leaf = schema_leaf("controller.longitudinal.kp_v.1", base, "test")
     assert leaf.kind is float and leaf.container == "tuple"
-    tree = overlay({"controller.longitudinal.kp_v.1": 2.5, "controller.mpc.input_delay_s": 0.05}, base)
-    assert tree == {"controller": {"longitudinal": {"kp_v": [2.0, 2.5, 1.2]}, "mpc": {"input_delay_s": 0.05}}}
+    tree = overlay({"controller.longitudinal.kp_v.1": 2.5, "controller.mpc.actuator_lag_s": 0.05}, base)
+    assert tree == {"controller": {"longitudinal": {"kp_v": [2.0, 2.5, 1.2]}, "mpc": {"actuator_lag_s": 0.05}}}
     with pytest.raises(ConfigError, match=r"kp_v is a table of 3 entries; index it with 0..2"):
         schema_leaf("controller.longitudinal.kp_v.3", base, "test")
 
