@@ -31,9 +31,11 @@ from functools import partial
 
 import cv2
 import numpy as np
+import torch
 
 from stagepilot.core.config import LearnedPerceptionConfig
 from stagepilot.core.messages import CameraImage, Observation, Perception
+from stagepilot.core.spans import Spans
 from stagepilot.perception.checks import FrameCheck, ego_fault
 from stagepilot.perception.fusion import Placed, fuse, in_any_view, is_cut
 from stagepilot.perception.geometry import (
@@ -105,6 +107,8 @@ class LearnedPerception:
         self._seg_to_tags = lut
         self._road: RoadExtractor | None = None
         self._road_key: tuple | None = None
+        # the parts of the last call, for the trace and the latency table (core/spans.py)
+        self.spans = Spans(torch.cuda.synchronize if self.runner.device.type == "cuda" else None)
 
     def reset(self) -> None:
         self.tracker.reset()
@@ -125,32 +129,41 @@ class LearnedPerception:
         return ego_fault(obs.ego)
 
     def step(self, obs: Observation) -> Perception:
+        spans = self.spans
+        spans.restart()
         rig = self._rig(obs)
-        problem = self._problem(obs, rig)
+        with spans.part("checks"):
+            problem = self._problem(obs, rig)
         if problem is not None:
             return _unusable(obs, problem)
         images = [obs.cameras.get(name) for name in rig]
         if any(image is None for image in images):  # a run without cameras has nothing to perceive from
             return _unusable(obs, f"no {rig[images.index(None)]} camera in the observation")
-        outputs = self.runner.run([image.rgb for image in images])
+        outputs = self.runner.run([image.rgb for image in images], spans)
         if outputs[0].nonfinite:
             return _unusable(obs, f"network output is not finite ({', '.join(outputs[0].nonfinite)})")
-        placed, sightings = [], []
-        for out, image in zip(outputs, images):
-            more, lights = self._measurements(out, image)
-            placed += more
-            sightings += lights
-        views = [partial(ground_in_view, image) for image in images]
-        detections = self.tracker.update(obs.t, obs.ego, fuse(placed), in_view=partial(in_any_view, views))
+        with spans.part("placement"):
+            placed, sightings = [], []
+            for out, image in zip(outputs, images):
+                more, lights = self._measurements(out, image)
+                placed += more
+                sightings += lights
+        with spans.part("tracking"):
+            views = [partial(ground_in_view, image) for image in images]
+            detections = self.tracker.update(obs.t, obs.ego, fuse(placed), in_view=partial(in_any_view, views))
         if self.tracker.dropped_nonfinite:
             return _unusable(obs, f"tracker state is not finite (dropped track {list(self.tracker.dropped_nonfinite)})")
         main, seg = images[0], outputs[0].seg
-        semantic_small = self._seg_to_tags[seg]                                        # (h, w) CARLA tags
-        h0, w0 = main.rgb.shape[:2]
-        semantic = cv2.resize(semantic_small, (w0, h0), interpolation=cv2.INTER_NEAREST)
-        return Perception(t=obs.t, frame=obs.frame, detections=detections,
-                          traffic_light=self.lights.read(obs, sightings, images),
-                          semantic=semantic, road=self._road_surface(seg, main))
+        with spans.part("segmentation"):
+            semantic_small = self._seg_to_tags[seg]                                    # (h, w) CARLA tags
+            h0, w0 = main.rgb.shape[:2]
+            semantic = cv2.resize(semantic_small, (w0, h0), interpolation=cv2.INTER_NEAREST)
+        with spans.part("lights"):
+            light = self.lights.read(obs, sightings, images)
+        with spans.part("road"):
+            road = self._road_surface(seg, main)
+        return Perception(t=obs.t, frame=obs.frame, detections=detections, traffic_light=light,
+                          semantic=semantic, road=road)
 
     # ---- objects -----------------------------------------------------------------------------
     def _measurements(self, out: NetworkOutput, image: CameraImage) -> tuple[list[Placed], list[LightSighting]]:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from stagepilot.core.config import ConfigError, LearnedPerceptionConfig
+from stagepilot.core.spans import Spans
 from stagepilot.perception.checkpoint import load_checkpoint
 from stagepilot.perception.decode import seg_class_map
 from stagepilot.perception.network import PerceptionNet
@@ -129,15 +130,22 @@ class NetworkRunner:
         return self.run([rgb])[0]
 
     @torch.inference_mode()
-    def run(self, images: list[np.ndarray]) -> list[NetworkOutput]:
-        """The rig's frames as one batch -> one output each; the first carries the segmentation."""
-        x = self.preprocess(images)
-        with self._autocast():
+    def run(self, images: list[np.ndarray], spans: Spans | None = None) -> list[NetworkOutput]:
+        """The rig's frames as one batch -> one output each; the first carries the segmentation.
+        `spans` (core/spans.py) gets the parts: preprocess, network, decode."""
+        spans = spans or Spans()
+        with spans.part("preprocess"):
+            x = self.preprocess(images)
+        with spans.part("network"), self._autocast():
             raw = self.model(x)
         nonfinite = nonfinite_heads(raw, self.model.strides)
         if nonfinite:  # decoding NaN scores would report an empty road, not a broken model
             empty = NetworkOutput(np.zeros((0, 4)), np.zeros(0), [], np.zeros(self.input_size, np.uint8), nonfinite)
             return [empty] * len(images)
+        with spans.part("decode"):
+            return self._decode(images, raw)
+
+    def _decode(self, images: list[np.ndarray], raw: dict) -> list[NetworkOutput]:
         dets = self.model.decode(raw, score_threshold=self.min_score, nms_iou=self.config.nms_iou, with_seg=False)
         seg = seg_class_map(raw["seg"][:1], tuple(raw["image_size"]), STAGE_SEG_STRIDE)[0]
         outputs = []

@@ -58,9 +58,12 @@ class StageTelemetry:
     samples_ms: list[float] = field(default_factory=list)
     misses: int = 0  # late under the time model: the miss policy acted
     over_budget: int = 0  # wall clock over budget, whatever the time model (budget: no effect)
+    parts_ms: dict[str, list[float]] = field(default_factory=dict)  # the stage's own parts (core/spans.py)
 
     def row(self) -> dict:
         ms = np.array(self.samples_ms) if self.samples_ms else np.zeros(1)
+        parts = {name: {"p50_ms": round(float(np.percentile(v, 50)), 3), "p99_ms": round(float(np.percentile(v, 99)), 3)}
+                 for name, v in self.parts_ms.items()}
         return {
             "count": len(self.samples_ms),
             "p50_ms": round(float(np.percentile(ms, 50)), 3),
@@ -70,6 +73,7 @@ class StageTelemetry:
             "budget_ms": self.budget_ms,
             "misses": self.misses,
             "over_budget": self.over_budget,
+            **({"parts": parts} if parts else {}),
         }
 
 
@@ -170,6 +174,10 @@ class StagedRuntime:
         telemetry.samples_ms.append(measured * 1e3)
         telemetry.over_budget += measured > self.budget_s[name]
         self.trace.stage(name, start - self.wall0, measured, frame)
+        spans = getattr(getattr(fn, "__self__", None), "spans", None)
+        for part, offset, duration in (spans.parts if spans is not None else ()):
+            telemetry.parts_ms.setdefault(part, []).append(duration * 1e3)
+            self.trace.part(name, part, start - self.wall0 + offset, duration, frame)
         model = self.runtime.time_model
         modelled = 0.0 if model == "ideal" else (self.budget_s[name] if model == "budget" else measured)
         return out, measured, modelled + self.injected_s[name]

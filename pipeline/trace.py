@@ -61,6 +61,13 @@ class ChromeTrace:
             "pid": PID, "tid": self.tid(name), "args": _plain({"frame": int(frame), **(args or {})}),
         })
 
+    def part(self, stage: str, name: str, start_s: float, duration_s: float, frame: int) -> None:
+        """A part of a stage call (core/spans.py), on the stage's track inside its call."""
+        self.events.append({
+            "name": name, "cat": "part", "ph": "X", "ts": _us(start_s), "dur": max(_us(duration_s), 0),
+            "pid": PID, "tid": self.tid(stage), "args": {"frame": int(frame)},
+        })
+
     def instant(self, name: str, t_s: float, stage: str | None = None, args: dict | None = None) -> None:
         """A marker at t_s [s]: on `stage`'s track, or across the whole process without one."""
         event = {"name": name, "cat": "mark", "ph": "i", "ts": _us(t_s), "pid": PID,
