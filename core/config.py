@@ -223,6 +223,9 @@ class LearnedPerceptionConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present, else CPU
     threads: int | None = Field(None, ge=1, le=4096)  # torch CPU threads; null: torch's default
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA and on CPUs with AVX-512 BF16/AMX
+    # torch: the network in PyTorch (device and precision as above); onnxruntime: its ONNX
+    # export on onnxruntime's CPU provider in fp32 (exported once per checkpoint, then cached)
+    backend: Literal["torch", "onnxruntime"] = "torch"
     channels_last: bool = True
     score_threshold: dict[str, Probability] = {"vehicle": 0.4, "pedestrian": 0.6, "static_obstacle": 0.4,
                                                "traffic_light": 0.4}

@@ -99,6 +99,7 @@ def bench_perception(learned: LearnedPerceptionConfig, iters: int = 30, warmup: 
         "ours": result_ours,
         "torchvision_pair": result_pair,
         "speedup_p50": round(result_pair["p50_ms"] / result_ours["p50_ms"], 2),
+        "path": stage.path,
         "device": device.type,
         "dtype": "bfloat16" if dtype is not None else "float32",
         "memory_format": "channels_last" if memory_format == torch.channels_last else "contiguous",

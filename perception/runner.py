@@ -74,6 +74,17 @@ class NetworkOutput:
     nonfinite: tuple[str, ...] = ()  # raw heads holding NaN or inf (then nothing is decoded)
 
 
+def _weights_digest(model: torch.nn.Module) -> str:
+    """A digest of a model's weights, naming its ONNX export in the cache."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def nonfinite_heads(raw: dict, strides: tuple[int, ...]) -> tuple[str, ...]:
     """Names of the raw outputs (``cls_s4``, ``box_s8``, ``seg``, ...) holding NaN or inf, by their float32
     sums (finite unless a value is; on the CPU 0.12 ms a frame against 2 ms for bf16 isfinite().all())."""
@@ -104,6 +115,22 @@ class NetworkRunner:
         use_bf16 = config.precision == "bf16" or (config.precision == "auto" and native_bf16(self.device))
         self.dtype = torch.bfloat16 if use_bf16 else torch.float32
         self.min_score = min(config.score_threshold.values())
+        self.session = None
+        if config.backend == "onnxruntime":
+            from stagepilot.perception.onnx_backend import OnnxHeads
+
+            self.session = OnnxHeads(self.model, self.meta.get("sha256") or _weights_digest(self.model),
+                                     threads=config.threads)
+            self.device, self.dtype = torch.device("cpu"), torch.float32
+
+    @property
+    def path(self) -> dict[str, str]:
+        """What runs the network on this machine (for run.json and the benchmark)."""
+        if self.session is not None:
+            return {"backend": "onnxruntime", "device": "cpu", "dtype": "float32", "version": self.session.version}
+        return {"backend": "torch", "device": self.device.type,
+                "dtype": "bfloat16" if self.dtype == torch.bfloat16 else "float32",
+                "memory_format": "channels_last" if self.memory_format == torch.channels_last else "contiguous"}
 
     def _autocast(self):
         if self.dtype == torch.float32:
@@ -137,7 +164,7 @@ class NetworkRunner:
         with spans.part("preprocess"):
             x = self.preprocess(images)
         with spans.part("network"), self._autocast():
-            raw = self.model(x)
+            raw = self.model(x) if self.session is None else self.session(x)
         nonfinite = nonfinite_heads(raw, self.model.strides)
         if nonfinite:  # decoding NaN scores would report an empty road, not a broken model
             empty = NetworkOutput(np.zeros((0, 4)), np.zeros(0), [], np.zeros(self.input_size, np.uint8), nonfinite)

@@ -45,7 +45,8 @@ class DriveResult:
     trace: ChromeTrace
     metrics: dict[str, Any]  # metrics.json
     interrupted: bool
-    stop_signal: int | None = None  # the signal that stopped the drive or came while it wrote its outputs
+    stop_signal: int | None = None
+    perception_path: dict[str, str] | None = None  # what ran the network (backend, device, dtype)  # the signal that stopped the drive or came while it wrote its outputs
 
     def kinds(self) -> list[str]:
         return self.series.kinds()
@@ -157,6 +158,7 @@ def _drive(config, scenario, sim, observers, on_frame, max_time_s, show_progress
         bar.close()
         result = _result(config, scenario, sim, runtime, series, np.asarray(obs.route.points, float),
                          _outcome(sim, runtime, stopped_by, error), stopped_by is not None)
+        result.perception_path = getattr(getattr(runtime.stack.perception, "runner", None), "path", None)
         with SignalHold(redeliver=True):  # a second Ctrl-C waits until every output is written
             failures = []
             for observer in observers:  # each finishes its outputs, whatever another one did

@@ -105,6 +105,9 @@ class RunWriter:
         if not self.started:  # the drive ended before it started: nothing to write
             return
         parts = [("video.mp4", self.video.close)] if self.video is not None else []
+        if result.perception_path is not None:  # the network's path on this machine, once it is known
+            self.info["perception_path"] = result.perception_path
+            parts.append(("run.json", lambda: write_json(self.out_dir / "run.json", self.info)))
         parts += [("metrics.json", lambda: write_json(self.out_dir / "metrics.json", result.metrics)),
                   ("trace.json", lambda: result.trace.write(self.out_dir / "trace.json")),
                   ("summary.png", lambda: self._summary(result))]

@@ -1,0 +1,54 @@
+"""The perception network on onnxruntime: its ONNX export (perception/export.py), exported once
+per set of weights into the cache folder, run on onnxruntime's CPU provider in fp32.
+
+`OnnxHeads(model, digest)(images)` returns what `PerceptionNet.forward` does (the raw heads as
+torch tensors), so decoding stays the network's own (perception/runner.py).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+OPSET = 18
+
+
+def cache_dir() -> Path:
+    """$STAGEPILOT_CACHE, else $XDG_CACHE_HOME/stagepilot, else ~/.cache/stagepilot."""
+    base = os.environ.get("STAGEPILOT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stagepilot"
+    return Path(base)
+
+
+class OnnxHeads:
+    """One ONNX session for one model. `threads`: onnxruntime's intra-op threads (None: its default)."""
+
+    def __init__(self, model, digest: str, threads: int | None = None):
+        import onnxruntime as ort
+
+        from stagepilot.perception.export import export_onnx, output_names
+
+        self.model = model
+        self.names = output_names(model)
+        h, w = model.input_size
+        path = cache_dir() / "onnx" / f"{digest[:16]}-{h}x{w}-opset{OPSET}.onnx"
+        if not path.is_file():
+            partial = path.with_name(path.name + f".{os.getpid()}.tmp")
+            export_onnx(model, partial, opset=OPSET)
+            os.replace(partial, path)  # whole or absent, whatever another process does meanwhile
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.path = path
+        self.version = ort.__version__
+
+    def __call__(self, images: torch.Tensor) -> dict:
+        x = np.ascontiguousarray(images.detach().float().cpu().numpy())
+        out = [torch.from_numpy(a) for a in self.session.run(self.names, {"images": x})]
+        n = len(self.model.strides)
+        return {"cls": out[:n], "box": out[n:2 * n], "seg": out[2 * n], "image_size": tuple(images.shape[-2:])}
