@@ -8,6 +8,7 @@ torch tensors), so decoding stays the network's own (perception/runner.py).
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +36,12 @@ class OnnxHeads:
         h, w = model.input_size
         path = cache_dir() / "onnx" / f"{digest[:16]}-{h}x{w}-opset{OPSET}.onnx"
         if not path.is_file():
-            partial = path.with_name(path.name + f".{os.getpid()}.tmp")
-            export_onnx(model, partial, opset=OPSET)
-            os.replace(partial, path)  # whole or absent, whatever another process does meanwhile
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # The exporter writes its weights beside the file first; the saved model holds them.
+            with tempfile.TemporaryDirectory(dir=path.parent) as work:
+                partial = Path(work) / path.name
+                export_onnx(model, partial, opset=OPSET)
+                os.replace(partial, path)  # whole or absent, whatever another process does meanwhile
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
