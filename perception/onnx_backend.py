@@ -44,6 +44,9 @@ class OnnxHeads:
                 os.replace(partial, path)  # whole or absent, whatever another process does meanwhile
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Its threads must not spin after a run: the decoding that follows runs on torch's threads,
+        # and spinning ones took its cores (decode p50 9.9 ms instead of 2.0 ms on 2 cores).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
@@ -55,4 +58,7 @@ class OnnxHeads:
         x = np.ascontiguousarray(images.detach().float().cpu().numpy())
         out = [torch.from_numpy(a) for a in self.session.run(self.names, {"images": x})]
         n = len(self.model.strides)
-        return {"cls": out[:n], "box": out[n:2 * n], "seg": out[2 * n], "image_size": tuple(images.shape[-2:])}
+        # channels last, as the torch path gives it: the class argmax over the segmentation's
+        # channels is then a pass over contiguous memory (1.9 ms instead of 11.8 ms to decode)
+        seg = out[2 * n].contiguous(memory_format=torch.channels_last)
+        return {"cls": out[:n], "box": out[n:2 * n], "seg": seg, "image_size": tuple(images.shape[-2:])}

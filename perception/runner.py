@@ -116,7 +116,10 @@ class NetworkRunner:
         self.dtype = torch.bfloat16 if use_bf16 else torch.float32
         self.min_score = min(config.score_threshold.values())
         self.session = None
-        if config.backend == "onnxruntime":
+        onnx = config.backend == "onnxruntime" or (
+            config.backend == "auto" and self.device.type == "cpu" and not native_bf16(self.device)
+            and config.precision != "bf16")
+        if onnx:
             from stagepilot.perception.onnx_backend import OnnxHeads
 
             self.session = OnnxHeads(self.model, self.meta.get("sha256") or _weights_digest(self.model),
