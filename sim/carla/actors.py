@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import carla
 
 from stagepilot.core.carla_frame import to_carla_location, to_carla_vector, to_world_xy
-from stagepilot.sim.carla.session import CarlaSession
+from stagepilot.sim.carla.server import CarlaServer
 from stagepilot.sim.carla.spawn import SpawnSpec, ground_z, pick_blueprint, spawn_with_retry
 from stagepilot.sim.scenario import Behaviour
 
@@ -48,18 +48,18 @@ class Walker:
 class ScenarioActors:
     """Spawns the plan's non-ego actors and runs their behaviours."""
 
-    def __init__(self, session: CarlaSession, road_map, plan: list[SpawnSpec], where: str):
-        self.session = session
+    def __init__(self, server: CarlaServer, road_map, plan: list[SpawnSpec], where: str):
+        self.server = server
         self.road_map = road_map
-        self.tm = session.traffic_manager
+        self.tm = server.traffic_manager
         self.npcs: list[Npc] = []
         self.walkers: list[Walker] = []
         self.statics: list = []
-        world = session.world
-        library = session.call("reading the blueprint library", world.get_blueprint_library)
+        world = server.world
+        library = server.call("reading the blueprint library", world.get_blueprint_library)
         if any(s.role == "pedestrian" and s.actor.controller == "ai" for s in plan):
             # AI walkers keep to crosswalks unless allowed to cross anywhere (set before they spawn)
-            session.call("letting AI walkers cross the road", world.set_pedestrians_cross_factor, 1.0)
+            server.call("letting AI walkers cross the road", world.set_pedestrians_cross_factor, 1.0)
         for spec in plan:
             if spec.role == "ego":
                 continue
@@ -67,7 +67,7 @@ class ScenarioActors:
             _color(blueprint, spec)
             if spec.role == "pedestrian" and blueprint.has_attribute("is_invincible"):
                 blueprint.set_attribute("is_invincible", "false")  # a hit walker is a collision
-            actor = session.track(session.call(f"spawning {spec.key}", spawn_with_retry, world, road_map, spec,
+            actor = server.track(server.call(f"spawning {spec.key}", spawn_with_retry, world, road_map, spec,
                                                blueprint, where))
             if spec.role == "vehicle":
                 self._add_vehicle(spec, actor)
@@ -84,7 +84,7 @@ class ScenarioActors:
         scripted = spec.actor
         speed = scripted.speed if scripted is not None else 8.0
         npc = Npc(spec, actor, speed, sorted(scripted.behaviours, key=_trigger_order) if scripted else [])
-        port = self.session.endpoint.tm_port
+        port = self.server.endpoint.tm_port
         actor.set_autopilot(True, port)
         self.tm.set_desired_speed(actor, speed * 3.6)  # the Traffic Manager speaks km/h
         self.tm.auto_lane_change(actor, False)
@@ -98,14 +98,14 @@ class ScenarioActors:
 
     def _add_controllers(self, library) -> None:
         """AI controllers for `controller: ai` walkers (they need one world tick first)."""
-        self.session.tick("placing the walkers before their AI controllers")
+        self.server.tick("placing the walkers before their AI controllers")
         blueprint = library.find("controller.ai.walker")
         for walker in self.walkers:
             if walker.spec.actor.controller != "ai":
                 continue
-            controller = self.session.call(f"spawning the AI controller of {walker.spec.key}",
-                                           self.session.world.spawn_actor, blueprint, carla.Transform(), walker.actor)
-            walker.controller = self.session.track(controller, "controller")
+            controller = self.server.call(f"spawning the AI controller of {walker.spec.key}",
+                                           self.server.world.spawn_actor, blueprint, carla.Transform(), walker.actor)
+            walker.controller = self.server.track(controller, "controller")
 
     # ------------------------------------------------------------ each tick
 
@@ -127,7 +127,7 @@ class ScenarioActors:
             self._walk(walker, t, ego_xy)
 
     def _fire(self, npc: Npc, b: Behaviour) -> None:
-        port = self.session.endpoint.tm_port
+        port = self.server.endpoint.tm_port
         if b.action in ("brake", "stop"):
             npc.actor.set_autopilot(False, port)
             npc.braking = b.decel if b.action == "brake" else 3.0

@@ -33,7 +33,7 @@ from stagepilot.sim.carla.actors import ScenarioActors
 from stagepilot.sim.carla.connection import CarlaError, ServerLease, connect, endpoints, has_api, version_note
 from stagepilot.sim.carla.sensors import (EventSensor, SensorQueue, camera_blueprint, decode_depth, decode_rgb,
                                           decode_semantic, mount_transform, rig_specs)
-from stagepilot.sim.carla.session import CarlaSession
+from stagepilot.sim.carla.server import CarlaServer
 from stagepilot.sim.carla.spawn import pick_blueprint, spawn_plan, spawn_with_retry
 from stagepilot.sim.carla.truth import Box3D, project_boxes
 from stagepilot.sim.events import COLLISION_MIN_SPEED, COLLISION_REPEAT_S, EventMonitor
@@ -81,7 +81,7 @@ class CarlaSimulator(Simulator):
         # The follower that drives `collect` reads these (sim/follower.py): the config's vehicle.
         self.vehicle_params = VehicleParams(**self.config.vehicle.model_dump())
         self.client_class = client_class or carla.Client
-        self.session: CarlaSession | None = None
+        self.server: CarlaServer | None = None
         self.lease: ServerLease | None = None
         self.scenario: Scenario | None = None
         self.versions: dict = {}
@@ -101,9 +101,9 @@ class CarlaSimulator(Simulator):
             note = version_note(self.versions, endpoint)
             if note:
                 print(f"stagepilot: {note}", file=sys.stderr)
-            self.session = CarlaSession(client, endpoint, cfg.timeout_s)
+            self.server = CarlaServer(client, endpoint, cfg.timeout_s)
             self._open_map(scenario)
-            self.session.synchronous(self.dt, scenario.seed)
+            self.server.synchronous(self.dt, scenario.seed)
             self._weather(scenario)
             return self._build(scenario)
         except BaseException:
@@ -112,19 +112,19 @@ class CarlaSimulator(Simulator):
 
     def _open_map(self, scenario: Scenario) -> None:
         """The scenario's town by name when the server has it, else a world from its .xodr."""
-        session = self.session
-        available = session.call("listing the server's maps", session.client.get_available_maps)
+        server = self.server
+        available = server.call("listing the server's maps", server.client.get_available_maps)
         towns = {path.rsplit("/", 1)[-1]: path for path in available}
         if is_map_name(scenario.map) and scenario.map in towns:
-            world = session.load_town(scenario.map)
+            world = server.load_town(scenario.map)
         elif scenario.map_path:
-            world = session.load_opendrive(read_map_text(scenario.map_path), scenario.map_path)
+            world = server.load_opendrive(read_map_text(scenario.map_path), scenario.map_path)
         else:
             raise CarlaError(f"{self.where}: {scenario.source}: map {scenario.map}: the server has no such town "
                              f"(it has {', '.join(sorted(towns)) or 'none'}) and it is not on the map search path")
-        carla_map = session.call("reading the map", world.get_map)
+        carla_map = server.call("reading the map", world.get_map)
         name = carla_map.name.rsplit("/", 1)[-1]
-        text = session.call("reading the map's OpenDRIVE", carla_map.to_opendrive)
+        text = server.call("reading the map's OpenDRIVE", carla_map.to_opendrive)
         try:
             self.road_map = RoadMap(name, text, source=f"{self.where} map {name}")
         except MapError as exc:
@@ -139,37 +139,37 @@ class CarlaSimulator(Simulator):
             weather.fog_density = min(100.0, spec.fog_density * 1000.0)  # [1/m] -> CARLA's 0..100
         if spec.sun_altitude_deg is not None:
             weather.sun_altitude_angle = spec.sun_altitude_deg
-        self.session.call("setting the weather", self.session.world.set_weather, weather)
+        self.server.call("setting the weather", self.server.world.set_weather, weather)
 
     def _build(self, scenario: Scenario) -> Observation:
-        session, cfg = self.session, self.config
+        server, cfg = self.server, self.config
         self.rng = np.random.default_rng(scenario.seed)
         self.placement, plan = spawn_plan(self.road_map, scenario, cfg.carla.vehicle_blueprint, self.rng)
         self.route = self.placement.route
         self.route_message = Route(points=self.route.path.points, s=self.route.path.s,
                                    speed_limit=scenario.speed_limit)
-        library = session.call("reading the blueprint library", session.world.get_blueprint_library)
+        library = server.call("reading the blueprint library", server.world.get_blueprint_library)
         ego_spec = plan[0]
         blueprint = pick_blueprint(library, ego_spec)
         if blueprint.has_attribute("role_name"):
             blueprint.set_attribute("role_name", "hero")
-        self.ego_actor = session.track(session.call("spawning the ego", spawn_with_retry, session.world,
+        self.ego_actor = server.track(server.call("spawning the ego", spawn_with_retry, server.world,
                                                     self.road_map, ego_spec, blueprint, self.where))
-        session.tick("placing the ego")  # its wheels' positions are known after a tick
+        server.tick("placing the ego")  # its wheels' positions are known after a tick
         self._ego_geometry()
         self._sensors(library)
-        self.actors = ScenarioActors(session, self.road_map, plan, self.where)
+        self.actors = ScenarioActors(server, self.road_map, plan, self.where)
         self.lights = self._bind_lights(scenario)
         if cfg.carla.recorder:
-            session.start_recorder(str(Path(f"stagepilot-{scenario.name}-{scenario.seed}.log")))
+            server.start_recorder(str(Path(f"stagepilot-{scenario.name}-{scenario.seed}.log")))
         self.t, self.frame, self._ended = 0.0, 0, False
         self.events: list[Event] = []
         self._world_hits: dict[object, float] = {}  # when each thing of the world was last hit [s]
         self.monitor = EventMonitor(self.road_map, self.route.path, self.lights)
-        warm = session.tick("warming up the sensors")  # a new camera may skip its first tick
+        warm = server.tick("warming up the sensors")  # a new camera may skip its first tick
         for queue in self.queues.values():
             queue.drop_through(warm)
-        self._server_frame = session.tick("ticking the first frame")
+        self._server_frame = server.tick("ticking the first frame")
         return self._observe(self._events())
 
     def _ego_geometry(self) -> None:
@@ -179,7 +179,7 @@ class CarlaSimulator(Simulator):
         self.ego_size = (2 * box.extent.x, 2 * box.extent.y, 2 * box.extent.z)
         self.ego_box_x = float(box.location.x)
         rear = self.ego_box_x - (box.extent.x - self.config.vehicle.rear_overhang_m)
-        physics = self.session.call("reading the ego's physics", self.ego_actor.get_physics_control)
+        physics = self.server.call("reading the ego's physics", self.ego_actor.get_physics_control)
         wheels = list(getattr(physics, "wheels", []) or [])
         if len(wheels) == 4:  # wheel positions are world locations in cm; FL, FR, RL, RR
             transform = self.ego_actor.get_transform()
@@ -191,14 +191,14 @@ class CarlaSimulator(Simulator):
         self.max_steer_rad = math.radians(float(wheels[0].max_steer_angle)) if wheels else 0.61
 
     def _sensors(self, library) -> None:
-        session, cfg = self.session, self.config
+        server, cfg = self.server, self.config
         self.specs = rig_specs(cfg.sim.cameras)
         self.queues: dict[tuple[str, str], SensorQueue] = {}
         kinds = (["rgb"] + (["semantic", "depth"] if cfg.sim.ground_truth else [])) if self.render_enabled else []
         for name, spec in self.specs.items():
             for kind in kinds:
-                sensor = session.track(session.call(
-                    f"spawning camera {name} ({kind})", session.world.spawn_actor, camera_blueprint(library, kind, spec.config),
+                sensor = server.track(server.call(
+                    f"spawning camera {name} ({kind})", server.world.spawn_actor, camera_blueprint(library, kind, spec.config),
                     mount_transform(spec.config, self.rear_axle_x, self.ground_z), self.ego_actor), "sensor")
                 queue = self.queues[(name, kind)] = SensorQueue(f"{name}/{kind}")
                 sensor.listen(queue.put)
@@ -206,7 +206,7 @@ class CarlaSimulator(Simulator):
         self.invasions = EventSensor("lane_invasion")
         for sink, blueprint_id in ((self.collisions, "sensor.other.collision"),
                                    (self.invasions, "sensor.other.lane_invasion")):
-            sensor = session.track(session.call(f"spawning the {sink.name} sensor", session.world.spawn_actor,
+            sensor = server.track(server.call(f"spawning the {sink.name} sensor", server.world.spawn_actor,
                                                 library.find(blueprint_id), carla.Transform(), self.ego_actor), "sensor")
             sensor.listen(sink.put)
 
@@ -214,8 +214,8 @@ class CarlaSimulator(Simulator):
         """Each map head bound to the CARLA light whose stop waypoints are on its lanes; heads with
         no CARLA light are not signalised here. Timing from the stack's config; the scenario's
         first light is set; with lights off, every light is green and frozen."""
-        world = self.session.world
-        actors = [a for a in self.session.call("listing the traffic lights", world.get_actors)
+        world = self.server.world
+        actors = [a for a in self.server.call("listing the traffic lights", world.get_actors)
                   if a.type_id.startswith("traffic.traffic_light")]
         timing = self.config.traffic.traffic_lights
         by_lane: dict[tuple[int, int], object] = {}
@@ -230,7 +230,7 @@ class CarlaSimulator(Simulator):
                 by_lane.setdefault((wp.road_id, wp.lane_id), light)
         if not scenario.traffic_lights.enabled:
             world.freeze_all_traffic_lights(True)
-            self.session.froze_lights = True  # undone at close: a frozen light outlives the drive
+            self.server.froze_lights = True  # undone at close: a frozen light outlives the drive
             return []
         world.reset_all_traffic_lights()  # the new times from t = 0, whatever the server ran before
         bound = []
@@ -262,15 +262,15 @@ class CarlaSimulator(Simulator):
 
     def step(self, control: Control, render: bool = True) -> Observation:
         """One tick. render=False leaves this frame's images unread (the next read drops them)."""
-        if self.session is None:
+        if self.server is None:
             raise RuntimeError("reset() the simulator with a scenario before step()")
         command = control.clipped()
         ego = self.ego_agent()
         self.actors.update(self.t, (ego.x, ego.y), self.dt)
-        self.session.call("sending the ego's command", self.ego_actor.apply_control, carla.VehicleControl(
+        self.server.call("sending the ego's command", self.ego_actor.apply_control, carla.VehicleControl(
             throttle=command.throttle, steer=command.steer, brake=command.brake, hand_brake=command.hand_brake,
             reverse=command.reverse))
-        self._server_frame = self.session.tick(f"ticking frame {self.frame + 1}")
+        self._server_frame = self.server.tick(f"ticking frame {self.frame + 1}")
         self.t = round(self.t + self.dt, 9)
         self.frame += 1
         events = self._events()
@@ -319,7 +319,7 @@ class CarlaSimulator(Simulator):
         found = []
         self._box_z: dict[int, float] = {}
         self._tags: dict[int, tuple[int, ...]] = {}
-        for actor in self.session.call("listing the actors", self.session.world.get_actors):
+        for actor in self.server.call("listing the actors", self.server.world.get_actors):
             kind = next((k for prefix, k in KIND_BY_PREFIX if actor.type_id.startswith(prefix)), None)
             if kind is None or actor.id == self.ego_actor.id:
                 continue
@@ -362,10 +362,10 @@ class CarlaSimulator(Simulator):
 
     def metadata(self) -> dict[str, str]:
         """What a recording says about the server behind it."""
-        endpoint = self.session.endpoint if self.session else None
+        endpoint = self.server.endpoint if self.server else None
         return {"simulator": "carla", "server": str(endpoint), "server_version": self.versions.get("server", ""),
                 "client_version": self.versions.get("client", ""), "map": self.road_map.name,
-                "carla_recorder_file": (self.session.recorder_file or "") if self.session else ""}
+                "carla_recorder_file": (self.server.recorder_file or "") if self.server else ""}
 
     # ------------------------------------------------------------ observation
 
@@ -444,11 +444,11 @@ class CarlaSimulator(Simulator):
 
     def close(self) -> None:
         """Undo everything on the server (settings, actors, recorder) and free the server."""
-        if self.session is not None:
-            self.teardown_problems = self.session.close()
+        if self.server is not None:
+            self.teardown_problems = self.server.close()
             for problem in self.teardown_problems:
                 print(f"stagepilot: {problem}", file=sys.stderr)
-            self.session = None
+            self.server = None
         if self.lease is not None:
             self.lease.release()
             self.lease = None

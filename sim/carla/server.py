@@ -1,7 +1,7 @@
 """One drive's hold on a CARLA server: the settings we changed and every actor we spawned,
 all undone by `close`, on a normal end, an exception or Ctrl-C.
 
-Teardown follows CARLA's practice (REFERENCE.md, "CARLA practice"): sensors stop listening,
+Teardown follows CARLA client practice (REFERENCE.md) and its examples: sensors stop listening,
 walkers' AI controllers stop, the Traffic Manager and the world go back to the settings the
 server had, then every actor of ours is destroyed in one batch, newest first. A server that
 stops answering ends the teardown at once with a message, not one timeout per actor.
@@ -19,7 +19,7 @@ from stagepilot.sim.carla.connection import CarlaError, Endpoint, has_api
 LOAD_TIMEOUT_S = 120.0  # [s] for a map load, which can take a minute on a first load
 
 
-class CarlaSession:
+class CarlaServer:
     """Settings, Traffic Manager and actors of one drive on one server."""
 
     def __init__(self, client, endpoint: Endpoint, timeout_s: float):
