@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import carla
@@ -30,7 +30,8 @@ from stagepilot.core.messages import (Box2D, CameraImage, Control, EgoState, Eve
                                       Route)
 from stagepilot.core.roadmap import MapError, RoadMap
 from stagepilot.sim.carla.actors import ScenarioActors
-from stagepilot.sim.carla.connection import CarlaError, ServerLease, connect, endpoints, has_api, version_note
+from stagepilot.sim.carla.lights import CarlaLight, bind_lights, merge_lamps
+from stagepilot.sim.carla.connection import CarlaError, ServerLease, connect, endpoints, version_note
 from stagepilot.sim.carla.sensors import (EventSensor, SensorQueue, camera_blueprint, decode_depth, decode_rgb,
                                           decode_semantic, mount_transform, rig_specs)
 from stagepilot.sim.carla.server import CarlaServer
@@ -48,27 +49,8 @@ KIND_BY_PREFIX = (("vehicle.", "vehicle"), ("walker.pedestrian", "pedestrian"), 
 KIND_TAGS = {"vehicle": palette.CAR, "pedestrian": palette.PEDESTRIAN, "static": palette.STATIC}
 WEATHER = {"clear_noon": "ClearNoon", "overcast": "CloudyNoon", "dusk": "ClearSunset", "fog": "SoftRainNoon",
            "night": "ClearNight"}
-LIGHT_STATES = {carla.TrafficLightState.Red: "red", carla.TrafficLightState.Yellow: "yellow",
-                carla.TrafficLightState.Green: "green"}
 KERBS = ("static.sidewalk",)
 TRUTH_RANGE_M = 120.0  # [m] objects farther than this from the ego are left out of the ground truth
-
-
-@dataclass
-class CarlaLight:
-    """A map signal head bound to the CARLA traffic light that governs its lanes; the state is
-    the light's at the last tick. Quacks like the embedded simulator's TrafficLight."""
-
-    id: int
-    stop_line: object
-    position: tuple[float, float, float]
-    facing: float
-    actor: object
-    lamps: tuple[Box3D, ...] = ()  # the light's lamp housings, world frame (for its 2D boxes)
-    current: str = "unknown"
-
-    def state(self, t: float) -> str:  # noqa: ARG002 (the server keeps the time)
-        return self.current
 
 
 class CarlaSimulator(Simulator):
@@ -159,7 +141,8 @@ class CarlaSimulator(Simulator):
         self._ego_geometry()
         self._sensors(library)
         self.actors = ScenarioActors(server, self.road_map, plan, self.where)
-        self.lights = self._bind_lights(scenario)
+        self.lights = bind_lights(self.server, self.road_map, self.route.segment_keys, scenario.traffic_lights,
+                                  self.config.traffic.traffic_lights)
         if cfg.carla.recorder:
             server.start_recorder(str(Path(f"stagepilot-{scenario.name}-{scenario.seed}.log")))
         self.t, self.frame, self._ended = 0.0, 0, False
@@ -210,48 +193,6 @@ class CarlaSimulator(Simulator):
                                                 library.find(blueprint_id), carla.Transform(), self.ego_actor), "sensor")
             sensor.listen(sink.put)
 
-    def _bind_lights(self, scenario: Scenario) -> list[CarlaLight]:
-        """Each map head bound to the CARLA light whose stop waypoints are on its lanes; heads with
-        no CARLA light are not signalised here. Timing from the stack's config; the scenario's
-        first light is set; with lights off, every light is green and frozen."""
-        world = self.server.world
-        actors = [a for a in self.server.call("listing the traffic lights", world.get_actors)
-                  if a.type_id.startswith("traffic.traffic_light")]
-        timing = self.config.traffic.traffic_lights
-        by_lane: dict[tuple[int, int], object] = {}
-        for light in actors:
-            if not scenario.traffic_lights.enabled:
-                light.set_state(carla.TrafficLightState.Green)
-                continue
-            light.set_green_time(timing.green_s)
-            light.set_yellow_time(timing.yellow_s)
-            light.set_red_time(timing.all_red_s)
-            for wp in light.get_stop_waypoints():
-                by_lane.setdefault((wp.road_id, wp.lane_id), light)
-        if not scenario.traffic_lights.enabled:
-            world.freeze_all_traffic_lights(True)
-            self.server.froze_lights = True  # undone at close: a frozen light outlives the drive
-            return []
-        world.reset_all_traffic_lights()  # the new times from t = 0, whatever the server ran before
-        bound = []
-        for head in self.road_map.signal_heads:
-            light = next((by_lane[(k[0], k[2])] for k in head.stop_line.lane_keys if (k[0], k[2]) in by_lane), None)
-            if light is not None:
-                lamps = _lamps(light, head.id)
-                x, y = to_world_xy(light.get_transform().location)
-                z = max((lamp.center[2] for lamp in lamps), default=head.position[2])
-                bound.append(CarlaLight(head.id, head.stop_line, (x, y, z), head.facing, light, lamps))
-        first = self._first_light(bound)
-        if first is not None and scenario.traffic_lights.first_light != "auto":
-            state = {"red": carla.TrafficLightState.Red, "yellow": carla.TrafficLightState.Yellow,
-                     "green": carla.TrafficLightState.Green}[scenario.traffic_lights.first_light]
-            first.actor.set_state(state)
-        return bound
-
-    def _first_light(self, lights: list[CarlaLight]) -> CarlaLight | None:
-        by_lane = {key: light for light in lights for key in light.stop_line.lane_keys}
-        return next((by_lane[key] for key in self.route.segment_keys if key in by_lane), None)
-
     @property
     def signal_heads(self):
         """The map's heads that have a CARLA light, where that light stands."""
@@ -280,7 +221,7 @@ class CarlaSimulator(Simulator):
 
     def _events(self) -> list[Event]:
         for light in self.lights:
-            light.current = LIGHT_STATES.get(light.actor.get_state(), "unknown")
+            light.read()
         agents = self.agents()
         events = self.monitor.update(self.t, self.ego_agent(), self._ego_front(), agents)
         known = {a.id for a in agents}
@@ -419,7 +360,7 @@ class CarlaSimulator(Simulator):
                 boxes.append(replace(box, id=lamp_id))
         T_world_ego = world_matrix(self.ego_actor.get_transform())  # noqa: N806
         T_world_ego[:3, 3] += T_world_ego[:3, 0] * self.rear_axle_x + T_world_ego[:3, 2] * self.ground_z
-        boxes_2d = {name: _merge_lamps(project_boxes(boxes, spec.K, T_world_ego @ spec.T_ego_cam, depth[name],
+        boxes_2d = {name: merge_lamps(project_boxes(boxes, spec.K, T_world_ego @ spec.T_ego_cam, depth[name],
                                                      semantic.get(name)), lamp_of)
                     for name, spec in self.specs.items() if name in depth}
         objects = []
@@ -452,27 +393,6 @@ class CarlaSimulator(Simulator):
         if self.lease is not None:
             self.lease.release()
             self.lease = None
-
-
-def _lamps(light, light_id: int) -> tuple[Box3D, ...]:
-    """The lamp housings of a CARLA traffic light (world-space boxes, carla 0.9.14 and later)."""
-    if not has_api(light, "get_light_boxes"):
-        return ()
-    lamps = []
-    for box in light.get_light_boxes():
-        center = to_world_xyz(box.location)
-        lamps.append(Box3D(light_id, palette.TRAFFIC_LIGHT, center, world_yaw(box.rotation),
-                           (2 * box.extent.x, 2 * box.extent.y, 2 * box.extent.z)))
-    return tuple(lamps)
-
-
-def _merge_lamps(found: dict[int, tuple], lamp_of: dict[int, int]) -> dict[int, tuple]:
-    """Per light, its most visible lamp's 2D box."""
-    merged = {k: v for k, v in found.items() if k >= 0}
-    for lamp, light_id in lamp_of.items():
-        if lamp in found and (light_id not in merged or found[lamp][4] > merged[light_id][4]):
-            merged[light_id] = found[lamp]
-    return merged
 
 
 def _weather_copy(preset) -> "carla.WeatherParameters":
