@@ -45,6 +45,7 @@ class Server:
         self.ids = itertools.count(100)
         self.world: World | None = None
         self.extra_towns: dict[str, str] = {}  # towns only the server has: name -> a map file to stand in
+        self.lights_for = None  # carla.Map -> [(stop waypoints, location)]: the world's traffic lights
         self.loads: list[tuple[str, str]] = []
 
     def check(self) -> None:
@@ -92,6 +93,8 @@ class Client:  # carla.Client
     def _new_world(self, text: str, name: str, reset_settings: bool) -> "World":
         self.server.check()
         self.server.world = World(self.server, carla.Map(name, text))
+        for waypoints, location in (self.server.lights_for or (lambda m: []))(self.server.world.map):
+            self.server.world.actors.append(TrafficLight(next(self.server.ids), waypoints, location))
         if reset_settings:
             self.server.settings = carla.WorldSettings()
         return self.server.world
@@ -171,7 +174,7 @@ class World:  # carla.World
             server.dead = server.gone
             raise server.failure
         for actor in self.get_actors():
-            if actor.callback is not None and actor.type_id.startswith("sensor.camera"):
+            if actor.type_id.startswith("sensor.camera") and actor.callback is not None:
                 width, height = (int(actor.attributes[k]) for k in ("image_size_x", "image_size_y"))
                 actor.callback(SimpleNamespace(frame=server.ticks, width=width, height=height,
                                                raw_data=bytes(width * height * 4)))
@@ -254,6 +257,39 @@ class Actor:  # carla.Actor, Vehicle, Walker, Sensor, WalkerAIController
         pass
 
 
+class TrafficLight:  # carla.TrafficLight
+    """A light of the world (not ours: never destroyed by the drive)."""
+
+    type_id = "traffic.traffic_light"
+
+    def __init__(self, actor_id: int, waypoints: list, location):
+        self.id, self.waypoints = actor_id, waypoints
+        self.transform = carla.Transform(location)
+        self.state = carla.TrafficLightState.Green
+        self.times: dict[str, float] = {}
+
+    def get_stop_waypoints(self) -> list:
+        return self.waypoints
+
+    def get_transform(self):
+        return self.transform
+
+    def get_state(self):
+        return self.state
+
+    def set_state(self, state) -> None:
+        self.state = state
+
+    def set_green_time(self, green_time: float) -> None:
+        self.times["green"] = green_time
+
+    def set_yellow_time(self, yellow_time: float) -> None:
+        self.times["yellow"] = yellow_time
+
+    def set_red_time(self, red_time: float) -> None:
+        self.times["red"] = red_time
+
+
 class TrafficManager:  # carla.TrafficManager
     def __init__(self, server: Server):
         self.server = server
@@ -284,4 +320,5 @@ class TrafficManager:  # carla.TrafficManager
 # The carla class each double stands for: its methods must exist there (or on a base class).
 STANDS_FOR = {Client: ("Client",), World: ("World",), BlueprintLibrary: ("BlueprintLibrary",),
               ActorBlueprint: ("ActorBlueprint",), TrafficManager: ("TrafficManager",),
+              TrafficLight: ("TrafficLight",),
               Actor: ("Actor", "Vehicle", "Walker", "Sensor", "WalkerAIController")}

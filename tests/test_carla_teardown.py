@@ -309,3 +309,44 @@ def test_a_taken_spawn_point_is_retried_nearby_and_a_failure_names_the_actor(ser
         drive(_config(), _scenario())
     assert len(tried) == 7
     assert srv.spawned and not srv.alive(), "the ego and its sensors were destroyed after the failed spawn"
+
+
+def test_the_maps_heads_bind_to_the_servers_lights_and_the_first_one_is_set(server) -> None:
+    """One CARLA light per signalised approach of the junction, found by its stop waypoints:
+    each map head gets its light, the timings come from the config, the route's first light is
+    red as the scenario asks, and the ground truth reads the lights' states."""
+    from stagepilot.core.carla_frame import to_carla_location
+    from stagepilot.core.messages import Control
+    from stagepilot.sim.carla.world import CarlaSimulator
+    from stagepilot.sim.world import load_road_map
+
+    scenario = _scenario("red_light_junction")
+    heads = load_road_map(scenario.map_path).signal_heads
+
+    def lights_for(carla_map):
+        found = []
+        for head in heads:
+            road, _, lane = head.stop_line.lane_keys[0]
+            wp = carla_map.get_waypoint(to_carla_location(*head.stop_line.p0), lane_type=carla.LaneType.Driving)
+            stop = carla_map.get_waypoint_xodr(road, lane, wp.s) if wp is not None else None
+            found.append(([stop] if stop is not None else [], to_carla_location(*head.position[:2])))
+        return found
+
+    srv = server()
+    srv.lights_for = lights_for
+    sim = CarlaSimulator(_config())
+    try:
+        obs = sim.reset(scenario)
+        assert len(sim.lights) == len(heads) >= 4 and {h.id for h in sim.signal_heads} == {h.id for h in heads}
+        lights = [a for a in srv.world.actors if a.type_id == "traffic.traffic_light"]
+        assert all(light.times == {"green": 12.0, "yellow": 3.0, "red": 1.0} for light in lights)
+        assert ("reset_lights", 0) in srv.log
+        red = [t for t in obs.ground_truth.traffic_lights if t.state == "red"]
+        assert len(red) == 1, "the route's first light, and no other, was set to red"
+        first = next(light for light in sim.lights if light.current == "red")
+        assert any(key in sim.route.segment_keys for key in first.stop_line.lane_keys)
+        obs = sim.step(Control())
+        assert {t.id: t.state for t in obs.ground_truth.traffic_lights}[first.id] == "red"
+    finally:
+        sim.close()
+    _clean(srv)
