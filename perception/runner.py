@@ -126,6 +126,15 @@ class NetworkRunner:
                                      threads=config.threads)
             self.device, self.dtype = torch.device("cpu"), torch.float32
 
+    @torch.inference_mode()
+    def warm_up(self, batch: int = 1) -> None:
+        """Run the network twice on a blank batch, so that the first real frame does not pay for
+        the kernels' set-up (oneDNN builds its primitives per shape: 50 ms on the first frame)."""
+        x = torch.zeros(batch, 3, *self.input_size, device=self.device).contiguous(memory_format=self.memory_format)
+        for _ in range(2):
+            with self._autocast():
+                self.model(x) if self.session is None else self.session(x)
+
     @property
     def path(self) -> dict[str, str]:
         """What runs the network on this machine (for run.json and the benchmark)."""
