@@ -225,8 +225,8 @@ class LearnedPerceptionConfig(Strict):
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA and on CPUs with AVX-512 BF16/AMX
     # torch: the network in PyTorch (device and precision as above); onnxruntime: its ONNX
     # export on onnxruntime's CPU provider in fp32 (exported once per checkpoint, then cached);
-    # auto: torch on CUDA and on CPUs with native bf16, onnxruntime on the others (the faster
-    # path on each: docs/perception.md, "Speed")
+    # auto: torch on CUDA; on a CPU the fastest of the paths the precision allows, timed on the
+    # stage's batch once per machine and remembered (perception/paths.py)
     backend: Literal["auto", "torch", "onnxruntime"] = "auto"
     channels_last: bool = True
     score_threshold: dict[str, Probability] = {"vehicle": 0.4, "pedestrian": 0.6, "static_obstacle": 0.4,

@@ -94,9 +94,11 @@ class LearnedPerception:
         self.config = config
         self.cameras = tuple(cameras) if cameras else None
         self.road_map = road_map
-        self.runner = runner or NetworkRunner(config)
         if runner is None:
-            self.runner.warm_up(len(self.cameras) if self.cameras else 1)
+            batch = len(self.cameras) if self.cameras else 1
+            runner = NetworkRunner(config, batch=batch)
+            runner.warm_up(batch)
+        self.runner = runner
         if signal_heads is None:
             signal_heads = road_map.signal_heads if road_map is not None else ()
         self.lights = LightReader(config, tuple(signal_heads), stop_reach_m)

@@ -24,6 +24,8 @@ from stagepilot.core.spans import Spans
 from stagepilot.perception.checkpoint import load_checkpoint
 from stagepilot.perception.decode import seg_class_map
 from stagepilot.perception.network import PerceptionNet
+from stagepilot.perception.paths import (ONNX_FP32, TORCH_BF16, TORCH_FP32, Choice, candidates, fastest, measure,
+                                         memory_key, remember, remembered)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED_CHECKPOINT = WEIGHTS_DIR / "mtl_mbv3small_fpn96_s48_seg4_cs.pt"
@@ -53,6 +55,14 @@ def native_bf16(device: torch.device) -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def resolve_checkpoint(path: str | None) -> Path:
@@ -97,7 +107,9 @@ def nonfinite_heads(raw: dict, strides: tuple[int, ...]) -> tuple[str, ...]:
 class NetworkRunner:
     """A checkpoint on its device with the inference settings of ``LearnedPerceptionConfig``."""
 
-    def __init__(self, config: LearnedPerceptionConfig, model: PerceptionNet | None = None):
+    def __init__(self, config: LearnedPerceptionConfig, model: PerceptionNet | None = None, batch: int = 1):
+        """``batch``: the frames a call will carry (the rig's cameras); `backend: auto` times the
+        allowed paths on a batch of that size (perception/paths.py)."""
         self.config = config
         self.device = select_device(config.device)
         if config.threads is not None:
@@ -112,19 +124,53 @@ class NetworkRunner:
         self.memory_format = memory_format
         self.classes = list(self.model.classes)
         self.input_size = tuple(self.model.input_size)  # (H, W)
-        use_bf16 = config.precision == "bf16" or (config.precision == "auto" and native_bf16(self.device))
-        self.dtype = torch.bfloat16 if use_bf16 else torch.float32
         self.min_score = min(config.score_threshold.values())
         self.session = None
-        onnx = config.backend == "onnxruntime" or (
-            config.backend == "auto" and self.device.type == "cpu" and not native_bf16(self.device)
-            and config.precision != "bf16")
-        if onnx:
+        self.dtype = torch.float32
+        self.choice = self._choose(max(int(batch), 1))
+
+    def _choose(self, batch: int) -> Choice:
+        """The path this runner uses, set up: configured, or measured on this machine and remembered."""
+        config, cpu = self.config, self.device.type == "cpu"
+        if not cpu or config.backend == "torch":
+            bf16 = config.precision == "bf16" or (config.precision == "auto" and native_bf16(self.device))
+            return self._use(Choice(TORCH_BF16 if bf16 else TORCH_FP32, "configured"))
+        if config.backend == "onnxruntime":
+            return self._use(Choice(ONNX_FP32, "configured"))
+        allowed = candidates(config.precision, native_bf16(self.device), onnxruntime_available())
+        if len(allowed) == 1:
+            return self._use(Choice(allowed[0], "configured"))
+        digest = self.meta.get("sha256") or _weights_digest(self.model)
+        key = memory_key(digest, self.input_size, batch, torch.get_num_threads(), allowed)
+        known = remembered(key)
+        if known is not None and known.path in allowed:
+            return self._use(known)
+        x = torch.zeros(batch, 3, *self.input_size).contiguous(memory_format=self.memory_format)
+        runs = {}
+        for path in allowed:
+            self._use(Choice(path, "measured"))
+            session, autocast = self.session, self._autocast
+
+            def run(session=session, autocast=autocast):
+                with torch.inference_mode(), autocast():
+                    return self.model(x) if session is None else session(x)
+            runs[path.name] = run
+        ms = measure(runs)
+        choice = Choice(fastest(ms, allowed), "measured", ms)
+        remember(key, choice)
+        return self._use(choice)
+
+    def _use(self, choice: Choice) -> Choice:
+        if choice.path.backend == "onnxruntime":
             from stagepilot.perception.onnx_backend import OnnxHeads
 
             self.session = OnnxHeads(self.model, self.meta.get("sha256") or _weights_digest(self.model),
-                                     threads=config.threads)
+                                     threads=self.config.threads)
             self.device, self.dtype = torch.device("cpu"), torch.float32
+        else:
+            self.session = None
+            self.dtype = torch.bfloat16 if choice.path.dtype == "bfloat16" else torch.float32
+        return choice
 
     @torch.inference_mode()
     def warm_up(self, batch: int = 1) -> None:
@@ -136,13 +182,16 @@ class NetworkRunner:
                 self.model(x) if self.session is None else self.session(x)
 
     @property
-    def path(self) -> dict[str, str]:
-        """What runs the network on this machine (for run.json and the benchmark)."""
+    def path(self) -> dict:
+        """What runs the network on this machine and how it was chosen (for run.json and the
+        benchmark)."""
         if self.session is not None:
-            return {"backend": "onnxruntime", "device": "cpu", "dtype": "float32", "version": self.session.version}
-        return {"backend": "torch", "device": self.device.type,
-                "dtype": "bfloat16" if self.dtype == torch.bfloat16 else "float32",
-                "memory_format": "channels_last" if self.memory_format == torch.channels_last else "contiguous"}
+            path = {"backend": "onnxruntime", "device": "cpu", "dtype": "float32", "version": self.session.version}
+        else:
+            path = {"backend": "torch", "device": self.device.type,
+                    "dtype": "bfloat16" if self.dtype == torch.bfloat16 else "float32",
+                    "memory_format": "channels_last" if self.memory_format == torch.channels_last else "contiguous"}
+        return {**path, **self.choice.describe()}
 
     def _autocast(self):
         if self.dtype == torch.float32:

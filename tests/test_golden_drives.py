@@ -3,7 +3,7 @@
 The golden files hold what `stagepilot drive` wrote for the same scenario, config and seed
 under the `budget` time model:
 
-    stagepilot drive --scenario town_loop --quiet --out DIR scenario.duration_s=4
+    stagepilot drive --scenario town_loop --quiet --out DIR scenario.duration_s=4 perception.learned.backend=torch
     stagepilot drive --scenario pedestrian_crossing --perception perfect --quiet --out DIR scenario.duration_s=6
 
 Everything must match but the wall-clock figures (stage latency percentiles and wall-clock
@@ -51,7 +51,9 @@ def differences(golden, actual, path: str = "") -> list[str]:
     ("pedestrian_crossing", "perfect", 6.0, "pedestrian_crossing_6s.metrics.json"),
 ])
 def test_a_short_drive_matches_its_golden_metrics(tmp_path, scenario, perception, duration_s, golden):
-    config = load_stack([], [f"perception.kind={perception}"])
+    # The golden learned drive ran the network in torch (bf16 autocast on a CPU with native bf16):
+    # pinned, so that the path `auto` would time on this machine does not change the numbers.
+    config = load_stack([], [f"perception.kind={perception}", "perception.learned.backend=torch"])
     loaded = load_scenario(scenario, [f"duration_s={duration_s}"])
     result = drive(config, loaded, observers=(RunWriter(tmp_path, config, loaded),))
     written = json.loads((tmp_path / "metrics.json").read_text())

@@ -1,0 +1,156 @@
+"""Which path runs the network on this machine: measured once, then remembered.
+
+A CPU's flags do not say which path is fastest. On a 2-core AMD EPYC with AVX-512 BF16, torch
+with bf16 autocast ran the rig's batch about as fast as onnxruntime in fp32; on a 2-core Intel
+Xeon with the same flags, bf16 autocast was 1.8x slower than onnxruntime (docs/perception.md,
+"Speed"). So `backend: auto` times each path the config allows on the batch the stage will run
+(the rig's frames at the network's input size), interleaved, and keeps the fastest by median.
+
+The choice is remembered in the cache folder (`paths.json`), keyed by the weights, the input
+size, the batch, the threads, the CPU (model name and the flags that decide the kernels) and the
+library versions: the same machine then runs the same path every time, so its drives stay
+reproducible and the measurement is paid once. Delete the file to measure again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from stagepilot.perception.onnx_backend import cache_dir
+
+# CPU flags that decide which kernels oneDNN and onnxruntime run
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+             "amx_bf16", "amx_int8")
+WARMUP = 2   # untimed runs of each path (kernel set-up)
+TIMED = 6    # timed runs of each path, interleaved
+
+
+@dataclass(frozen=True)
+class NetPath:
+    """One way to run the network: a backend and its dtype."""
+
+    backend: str  # torch | onnxruntime
+    dtype: str    # float32 | bfloat16
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}-{self.dtype}"
+
+
+TORCH_FP32 = NetPath("torch", "float32")
+TORCH_BF16 = NetPath("torch", "bfloat16")
+ONNX_FP32 = NetPath("onnxruntime", "float32")
+
+
+@dataclass
+class Choice:
+    """The path picked and why: `by` is configured | measured | remembered; `ms` the median of
+    each candidate's timed runs on the stage's batch (empty when configured)."""
+
+    path: NetPath
+    by: str
+    ms: dict[str, float] = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        out = {"chosen_by": self.by}
+        if self.ms:
+            out["candidates_ms"] = dict(self.ms)
+        return out
+
+
+def cpu_identity() -> str:
+    """The CPU's model name and the flags that decide its kernels (Linux /proc/cpuinfo)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model, flags = "", set()
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not model:
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    return f"{model} [{' '.join(f for f in ISA_FLAGS if f in flags)}]"
+
+
+def candidates(precision: str, native_bf16: bool, onnx_available: bool) -> list[NetPath]:
+    """The CPU paths a `backend: auto` config allows: bf16 autocast only where the CPU runs bf16
+    natively (emulated bf16 is slower than fp32 everywhere), onnxruntime only in fp32."""
+    if precision == "bf16":
+        return [TORCH_BF16]
+    paths = [TORCH_FP32]
+    if precision == "auto" and native_bf16:
+        paths.append(TORCH_BF16)
+    if onnx_available:
+        paths.append(ONNX_FP32)
+    return paths
+
+
+def memory_key(digest: str, input_size: tuple[int, int], batch: int, threads: int, allowed: list[NetPath]) -> str:
+    versions = [f"torch {torch.__version__}"]
+    with contextlib.suppress(ImportError):
+        import onnxruntime
+
+        versions.append(f"onnxruntime {onnxruntime.__version__}")
+    text = "|".join([digest[:16], f"{input_size[0]}x{input_size[1]}", f"batch {batch}", f"threads {threads}",
+                     cpu_identity(), *versions, ",".join(p.name for p in allowed)])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _memory_file() -> Path:
+    return cache_dir() / "paths.json"
+
+
+def remembered(key: str) -> Choice | None:
+    try:
+        entry = json.loads(_memory_file().read_text())[key]
+        return Choice(NetPath(entry["backend"], entry["dtype"]), "remembered", dict(entry["ms"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # nothing remembered, or a file this code cannot read: measure again
+
+
+def remember(key: str, choice: Choice) -> None:
+    path = _memory_file()
+    try:
+        entries = json.loads(path.read_text())
+        entries = entries if isinstance(entries, dict) else {}
+    except (OSError, ValueError):
+        entries = {}
+    entries[key] = {"backend": choice.path.backend, "dtype": choice.path.dtype, "ms": choice.ms,
+                    "cpu": cpu_identity(), "date": dt.date.today().isoformat()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(json.dumps(entries, indent=1, sort_keys=True))
+    os.replace(partial, path)  # whole or absent, whatever another process does meanwhile
+
+
+def measure(runs: dict[str, callable], warmup: int = WARMUP, timed: int = TIMED) -> dict[str, float]:
+    """Median wall time [ms] of each runner, the runners taken in turn so that a change in the
+    machine's load falls on all of them alike."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(timed):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: round(statistics.median(ts), 2) for name, ts in times.items()}
+
+
+def fastest(ms: dict[str, float], allowed: list[NetPath]) -> NetPath:
+    by_name = {p.name: p for p in allowed}
+    return by_name[min(ms, key=ms.__getitem__)]
