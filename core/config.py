@@ -269,7 +269,7 @@ class StageRuntimeConfig(Strict):
 
 
 class StagesConfig(Strict):
-    perception: StageRuntimeConfig = StageRuntimeConfig(budget_ms=25.0)
+    perception: StageRuntimeConfig = StageRuntimeConfig(budget_ms=40.0)
     planner: StageRuntimeConfig = StageRuntimeConfig(budget_ms=15.0)
     controller: StageRuntimeConfig = StageRuntimeConfig(budget_ms=5.0, on_miss="warn")
 

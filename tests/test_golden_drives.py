@@ -53,7 +53,8 @@ def differences(golden, actual, path: str = "") -> list[str]:
 def test_a_short_drive_matches_its_golden_metrics(tmp_path, scenario, perception, duration_s, golden):
     # The golden learned drive ran the network in torch (bf16 autocast on a CPU with native bf16):
     # pinned, so that the path `auto` would time on this machine does not change the numbers.
-    config = load_stack([], [f"perception.kind={perception}", "perception.learned.backend=torch"])
+    pinned = ["perception.learned.backend=torch"] if perception == "learned" else []
+    config = load_stack([], [f"perception.kind={perception}", *pinned])
     loaded = load_scenario(scenario, [f"duration_s={duration_s}"])
     result = drive(config, loaded, observers=(RunWriter(tmp_path, config, loaded),))
     written = json.loads((tmp_path / "metrics.json").read_text())

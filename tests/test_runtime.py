@@ -41,8 +41,8 @@ def test_budget_model_is_bitwise_repeatable_and_pipelining_changes_nothing():
     assert fingerprint(runs[0]) == fingerprint(runs[1])
     assert fingerprint(runs[0]) == fingerprint(pipelined)
     assert len(runs[0].records) == 161
-    # 25 + 15 + 5 ms of budgets: every command is charged 45 ms and applies one tick later.
-    assert {round(r.charged_delay_s, 6) for r in runs[0].records} == {0.045}
+    # 40 + 15 + 5 ms of budgets: every command is charged 60 ms and applies one tick later.
+    assert {round(r.charged_delay_s, 6) for r in runs[0].records} == {0.06}
 
 
 def test_ideal_model_charges_nothing():
@@ -87,11 +87,11 @@ def test_late_perception_with_hold_still_stops_for_the_pedestrian():
     # Until the first late output is ready there is nothing to hold: those frames wait for
     # their own late output, which is no older than a held one would be.
     assert all(r.failsafe is None for r in runtime.records)
-    assert all(r.charged_delay_s == pytest.approx(0.245, abs=1e-6) for r in runtime.records[:4])
+    assert all(r.charged_delay_s == pytest.approx(0.26, abs=1e-6) for r in runtime.records[:4])
     # The planner works on perception that is 200 ms old, moved into the current frame.
     assert all(r.t - r.perception.t == pytest.approx(0.2, abs=1e-6) for r in runtime.records[5:])
-    # Sensor to actuator counts from that old frame's capture: 200 ms + 45 ms charged, on the
-    # next tick, never the charged 45 ms alone.
+    # Sensor to actuator counts from that old frame's capture: 200 ms + 60 ms charged, on the
+    # next tick, never the charged 60 ms alone.
     assert all(r.sensor_to_actuator_s >= 0.2 for r in runtime.records)
     assert all(r.sensor_to_actuator_s == pytest.approx(0.25, abs=1e-6) for r in runtime.records[5:])
     assert seen["stopped"] and seen["closest"] >= 1.0
