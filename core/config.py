@@ -222,7 +222,8 @@ class LearnedPerceptionConfig(Strict):
     checkpoint: str | None = None  # null: the shipped model (perception/weights/)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present, else CPU
     threads: int | None = Field(None, ge=1, le=4096)  # torch CPU threads; null: torch's default
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA and on CPUs with AVX-512 BF16/AMX
+    # auto: bf16 autocast on CUDA; on a CPU with AVX-512 BF16/AMX bf16 is one of the paths `auto` times
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     # torch: the network in PyTorch (device and precision as above); onnxruntime: its ONNX
     # export on onnxruntime's CPU provider in fp32 (exported once per checkpoint, then cached);
     # auto: torch on CUDA; on a CPU the fastest of the paths the precision allows, timed on the

@@ -14,6 +14,7 @@ under ``tolerance``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,8 @@ def export_onnx(model: PerceptionNet, out: str | Path, *, opset: int = 18, toler
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval().float().to("cpu", memory_format=torch.contiguous_format)
+    # a copy: the caller's model keeps its device, dtype and memory format
+    model = copy.deepcopy(model).eval().float().to("cpu", memory_format=torch.contiguous_format)
     h, w = model.input_size
     example = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(0))
     # The torch.export-based exporter: the older TorchScript one (dynamo=False) gave outputs far

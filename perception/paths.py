@@ -27,6 +27,11 @@ from pathlib import Path
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # not on Windows: no lock, each process measures for itself
+    fcntl = None
+
 from stagepilot.perception.onnx_backend import cache_dir
 
 # CPU flags that decide which kernels oneDNN and onnxruntime run
@@ -61,11 +66,14 @@ class Choice:
     path: NetPath
     by: str
     ms: dict[str, float] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # candidate -> why it could not be set up
 
     def describe(self) -> dict:
         out = {"chosen_by": self.by}
         if self.ms:
             out["candidates_ms"] = dict(self.ms)
+        if self.failed:
+            out["candidates_failed"] = dict(self.failed)
         return out
 
 
@@ -98,19 +106,43 @@ def candidates(precision: str, native_bf16: bool, onnx_available: bool) -> list[
     return paths
 
 
-def memory_key(digest: str, input_size: tuple[int, int], batch: int, threads: int, allowed: list[NetPath]) -> str:
+def memory_key(digest: str, input_size: tuple[int, int], batch: int, threads: int, allowed: list[NetPath], *,
+               channels_last: bool = True) -> str:
     versions = [f"torch {torch.__version__}"]
     with contextlib.suppress(ImportError):
         import onnxruntime
 
         versions.append(f"onnxruntime {onnxruntime.__version__}")
     text = "|".join([digest[:16], f"{input_size[0]}x{input_size[1]}", f"batch {batch}", f"threads {threads}",
-                     cpu_identity(), *versions, ",".join(p.name for p in allowed)])
+                     "channels_last" if channels_last else "contiguous", cpu_identity(), *versions,
+                     ",".join(p.name for p in allowed)])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def _memory_file() -> Path:
     return cache_dir() / "paths.json"
+
+
+@contextlib.contextmanager
+def choosing(key: str):
+    """Hold the machine's lock on the memory file while a path is looked up, measured and
+    written, and yield what is remembered under `key` (None: measure). Processes that start
+    together (evaluation workers) then measure one at a time, and those after the first find
+    its choice instead of timing under each other's load. Without a writable cache folder there
+    is no lock and nothing is remembered."""
+    lock = None
+    try:
+        _memory_file().parent.mkdir(parents=True, exist_ok=True)
+        if fcntl is not None:
+            lock = open(_memory_file().with_suffix(".lock"), "a")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+    except OSError:
+        pass
+    try:
+        yield remembered(key)
+    finally:
+        if lock is not None:
+            lock.close()  # closing the file releases the lock
 
 
 def remembered(key: str) -> Choice | None:
@@ -130,10 +162,13 @@ def remember(key: str, choice: Choice) -> None:
         entries = {}
     entries[key] = {"backend": choice.path.backend, "dtype": choice.path.dtype, "ms": choice.ms,
                     "cpu": cpu_identity(), "date": dt.date.today().isoformat()}
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp")
-    partial.write_text(json.dumps(entries, indent=1, sort_keys=True))
-    os.replace(partial, path)  # whole or absent, whatever another process does meanwhile
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(entries, indent=1, sort_keys=True))
+        os.replace(partial, path)  # whole or absent, whatever another process does meanwhile
+    except OSError:
+        pass  # a cache folder that cannot be written: the next run measures again
 
 
 def measure(runs: dict[str, callable], warmup: int = WARMUP, timed: int = TIMED) -> dict[str, float]:

@@ -24,8 +24,8 @@ from stagepilot.core.spans import Spans
 from stagepilot.perception.checkpoint import load_checkpoint
 from stagepilot.perception.decode import seg_class_map
 from stagepilot.perception.network import PerceptionNet
-from stagepilot.perception.paths import (ONNX_FP32, TORCH_BF16, TORCH_FP32, Choice, candidates, fastest, measure,
-                                         memory_key, remember, remembered)
+from stagepilot.perception.paths import (ONNX_FP32, TORCH_BF16, TORCH_FP32, Choice, candidates, choosing, fastest,
+                                         measure, memory_key, remember)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED_CHECKPOINT = WEIGHTS_DIR / "mtl_mbv3small_fpn96_s48_seg4_cs.pt"
@@ -132,40 +132,57 @@ class NetworkRunner:
     def _choose(self, batch: int) -> Choice:
         """The path this runner uses, set up: configured, or measured on this machine and remembered."""
         config, cpu = self.config, self.device.type == "cpu"
+        if config.backend == "onnxruntime":
+            return self._use(Choice(ONNX_FP32, "configured"))
         if not cpu or config.backend == "torch":
             bf16 = config.precision == "bf16" or (config.precision == "auto" and native_bf16(self.device))
             return self._use(Choice(TORCH_BF16 if bf16 else TORCH_FP32, "configured"))
-        if config.backend == "onnxruntime":
-            return self._use(Choice(ONNX_FP32, "configured"))
         allowed = candidates(config.precision, native_bf16(self.device), onnxruntime_available())
         if len(allowed) == 1:
             return self._use(Choice(allowed[0], "configured"))
-        digest = self.meta.get("sha256") or _weights_digest(self.model)
-        key = memory_key(digest, self.input_size, batch, torch.get_num_threads(), allowed)
-        known = remembered(key)
-        if known is not None and known.path in allowed:
-            return self._use(known)
-        x = torch.zeros(batch, 3, *self.input_size).contiguous(memory_format=self.memory_format)
-        runs = {}
-        for path in allowed:
-            self._use(Choice(path, "measured"))
-            session, autocast = self.session, self._autocast
+        key = memory_key(self._digest(), self.input_size, batch, self._threads(), allowed,
+                         channels_last=self.memory_format == torch.channels_last)
+        with choosing(key) as known:
+            if known is not None and known.path in allowed:
+                return self._use(known)
+            return self._use(self._measure(allowed, batch, key))
 
-            def run(session=session, autocast=autocast):
-                with torch.inference_mode(), autocast():
+    def _measure(self, allowed: list, batch: int, key: str) -> Choice:
+        """Time each allowed path on a batch of the stage's size; remember and return the fastest.
+        A path that cannot be set up (an ONNX export that fails) is left out and named."""
+        x = torch.zeros(batch, 3, *self.input_size).contiguous(memory_format=self.memory_format)
+        runs, failed = {}, {}
+        for path in allowed:
+            try:
+                self._use(Choice(path, "measured"))
+            except Exception as e:  # noqa: BLE001 - any failure of the export leaves torch to run
+                failed[path.name] = f"{type(e).__name__}: {e}"[:200]
+                continue
+            session = self.session
+            cast = (torch.autocast("cpu", dtype=torch.bfloat16) if path == TORCH_BF16
+                    else contextlib.nullcontext())  # taken now: one per path, not the runner's last
+
+            def run(session=session, cast=cast):
+                with torch.inference_mode(), cast:
                     return self.model(x) if session is None else session(x)
             runs[path.name] = run
         ms = measure(runs)
-        choice = Choice(fastest(ms, allowed), "measured", ms)
+        choice = Choice(fastest(ms, allowed), "measured", ms, failed)
         remember(key, choice)
-        return self._use(choice)
+        return choice
+
+    def _digest(self) -> str:
+        return self.meta.get("sha256") or _weights_digest(self.model)
+
+    def _threads(self) -> int:
+        """The threads both backends run on: the config's, else torch's (which the caller may have set)."""
+        return self.config.threads or torch.get_num_threads()
 
     def _use(self, choice: Choice) -> Choice:
         if choice.path.backend == "onnxruntime":
             from stagepilot.perception.onnx_backend import OnnxHeads
 
-            self.session = OnnxHeads(self.model, self.meta.get("sha256") or _weights_digest(self.model),
-                                     threads=self.config.threads)
+            self.session = OnnxHeads(self.model, self._digest(), threads=self._threads())
             self.device, self.dtype = torch.device("cpu"), torch.float32
         else:
             self.session = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,9 @@ SHARED_MAPS = ROOT.parent / "shared" / "maps"
 # The real CARLA towns (Town01, Town02) are test data beside the checkout, on CI machines too;
 # the map search path finds them through STAGEPILOT_MAPS unless the caller has set it.
 os.environ.setdefault(MAPS_ENV, str(SHARED_MAPS))
+# The learned stage remembers which network path is fastest on this machine (and caches ONNX
+# exports) in its cache folder: the tests start from an empty one, as a fresh machine would.
+os.environ["STAGEPILOT_CACHE"] = tempfile.mkdtemp(prefix="stagepilot-test-cache-")
 # Tests of planning, control and the runtime drive on ground truth, so that they test those
 # stages and not the network; tests of learned perception ask for it. Ground truth of every
 # object in range (`coverage: all`): no cameras need to render for it.

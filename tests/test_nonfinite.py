@@ -93,7 +93,8 @@ def _assert_failsafe_after_break(result, reason: str) -> None:
 
 
 def test_a_network_that_turns_nan_stops_the_car(monkeypatch):
-    config = load_stack([], ["perception.kind=learned"])
+    # the hook sits on the torch module: the network runs in torch, whichever path `auto` would time fastest
+    config = load_stack([], ["perception.kind=learned", "perception.learned.backend=torch"])
     sim = EmbeddedSimulator(config, render=True)
     monkeypatch.setattr(stack_module, "build_perception", _stage_with_hook(stack_module.build_perception, sim, "cls_out"))
     result = drive(config, load_scenario(*SCENARIO), sim=sim, max_time_s=DRIVE_S)

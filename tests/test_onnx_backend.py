@@ -12,6 +12,7 @@ import torch
 
 from stagepilot.core.config import LearnedPerceptionConfig, load_stack
 from stagepilot.perception.paths import TORCH_FP32, candidates, cpu_identity
+from stagepilot.perception import runner as runner_module
 from stagepilot.perception.runner import NetworkRunner, native_bf16
 from stagepilot.sim.scenario import load_scenario
 from stagepilot.sim.world import EmbeddedSimulator
@@ -73,3 +74,24 @@ def test_a_configured_path_is_not_timed(tmp_path, monkeypatch):
     assert bf16.path["backend"] == "torch" and bf16.path["dtype"] == "bfloat16"
     assert not (tmp_path / "paths.json").exists()
     assert candidates("auto", native_bf16=False, onnx_available=False) == [TORCH_FP32]
+
+
+def test_each_candidate_is_timed_as_itself(tmp_path, monkeypatch):
+    """The bf16 candidate runs under bf16 autocast and the fp32 ones without, whatever order they
+    are set up in (each timed closure takes its own settings, not the runner's last)."""
+    monkeypatch.setenv("STAGEPILOT_CACHE", str(tmp_path))
+    seen = {}
+
+    def record(runs, **_):
+        for name, run in runs.items():
+            seen[name] = run()["cls"][0].dtype
+        return {name: float(i) for i, name in enumerate(runs)}
+
+    monkeypatch.setattr(runner_module, "measure", record)
+    chosen = NetworkRunner(LearnedPerceptionConfig(threads=2), batch=1)
+    assert seen["torch-float32"] == torch.float32 and seen["onnxruntime-float32"] == torch.float32
+    if native_bf16(torch.device("cpu")):
+        assert seen["torch-bfloat16"] == torch.bfloat16
+    assert chosen.path["backend"] == "torch" and chosen.path["dtype"] == "float32"  # the first is "fastest"
+    # the ONNX export worked on a copy: the stage's own network keeps its channels-last weights
+    assert chosen.model.cls_out.weight.is_contiguous(memory_format=torch.channels_last)
