@@ -99,9 +99,9 @@ def test_metrics_hold_latency_table_misses_and_failsafes(run, stack) -> None:
         assert row["budget_ms"] == getattr(stack.runtime.stages, name).budget_ms
     assert table["planner"]["misses"] == planned and table["perception"]["misses"] == 0
     assert metrics["misses"][0] == {"t": 0.0, "frame": 0, "line": "planner: 45.0 ms > 15 ms budget (hold)"}
-    # 25 + 15 (held plan, at the planner's deadline) + 5 ms; the first frame waits for its late plan.
-    assert metrics["charged_delay_ms"]["p50_ms"] == pytest.approx(45.0)
-    assert metrics["charged_delay_ms"]["max_ms"] == pytest.approx(75.0)
+    # 40 + 15 (held plan, at the planner's deadline) + 5 ms; the first frame waits for its late plan.
+    assert metrics["charged_delay_ms"]["p50_ms"] == pytest.approx(60.0)
+    assert metrics["charged_delay_ms"]["max_ms"] == pytest.approx(90.0)
     # The held plan is the previous frame's (late, but ready by this deadline): its camera frame
     # is one tick older, and the command applies a tick after this one: 100 ms from capture.
     assert metrics["sensor_to_actuator_ms"]["p50_ms"] == pytest.approx(100.0)
