@@ -44,10 +44,10 @@ from stagepilot.control.geometry import VehicleGeometry
 from stagepilot.control.longitudinal import emergency_pedals, hold_still
 from stagepilot.control.reference import PlanReference
 from stagepilot.control.tracker import PidTracker, check_inputs
-
-MAX_DELAY_TICKS = 64  # commands kept for the delay compensation
 from stagepilot.core.messages import Control, EgoState, Plan
 from stagepilot.core.config_control import MpcConfig, StandstillConfig
+
+MAX_DELAY_TICKS = 64  # commands kept for the delay compensation
 
 NX, NU = 6, 2
 EY, EPSI, DELTA, ES, EV, ACC = range(NX)

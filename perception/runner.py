@@ -11,6 +11,7 @@ that are not finite make the whole batch unusable.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,7 @@ class NetworkRunner:
         self.input_size = tuple(self.model.input_size)  # (H, W)
         self.min_score = min(config.score_threshold.values())
         self.session = None
+        self._onnx = None  # the onnxruntime session, built once: when measured, kept for the run
         self.dtype = torch.float32
         self.choice = self._choose(max(int(batch), 1))
 
@@ -140,7 +142,7 @@ class NetworkRunner:
         allowed = candidates(config.precision, native_bf16(self.device), onnxruntime_available())
         if len(allowed) == 1:
             return self._use(Choice(allowed[0], "configured"))
-        key = memory_key(self._digest(), self.input_size, batch, self._threads(), allowed,
+        key = memory_key(self._digest, self.input_size, batch, self._threads(), allowed,
                          channels_last=self.memory_format == torch.channels_last)
         with choosing(key) as known:
             if known is not None and known.path in allowed:
@@ -171,6 +173,7 @@ class NetworkRunner:
         remember(key, choice)
         return choice
 
+    @functools.cached_property
     def _digest(self) -> str:
         return self.meta.get("sha256") or _weights_digest(self.model)
 
@@ -182,7 +185,9 @@ class NetworkRunner:
         if choice.path.backend == "onnxruntime":
             from stagepilot.perception.onnx_backend import OnnxHeads
 
-            self.session = OnnxHeads(self.model, self._digest(), threads=self._threads())
+            if self._onnx is None:
+                self._onnx = OnnxHeads(self.model, self._digest, threads=self._threads())
+            self.session = self._onnx
             self.device, self.dtype = torch.device("cpu"), torch.float32
         else:
             self.session = None

@@ -45,8 +45,8 @@ class DriveResult:
     trace: ChromeTrace
     metrics: dict[str, Any]  # metrics.json
     interrupted: bool
-    stop_signal: int | None = None
-    perception_path: dict[str, str] | None = None  # what ran the network (backend, device, dtype)  # the signal that stopped the drive or came while it wrote its outputs
+    stop_signal: int | None = None  # the signal that stopped the drive or came while it wrote its outputs
+    perception_path: dict | None = None  # what ran the network (backend, device, dtype) and how it was chosen
 
     def kinds(self) -> list[str]:
         return self.series.kinds()

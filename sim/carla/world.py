@@ -39,7 +39,7 @@ from stagepilot.sim.carla.spawn import pick_blueprint, spawn_plan, spawn_with_re
 from stagepilot.sim.carla.truth import Box3D, project_boxes
 from stagepilot.sim.events import COLLISION_MIN_SPEED, COLLISION_REPEAT_S, EventMonitor
 from stagepilot.sim.interface import Simulator
-from stagepilot.sim.observe import _lane, _lights, _wrap
+from stagepilot.sim.observe import _lane, _lights, _to_ego, _wrap
 from stagepilot.sim.render import palette
 from stagepilot.sim.scenario import Scenario
 from stagepilot.sim.traffic import Agent
@@ -373,7 +373,7 @@ class CarlaSimulator(Simulator):
                 kind, tag, yaw, extent = item.kind, KIND_TAGS[item.kind], item.yaw, item.size
                 vx, vy = item.velocity
             z_ego = z - ego_z  # the ego frame's origin is on the ground under the ego
-            ex, ey = c * (x - ego.x) + s * (y - ego.y), -s * (x - ego.x) + c * (y - ego.y)
+            ex, ey = _to_ego(x, y, ego)
             objects.append(ObjectTruth(
                 id=item.id, kind=kind, tag=tag, center_world=(x, y, z), yaw_world=_wrap(yaw), extent=extent,
                 center_ego=(ex, ey, z_ego), yaw_ego=_wrap(yaw - ego.yaw), velocity_world=(vx, vy),
