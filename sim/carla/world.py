@@ -63,6 +63,7 @@ class CarlaSimulator(Simulator):
         # The follower that drives `collect` reads these (sim/follower.py): the config's vehicle.
         self.vehicle_params = VehicleParams(**self.config.vehicle.model_dump())
         self.client_class = client_class or carla.Client
+        self._agents: list[Agent] = []  # the actors of the current tick (_events reads them)
         self.server: CarlaServer | None = None
         self.lease: ServerLease | None = None
         self.scenario: Scenario | None = None
@@ -222,10 +223,11 @@ class CarlaSimulator(Simulator):
     def _events(self) -> list[Event]:
         for light in self.lights:
             light.read()
-        agents = self.agents()
-        events = self.monitor.update(self.t, self.ego_agent(), self._ego_front(), agents)
+        agents = self._agents = self.agents()  # this tick's actors, for the ground truth too
+        ego = self.ego_agent()
+        events = self.monitor.update(self.t, ego, self._ego_front(), agents)
         known = {a.id for a in agents}
-        ego_speed = self.ego_agent().speed
+        ego_speed = ego.speed
         for hit in self.collisions.drain(self._server_frame):
             other = hit.other_actor
             if other is not None and other.id in known or ego_speed < COLLISION_MIN_SPEED:
@@ -234,7 +236,6 @@ class CarlaSimulator(Simulator):
             if what in KERBS:
                 continue  # riding onto a kerb is not a collision (Leaderboard)
             # The world's own meshes all come as actor 0 ("static.<tag>"): one per tag and place.
-            ego = self.ego_agent()
             key = other.id if other is not None and other.id else (what, round(ego.x / 5.0), round(ego.y / 5.0))
             t = max(0.0, round(self.t - (self._server_frame - int(hit.frame)) * self.dt, 9))  # its own frame's time
             last = self._world_hits.get(key)
@@ -344,7 +345,7 @@ class CarlaSimulator(Simulator):
         c, s = math.cos(ego.yaw), math.sin(ego.yaw)
         ego_z = to_world_xyz(self.ego_actor.get_transform().location)[2] + self.ground_z
         near, boxes = [], []
-        for agent in self.agents():
+        for agent in self._agents:  # read by _events this tick
             if math.hypot(agent.x - ego.x, agent.y - ego.y) > TRUTH_RANGE_M:
                 continue
             near.append(agent)
