@@ -54,7 +54,6 @@ class ScenarioActors:
         self.tm = server.traffic_manager
         self.npcs: list[Npc] = []
         self.walkers: list[Walker] = []
-        self.statics: list = []
         world = server.world
         library = server.call("reading the blueprint library", world.get_blueprint_library)
         if any(s.role == "pedestrian" and s.actor.controller == "ai" for s in plan):
@@ -74,9 +73,8 @@ class ScenarioActors:
             elif spec.role == "pedestrian":
                 self.walkers.append(Walker(spec, actor))
             else:
-                if spec.role == "parked":
+                if spec.role == "parked":  # props and parked cars: the server tracks them for teardown
                     actor.apply_control(carla.VehicleControl(hand_brake=True, brake=1.0))
-                self.statics.append(actor)
         if any(w.spec.actor is not None and w.spec.actor.controller == "ai" for w in self.walkers):
             self._add_controllers(library)
 
@@ -109,15 +107,14 @@ class ScenarioActors:
 
     # ------------------------------------------------------------ each tick
 
-    def update(self, t: float, ego_xy: tuple[float, float], dt: float) -> None:
+    def update(self, t: float, ego_xy: tuple[float, float]) -> None:
         """Fire the behaviours whose trigger has come and move the walkers, before a tick."""
-        self.t_now = t
         for npc in self.npcs:
             for behaviour in list(npc.behaviours):
                 at_t = behaviour.at_t is not None and t >= behaviour.at_t - 1e-9
                 near = behaviour.ego_within_m is not None and _distance(npc.actor, ego_xy) <= behaviour.ego_within_m
                 if at_t or near:
-                    self._fire(npc, behaviour)
+                    self._fire(npc, behaviour, t)
                     npc.behaviours.remove(behaviour)
             if npc.braking is not None:
                 npc.actor.apply_control(carla.VehicleControl(throttle=0.0, brake=min(1.0, npc.braking / MAX_BRAKE_DECEL)))
@@ -126,7 +123,7 @@ class ScenarioActors:
         for walker in self.walkers:
             self._walk(walker, t, ego_xy)
 
-    def _fire(self, npc: Npc, b: Behaviour) -> None:
+    def _fire(self, npc: Npc, b: Behaviour, t: float) -> None:
         port = self.server.endpoint.tm_port
         if b.action in ("brake", "stop"):
             npc.actor.set_autopilot(False, port)
@@ -138,7 +135,7 @@ class ScenarioActors:
         elif b.action == "set_speed":
             self.tm.set_desired_speed(npc.actor, float(b.speed) * 3.6)
         elif b.action == "cut_in":
-            npc.cut_in = (b.side == "right", self.t_now + b.duration_s + CUT_IN_GRACE_S, self._lane_id(npc.actor))
+            npc.cut_in = (b.side == "right", t + b.duration_s + CUT_IN_GRACE_S, self._lane_id(npc.actor))
 
     def _cut_in(self, npc: Npc, t: float) -> None:
         """The Traffic Manager takes a forced lane change as a one-shot request that it may

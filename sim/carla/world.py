@@ -208,7 +208,7 @@ class CarlaSimulator(Simulator):
             raise RuntimeError("reset() the simulator with a scenario before step()")
         command = control.clipped()
         ego = self.ego_agent()
-        self.actors.update(self.t, (ego.x, ego.y), self.dt)
+        self.actors.update(self.t, (ego.x, ego.y))
         self.server.call("sending the ego's command", self.ego_actor.apply_control, carla.VehicleControl(
             throttle=command.throttle, steer=command.steer, brake=command.brake, hand_brake=command.hand_brake,
             reverse=command.reverse))
