@@ -72,9 +72,8 @@ class ScenarioActors:
                 self._add_vehicle(spec, actor)
             elif spec.role == "pedestrian":
                 self.walkers.append(Walker(spec, actor))
-            else:
-                if spec.role == "parked":  # props and parked cars: the server tracks them for teardown
-                    actor.apply_control(carla.VehicleControl(hand_brake=True, brake=1.0))
+            elif spec.role == "parked":  # props need nothing more: the server tracks every actor for teardown
+                actor.apply_control(carla.VehicleControl(hand_brake=True, brake=1.0))
         if any(w.spec.actor is not None and w.spec.actor.controller == "ai" for w in self.walkers):
             self._add_controllers(library)
 
