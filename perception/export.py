@@ -5,8 +5,10 @@
 The graph takes ``images`` (B, 3, H, W) float RGB in [0, 1] at the checkpoint's input size and
 returns the raw head outputs ``cls`` (B, C, H/8, W/8) logits, ``box`` (B, 4, H/8, W/8)
 left/top/right/bottom distances [px] and ``seg`` (B, K, H/4, W/4) logits; decoding (score
-threshold, NMS) stays outside, as in torchvision's detection exports. The batch axis is dynamic.
-After writing, the file is run with onnxruntime on a fixed random batch and compared with
+threshold, NMS) stays outside, as in torchvision's detection exports. The batch, height and
+width axes are dynamic: the stage also runs side cameras' bands and half-scale frames through the
+same file (perception/operating.py). After writing, the file is run with onnxruntime on a fixed
+random batch at the checkpoint's size and on one at a smaller, odd size, and compared with
 PyTorch in fp32; the largest absolute difference of each output is reported and must stay
 under ``tolerance``.
 """
@@ -66,7 +68,9 @@ def export_onnx(model: PerceptionNet, out: str | Path, *, opset: int = 18, toler
     with contextlib.redirect_stdout(sys.stderr):  # the exporter reports its steps on stdout
         torch.onnx.export(heads, (example,), str(out), input_names=["images"], output_names=names,
                           opset_version=opset, dynamo=True, verbose=False,
-                          dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},))
+                          dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64),
+                                           2: torch.export.Dim("height", min=32, max=4096),
+                                           3: torch.export.Dim("width", min=32, max=4096)},))
     graph = onnx.load(str(out))
     onnx.checker.check_model(graph)
     info = {"architecture": model.architecture, "classes": ",".join(model.classes),
@@ -79,10 +83,14 @@ def export_onnx(model: PerceptionNet, out: str | Path, *, opset: int = 18, toler
     onnx.save(graph, str(out))
 
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    got = session.run(names, {"images": example.numpy()})
-    with torch.inference_mode():
-        want = heads(example)
-    diffs = {name: float(np.max(np.abs(g - w_.numpy()))) for name, g, w_ in zip(names, got, want)}
+    other = torch.rand(1, 3, h // 2 + 7, w // 2 + 3, generator=torch.Generator().manual_seed(1))
+    diffs = dict.fromkeys(names, 0.0)
+    for x in (example, other):
+        got = session.run(names, {"images": x.numpy()})
+        with torch.inference_mode():
+            want = heads(x)
+        for name, g, w_ in zip(names, got, want):
+            diffs[name] = max(diffs[name], float(np.max(np.abs(g - w_.numpy()))))
     bad = {k: v for k, v in diffs.items() if not v <= tolerance}
     if bad:
         raise RuntimeError(f"{out}: onnxruntime differs from PyTorch beyond {tolerance}: {bad}")

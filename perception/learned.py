@@ -36,6 +36,7 @@ import torch
 from stagepilot.core.config import LearnedPerceptionConfig
 from stagepilot.core.messages import CameraImage, Observation, Perception
 from stagepilot.core.spans import Spans
+from stagepilot.perception import operating
 from stagepilot.perception.checks import FrameCheck, ego_fault
 from stagepilot.perception.fusion import Placed, fuse, in_any_view, is_cut
 from stagepilot.perception.geometry import (
@@ -86,19 +87,36 @@ class LearnedPerception:
     name = "perception"
 
     def __init__(self, config: LearnedPerceptionConfig, road_map=None, cameras: tuple[str, ...] | None = None,
-                 runner: NetworkRunner | None = None, stop_reach_m: float | None = None, signal_heads=None):
+                 runner: NetworkRunner | None = None, stop_reach_m: float | None = None, signal_heads=None,
+                 camera_specs=None, budget_ms: float | None = None):
         """``cameras``: the rig, main camera first (default: every camera in the observation, in
         its order). ``signal_heads``: the map's signalised approaches (default: the road map's,
         core/signals.py). ``stop_reach_m``: rear axle to where the planner puts the front
-        bumper's stop (perception/lights.py)."""
+        bumper's stop (perception/lights.py). ``camera_specs``: the rig's CameraConfig, in the
+        order of ``cameras``, and ``budget_ms`` the stage's budget: with both, `operating_point:
+        auto` is timed on this machine (perception/operating.py); without, it reads the full rig."""
         self.config = config
         self.cameras = tuple(cameras) if cameras else None
         self.road_map = road_map
+        warm = runner is None
         if runner is None:
             batch = len(self.cameras) if self.cameras else 1
             runner = NetworkRunner(config, batch=batch)
-            runner.warm_up(batch)
         self.runner = runner
+        if camera_specs is not None and len(camera_specs) > 1:
+            specs = operating.spec_cameras(camera_specs)
+            self.point = operating.choose(runner, config.operating_point, specs, config.side_band_elevation_deg,
+                                          budget_ms, config.network_share)
+        else:
+            specs = None
+            setting = config.operating_point if config.operating_point != "auto" else "full"
+            self.point = operating.PointChoice(operating.BY_NAME[setting], "configured")
+        if warm:
+            groups = (operating.batches(operating.views(self.point.point, specs, runner.input_size,
+                                                        config.side_band_elevation_deg)) if specs else
+                      {runner.input_size: list(range(len(self.cameras) if self.cameras else 1))})
+            runner.warm_up(shapes=[(len(idx), size) for size, idx in groups.items()])
+        self._views: dict[str, tuple[tuple, operating.View]] = {}
         if signal_heads is None:
             signal_heads = road_map.signal_heads if road_map is not None else ()
         self.lights = LightReader(config, tuple(signal_heads), stop_reach_m)
@@ -113,6 +131,12 @@ class LearnedPerception:
         self._road_key: tuple | None = None
         # the parts of the last call, for the trace and the latency table (core/spans.py)
         self.spans = Spans(torch.cuda.synchronize if self.runner.device.type == "cuda" else None)
+
+    @property
+    def path(self) -> dict:
+        """What runs the network (perception/paths.py) and how much of the rig it reads
+        (perception/operating.py), with how each was chosen: for run.json."""
+        return {**self.runner.path, "operating_point": self.point.describe()}
 
     def reset(self) -> None:
         self.tracker.reset()
@@ -143,13 +167,17 @@ class LearnedPerception:
         images = [obs.cameras.get(name) for name in rig]
         if any(image is None for image in images):  # a run without cameras has nothing to perceive from
             return _unusable(obs, f"no {rig[images.index(None)]} camera in the observation")
-        outputs = self.runner.run([image.rgb for image in images], spans)
+        read = [self._view(i, image) if operating.reads(self.point.point, i, len(images), obs.frame) else None
+                for i, image in enumerate(images)]
+        images, views_read = [img for img, v in zip(images, read) if v is not None], [v for v in read if v is not None]
+        outputs = self.runner.run([image.rgb[view.top:] for image, view in zip(images, views_read)], spans,
+                                  [view.size for view in views_read])
         if outputs[0].nonfinite:
             return _unusable(obs, f"network output is not finite ({', '.join(outputs[0].nonfinite)})")
         with spans.part("placement"):
             placed, sightings = [], []
-            for out, image in zip(outputs, images):
-                more, lights = self._measurements(out, image)
+            for out, image, view in zip(outputs, images, views_read):
+                more, lights = self._measurements(out, image, view.top)
                 placed += more
                 sightings += lights
         with spans.part("tracking"):
@@ -162,21 +190,37 @@ class LearnedPerception:
             semantic_small = self._seg_to_tags[seg]                                    # (h, w) CARLA tags
             h0, w0 = main.rgb.shape[:2]
             semantic = cv2.resize(semantic_small, (w0, h0), interpolation=cv2.INTER_NEAREST)
-        with spans.part("lights"):
-            light = self.lights.read(obs, sightings, images)
+        with spans.part("lights"):  # where a head stays in view: only of the frames read whole
+            light = self.lights.read(obs, sightings, [img for img, v in zip(images, views_read) if v.top == 0])
         with spans.part("road"):
             road = self._road_surface(seg, main)
         return Perception(t=obs.t, frame=obs.frame, detections=detections, traffic_light=light,
                           semantic=semantic, road=road)
 
+    def _view(self, index: int, image: CameraImage) -> operating.View:
+        """How camera ``index`` of the rig goes to the network at the stage's operating point when
+        it is read (its band follows its own calibration; worked out once per calibration)."""
+        key = (index, image.rgb.shape, np.asarray(image.K).tobytes(), np.asarray(image.T_ego_cam).tobytes())
+        known = self._views.get(image.name)
+        if known is None or known[0] != key:
+            h, w = image.rgb.shape[:2]
+            view = operating.view(self.point.point, index == 0, h, w, image.K, image.T_ego_cam,
+                                  self.runner.input_size, self.config.side_band_elevation_deg)
+            known = self._views[image.name] = (key, view)
+        return known[1]
+
     # ---- objects -----------------------------------------------------------------------------
-    def _measurements(self, out: NetworkOutput, image: CameraImage) -> tuple[list[Placed], list[LightSighting]]:
+    def _measurements(self, out: NetworkOutput, image: CameraImage, top: int = 0
+                      ) -> tuple[list[Placed], list[LightSighting]]:
+        """Boxes of the rows from ``top`` down (a side camera's band) -> placed objects and light
+        sightings in the whole frame's pixels; a box at the band's top edge counts as cut."""
         cfg = self.config
         K, T = np.asarray(image.K, dtype=float), np.asarray(image.T_ego_cam, dtype=float)
         h_img, w_img = image.rgb.shape[:2]
         placed, lights = [], []
         for box, score, label in zip(out.boxes, out.scores, out.labels):
-            cut = is_cut(box, w_img, h_img)
+            cut = is_cut(box, w_img, h_img - top)
+            box = box + np.array([0.0, top, 0.0, top]) if top else box
             if label.startswith(LIGHT_PREFIX):
                 # A housing cut by the image edge may hide the lit lamp: its state is not read.
                 if score >= cfg.score_threshold.get("traffic_light", 0.5) and not cut:

@@ -33,8 +33,8 @@ class OnnxHeads:
 
         self.model = model
         self.names = output_names(model)
-        h, w = model.input_size
-        path = cache_dir() / "onnx" / f"{digest[:16]}-{h}x{w}-opset{OPSET}.onnx"
+        # one file for every input size (its height and width axes are dynamic)
+        path = cache_dir() / "onnx" / f"{digest[:16]}-anysize-opset{OPSET}.onnx"
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             # The exporter writes its weights beside the file first; the saved model holds them.

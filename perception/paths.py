@@ -37,6 +37,9 @@ from stagepilot.perception.onnx_backend import cache_dir
 # CPU flags that decide which kernels oneDNN and onnxruntime run
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
              "amx_bf16", "amx_int8")
+# settings that change which kernels run on the same CPU (scripts/avx2_only.sh sets them)
+KERNEL_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ONEDNN_DEFAULT_FPMATH_MODE", "NPY_DISABLE_CPU_FEATURES",
+              "OPENBLAS_CORETYPE")
 WARMUP = 2   # untimed runs of each path (kernel set-up)
 TIMED = 6    # timed runs of each path, interleaved
 
@@ -115,6 +118,7 @@ def memory_key(digest: str, input_size: tuple[int, int], batch: int, threads: in
         versions.append(f"onnxruntime {onnxruntime.__version__}")
     text = "|".join([digest[:16], f"{input_size[0]}x{input_size[1]}", f"batch {batch}", f"threads {threads}",
                      "channels_last" if channels_last else "contiguous", cpu_identity(), *versions,
+                     *(f"{k}={os.environ[k]}" for k in KERNEL_ENV if k in os.environ),
                      ",".join(p.name for p in allowed)])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -124,9 +128,10 @@ def _memory_file() -> Path:
 
 
 @contextlib.contextmanager
-def choosing(key: str):
+def choosing(key: str, read=None):
     """Hold the machine's lock on the memory file while a path is looked up, measured and
-    written, and yield what is remembered under `key` (None: measure). Processes that start
+    written, and yield what is remembered under `key` (None: measure; `read` turns the entry
+    into a result, `remembered` by default). Processes that start
     together (evaluation workers) then measure one at a time, and those after the first find
     its choice instead of timing under each other's load. Without a writable cache folder there
     is no lock and nothing is remembered."""
@@ -139,29 +144,30 @@ def choosing(key: str):
     except OSError:
         pass
     try:
-        yield remembered(key)
+        yield (read or remembered)(key)
     finally:
         if lock is not None:
             lock.close()  # closing the file releases the lock
 
 
-def remembered(key: str) -> Choice | None:
+def recall(key: str) -> dict | None:
+    """The entry remembered under `key`, or None (nothing remembered, or a file this code cannot read)."""
     try:
         entry = json.loads(_memory_file().read_text())[key]
-        return Choice(NetPath(entry["backend"], entry["dtype"]), "remembered", dict(entry["ms"]))
+        return entry if isinstance(entry, dict) else None
     except (OSError, ValueError, KeyError, TypeError):
-        return None  # nothing remembered, or a file this code cannot read: measure again
+        return None
 
 
-def remember(key: str, choice: Choice) -> None:
+def store(key: str, entry: dict) -> None:
+    """Remember `entry` under `key`, with the CPU and the date."""
     path = _memory_file()
     try:
         entries = json.loads(path.read_text())
         entries = entries if isinstance(entries, dict) else {}
     except (OSError, ValueError):
         entries = {}
-    entries[key] = {"backend": choice.path.backend, "dtype": choice.path.dtype, "ms": choice.ms,
-                    "cpu": cpu_identity(), "date": dt.date.today().isoformat()}
+    entries[key] = {**entry, "cpu": cpu_identity(), "date": dt.date.today().isoformat()}
     partial = path.with_suffix(f".{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,6 +175,18 @@ def remember(key: str, choice: Choice) -> None:
         os.replace(partial, path)  # whole or absent, whatever another process does meanwhile
     except OSError:
         pass  # a cache folder that cannot be written: the next run measures again
+
+
+def remembered(key: str) -> Choice | None:
+    entry = recall(key)
+    try:
+        return Choice(NetPath(entry["backend"], entry["dtype"]), "remembered", dict(entry["ms"]))
+    except (KeyError, TypeError, ValueError):
+        return None  # nothing remembered, or an entry this code cannot read: measure again
+
+
+def remember(key: str, choice: Choice) -> None:
+    store(key, {"backend": choice.path.backend, "dtype": choice.path.dtype, "ms": choice.ms})
 
 
 def measure(runs: dict[str, callable], warmup: int = WARMUP, timed: int = TIMED) -> dict[str, float]:

@@ -195,13 +195,14 @@ class NetworkRunner:
         return choice
 
     @torch.inference_mode()
-    def warm_up(self, batch: int = 1) -> None:
-        """Run the network twice on a blank batch, so that the first real frame does not pay for
-        the kernels' set-up (oneDNN builds its primitives per shape: 50 ms on the first frame)."""
-        x = torch.zeros(batch, 3, *self.input_size, device=self.device).contiguous(memory_format=self.memory_format)
-        for _ in range(2):
-            with self._autocast():
-                self.model(x) if self.session is None else self.session(x)
+    def warm_up(self, batch: int = 1, shapes: list[tuple[int, tuple[int, int]]] | None = None) -> None:
+        """Run the network twice on a blank batch of each (batch, (h, w)) in ``shapes`` (default:
+        ``batch`` frames at the input size), so that the first real frame does not pay for the
+        kernels' set-up (oneDNN builds its primitives per shape: 50 ms on the first frame)."""
+        for n, size in shapes or [(batch, self.input_size)]:
+            x = torch.zeros(n, 3, *size, device=self.device).contiguous(memory_format=self.memory_format)
+            for _ in range(2):
+                self.forward(x)
 
     @property
     def path(self) -> dict:
@@ -220,51 +221,77 @@ class NetworkRunner:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def preprocess(self, images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 frames (or one frame) -> (B, 3, h, w) float in [0, 1] at the input size,
-        on the device. Frames of one size are stacked before the copy; others are scaled one by one."""
+    def preprocess(self, images: list[np.ndarray] | np.ndarray, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """(H, W, 3) uint8 frames (or one frame) -> (B, 3, h, w) float in [0, 1] at ``size`` (default:
+        the input size), on the device. Frames of one size are stacked before the copy; others are
+        scaled one by one."""
         if isinstance(images, np.ndarray):
             images = [images]
+        size = tuple(size or self.input_size)
         sizes = {img.shape[:2] for img in images}
         if len(sizes) == 1:
             x = torch.from_numpy(np.ascontiguousarray(np.stack(images))).to(self.device, non_blocking=True)
             x = x.permute(0, 3, 1, 2).float().div_(255.0)                                 # (B, 3, H, W)
-            if tuple(x.shape[-2:]) != self.input_size:
-                x = F.interpolate(x, size=self.input_size, mode="area")
+            if tuple(x.shape[-2:]) != size:
+                x = F.interpolate(x, size=size, mode="area")
         else:
-            x = torch.cat([self.preprocess([img]) for img in images])
+            x = torch.cat([self.preprocess([img], size) for img in images])
         return x.contiguous(memory_format=self.memory_format)
+
+    @property
+    def identity(self) -> str:
+        """The weights, input size, threads, memory format, CPU, library versions and the path
+        this runner runs: what a choice measured on it depends on (perception/operating.py)."""
+        return memory_key(self._digest, self.input_size, 0, self._threads(), [self.choice.path],
+                          channels_last=self.memory_format == torch.channels_last)
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> dict:
+        """The raw heads for a preprocessed batch, on this runner's path."""
+        with self._autocast():
+            return self.model(x) if self.session is None else self.session(x)
 
     def __call__(self, rgb: np.ndarray) -> NetworkOutput:
         """One frame (with its segmentation)."""
         return self.run([rgb])[0]
 
     @torch.inference_mode()
-    def run(self, images: list[np.ndarray], spans: Spans | None = None) -> list[NetworkOutput]:
-        """The rig's frames as one batch -> one output each; the first carries the segmentation.
+    def run(self, images: list[np.ndarray], spans: Spans | None = None,
+            sizes: list[tuple[int, int]] | None = None) -> list[NetworkOutput]:
+        """The rig's frames -> one output each; the first carries the segmentation. ``sizes``: the
+        network input (h, w) of each frame (default: the checkpoint's); frames of one size and
+        shape go through the network as one batch. Boxes come back in each frame's own pixels.
         `spans` (core/spans.py) gets the parts: preprocess, network, decode."""
         spans = spans or Spans()
+        sizes = sizes or [self.input_size] * len(images)
+        groups: dict[tuple, list[int]] = {}
+        for i, (img, size) in enumerate(zip(images, sizes)):
+            groups.setdefault((img.shape, tuple(size)), []).append(i)
         with spans.part("preprocess"):
-            x = self.preprocess(images)
-        with spans.part("network"), self._autocast():
-            raw = self.model(x) if self.session is None else self.session(x)
-        nonfinite = nonfinite_heads(raw, self.model.strides)
+            xs = [self.preprocess([images[i] for i in idx], size) for (_, size), idx in groups.items()]
+        with spans.part("network"):
+            raws = [self.forward(x) for x in xs]
+        nonfinite = tuple(dict.fromkeys(n for raw in raws for n in nonfinite_heads(raw, self.model.strides)))
         if nonfinite:  # decoding NaN scores would report an empty road, not a broken model
             empty = NetworkOutput(np.zeros((0, 4)), np.zeros(0), [], np.zeros(self.input_size, np.uint8), nonfinite)
             return [empty] * len(images)
+        outputs: list[NetworkOutput | None] = [None] * len(images)
         with spans.part("decode"):
-            return self._decode(images, raw)
+            for ((_, size), idx), raw in zip(groups.items(), raws):
+                for i, out in zip(idx, self._decode([images[i] for i in idx], raw, size, with_seg=idx[0] == 0)):
+                    outputs[i] = out
+        return outputs
 
-    def _decode(self, images: list[np.ndarray], raw: dict) -> list[NetworkOutput]:
+    def _decode(self, images: list[np.ndarray], raw: dict, size: tuple[int, int], with_seg: bool) -> list[NetworkOutput]:
         dets = self.model.decode(raw, score_threshold=self.min_score, nms_iou=self.config.nms_iou, with_seg=False)
-        seg = seg_class_map(raw["seg"][:1], tuple(raw["image_size"]), STAGE_SEG_STRIDE)[0]
+        seg = seg_class_map(raw["seg"][:1], tuple(raw["image_size"]), STAGE_SEG_STRIDE)[0] if with_seg else None
         outputs = []
         for i, (rgb, det) in enumerate(zip(images, dets)):
             h0, w0 = rgb.shape[:2]
-            sx, sy = w0 / self.input_size[1], h0 / self.input_size[0]
+            sx, sy = w0 / size[1], h0 / size[0]
             boxes = det["boxes"].float().cpu().numpy() * np.array([sx, sy, sx, sy])
             outputs.append(NetworkOutput(
                 boxes=boxes, scores=det["scores"].float().cpu().numpy(),
                 labels=[self.classes[int(j)] for j in det["labels"].cpu()],
-                seg=seg.to(torch.uint8).cpu().numpy() if i == 0 else np.zeros((0, 0), np.uint8)))
+                seg=seg.to(torch.uint8).cpu().numpy() if i == 0 and seg is not None else np.zeros((0, 0), np.uint8)))
         return outputs

@@ -56,7 +56,9 @@ class DriveResult:
 
 
 class DriveObserver(Protocol):
-    """Sees a drive as it happens: `start` after the reset, `frame` once per frame, `end` once."""
+    """Sees a drive as it happens: `start` after the reset, `frame` once per frame, `end` once.
+    An observer with a `perception_path` attribute gets the stage's (what runs the network and
+    at which operating point) before `start`."""
 
     def start(self, sim, obs: Observation) -> None: ...
 
@@ -130,7 +132,10 @@ def _drive(config, scenario, sim, observers, on_frame, max_time_s, show_progress
     obs = sim.reset(scenario)
     runtime = StagedRuntime(config, sim.road_map, signal_heads=getattr(sim, "signal_heads", None))
     series = DriveSeries()
+    path = getattr(runtime.stack.perception, "path", None)
     for observer in observers:
+        if hasattr(observer, "perception_path"):
+            observer.perception_path = path
         observer.start(sim, obs)
     bar = tqdm(total=int(round(scenario.duration_s / sim.dt)), desc=f"drive {scenario.name}", unit="frame",
                disable=not show_progress, file=sys.stderr, dynamic_ncols=True)
@@ -158,7 +163,7 @@ def _drive(config, scenario, sim, observers, on_frame, max_time_s, show_progress
         bar.close()
         result = _result(config, scenario, sim, runtime, series, np.asarray(obs.route.points, float),
                          _outcome(sim, runtime, stopped_by, error), stopped_by is not None)
-        result.perception_path = getattr(getattr(runtime.stack.perception, "runner", None), "path", None)
+        result.perception_path = getattr(runtime.stack.perception, "path", None)
         with SignalHold(redeliver=True):  # a second Ctrl-C waits until every output is written
             failures = []
             for observer in observers:  # each finishes its outputs, whatever another one did

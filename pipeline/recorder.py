@@ -84,6 +84,7 @@ class Recorder:
         self._pngs: list[tuple] = []  # this frame's (mask, PNG) pairs
         self.frames = 0
         self.bytes_written = 0
+        self.perception_path: dict | None = None  # set by the driver before `start`
 
     # ------------------------------------------------------------ observer
 
@@ -95,6 +96,8 @@ class Recorder:
         self._writer.start(profile=PROFILE, library=f"stagepilot {info['versions']['stagepilot'] or ''}".strip())
         for name, data in self._metadata(info).items():
             self._writer.add_metadata(name, data)
+        if self.perception_path:  # the network's path and operating point: a replay runs that point
+            self._writer.add_metadata("perception_path", {"json": json.dumps(self.perception_path, default=str)})
         describe = getattr(sim, "metadata", None)
         if describe is not None:  # the server behind a CARLA drive, and CARLA's own recording
             self._writer.add_metadata("simulator", {k: str(v) for k, v in describe().items()})
@@ -129,6 +132,7 @@ class Recorder:
         try:
             self._writer.add_metadata("outcome", {"outcome": json.dumps(result.outcome, default=str),
                                                   "frames": str(self.frames)})
+
             self._writer.finish()
         finally:
             self._file.close()

@@ -184,7 +184,22 @@ class Recording:
         with tempfile.TemporaryDirectory() as tmp:
             recorded = Path(tmp) / "recorded-config.yaml"
             recorded.write_text(yaml.safe_dump(migrate_config(yaml.safe_load(text)), sort_keys=False))
-            return load_stack([recorded, *files], list(overrides))
+            config = load_stack([recorded, *files], list(overrides))
+        learned = config.perception.learned
+        if learned.operating_point == "auto" and not any(o.startswith("perception.learned.operating_point=")
+                                                         for o in overrides):
+            # the point the drive ran, not the one this machine would pick (perception/operating.py)
+            pinned = learned.model_copy(update={"operating_point": self.operating_point()})
+            config = config.model_copy(update={"perception": config.perception.model_copy(update={"learned": pinned})})
+        return config
+
+    def operating_point(self) -> str:
+        """The learned stage's operating point in the drive, from the metadata written at its start;
+        `full` for a recording without it (made before the stage had points)."""
+        try:
+            return json.loads(self.meta["perception_path"]["json"])["operating_point"]["name"]
+        except (KeyError, TypeError, ValueError):
+            return "full"
 
     def scenario_data(self) -> dict[str, Any]:
         text = self.meta.get("scenario", {}).get("yaml")

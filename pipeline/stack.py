@@ -35,7 +35,8 @@ def build_perception(config: StackConfig, road_map: RoadMap | None = None, signa
     vehicle = config.vehicle
     reach = vehicle.length_m - vehicle.rear_overhang_m + config.planner.behaviour.stop_line_margin_m
     return LearnedPerception(config.perception.learned, road_map, cameras=rig, stop_reach_m=reach,
-                             signal_heads=signal_heads)
+                             signal_heads=signal_heads, camera_specs=list(config.sim.cameras.values()),
+                             budget_ms=config.runtime.stages.perception.budget_ms)
 
 
 def build_planner(config: StackConfig, road_map: RoadMap | None = None) -> PlannerStage:

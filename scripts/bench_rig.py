@@ -58,6 +58,7 @@ def main() -> None:
     result["rig_over_front_p50"] = round(result["rig"]["p50_ms"] / result["front"]["p50_ms"], 2)
     result["cameras"] = {name: list(c.sim.cameras) for name, c in (("rig", config), ("front", front_only))}
     result["frames"], result["scenario"] = args.frames, args.scenario
+    result["rig_path"] = stages["rig"].path  # the network's path and the rig's operating point
     result["machine"] = machine_info()
     if args.json:
         print(json.dumps(result, indent=1))

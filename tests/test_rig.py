@@ -69,12 +69,17 @@ def test_a_light_out_of_every_view_is_unread_by_the_rig_oracle():
     assert stage.step(blind).traffic_light.state == "unknown"
 
 
+# These tests are about the rig's geometry and fusion: every camera read whole, whatever point
+# `auto` would pick on the machine (the lower points: tests/test_operating_points.py).
+RIG_WHOLE = ["perception.learned.operating_point=full"]
+
+
 def _crossing(rig_overrides: list[str]):
     """The ego held at the south arm of the junction while a car from the left crosses in front of
     it, left to right, at 8 m/s: seen by front_left, then front, then front_right."""
     import math
 
-    config = load_stack([], ["perception.kind=learned", *rig_overrides])
+    config = load_stack([], ["perception.kind=learned", *RIG_WHOLE, *rig_overrides])
     scenario = Scenario.model_validate({
         "name": "cross", "map": "junction", "seed": 2, "duration_s": 20, "speed_limit": 11.1,
         "ego": {"start": {"road": 4, "lane": 1, "s": 1}, "goal": {"road": 2, "lane": -1, "s": 40}},
@@ -128,7 +133,7 @@ def _junction_drive(rig_overrides: list[str]):
     from stagepilot.pipeline.driver import drive
     from stagepilot.sim.scenario import load_scenario
 
-    config = load_stack([], ["perception.kind=learned", *rig_overrides])
+    config = load_stack([], ["perception.kind=learned", *RIG_WHOLE, *rig_overrides])
     return drive(config, load_scenario("junction_cross_traffic"), max_time_s=18.0)
 
 

@@ -1,0 +1,189 @@
+"""How much of the rig the network sees each tick: the stage's operating points.
+
+The whole rig at full resolution (three 640x360 frames) does not fit a 40 ms perception budget
+on every CPU: on a 2-core Intel Xeon with AMX the network alone takes 27.5 ms of it on its
+fastest path, and 67 ms in fp32 with oneDNN pinned to AVX2 (docs/perception.md, "Operating
+points"). Rather than miss every frame there, the stage steps down a fixed ladder, cheapest
+last, and keeps the main camera (road, lights, what lies ahead) whole at every step:
+
+- ``full``: every camera's whole frame at the network's input scale;
+- ``side_band``: the side cameras only below ``side_band_elevation_deg`` above the horizon (a
+  car or a walker touches the ground below the horizon and stands under the camera's 1.6 m plus
+  a head; what the band drops is sky, roofs, treetops and the side views' signal housings), at
+  the same pixel scale, so a side camera finds what it found before in the band;
+- ``side_band_in_turn``: the same bands, one side camera per tick in turn (with two, each side is
+  read at 10 Hz instead of 20 Hz, and its tracks are predicted in between). Scaling the sides
+  down instead was tried and rejected: at half scale the network, trained at one scale, read a
+  lane marking beside the road as an obstacle and stopped the car for good (docs/perception.md);
+- ``main_only``: the main camera alone; the sides are not read (cross traffic is then seen
+  once it enters the main camera's view).
+
+``operating_point: auto`` times each step's network work per tick on the path the runner chose
+(perception/paths.py) and takes the first whose median fits ``network_share`` of the stage's
+budget (the rest of the stage, its decode, placement, tracking and road, and the network's own
+tail above its median need the remainder); when none fits, the cheapest, and says so. The
+choice is remembered per machine like the path, so a machine drives the same way every time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from stagepilot.core.camera import camera_pose, pinhole_intrinsics
+from stagepilot.perception import paths
+
+# The band's first row is a multiple of the network's coarsest stride, so that every level's cells
+# fall on the same pixels as in the whole frame and the band's boxes are the whole frame's.
+BAND_ROWS = 32
+MIN_BAND_ROWS = 64
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    name: str
+    sides: str          # whole | band | none
+    in_turn: bool       # the side cameras one per tick, in turn (each at 1 / their number of the rate)
+    description: str
+
+
+LADDER = (
+    OperatingPoint("full", "whole", False, "every camera's whole frame, every tick"),
+    OperatingPoint("side_band", "band", False,
+                   "the main camera whole; the side cameras below the band's top elevation, every tick"),
+    OperatingPoint("side_band_in_turn", "band", True,
+                   "the main camera whole every tick; the side cameras below the band's top elevation, "
+                   "one per tick in turn"),
+    OperatingPoint("main_only", "none", False, "the main camera alone; the side cameras are not read"),
+)
+BY_NAME = {p.name: p for p in LADDER}
+
+
+def reads(point: OperatingPoint, index: int, cameras: int, frame: int) -> bool:
+    """Whether camera ``index`` of a rig of ``cameras`` (0: the main one) is read at ``frame``."""
+    if index == 0 or point.sides == "whole":
+        return True
+    if point.sides == "none":
+        return False
+    return not point.in_turn or frame % (cameras - 1) == index - 1
+
+
+@dataclass(frozen=True)
+class View:
+    """How one camera's frame goes to the network: rows ``top`` to the end, scaled to ``size``
+    (h, w) at the network's input."""
+
+    top: int
+    size: tuple[int, int]
+
+
+@dataclass
+class PointChoice:
+    point: OperatingPoint
+    by: str                       # configured | measured | remembered
+    target_ms: float | None = None
+    ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fits(self) -> bool | None:
+        if self.target_ms is None or self.point.name not in self.ms:
+            return None
+        return self.ms[self.point.name] <= self.target_ms
+
+    def describe(self) -> dict:
+        out = {"name": self.point.name, "description": self.point.description, "chosen_by": self.by}
+        if self.ms:
+            out.update(network_target_ms=self.target_ms, network_ms=dict(self.ms), fits=self.fits)
+        return out
+
+
+def band_top(K: np.ndarray, T_ego_cam: np.ndarray, height: int, elevation_deg: float) -> int:
+    """The first image row of a camera's band: where a ray ``elevation_deg`` above the horizontal,
+    in the camera's heading, lands at the image's centre column; rounded down to a multiple of
+    BAND_ROWS (the band keeps at least that elevation), 0 when that is above the image."""
+    R, t = np.asarray(T_ego_cam, float)[:3, :3], np.asarray(T_ego_cam, float)[:3, 3]
+    forward = R[:, 2]                                              # optical axis in the ego frame
+    heading = math.atan2(forward[1], forward[0])
+    e = math.radians(elevation_deg)
+    ray = np.array([math.cos(e) * math.cos(heading), math.cos(e) * math.sin(heading), math.sin(e)])
+    cam = R.T @ ray                                                # the ray in the camera frame
+    if cam[2] <= 1e-6:
+        return 0
+    v = float(np.asarray(K, float)[1, 1] * cam[1] / cam[2] + np.asarray(K, float)[1, 2])
+    top = int(math.floor(max(v, 0.0) / BAND_ROWS) * BAND_ROWS)
+    return min(top, max((height - MIN_BAND_ROWS) // BAND_ROWS * BAND_ROWS, 0))  # at least MIN_BAND_ROWS rows
+
+
+def view(point: OperatingPoint, main: bool, height: int, width: int, K, T_ego_cam,
+         input_size: tuple[int, int], elevation_deg: float) -> View:
+    """How one camera's frame goes to the network at `point` when it is read (`reads`): whole at
+    the network's input size, or (a side camera at a band point) its band at the same scale."""
+    in_h, in_w = input_size
+    if main or point.sides != "band":
+        return View(0, (in_h, in_w))
+    top = band_top(K, T_ego_cam, height, elevation_deg)
+    return View(top, (max(int(round((height - top) * in_h / height)), 32), in_w))
+
+
+def views(point: OperatingPoint, cameras: list[tuple[int, int, np.ndarray, np.ndarray]],
+          input_size: tuple[int, int], elevation_deg: float, frame: int = 0) -> list[View | None]:
+    """Each camera's View at `point` and ``frame`` (None: not read then), the first camera being
+    the main one. ``cameras``: (height, width, K, T_ego_cam) of each."""
+    return [view(point, i == 0, *camera, input_size, elevation_deg) if reads(point, i, len(cameras), frame) else None
+            for i, camera in enumerate(cameras)]
+
+
+def spec_cameras(specs) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
+    """(height, width, K, T_ego_cam) from the config's camera specs (core/config.py CameraConfig)."""
+    return [(c.height, c.width, pinhole_intrinsics(c.width, c.height, c.fov_deg),
+             camera_pose(c.x, c.y, c.z, c.roll_deg, c.pitch_deg, c.yaw_deg)) for c in specs]
+
+
+def batches(point_views: list[View | None]) -> dict[tuple[int, int], list[int]]:
+    """Network input size -> the indices of the cameras read at it (one call each), in rig order."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, view in enumerate(point_views):
+        if view is not None:
+            groups.setdefault(view.size, []).append(i)
+    return groups
+
+
+def choose(runner, setting: str, cameras: list, elevation_deg: float, budget_ms: float | None,
+           share: float) -> PointChoice:
+    """The operating point `setting` names, or (``auto``) the first of the ladder whose network
+    work per tick, timed on `runner`'s path, fits ``share * budget_ms``; remembered per machine."""
+    if setting != "auto":
+        return PointChoice(BY_NAME[setting], "configured")
+    if len(cameras) < 2:
+        return PointChoice(LADDER[0], "configured")  # nothing to step down: one camera
+    if budget_ms is None or runner.device.type != "cpu":
+        return PointChoice(LADDER[0], "configured")
+    target = round(share * budget_ms, 2)
+    ladder = {p.name: batches(views(p, cameras, runner.input_size, elevation_deg)) for p in LADDER}
+    text = "|".join([runner.identity, f"target {target}",
+                     *(f"{name}:{sorted(groups.items())}" for name, groups in ladder.items())])
+    key = "point-" + hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def read(k: str) -> PointChoice | None:
+        entry = paths.recall(k)
+        try:
+            return PointChoice(BY_NAME[entry["point"]], "remembered", target, dict(entry["ms"]))
+        except (KeyError, TypeError):
+            return None
+
+    with paths.choosing(key, read) as known:
+        if known is not None:
+            return known
+        runs = {}
+        for name, groups in ladder.items():
+            xs = [torch.rand(len(idx), 3, *size, generator=torch.Generator().manual_seed(0))
+                  .contiguous(memory_format=runner.memory_format) for size, idx in groups.items()]
+            runs[name] = (lambda xs=xs: [runner.forward(x) for x in xs])
+        ms = paths.measure(runs)
+        point = next((p for p in LADDER if ms[p.name] <= target), LADDER[-1])
+        paths.store(key, {"point": point.name, "ms": ms, "target_ms": target})
+        return PointChoice(point, "measured", target, ms)
