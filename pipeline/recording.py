@@ -184,14 +184,20 @@ class Recording:
         with tempfile.TemporaryDirectory() as tmp:
             recorded = Path(tmp) / "recorded-config.yaml"
             recorded.write_text(yaml.safe_dump(migrate_config(yaml.safe_load(text)), sort_keys=False))
-            config = load_stack([recorded, *files], list(overrides))
+            return load_stack([recorded, *files], list(overrides))
+
+    def stage_config(self, files=(), overrides=()) -> StackConfig:
+        """`config`, with the learned stage's `operating_point: auto` replaced by the point the
+        drive ran (perception/operating.py): the config a replay builds its stages from, so that
+        it reads what the drive read, not what this machine would pick. An operating point given
+        in `overrides` stays."""
+        config = self.config(files, overrides)
         learned = config.perception.learned
-        if learned.operating_point == "auto" and not any(o.startswith("perception.learned.operating_point=")
-                                                         for o in overrides):
-            # the point the drive ran, not the one this machine would pick (perception/operating.py)
-            pinned = learned.model_copy(update={"operating_point": self.operating_point()})
-            config = config.model_copy(update={"perception": config.perception.model_copy(update={"learned": pinned})})
-        return config
+        if learned.operating_point != "auto" or any(o.startswith("perception.learned.operating_point=")
+                                                    for o in overrides):
+            return config
+        pinned = learned.model_copy(update={"operating_point": self.operating_point()})
+        return config.model_copy(update={"perception": config.perception.model_copy(update={"learned": pinned})})
 
     def operating_point(self) -> str:
         """The learned stage's operating point in the drive, from the metadata written at its start;

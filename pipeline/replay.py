@@ -162,7 +162,7 @@ def replay(path: str | Path, stages=STAGES, *, config_files=(), overrides=(), to
 def _replay(recording: Recording, stages, config_files, overrides, tolerances, show_progress, keep_outputs,
             on_output, on_frame):
     recording.require(stages)
-    config = recording.config(config_files, overrides)
+    config = recording.stage_config(config_files, overrides)
     road_map = recording.road_map()
     if road_map is None and stages != ("controller",):
         raise RecordingError(f"{recording.path}: carries no map, which the {stages[0]} needs")

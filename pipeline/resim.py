@@ -71,7 +71,7 @@ def resim(path: str | Path, *, config_files=(), overrides=(), tolerances: Replay
 
     tolerances = tolerances or load_tolerances()
     with Recording(path) as recording:
-        config = recording.config(config_files, overrides)
+        config = recording.stage_config(config_files, overrides)
         data = recording.scenario_data()
         found = recording.map_text()
         recorded = _recorded(recording)

@@ -158,7 +158,7 @@ def test_the_learned_stage_flags_a_frame_whose_track_went_nan(monkeypatch):
     stage = LearnedPerception(config.perception.learned, sim.road_map)
     assert stage.step(first).usable
     nan_car = Measurement("vehicle", 0.9, (math.nan, 0.0), (4.5, 1.8, 1.5))
-    monkeypatch.setattr(stage, "_measurements", lambda out, image: ([Placed(nan_car, cut=False)], []))
+    monkeypatch.setattr(stage, "_measurements", lambda out, image, top=0: ([Placed(nan_car, cut=False)], []))
     seen = stage.step(sim.step(Control()))
     assert not seen.usable and seen.reason.startswith("tracker state is not finite (dropped track [")
     obs = sim.step(Control())

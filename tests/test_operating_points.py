@@ -164,9 +164,10 @@ def test_a_replay_runs_the_point_its_drive_ran(tmp_path, monkeypatch):
     from stagepilot.pipeline.recording import Recording
 
     old = Recording(REPLAYS / "town_loop_learned.mcap")
-    assert old.config().perception.learned.operating_point == "full"
-    assert old.config(overrides=["perception.learned.operating_point=side_band"]).perception.learned.operating_point \
-        == "side_band"
+    assert old.config().perception.learned.operating_point == "auto"    # as recorded
+    assert old.stage_config().perception.learned.operating_point == "full"
+    assert old.stage_config(overrides=["perception.learned.operating_point=side_band"]).perception.learned \
+        .operating_point == "side_band"
     monkeypatch.setenv("STAGEPILOT_CACHE", str(tmp_path / "cache"))
     # a 1 ms budget: no point fits, so `auto` takes the cheapest, whatever the machine
     config = load_stack([], ["perception.kind=learned", "perception.learned.backend=torch",
@@ -176,4 +177,4 @@ def test_a_replay_runs_the_point_its_drive_ran(tmp_path, monkeypatch):
     result = drive(config, scenario, observers=(Recorder(path, config, scenario),))
     assert result.perception_path["operating_point"]["name"] == "main_only"
     assert result.perception_path["operating_point"]["fits"] is False
-    assert Recording(path).config().perception.learned.operating_point == "main_only"
+    assert Recording(path).stage_config().perception.learned.operating_point == "main_only"
