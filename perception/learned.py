@@ -103,19 +103,19 @@ class LearnedPerception:
             batch = len(self.cameras) if self.cameras else 1
             runner = NetworkRunner(config, batch=batch)
         self.runner = runner
-        if camera_specs is not None and len(camera_specs) > 1:
-            specs = operating.spec_cameras(camera_specs)
+        specs = operating.spec_cameras(camera_specs) if camera_specs else None
+        if specs:
             self.point = operating.choose(runner, config.operating_point, specs, config.side_band_elevation_deg,
                                           budget_ms, config.network_share)
         else:
-            specs = None
             setting = config.operating_point if config.operating_point != "auto" else "full"
             self.point = operating.PointChoice(operating.BY_NAME[setting], "configured")
-        if warm:
-            groups = (operating.batches(operating.views(self.point.point, specs, runner.input_size,
-                                                        config.side_band_elevation_deg)) if specs else
-                      {runner.input_size: list(range(len(self.cameras) if self.cameras else 1))})
+        if warm and specs:  # the shapes of a tick at this point
+            groups = operating.batches(operating.views(self.point.point, specs, runner.input_size,
+                                                       config.side_band_elevation_deg))
             runner.warm_up(shapes=[(len(idx), size) for size, idx in groups.items()])
+        elif warm:
+            runner.warm_up(len(self.cameras) if self.cameras else 1)
         self._views: dict[str, tuple[tuple, operating.View]] = {}
         if signal_heads is None:
             signal_heads = road_map.signal_heads if road_map is not None else ()

@@ -158,10 +158,8 @@ def choose(runner, setting: str, cameras: list, elevation_deg: float, budget_ms:
     work per tick, timed on `runner`'s path, fits ``share * budget_ms``; remembered per machine."""
     if setting != "auto":
         return PointChoice(BY_NAME[setting], "configured")
-    if len(cameras) < 2:
-        return PointChoice(LADDER[0], "configured")  # nothing to step down: one camera
-    if budget_ms is None or runner.device.type != "cpu":
-        return PointChoice(LADDER[0], "configured")
+    if len(cameras) < 2 or budget_ms is None or runner.device.type != "cpu":
+        return PointChoice(LADDER[0], "configured")  # one camera, no budget given, or a GPU: the whole rig
     target = round(share * budget_ms, 2)
     ladder = {p.name: batches(views(p, cameras, runner.input_size, elevation_deg)) for p in LADDER}
     text = "|".join([runner.identity, f"target {target}",
