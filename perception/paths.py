@@ -39,7 +39,7 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
              "amx_bf16", "amx_int8")
 # settings that change which kernels run on the same CPU (scripts/avx2_only.sh sets them)
 KERNEL_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ONEDNN_DEFAULT_FPMATH_MODE", "NPY_DISABLE_CPU_FEATURES",
-              "OPENBLAS_CORETYPE")
+              "OPENBLAS_CORETYPE", "ATEN_CPU_CAPABILITY")
 WARMUP = 2   # untimed runs of each path (kernel set-up)
 TIMED = 6    # timed runs of each path, interleaved
 
