@@ -11,6 +11,7 @@ that are not finite make the whole batch unusable.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import math
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from stagepilot.core.config import ConfigError, LearnedPerceptionConfig
 from stagepilot.core.spans import Spans
@@ -56,6 +58,22 @@ def native_bf16(device: torch.device) -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` (in eval mode) with each BatchNorm2d that follows a Conv2d in a Sequential folded
+    into that convolution's weights and bias, and replaced by Identity. The same function in fewer
+    passes over memory: the torch paths' network 12-13 % faster on a 2-core Xeon, fp32 at AVX2 and
+    bf16 alike (docs/perception.md); outputs within 2e-5 of the unfolded network's in fp32.
+    onnxruntime folds them itself."""
+    for seq in [m for m in model.modules() if isinstance(m, torch.nn.Sequential)]:
+        names = list(seq._modules)
+        for first, second in zip(names, names[1:]):
+            conv, bn = seq._modules[first], seq._modules[second]
+            if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d) and bn.track_running_stats:
+                seq._modules[first] = fuse_conv_bn_eval(conv, bn)
+                seq._modules[second] = torch.nn.Identity()
+    return model
 
 
 def onnxruntime_available() -> bool:
@@ -120,8 +138,9 @@ class NetworkRunner:
             model, self.meta = load_checkpoint(path, map_location=self.device)
         else:
             self.meta = {}
+            model = copy.deepcopy(model)  # folded below: the caller's network (in training, say) stays as it was
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-        self.model = model.eval().to(self.device, memory_format=memory_format)
+        self.model = fold_batchnorm(model.eval()).to(self.device, memory_format=memory_format)
         self.memory_format = memory_format
         self.classes = list(self.model.classes)
         self.input_size = tuple(self.model.input_size)  # (H, W)

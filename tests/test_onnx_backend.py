@@ -1,6 +1,7 @@
 """The learned stage's paths: the checkpoint's ONNX export on onnxruntime, cached, gives the
 torch fp32 path's detections and segmentation on rendered rig frames; `backend: auto` times
-the paths it may use once per machine and keeps the fastest."""
+the paths it may use once per machine and keeps the fastest; the torch paths run the network
+with its batch norms folded into its convolutions."""
 
 from __future__ import annotations
 
@@ -95,3 +96,22 @@ def test_each_candidate_is_timed_as_itself(tmp_path, monkeypatch):
     assert chosen.path["backend"] == "torch" and chosen.path["dtype"] == "float32"  # the first is "fastest"
     # the ONNX export worked on a copy: the stage's own network keeps its channels-last weights
     assert chosen.model.cls_out.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_the_torch_path_folds_batch_norms_into_the_convolutions_of_a_copy(rig_frames):
+    """The runner's network has no BatchNorm2d left and gives the checkpoint's own network's raw
+    heads to float rounding; a network handed to the runner is left as it was (it may be training)."""
+    from stagepilot.perception.checkpoint import load_checkpoint
+
+    given, _ = load_checkpoint(runner_module.SHIPPED_CHECKPOINT)
+    given.eval()
+    runner = NetworkRunner(LearnedPerceptionConfig(backend="torch", precision="fp32", threads=2), model=given)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in runner.model.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in given.modules()) > 40
+    x = runner.preprocess(rig_frames[:1])
+    with torch.inference_mode():
+        want, got = given(x.contiguous()), runner.forward(x)
+    for name in ("cls", "box"):
+        for w, g in zip(want[name], got[name]):
+            assert (w - g).abs().max() < 1e-3
+    assert (want["seg"] - got["seg"]).abs().max() < 1e-3
