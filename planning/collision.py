@@ -261,9 +261,10 @@ def first_hits(ego: EgoFootprints, obs: ObstacleForecast, broad: BroadPhase, cs:
     bounds = np.searchsorted(broad.pair_c, np.stack([cs, cs + 1]))  # (2, K)
     index = np.concatenate([np.arange(lo, hi) for lo, hi in bounds.T]) if len(cs) else np.zeros(0, int)
     hit = overlaps(ego, obs, broad.pair_c[index], broad.pair_t[index], broad.pair_n[index], ramp)
-    ends = np.cumsum(bounds[1] - bounds[0])  # where each candidate's pairs end in `index`
+    counts = bounds[1] - bounds[0]
+    ends = np.cumsum(counts)  # where each candidate's pairs end in `index`
     first = {}
-    for c, lo, hi in zip(cs.tolist(), (ends - (bounds[1] - bounds[0])).tolist(), ends.tolist()):
+    for c, lo, hi in zip(cs.tolist(), (ends - counts).tolist(), ends.tolist()):
         mine = hit[lo:hi]  # the candidate's pairs, in time order
         first[c] = int(broad.pair_n[index[lo + np.argmax(mine)]]) if mine.any() else -1
     return first

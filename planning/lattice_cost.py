@@ -94,8 +94,8 @@ def choose(
     in order of cost without proximity (a lower bound of the full cost): per batch the
     broad phase rules out sure hits, clears distant pairs and measures proximity, then
     the exact test runs in cost order, on groups of 1, 4, 16, ... candidates at a time (one
-    vectorised shapely call each: a car stopped behind another found some 200 candidates in
-    turn, one call each, 40-60 ms a plan); later batches run only while they could
+    vectorised test each: behind a stopped car some 200 candidates collide in turn, and one
+    shapely call each took 40-60 ms a plan); later batches run only while they could
     still hold a cheaper candidate. Returns (index or -1, (C,) index of an obstacle each
     checked candidate hits or -1, exact checks run). Adds proximity to `cost` in place."""
     collided = np.full(len(cost), -1)
