@@ -91,18 +91,26 @@ def _null(value: float) -> float | None:
 
 
 @torch.no_grad()
+def ap50_metric() -> MeanAveragePrecision:
+    """COCO AP at IoU 0.5, per class (pycocotools)."""
+    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, iou_thresholds=[0.5],
+                                backend="pycocotools")
+
+
 def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *, device: str | torch.device = "cpu",
                    batch_size: int = 8, score_threshold: float = 0.3, num_workers: int = 0,
-                   show_progress: bool = False, limit: int | None = None, config: StackConfig) -> dict[str, Any]:
+                   show_progress: bool = False, limit: int | None = None, config: StackConfig,
+                   pooled_ap50: MeanAveragePrecision | None = None) -> dict[str, Any]:
     """Run `model` over a split (its first `limit` frames) -> the metrics dict described in the
     module docstring. ``config``: the loaded stack config: its camera where the split's
-    annotation file records none, and perception's contact depths for positions."""
+    annotation file records none, and perception's contact depths for positions.
+    ``pooled_ap50``: a metric that also takes every frame's detections, to pool AP over several
+    datasets (a class too rare in one set for its AP to mean much, such as yellow lights)."""
     device = torch.device(device)
     dataset = PerceptionDataset(data, split, input_size=tuple(model.input_size), limit=limit)
     cameras = _cameras(dataset, config)
     classes, seg_classes = list(model.classes), list(model.seg_classes)
-    ap50 = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, iou_thresholds=[0.5],
-                                backend="pycocotools")
+    ap50 = ap50_metric()
     ap = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="pycocotools")
     jaccard = MulticlassJaccardIndex(num_classes=len(seg_classes), average=None, ignore_index=IGNORE_INDEX)
     present = torch.zeros(len(seg_classes), dtype=torch.bool)
@@ -138,6 +146,8 @@ def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *
                               score_threshold, found)
         ap50.update(preds, gts)
         ap.update(preds, gts)
+        if pooled_ap50 is not None:
+            pooled_ap50.update(preds, gts)
     if was_training:
         model.train()
     r50, r = ap50.compute(), ap.compute()
@@ -161,6 +171,11 @@ def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *
                                  for i in range(len(HEIGHT_BANDS_PX))} for k, v in found.items()},
         "score_threshold": score_threshold,
     }
+
+
+def per_class_ap(result: dict[str, torch.Tensor], classes: list[str]) -> dict[str, float | None]:
+    """A computed MeanAveragePrecision -> {class: AP} (None for a class with no boxes)."""
+    return _per_class(result, classes)
 
 
 def _per_class(result: dict[str, torch.Tensor], classes: list[str]) -> dict[str, float | None]:
@@ -230,14 +245,14 @@ def _position_errors(boxes, scores, labels, gt_boxes, target, classes, score_thr
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "val", *,
                         config: StackConfig, device: str | None = None, batch_size: int = 8,
-                        show_progress: bool = False) -> dict[str, Any]:
+                        show_progress: bool = False, pooled_ap50: MeanAveragePrecision | None = None) -> dict[str, Any]:
     """``evaluate_model`` on a checkpoint file; its path, architecture, input size and epoch are
     added under ``checkpoint``."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, meta = load_checkpoint(checkpoint, map_location=device)
     model.to(memory_format=torch.channels_last)
     result = evaluate_model(model, data, split, device=device, batch_size=batch_size, show_progress=show_progress,
-                            config=config)
+                            config=config, pooled_ap50=pooled_ap50)
     result["checkpoint"] = {"path": str(checkpoint), "architecture": meta["architecture"],
                             "input_size": list(meta["input_size"]), "epoch": meta.get("epoch")}
     return result

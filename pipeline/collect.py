@@ -56,6 +56,9 @@ SPLITS = ("train", "val")
 SEED_STRIDE = 1_000_000  # scene seeds of one --seed: 2 * (seed * SEED_STRIDE + scene) + split
 MAX_ATTEMPTS = 5  # layouts tried per scene when one cannot be placed
 MAX_WARMUP_S = 3.0
+# Training scenes draw their yellow phase from this range [s] (validation keeps the stack's 3 s):
+# at 3 s of a 32 s cycle, yellow lamps were 9 % of the light boxes and yellow the weakest class.
+TRAIN_YELLOW_S = (3.0, 9.0)
 
 
 @dataclass(frozen=True)
@@ -130,11 +133,24 @@ def _drive(sim, obs, job: SceneJob, warmup_ticks: int):
 
 def _render_scene(job: SceneJob, attempt: int) -> SceneResult:
     scenario, params = sample_scenario(job, attempt)
-    sim = make_simulator(job.config)
+    config = scene_config(job, attempt)
+    sim = make_simulator(config)
     try:
-        return _drive_scene(sim, scenario, params, job, attempt)
+        result = _drive_scene(sim, scenario, params, job, attempt)
+        result.scene["yellow_s"] = config.traffic.traffic_lights.yellow_s
+        return result
     finally:
         sim.close()
+
+
+def scene_config(job: SceneJob, attempt: int) -> StackConfig:
+    """The stack a scene runs: a training scene's lights hold yellow for a drawn TRAIN_YELLOW_S
+    (its own random stream, so the scenario's draws are those of the seed alone)."""
+    if job.split != "train":
+        return job.config
+    yellow = round(float(np.random.default_rng([job.seed, attempt, 2]).uniform(*TRAIN_YELLOW_S)), 2)
+    lights = job.config.traffic.traffic_lights.model_copy(update={"yellow_s": yellow})
+    return job.config.model_copy(update={"traffic": job.config.traffic.model_copy(update={"traffic_lights": lights})})
 
 
 def _drive_scene(sim, scenario, params, job: SceneJob, attempt: int) -> SceneResult:

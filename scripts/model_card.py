@@ -1,13 +1,18 @@
 """Write a checkpoint's model card from its own metadata (the figures cannot drift from the file).
 
     python scripts/model_card.py perception/weights/mtl_mbv3small_fpn96_s48_seg4_cs.pt \
-        --collect "stagepilot collect --config configs/rigs/front_only.yaml --out data/perception --frames 3000 --workers 2" \
-        --timing "collect 3.2 min + train 66 min on the 2-core CPU" > perception/weights/MODEL_CARD.md
+        --step "stagepilot collect --config configs/rigs/front_only.yaml --out data/perception --frames 3000 --workers 2" \
+        --timing "collect 3.2 min + train 66 min on the 2-core CPU" \
+        --fresh docs/results/fresh_sets/shipped.json > perception/weights/MODEL_CARD.md
+
+`--step` repeats, in order, for the commands before the checkpoint's own training command;
+`--fresh` is scripts/fresh_sets.py's JSON for the checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import hashlib
 from pathlib import Path
 
@@ -31,7 +36,28 @@ def _crop_note(augment: dict) -> str:
     return note + (f", the last {whole} epochs on whole frames" if whole else "")
 
 
-def card(path: Path, collect: str, timing: str) -> str:
+def _origin(meta: dict, path: Path) -> str:
+    config = meta.get("config", {})
+    init = config.get("init")
+    if init:
+        source = ("this file's previous version, the model of the first training command below" if Path(init).name == path.name
+                  else f"`{init}`")
+        return (f"fine-tuned {meta.get('epoch')} epochs from {source} (a model trained from scratch, no "
+                "pretrained weights) on frames of the embedded simulator")
+    return f"trained {meta.get('epoch')} epochs from scratch (no pretrained weights) on frames of the embedded simulator"
+
+
+def _fresh_section(fresh: dict, name: str) -> list[str]:
+    from fresh_sets import table  # scripts/fresh_sets.py, beside this script
+
+    return ["", "## Fresh sets", "",
+            "Four validation sets rendered from collect seeds that no training run and no choice of recipe drew "
+            "(Town02, front camera; `python scripts/fresh_sets.py <this file>`, perception/fresh.py). "
+            "**missed** marks a figure on the wrong side of its bar.", "",
+            table(name, fresh["sets"], fresh["pooled"])]
+
+
+def card(path: Path, steps: list[str], timing: str, fresh: dict | None = None) -> str:
     model, meta = load_checkpoint(path)
     split, metrics = next(iter(meta["metrics"].items()))
     size = path.stat().st_size
@@ -47,8 +73,7 @@ def card(path: Path, collect: str, timing: str) -> str:
         f"# Model card: `{meta['architecture']}`",
         "",
         f"File `{path.name}` ({size / 1e6:.1f} MB, sha256 {digest}...), {params / 1e6:.2f} M parameters, "
-        f"trained {meta.get('epoch')} epochs from scratch (no pretrained weights) on frames of the embedded simulator"
-        + _crop_note(meta.get("config", {}).get("augment", {})) + ".",
+        + _origin(meta, path) + _crop_note(meta.get("config", {}).get("augment", {})) + ".",
         "",
         "## Inputs and outputs",
         "",
@@ -63,7 +88,8 @@ def card(path: Path, collect: str, timing: str) -> str:
         "",
         "CARLA's Town02 (a map training never sees; training draws the four project maps and CARLA's Town01), "
         "seeds training never draws. "
-        "`stagepilot eval perception --checkpoint <this file> --data data/perception --json`.",
+        f"`stagepilot eval perception --checkpoint <this file> --data data/{Path(meta['data_manifest']['path']).name} "
+        "--json`.",
         "",
         "| figure | value | bar |",
         "|---|---|---|",
@@ -94,12 +120,14 @@ def card(path: Path, collect: str, timing: str) -> str:
         for cls, row in by_height.items():
             cells = [f"{row[b]['boxes']}, {_fmt(row[b]['recall'])}" for b in bands]
             lines.append(f"| {cls} | " + " | ".join(cells) + " |")
+    if fresh:
+        lines += _fresh_section(fresh, path.name)
     lines += [
         "",
         "## Reproduce",
         "",
         "```sh",
-        collect,
+        *steps,
         meta["training_command"],
         "```",
         "",
@@ -118,10 +146,13 @@ def card(path: Path, collect: str, timing: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--collect", required=True, help="the collect command that made the data")
+    parser.add_argument("--step", action="append", required=True,
+                        help="a command run before the checkpoint's own training command (repeat, in order)")
     parser.add_argument("--timing", required=True, help="how long collecting and training took, and where")
+    parser.add_argument("--fresh", type=Path, help="scripts/fresh_sets.py's JSON for this checkpoint")
     args = parser.parse_args()
-    print(card(args.checkpoint, args.collect, args.timing), end="")
+    fresh = json.loads(args.fresh.read_text()) if args.fresh else None
+    print(card(args.checkpoint, args.step, args.timing, fresh), end="")
 
 
 if __name__ == "__main__":

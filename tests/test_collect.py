@@ -12,7 +12,8 @@ import pytest
 
 from stagepilot.core.maps import find_map
 from stagepilot.core.roadmap import MapError
-from stagepilot.pipeline.collect import TRAIN_MAPS, TRAIN_TOWN, VAL_TOWN
+from stagepilot.core.config import StackConfig
+from stagepilot.pipeline.collect import TRAIN_MAPS, TRAIN_TOWN, TRAIN_YELLOW_S, VAL_TOWN
 from stagepilot.pipeline.cli import main
 
 ARGS = ["--frames", "12", "--frames-per-scene", "4", "--val-fraction", "0.34", "--seed", "2", "--depth", "--quiet"]
@@ -129,6 +130,14 @@ def test_manifest_lists_seeds_maps_and_provenance(dataset_dir):
         assert entry["maps"] == sorted({i["map"] for i in images})
         for scene in entry["scenes"]:
             assert scene["scenario"]["seed"] == scene["seed"] and scene["scenario"]["map"] == scene["map"]
+
+
+def test_training_scenes_hold_yellow_longer_and_validation_keeps_the_stack_timing(dataset_dir):
+    splits = _manifest(dataset_dir)["splits"]
+    train = [scene["yellow_s"] for scene in splits["train"]["scenes"]]
+    assert all(TRAIN_YELLOW_S[0] <= y <= TRAIN_YELLOW_S[1] for y in train) and len(set(train)) == len(train)
+    default = StackConfig().traffic.traffic_lights.yellow_s
+    assert [scene["yellow_s"] for scene in splits["val"]["scenes"]] == [default] * len(splits["val"]["scenes"])
 
 
 def test_the_same_command_writes_the_same_bytes(dataset_dir, tmp_path):

@@ -21,11 +21,10 @@ import pytest
 import torch
 import yaml
 
-from stagepilot.perception.evaluate import evaluate_checkpoint
+from stagepilot.perception.fresh import fresh_set_figures, missed_bars
 from stagepilot.perception.export import export_checkpoint
 from stagepilot.perception.learned import SHIPPED_CHECKPOINT, STAGE_SEG_STRIDE, LearnedPerception, NetworkRunner
 from stagepilot.perception.checkpoint import load_checkpoint
-from stagepilot.pipeline.collect import collect_dataset
 from stagepilot.core.config import ConfigError, load_stack
 from stagepilot.sim.scenario import load_scenario
 from stagepilot.pipeline.driver import drive
@@ -38,7 +37,6 @@ ROOT = Path(__file__).resolve().parents[1]
 LEARNED = "perception.kind=learned"
 CARD = SHIPPED_CHECKPOINT.parent / "MODEL_CARD.md"
 # The bars of issue 5, which the model card states.
-FRONT_ONLY = ["sim.cameras.front_left=null", "sim.cameras.front_right=null"]
 BARS = {"vehicle_ap50": 0.85, "pedestrian_ap50": 0.75, "miou": 0.80, "vehicle_position_error_m": 1.0}
 
 
@@ -55,16 +53,10 @@ def test_the_checkpoint_is_shipped_small_and_carries_its_metadata():
 @pytest.fixture(scope="module")
 def fresh_figures(tmp_path_factory) -> dict:
     """The bar figures of the shipped model on validation frames rendered now, from the front
-    camera: the model card's figures are the front camera's (docs/perception.md has the side
-    cameras' figures beside them)."""
+    camera (perception/fresh.py): seed 1, whose scenes the shipped model's data (seed 0) never
+    drew. The card's figures are the front camera's (docs/perception.md has the side cameras')."""
     shared_map("Town02")
-    data = tmp_path_factory.mktemp("fresh") / "data"
-    front = load_stack(overrides=FRONT_ONLY)
-    # seed 1: validation scenes whose seeds the shipped model's data (seed 0) never drew
-    collect_dataset(front, data, 600, split="val", seed=1, workers=2, show_progress=False)
-    result = evaluate_checkpoint(SHIPPED_CHECKPOINT, data, "val", device="cpu", config=front)
-    figures = {"vehicle_ap50": result["ap50"]["vehicle"], "pedestrian_ap50": result["ap50"]["pedestrian"],
-               "miou": result["miou"], "vehicle_position_error_m": result["position_error_median_m"]["vehicle"]}
+    figures = fresh_set_figures(SHIPPED_CHECKPOINT, 1, tmp_path_factory.mktemp("fresh"))
     print(json.dumps(figures))
     return figures
 
@@ -89,16 +81,14 @@ def test_fresh_frames_reproduce_the_model_card(fresh_figures):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="2026-12-02: with trees kept clear of signal heads, fresh Town02 front "
-                   "frames (seed 1) give vehicle AP50 0.8465 against the 0.85 bar (card: 0.875 on its own frames); "
-                   "reported, not passed: the model needs retraining on the current scenery and the rig")
+@pytest.mark.xfail(strict=False, reason="2026-12-02: the shipped model on fresh seed 1 gives vehicle AP50 0.847 < "
+                   "0.88, pedestrian 0.762 < 0.80, yellow 0.655 < 0.70 and recall of vehicles under 12 px 0.693 < 0.85 "
+                   "(mIoU 0.852 meets its bar); reported in the model card, not passed")
 def test_shipped_model_meets_the_bars_on_freshly_generated_frames(fresh_figures):
-    """The issue's bars on 600 frames rendered now (collect seed 1). The shipped model (tenth
-    session, 2026-11-30): vehicle AP50 0.8501, pedestrian 0.790, mIoU 0.856, position 0.565 m;
-    the vehicle figure clears its bar by 0.0001 (docs/perception.md)."""
-    assert fresh_figures["vehicle_ap50"] >= BARS["vehicle_ap50"], fresh_figures
-    assert fresh_figures["pedestrian_ap50"] >= BARS["pedestrian_ap50"], fresh_figures
-    assert fresh_figures["miou"] >= BARS["miou"], fresh_figures
+    """The accuracy bars (perception/fresh.py FRESH_BARS: vehicle AP50 0.88, pedestrian 0.80,
+    yellow light 0.70, recall of vehicles under 12 px 0.85, mIoU 0.85) on 600 frames rendered now
+    (collect seed 1), and the ground-placement bar of the card."""
+    assert missed_bars(fresh_figures) == [], fresh_figures
     assert fresh_figures["vehicle_position_error_m"] <= BARS["vehicle_position_error_m"], fresh_figures
 
 

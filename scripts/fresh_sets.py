@@ -1,0 +1,54 @@
+"""A checkpoint's accuracy bars on the fresh validation sets (perception/fresh.py): renders each
+seed's 600 front-camera Town02 frames once under --root, evaluates, prints a table and writes JSON.
+
+    python scripts/fresh_sets.py perception/weights/mtl_mbv3small_fpn96_s48_seg4_cs.pt \
+        --root data/fresh --json docs/results/fresh_sets.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from stagepilot.perception.fresh import FRESH_BARS, FRESH_FRAMES, FRESH_SEEDS, LABELS, POOLED, fresh_sets
+
+
+def table(checkpoint: str, sets: list[dict], pooled: dict) -> str:
+    head = "| figure | bar | " + " | ".join(f"seed {s['seed']}" for s in sets) + " | sets pooled |"
+    lines = [f"Fresh sets ({sets[0]['frames']} Town02 front-camera frames each) for `{checkpoint}`:", "",
+             head, "|" + "---|" * (3 + len(sets))]
+
+    def cell(figures: dict, key: str) -> str:
+        value = figures.get(key)
+        text = "" if value is None else f"{value:.3f}"
+        if key == "yellow_ap50" and "yellow_boxes" in figures:
+            text += f" ({figures['yellow_boxes']} boxes)"
+        return text + (" **missed**" if key in {m.split()[0] for m in figures["missed"]} else "")
+
+    for key, (op, bar) in FRESH_BARS.items():
+        scope = "pooled" if key in POOLED else "each set"
+        lines.append(f"| {LABELS[key]} | {op} {bar}, {scope} | " + " | ".join(cell(s, key) for s in sets)
+                     + f" | {cell(pooled, key) if key in POOLED else ''} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--root", default="data/fresh", help="where the sets are rendered (and reused)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(FRESH_SEEDS))
+    parser.add_argument("--frames", type=int, default=FRESH_FRAMES)
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args(argv)
+    sets, pooled = fresh_sets(args.checkpoint, args.seeds, Path(args.root), args.frames)
+    print(table(args.checkpoint, sets, pooled))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "bars": FRESH_BARS, "sets": sets,
+                                               "pooled": pooled}, indent=1) + "\n")
+    return 0 if not any(s["missed"] for s in [*sets, pooled]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
