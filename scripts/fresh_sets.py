@@ -1,4 +1,4 @@
-"""A checkpoint's accuracy bars on the fresh validation sets (perception/fresh.py): renders each
+"""A checkpoint's accuracy bars on the fresh validation sets (pipeline/fresh_sets.py): renders each
 seed's 600 front-camera Town02 frames once under --root, evaluates, prints a table and writes JSON.
 
     python scripts/fresh_sets.py perception/weights/mtl_mbv3small_fpn96_s48_seg4_cs.pt \
@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from stagepilot.perception.fresh import FRESH_BARS, FRESH_FRAMES, FRESH_SEEDS, LABELS, POOLED, fresh_sets
+from stagepilot.pipeline.fresh_sets import FRESH_BARS, FRESH_FRAMES, FRESH_SEEDS, LABELS, POOLED, fresh_sets
 
 
 def table(checkpoint: str, sets: list[dict], pooled: dict) -> str:

@@ -52,7 +52,7 @@ def _fresh_section(fresh: dict, name: str) -> list[str]:
 
     return ["", "## Fresh sets", "",
             "Four validation sets rendered from collect seeds that no training run and no choice of recipe drew "
-            "(Town02, front camera; `python scripts/fresh_sets.py <this file>`, perception/fresh.py). "
+            "(Town02, front camera; `python scripts/fresh_sets.py <this file>`, pipeline/fresh_sets.py). "
             "**missed** marks a figure on the wrong side of its bar.", "",
             table(name, fresh["sets"], fresh["pooled"])]
 

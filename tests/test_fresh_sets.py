@@ -1,8 +1,8 @@
-"""The accuracy bars of the fresh sets (perception/fresh.py): which figures miss, and where each bar is judged."""
+"""The accuracy bars of the fresh sets (pipeline/fresh_sets.py): which figures miss, and where each bar is judged."""
 
 from __future__ import annotations
 
-from stagepilot.perception.fresh import FRESH_BARS, POOLED, missed_bars
+from stagepilot.pipeline.fresh_sets import FRESH_BARS, POOLED, missed_bars
 
 
 def _at_bars() -> dict:

@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from stagepilot.perception.fresh import fresh_set_figures, missed_bars
+from stagepilot.pipeline.fresh_sets import fresh_set_figures, missed_bars
 from stagepilot.perception.export import export_checkpoint
 from stagepilot.perception.learned import SHIPPED_CHECKPOINT, STAGE_SEG_STRIDE, LearnedPerception, NetworkRunner
 from stagepilot.perception.checkpoint import load_checkpoint
@@ -53,7 +53,7 @@ def test_the_checkpoint_is_shipped_small_and_carries_its_metadata():
 @pytest.fixture(scope="module")
 def fresh_figures(tmp_path_factory) -> dict:
     """The bar figures of the shipped model on validation frames rendered now, from the front
-    camera (perception/fresh.py): seed 1, whose scenes the shipped model's data (seed 0) never
+    camera (pipeline/fresh_sets.py): seed 1, whose scenes the shipped model's data (seed 0) never
     drew. The card's figures are the front camera's (docs/perception.md has the side cameras')."""
     shared_map("Town02")
     figures = fresh_set_figures(SHIPPED_CHECKPOINT, 1, tmp_path_factory.mktemp("fresh"))
@@ -85,7 +85,7 @@ def test_fresh_frames_reproduce_the_model_card(fresh_figures):
                    "0.88, pedestrian 0.762 < 0.80, yellow 0.655 < 0.70 and recall of vehicles under 12 px 0.693 < 0.85 "
                    "(mIoU 0.852 meets its bar); reported in the model card, not passed")
 def test_shipped_model_meets_the_bars_on_freshly_generated_frames(fresh_figures):
-    """The accuracy bars (perception/fresh.py FRESH_BARS: vehicle AP50 0.88, pedestrian 0.80,
+    """The accuracy bars (pipeline/fresh_sets.py FRESH_BARS: vehicle AP50 0.88, pedestrian 0.80,
     yellow light 0.70, recall of vehicles under 12 px 0.85, mIoU 0.85) on 600 frames rendered now
     (collect seed 1), and the ground-placement bar of the card."""
     assert missed_bars(fresh_figures) == [], fresh_figures
