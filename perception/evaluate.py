@@ -90,13 +90,13 @@ def _null(value: float) -> float | None:
     return None if value is None or value < 0 or math.isnan(value) else round(float(value), 4)
 
 
-@torch.no_grad()
 def ap50_metric() -> MeanAveragePrecision:
     """COCO AP at IoU 0.5, per class (pycocotools)."""
     return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, iou_thresholds=[0.5],
                                 backend="pycocotools")
 
 
+@torch.no_grad()
 def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *, device: str | torch.device = "cpu",
                    batch_size: int = 8, score_threshold: float = 0.3, num_workers: int = 0,
                    show_progress: bool = False, limit: int | None = None, config: StackConfig,
@@ -159,8 +159,8 @@ def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *
         "frames": len(dataset),
         "map50": _null(float(r50["map"])),
         "map50_95": _null(float(r["map"])),
-        "ap50": _per_class(r50, classes),
-        "ap50_95": _per_class(r, classes),
+        "ap50": per_class_ap(r50, classes),
+        "ap50_95": per_class_ap(r, classes),
         "iou": {c: (round(float(iou[i]), 4) if present[i] else None) for i, c in enumerate(seg_classes)},
         "miou": round(float(np.mean(miou_values)), 4) if miou_values else None,
         "position_error_median_m": {k: (round(float(np.median(v)), 3) if v else None) for k, v in errors.items()},
@@ -175,10 +175,6 @@ def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *
 
 def per_class_ap(result: dict[str, torch.Tensor], classes: list[str]) -> dict[str, float | None]:
     """A computed MeanAveragePrecision -> {class: AP} (None for a class with no boxes)."""
-    return _per_class(result, classes)
-
-
-def _per_class(result: dict[str, torch.Tensor], classes: list[str]) -> dict[str, float | None]:
     values = {c: None for c in classes}
     ids = result["classes"].reshape(-1).tolist()
     per = result["map_per_class"].reshape(-1).tolist()
