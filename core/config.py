@@ -226,9 +226,10 @@ class LearnedPerceptionConfig(Strict):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     # torch: the network in PyTorch (device and precision as above); onnxruntime: its ONNX
     # export on onnxruntime's CPU provider in fp32 (exported once per checkpoint, then cached);
-    # auto: torch on CUDA; on a CPU the fastest of the paths the precision allows, timed on the
-    # stage's batch once per machine and remembered (perception/paths.py)
-    backend: Literal["auto", "torch", "onnxruntime"] = "auto"
+    # openvino: the same export on OpenVINO's CPU plugin, in bf16 where the precision and CPU
+    # allow, else fp32; auto: torch on CUDA; on a CPU the fastest of the paths the precision
+    # allows, timed on the stage's batch once per machine and remembered (perception/paths.py)
+    backend: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"
     channels_last: bool = True
     # How much of the rig the network reads each tick (perception/operating.py): full | side_band |
     # side_band_in_turn | main_only; auto: the first of these whose network time per tick, timed once

@@ -72,9 +72,10 @@ def bench_perception(learned: LearnedPerceptionConfig, iters: int = 30, warmup: 
         kwargs = {"input_size": tuple(input_size)} if input_size else {}
         ours = build_model(architecture or DEFAULT_ARCHITECTURE, **kwargs)
     # the stage decides device, dtype and memory format from the config; the pair runs with the same
+    # (bf16 autocast when the stage's path runs bf16, in torch or in OpenVINO)
     stage = NetworkRunner(learned.model_copy(update={"threads": threads}), model=ours)
     device, memory_format = stage.device, stage.memory_format
-    dtype = None if stage.dtype == torch.float32 else stage.dtype
+    dtype = torch.bfloat16 if stage.path["dtype"] == "bfloat16" else None
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext())
     ssd = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=7)
     lraspp = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=7)

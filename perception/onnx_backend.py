@@ -23,25 +23,44 @@ def cache_dir() -> Path:
     return Path(base)
 
 
+def cached_export(model, digest: str) -> Path:
+    """The model's ONNX export in the cache folder, written on first use: one file for every
+    input size and batch (its batch, height and width axes are dynamic), shared by the
+    onnxruntime and OpenVINO paths."""
+    from stagepilot.perception.export import export_onnx
+
+    path = cache_dir() / "onnx" / f"{digest[:16]}-anysize-opset{OPSET}.onnx"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The exporter writes its weights beside the file first; the saved model holds them.
+        with tempfile.TemporaryDirectory(dir=path.parent) as work:
+            partial = Path(work) / path.name
+            export_onnx(model, partial, opset=OPSET)
+            os.replace(partial, path)  # whole or absent, whatever another process does meanwhile
+    return path
+
+
+def heads(model, outputs: list[np.ndarray], image_size: tuple[int, int]) -> dict:
+    """The exported graph's outputs (in `output_names` order) as `PerceptionNet.forward` gives
+    them: torch tensors, the segmentation channels-last (the class argmax over its channels is
+    then a pass over contiguous memory: 1.9 ms instead of 11.8 ms to decode)."""
+    out = [torch.from_numpy(a) for a in outputs]
+    n = len(model.strides)
+    seg = out[2 * n].contiguous(memory_format=torch.channels_last)
+    return {"cls": out[:n], "box": out[n:2 * n], "seg": seg, "image_size": tuple(image_size)}
+
+
 class OnnxHeads:
     """One ONNX session for one model. `threads`: onnxruntime's intra-op threads (None: its default)."""
 
     def __init__(self, model, digest: str, threads: int | None = None):
         import onnxruntime as ort
 
-        from stagepilot.perception.export import export_onnx, output_names
+        from stagepilot.perception.export import output_names
 
         self.model = model
         self.names = output_names(model)
-        # one file for every input size (its height and width axes are dynamic)
-        path = cache_dir() / "onnx" / f"{digest[:16]}-anysize-opset{OPSET}.onnx"
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # The exporter writes its weights beside the file first; the saved model holds them.
-            with tempfile.TemporaryDirectory(dir=path.parent) as work:
-                partial = Path(work) / path.name
-                export_onnx(model, partial, opset=OPSET)
-                os.replace(partial, path)  # whole or absent, whatever another process does meanwhile
+        path = cached_export(model, digest)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Its threads must not spin after a run: the decoding that follows runs on torch's threads,
@@ -59,9 +78,4 @@ class OnnxHeads:
 
     def __call__(self, images: torch.Tensor) -> dict:
         x = np.ascontiguousarray(images.detach().float().cpu().numpy())
-        out = [torch.from_numpy(a) for a in self.session.run(self.names, {"images": x})]
-        n = len(self.model.strides)
-        # channels last, as the torch path gives it: the class argmax over the segmentation's
-        # channels is then a pass over contiguous memory (1.9 ms instead of 11.8 ms to decode)
-        seg = out[2 * n].contiguous(memory_format=torch.channels_last)
-        return {"cls": out[:n], "box": out[n:2 * n], "seg": seg, "image_size": tuple(images.shape[-2:])}
+        return heads(self.model, self.session.run(self.names, {"images": x}), tuple(images.shape[-2:]))

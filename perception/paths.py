@@ -48,7 +48,7 @@ TIMED = 6    # timed runs of each path, interleaved
 class NetPath:
     """One way to run the network: a backend and its dtype."""
 
-    backend: str  # torch | onnxruntime
+    backend: str  # torch | onnxruntime | openvino
     dtype: str    # float32 | bfloat16
 
     @property
@@ -59,6 +59,8 @@ class NetPath:
 TORCH_FP32 = NetPath("torch", "float32")
 TORCH_BF16 = NetPath("torch", "bfloat16")
 ONNX_FP32 = NetPath("onnxruntime", "float32")
+OPENVINO_FP32 = NetPath("openvino", "float32")
+OPENVINO_BF16 = NetPath("openvino", "bfloat16")
 
 
 @dataclass
@@ -96,16 +98,17 @@ def cpu_identity() -> str:
     return f"{model} [{' '.join(f for f in ISA_FLAGS if f in flags)}]"
 
 
-def candidates(precision: str, native_bf16: bool, onnx_available: bool) -> list[NetPath]:
-    """The CPU paths a `backend: auto` config allows: bf16 autocast only where the CPU runs bf16
-    natively (emulated bf16 is slower than fp32 everywhere), onnxruntime only in fp32."""
-    if precision == "bf16":
-        return [TORCH_BF16]
-    paths = [TORCH_FP32]
-    if precision == "auto" and native_bf16:
-        paths.append(TORCH_BF16)
-    if onnx_available:
+def candidates(precision: str, native_bf16: bool, onnx_available: bool, openvino_available: bool = False) -> list[NetPath]:
+    """The CPU paths a `backend: auto` config allows: bf16 only where the CPU runs bf16 natively
+    (emulated bf16 is slower than fp32 everywhere), onnxruntime only in fp32; OpenVINO in fp32,
+    and in bf16 where the CPU has it."""
+    bf16 = precision == "bf16" or (precision == "auto" and native_bf16)
+    fp32 = precision != "bf16"
+    paths = ([TORCH_FP32] if fp32 else []) + ([TORCH_BF16] if bf16 else [])
+    if onnx_available and fp32:
         paths.append(ONNX_FP32)
+    if openvino_available:
+        paths += ([OPENVINO_FP32] if fp32 else []) + ([OPENVINO_BF16] if bf16 else [])
     return paths
 
 
@@ -116,6 +119,10 @@ def memory_key(digest: str, input_size: tuple[int, int], batch: int, threads: in
         import onnxruntime
 
         versions.append(f"onnxruntime {onnxruntime.__version__}")
+    with contextlib.suppress(ImportError):
+        import openvino
+
+        versions.append(f"openvino {openvino.__version__}")
     text = "|".join([digest[:16], f"{input_size[0]}x{input_size[1]}", f"batch {batch}", f"threads {threads}",
                      "channels_last" if channels_last else "contiguous", cpu_identity(), *versions,
                      *(f"{k}={os.environ[k]}" for k in KERNEL_ENV if k in os.environ),

@@ -14,6 +14,7 @@ import contextlib
 import copy
 import functools
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +28,9 @@ from stagepilot.core.spans import Spans
 from stagepilot.perception.checkpoint import load_checkpoint
 from stagepilot.perception.decode import seg_class_map
 from stagepilot.perception.network import PerceptionNet
-from stagepilot.perception.paths import (ONNX_FP32, TORCH_BF16, TORCH_FP32, Choice, candidates, choosing, fastest,
-                                         measure, memory_key, remember)
+from stagepilot.perception.openvino_backend import openvino_available
+from stagepilot.perception.paths import (ONNX_FP32, OPENVINO_BF16, OPENVINO_FP32, TORCH_BF16, TORCH_FP32, Choice,
+                                         candidates, choosing, fastest, measure, memory_key, remember)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED_CHECKPOINT = WEIGHTS_DIR / "mtl_mbv3small_fpn96_s48_seg4_cs.pt"
@@ -50,9 +52,13 @@ def select_device(name: str) -> torch.device:
 
 def native_bf16(device: torch.device) -> bool:
     """Does this device run bf16 natively? CUDA: torch says so. CPU: the processor has AVX-512 BF16
-    or AMX (Linux /proc/cpuinfo flags); emulated bf16 on other CPUs is slower than fp32."""
+    or AMX (Linux /proc/cpuinfo flags) and oneDNN is not capped below them (``ONEDNN_MAX_CPU_ISA``,
+    as scripts/avx2_only.sh sets it); emulated bf16 on other CPUs is slower than fp32."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if cap and cap not in ("ALL", "DEFAULT") and not any(isa in cap for isa in ("BF16", "FP16", "AMX", "AVX10")):
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -146,19 +152,26 @@ class NetworkRunner:
         self.input_size = tuple(self.model.input_size)  # (H, W)
         self.min_score = min(config.score_threshold.values())
         self.session = None
-        self._onnx = None  # the onnxruntime session, built once: when measured, kept for the run
+        self._sessions: dict = {}  # NetPath -> its onnxruntime / OpenVINO session, built once and kept for the run
         self.dtype = torch.float32
         self.choice = self._choose(max(int(batch), 1))
+        self._sessions = {p: s for p, s in self._sessions.items() if p == self.choice.path}  # the timed others go
 
     def _choose(self, batch: int) -> Choice:
         """The path this runner uses, set up: configured, or measured on this machine and remembered."""
         config, cpu = self.config, self.device.type == "cpu"
+        bf16 = config.precision == "bf16" or (config.precision == "auto" and native_bf16(self.device))
         if config.backend == "onnxruntime":
             return self._use(Choice(ONNX_FP32, "configured"))
+        if config.backend == "openvino":
+            if not cpu:
+                raise ConfigError("perception.learned.backend: openvino runs on the CPU; set device: cpu (or auto without CUDA)")
+            if not openvino_available():
+                raise ConfigError("perception.learned.backend: openvino is not installed (pip install openvino)")
+            return self._use(Choice(OPENVINO_BF16 if bf16 else OPENVINO_FP32, "configured"))
         if not cpu or config.backend == "torch":
-            bf16 = config.precision == "bf16" or (config.precision == "auto" and native_bf16(self.device))
             return self._use(Choice(TORCH_BF16 if bf16 else TORCH_FP32, "configured"))
-        allowed = candidates(config.precision, native_bf16(self.device), onnxruntime_available())
+        allowed = candidates(config.precision, native_bf16(self.device), onnxruntime_available(), openvino_available())
         if len(allowed) == 1:
             return self._use(Choice(allowed[0], "configured"))
         key = memory_key(self._digest, self.input_size, batch, self._threads(), allowed,
@@ -170,13 +183,14 @@ class NetworkRunner:
 
     def _measure(self, allowed: list, batch: int, key: str) -> Choice:
         """Time each allowed path on a batch of the stage's size; remember and return the fastest.
-        A path that cannot be set up (an ONNX export that fails) is left out and named."""
+        A path that cannot be set up (an ONNX export that fails, a precision the CPU cannot
+        compile) is left out and named."""
         x = torch.zeros(batch, 3, *self.input_size).contiguous(memory_format=self.memory_format)
         runs, failed = {}, {}
         for path in allowed:
             try:
                 self._use(Choice(path, "measured"))
-            except Exception as e:  # noqa: BLE001 - any failure of the export leaves torch to run
+            except Exception as e:  # noqa: BLE001 - any failure of the export or compile leaves the others to run
                 failed[path.name] = f"{type(e).__name__}: {e}"[:200]
                 continue
             session = self.session
@@ -201,16 +215,25 @@ class NetworkRunner:
         return self.config.threads or torch.get_num_threads()
 
     def _use(self, choice: Choice) -> Choice:
-        if choice.path.backend == "onnxruntime":
-            from stagepilot.perception.onnx_backend import OnnxHeads
+        path = choice.path
+        if path.backend in ("onnxruntime", "openvino"):
+            session = self._sessions.get(path)
+            if session is None:
+                if path.backend == "onnxruntime":
+                    from stagepilot.perception.onnx_backend import OnnxHeads
 
-            if self._onnx is None:
-                self._onnx = OnnxHeads(self.model, self._digest, threads=self._threads())
-            self.session = self._onnx
-            self.device, self.dtype = torch.device("cpu"), torch.float32
+                    session = OnnxHeads(self.model, self._digest, threads=self._threads())
+                else:
+                    from stagepilot.perception.openvino_backend import OpenVinoHeads
+
+                    session = OpenVinoHeads(self.model, self._digest, path.dtype, threads=self._threads(),
+                                            shape=(1, 3, *self.input_size))
+                self._sessions[path] = session
+            self.session = session
+            self.device, self.dtype = torch.device("cpu"), torch.float32  # the session takes fp32 inputs
         else:
             self.session = None
-            self.dtype = torch.bfloat16 if choice.path.dtype == "bfloat16" else torch.float32
+            self.dtype = torch.bfloat16 if path.dtype == "bfloat16" else torch.float32
         return choice
 
     @torch.inference_mode()
@@ -228,7 +251,8 @@ class NetworkRunner:
         """What runs the network on this machine and how it was chosen (for run.json and the
         benchmark)."""
         if self.session is not None:
-            path = {"backend": "onnxruntime", "device": "cpu", "dtype": "float32", "version": self.session.version}
+            path = {"backend": self.choice.path.backend, "device": "cpu", "dtype": self.choice.path.dtype,
+                    "version": self.session.version}
         else:
             path = {"backend": "torch", "device": self.device.type,
                     "dtype": "bfloat16" if self.dtype == torch.bfloat16 else "float32",

@@ -1,7 +1,8 @@
-"""The learned stage's paths: the checkpoint's ONNX export on onnxruntime, cached, gives the
-torch fp32 path's detections and segmentation on rendered rig frames; `backend: auto` times
-the paths it may use once per machine and keeps the fastest; the torch paths run the network
-with its batch norms folded into its convolutions."""
+"""The learned stage's paths: the checkpoint's ONNX export on onnxruntime and on OpenVINO, cached,
+gives the torch fp32 path's detections and segmentation on rendered rig frames (OpenVINO's bf16,
+where the CPU has it, those of torch's bf16 autocast to bf16 rounding); `backend: auto` times the
+paths it may use once per machine and keeps the fastest; the torch paths run the network with
+its batch norms folded into its convolutions."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 from stagepilot.core.config import LearnedPerceptionConfig, load_stack
-from stagepilot.perception.paths import TORCH_FP32, candidates, cpu_identity
+from stagepilot.perception.paths import (ONNX_FP32, OPENVINO_BF16, OPENVINO_FP32, TORCH_BF16, TORCH_FP32, candidates,
+                                         cpu_identity)
 from stagepilot.perception import runner as runner_module
 from stagepilot.perception.runner import NetworkRunner, native_bf16
 from stagepilot.sim.scenario import load_scenario
@@ -47,13 +49,55 @@ def test_onnxruntime_gives_the_torch_fp32_outputs_and_caches_its_export(rig_fram
     assert exported[0].stat().st_mtime_ns == stamp and len(list((tmp_path / "onnx").iterdir())) == 1
 
 
+def test_openvino_gives_the_torch_outputs_in_fp32_and_in_bf16(rig_frames, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("STAGEPILOT_CACHE", str(tmp_path))
+    torch_fp32 = NetworkRunner(LearnedPerceptionConfig(backend="torch", precision="fp32", threads=2))
+    ov_fp32 = NetworkRunner(LearnedPerceptionConfig(backend="openvino", precision="fp32", threads=2))
+    assert ov_fp32.path["backend"] == "openvino" and ov_fp32.path["dtype"] == "float32"
+    assert ov_fp32.path["chosen_by"] == "configured" and ov_fp32.path["version"]
+    want, got = torch_fp32.run(rig_frames), ov_fp32.run(rig_frames)
+    assert sum(len(w.boxes) for w in want) > 0, "the frames show something to detect"
+    for w, g in zip(want, got):
+        assert w.labels == g.labels
+        assert np.abs(w.boxes - g.boxes).max(initial=0.0) < 0.5  # [px]
+        assert np.abs(w.scores - g.scores).max(initial=0.0) < 1e-3
+    assert (want[0].seg == got[0].seg).mean() > 0.999
+    # another shape (a side camera's band, two at once) is compiled on first use and decoded alike
+    band = [f[96:] for f in rig_frames[1:]]
+    sizes = [(264, 640)] * 2
+    for w, g in zip(torch_fp32.run(band, sizes=sizes), ov_fp32.run(band, sizes=sizes)):
+        assert w.labels == g.labels and np.abs(w.boxes - g.boxes).max(initial=0.0) < 0.5
+    if not native_bf16(torch.device("cpu")):
+        return
+    torch_bf16 = NetworkRunner(LearnedPerceptionConfig(backend="torch", precision="bf16", threads=2))
+    ov_bf16 = NetworkRunner(LearnedPerceptionConfig(backend="openvino", precision="bf16", threads=2))
+    assert ov_bf16.path["dtype"] == "bfloat16"
+    for w, g in zip(torch_bf16.run(rig_frames), ov_bf16.run(rig_frames)):
+        assert w.labels == g.labels
+        assert np.abs(w.boxes - g.boxes).max(initial=0.0) < 1.5  # [px]
+        assert np.abs(w.scores - g.scores).max(initial=0.0) < 0.02
+
+
+def test_a_cpu_capped_below_bf16_is_not_a_bf16_cpu(monkeypatch) -> None:
+    """scripts/avx2_only.sh caps oneDNN at AVX2: bf16 is then emulated (OpenVINO will not compile it)."""
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert not native_bf16(torch.device("cpu"))
+    assert candidates("auto", native_bf16=False, onnx_available=True, openvino_available=True) == [
+        TORCH_FP32, ONNX_FP32, OPENVINO_FP32]
+    assert candidates("auto", native_bf16=True, onnx_available=True, openvino_available=True) == [
+        TORCH_FP32, TORCH_BF16, ONNX_FP32, OPENVINO_FP32, OPENVINO_BF16]
+    assert candidates("bf16", native_bf16=True, onnx_available=True, openvino_available=True) == [
+        TORCH_BF16, OPENVINO_BF16]
+
+
 def test_auto_times_the_allowed_paths_on_the_stage_batch_keeps_the_fastest_and_remembers_it(tmp_path, monkeypatch):
     monkeypatch.setenv("STAGEPILOT_CACHE", str(tmp_path))
     first = NetworkRunner(LearnedPerceptionConfig(threads=2), batch=3)
     ms = first.path["candidates_ms"]
     assert first.path["chosen_by"] == "measured"
-    assert {"torch-float32", "onnxruntime-float32"} <= set(ms)
+    assert {"torch-float32", "onnxruntime-float32", "openvino-float32"} <= set(ms)
     assert ("torch-bfloat16" in ms) == native_bf16(torch.device("cpu"))  # emulated bf16 is never a candidate
+    assert ("openvino-bfloat16" in ms) == native_bf16(torch.device("cpu"))
     chosen = f"{first.path['backend']}-{first.path['dtype']}"
     assert chosen == min(ms, key=ms.get)
     memory = json.loads((tmp_path / "paths.json").read_text())
@@ -71,8 +115,10 @@ def test_a_configured_path_is_not_timed(tmp_path, monkeypatch):
     monkeypatch.setenv("STAGEPILOT_CACHE", str(tmp_path))
     pinned = NetworkRunner(LearnedPerceptionConfig(backend="torch", threads=2), batch=3)
     assert pinned.path["chosen_by"] == "configured" and "candidates_ms" not in pinned.path
-    bf16 = NetworkRunner(LearnedPerceptionConfig(precision="bf16", threads=2), batch=3)
+    bf16 = NetworkRunner(LearnedPerceptionConfig(backend="torch", precision="bf16", threads=2), batch=3)
     assert bf16.path["backend"] == "torch" and bf16.path["dtype"] == "bfloat16"
+    ov = NetworkRunner(LearnedPerceptionConfig(backend="openvino", precision="fp32", threads=2), batch=3)
+    assert ov.path["backend"] == "openvino" and ov.path["chosen_by"] == "configured"
     assert not (tmp_path / "paths.json").exists()
     assert candidates("auto", native_bf16=False, onnx_available=False) == [TORCH_FP32]
 
@@ -91,6 +137,7 @@ def test_each_candidate_is_timed_as_itself(tmp_path, monkeypatch):
     monkeypatch.setattr(runner_module, "measure", record)
     chosen = NetworkRunner(LearnedPerceptionConfig(threads=2), batch=1)
     assert seen["torch-float32"] == torch.float32 and seen["onnxruntime-float32"] == torch.float32
+    assert seen["openvino-float32"] == torch.float32  # its outputs come back in fp32 at either precision
     if native_bf16(torch.device("cpu")):
         assert seen["torch-bfloat16"] == torch.bfloat16
     assert chosen.path["backend"] == "torch" and chosen.path["dtype"] == "float32"  # the first is "fastest"
