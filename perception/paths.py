@@ -5,6 +5,8 @@ with bf16 autocast ran the rig's batch about as fast as onnxruntime in fp32; on 
 Xeon with the same flags, bf16 autocast was 1.8x slower than onnxruntime (docs/perception.md,
 "Speed"). So `backend: auto` times each path the config allows on the batch the stage will run
 (the rig's frames at the network's input size), interleaved, and keeps the fastest by median.
+The paths: torch fp32, torch with bf16 autocast, onnxruntime fp32, OpenVINO fp32 and OpenVINO
+bf16 (on another 2-core AMD EPYC the rig's batch took 63.5, 44.2, 44.5, 40.8 and 24.2 ms).
 
 The choice is remembered in the cache folder (`paths.json`), keyed by the weights, the input
 size, the batch, the threads, the CPU (model name and the flags that decide the kernels) and the
