@@ -28,6 +28,17 @@ def rig_frames() -> list[np.ndarray]:
     return [image.rgb for image in obs.cameras.values()]
 
 
+def assert_same_outputs(want, got) -> None:
+    """Another path's outputs are torch fp32's: the same labels, boxes within 0.5 px, scores within
+    1e-3, the segmentation on 99.9 % of its pixels."""
+    assert sum(len(w.boxes) for w in want) > 0, "the frames show something to detect"
+    for w, g in zip(want, got):
+        assert w.labels == g.labels
+        assert np.abs(w.boxes - g.boxes).max(initial=0.0) < 0.5  # [px]
+        assert np.abs(w.scores - g.scores).max(initial=0.0) < 1e-3
+    assert (want[0].seg == got[0].seg).mean() > 0.999
+
+
 def test_onnxruntime_gives_the_torch_fp32_outputs_and_caches_its_export(rig_frames, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("STAGEPILOT_CACHE", str(tmp_path))
     torch_fp32 = NetworkRunner(LearnedPerceptionConfig(backend="torch", precision="fp32", threads=2))
@@ -37,13 +48,7 @@ def test_onnxruntime_gives_the_torch_fp32_outputs_and_caches_its_export(rig_fram
         "chosen_by": "configured"}
     exported = list((tmp_path / "onnx").glob("*.onnx"))
     assert len(exported) == 1
-    want, got = torch_fp32.run(rig_frames), onnx.run(rig_frames)
-    assert sum(len(w.boxes) for w in want) > 0, "the frames show something to detect"
-    for w, g in zip(want, got):
-        assert w.labels == g.labels
-        assert np.abs(w.boxes - g.boxes).max(initial=0.0) < 0.5  # [px]
-        assert np.abs(w.scores - g.scores).max(initial=0.0) < 1e-3
-    assert (want[0].seg == got[0].seg).mean() > 0.999
+    assert_same_outputs(torch_fp32.run(rig_frames), onnx.run(rig_frames))
     stamp = exported[0].stat().st_mtime_ns
     NetworkRunner(LearnedPerceptionConfig(backend="onnxruntime", threads=2))  # from the cache
     assert exported[0].stat().st_mtime_ns == stamp and len(list((tmp_path / "onnx").iterdir())) == 1
@@ -55,13 +60,7 @@ def test_openvino_gives_the_torch_outputs_in_fp32_and_in_bf16(rig_frames, tmp_pa
     ov_fp32 = NetworkRunner(LearnedPerceptionConfig(backend="openvino", precision="fp32", threads=2))
     assert ov_fp32.path["backend"] == "openvino" and ov_fp32.path["dtype"] == "float32"
     assert ov_fp32.path["chosen_by"] == "configured" and ov_fp32.path["version"]
-    want, got = torch_fp32.run(rig_frames), ov_fp32.run(rig_frames)
-    assert sum(len(w.boxes) for w in want) > 0, "the frames show something to detect"
-    for w, g in zip(want, got):
-        assert w.labels == g.labels
-        assert np.abs(w.boxes - g.boxes).max(initial=0.0) < 0.5  # [px]
-        assert np.abs(w.scores - g.scores).max(initial=0.0) < 1e-3
-    assert (want[0].seg == got[0].seg).mean() > 0.999
+    assert_same_outputs(torch_fp32.run(rig_frames), ov_fp32.run(rig_frames))
     # another shape (a side camera's band, two at once) is compiled on first use and decoded alike
     band = [f[96:] for f in rig_frames[1:]]
     sizes = [(264, 640)] * 2
