@@ -29,14 +29,6 @@ from stagepilot.perception.onnx_backend import cached_export, heads
 PRECISION_HINT = {"float32": "f32", "bfloat16": "bf16"}
 
 
-def openvino_available() -> bool:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 class OpenVinoHeads:
     """The model's export on OpenVINO's CPU plugin at one precision (`dtype`: float32 | bfloat16)."""
 

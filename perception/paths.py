@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -98,6 +99,11 @@ def cpu_identity() -> str:
         elif key.strip() == "flags" and not flags:
             flags = set(value.split())
     return f"{model} [{' '.join(f for f in ISA_FLAGS if f in flags)}]"
+
+
+def installed(module: str) -> bool:
+    """Whether an optional runtime (onnxruntime, openvino) can be imported here."""
+    return importlib.util.find_spec(module) is not None
 
 
 def candidates(precision: str, native_bf16: bool, onnx_available: bool, openvino_available: bool = False) -> list[NetPath]:

@@ -28,9 +28,8 @@ from stagepilot.core.spans import Spans
 from stagepilot.perception.checkpoint import load_checkpoint
 from stagepilot.perception.decode import seg_class_map
 from stagepilot.perception.network import PerceptionNet
-from stagepilot.perception.openvino_backend import openvino_available
 from stagepilot.perception.paths import (ONNX_FP32, OPENVINO_BF16, OPENVINO_FP32, TORCH_BF16, TORCH_FP32, Choice,
-                                         candidates, choosing, fastest, measure, memory_key, remember)
+                                         candidates, choosing, fastest, installed, measure, memory_key, remember)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED_CHECKPOINT = WEIGHTS_DIR / "mtl_mbv3small_fpn96_s48_seg4_cs.pt"
@@ -80,14 +79,6 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
                 seq._modules[first] = fuse_conv_bn_eval(conv, bn)
                 seq._modules[second] = torch.nn.Identity()
     return model
-
-
-def onnxruntime_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def resolve_checkpoint(path: str | None) -> Path:
@@ -166,12 +157,12 @@ class NetworkRunner:
         if config.backend == "openvino":
             if not cpu:
                 raise ConfigError("perception.learned.backend: openvino runs on the CPU; set device: cpu (or auto without CUDA)")
-            if not openvino_available():
+            if not installed("openvino"):
                 raise ConfigError("perception.learned.backend: openvino is not installed (pip install openvino)")
             return self._use(Choice(OPENVINO_BF16 if bf16 else OPENVINO_FP32, "configured"))
         if not cpu or config.backend == "torch":
             return self._use(Choice(TORCH_BF16 if bf16 else TORCH_FP32, "configured"))
-        allowed = candidates(config.precision, native_bf16(self.device), onnxruntime_available(), openvino_available())
+        allowed = candidates(config.precision, native_bf16(self.device), installed("onnxruntime"), installed("openvino"))
         if len(allowed) == 1:
             return self._use(Choice(allowed[0], "configured"))
         key = memory_key(self._digest, self.input_size, batch, self._threads(), allowed,
@@ -247,8 +238,7 @@ class NetworkRunner:
             x = torch.zeros(n, 3, *size, device=self.device).contiguous(memory_format=self.memory_format)
             for _ in range(2):
                 raw = self.forward(x)
-            with torch.inference_mode():
-                self._decode([np.zeros((*size, 3), np.uint8)] * n, raw, size, with_seg=True)
+            self._decode([np.zeros((*size, 3), np.uint8)] * n, raw, size, with_seg=True)
 
     @property
     def path(self) -> dict:
