@@ -20,7 +20,10 @@ Each track holds x = [px, py, vx, vy] (world frame, [m] and [m/s]) and its covar
   front of the car leaves the view while still in its way. Its velocity is
   reported once the speed exceeds velocity_sigma times its standard deviation (at rest
   before): two noisy positions of a far box otherwise give a walker metres per second
-  towards the road, and the planner brakes for a crossing that is not there.
+  towards the road, and the planner brakes for a crossing that is not there. Far away that
+  deviation is the range's; the velocity across the viewing ray, which the bearing measures
+  well, is reported alone as soon as it stands out of its own deviation, so a far walker
+  crossing the view is known about a second sooner.
 - Numerical faults: a track whose state or covariance is no longer finite (a NaN measurement
   or ego pose got in) is dropped at once, so that it cannot poison association or be
   reported; its id is in ``dropped_nonfinite`` after the update, and the stage flags such a
@@ -42,6 +45,10 @@ from stagepilot.core.config import TrackerConfig
 from stagepilot.core.messages import Detection, EgoState
 
 INITIAL_SPEED_STD = 10.0  # [m/s] a new track's velocity is unknown
+# The velocity across the viewing ray alone is reported once the track has this many hits and
+# it stands this many of its own std out (a 1-D test, stricter than velocity_sigma's 2-D one)
+ACROSS_MIN_HITS = 6
+ACROSS_SIGMA = 3.0
 MOVING_MPS = 0.5  # above this the heading of the velocity is the reported yaw
 MISS_SCORE_DECAY = 0.9  # score factor per frame a track goes unseen
 GATED_COST = 1e6  # stands in for a pair outside the gate; rejected after assignment
@@ -244,15 +251,36 @@ class Tracker:
         self._next_id += 1
         self._tracks.append(track)
 
-    def _speed_known(self, track: _Track) -> bool:
-        """Whether the track's speed stands out of its uncertainty (``velocity_sigma``)."""
+    def _known_velocity(self, track: _Track, ego: EgoState) -> np.ndarray:
+        """The part of a track's world velocity (2,) that stands out of its uncertainty
+        (``velocity_sigma``): all of it when its speed does; else its component across the
+        viewing ray when that one does, and is above MOVING_MPS; else at rest.
+
+        A far box's range is poor and its bearing good (``_to_world``), so the filter knows a
+        walker crossing the view long before it knows how fast the walker moves along the ray; the
+        speed's whole uncertainty is dominated by the range. The across component alone is judged
+        by its own variance, which the bearing sets."""
+        velocity = track.state[2:]
+        if track.hits < 2:
+            return np.zeros(2)
         speed_mps, speed_std_mps = _speed(track)
-        return track.hits >= 2 and speed_mps > self.config.velocity_sigma * speed_std_mps
+        if speed_mps > self.config.velocity_sigma * speed_std_mps:
+            return velocity
+        ray = track.state[:2] - np.array([ego.x, ego.y])
+        distance = float(np.hypot(ray[0], ray[1]))
+        if distance < 1e-6:
+            return np.zeros(2)
+        across = np.array([-ray[1], ray[0]]) / distance             # unit, world frame
+        v_across = float(across @ velocity)
+        std_across = math.sqrt(float(across @ track.cov[2:, 2:] @ across))
+        if track.hits >= ACROSS_MIN_HITS and abs(v_across) > max(MOVING_MPS, ACROSS_SIGMA * std_across):
+            return v_across * across
+        return np.zeros(2)
 
     def _report(self, track: _Track, ego: EgoState) -> Detection:
         to_ego = _rotation(ego.yaw).T
         position = to_ego @ (track.state[:2] - np.array([ego.x, ego.y]))
-        velocity = to_ego @ track.state[2:] if self._speed_known(track) else np.zeros(2)
+        velocity = to_ego @ self._known_velocity(track, ego)
         if math.hypot(velocity[0], velocity[1]) > MOVING_MPS:
             yaw = math.atan2(velocity[1], velocity[0])
         elif track.kind in ("static", "pedestrian"):

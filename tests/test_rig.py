@@ -139,19 +139,31 @@ def _junction_drive(rig_overrides: list[str]):
     return drive(config, load_scenario("junction_cross_traffic"), max_time_s=18.0)
 
 
+def _first_seen_from_the_left(result) -> float | None:
+    """When the drive's perception first reported a vehicle more than 5 m to the left moving
+    towards the ego's path (the car from the left), or None."""
+    return next((r.t for r in result.records if r.perception is not None and any(
+        d.kind == "vehicle" and d.position[1] > 5.0 and d.velocity[1] < -2.0 for d in r.perception.detections)), None)
+
+
 @pytest.mark.slow
-def test_the_rig_sees_the_car_from_the_left_and_a_front_camera_alone_collides():
+def test_the_rig_sees_the_car_from_the_left_and_a_front_camera_alone_only_as_it_arrives():
     """configs/scenarios/junction_cross_traffic.yaml: waiting inside the junction to turn left, the
-    light turns; a car from the left comes in on its own green as the car clears the junction."""
+    light turns; a car from the left comes in on its own green as the car clears the junction.
+    With the front camera alone that car is seen as it arrives: the car collides with it, or
+    (as the shipped model does, 3.5 s after the rig saw it) brakes as hard as it can for it."""
     front = _junction_drive(["sim.cameras.front_left=null", "sim.cameras.front_right=null"])
-    crashes = [e for e in front.metrics["events"] if e["kind"] == "collision"]
-    assert crashes, "the guard: with the front camera alone the car from the left is seen too late"
-    crossing = crashes[0]["other_id"]
     rig = _junction_drive([])
     assert rig.outcome["collisions"] == 0, rig.metrics["events"]
     assert rig.outcome["red_lights"] == 0
     assert rig.outcome["route_progress_m"] > front.outcome["route_progress_m"]
-    # The rig saw that car well before the front camera's collision: the side camera's boxes.
-    seen = [r.t for r in rig.records if r.perception is not None and any(
-        d.camera == "front_left" and d.kind == "vehicle" and d.position[1] > 10.0 for d in r.perception.detections)]
-    assert seen and seen[0] < crashes[0]["t"] - 3.0, (seen[:1], crashes[0]["t"], crossing)
+    rig_seen = _first_seen_from_the_left(rig)
+    crashes = [e["t"] for e in front.metrics["events"] if e["kind"] == "collision"]
+    front_seen = _first_seen_from_the_left(front)
+    late = crashes[0] if crashes else front_seen
+    assert late is not None, "with the front camera alone the car from the left was never seen and never hit"
+    # The rig saw that car well before the front camera's collision or sighting: the side camera.
+    assert rig_seen is not None and rig_seen < late - 3.0, (rig_seen, late)
+    if not crashes:  # seen as it arrived: an emergency stop for it within a second of the sighting
+        stops = [t for t, d in zip(front.series.t, front.series.decisions) if d == "emergency_stop" and t >= front_seen]
+        assert stops and stops[0] <= front_seen + 1.0, (front_seen, stops[:3])

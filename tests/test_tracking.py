@@ -217,30 +217,29 @@ def test_a_far_car_with_camera_like_depth_noise_keeps_one_id_and_its_speed():
     assert abs(np.mean(speeds[-20:]) - 12.0) < 1.5
 
 
-def test_a_far_standing_walker_is_reported_at_rest_and_a_crossing_one_with_its_speed():
-    """Two noisy positions of a walker 30 m away differ by metres; the tracker reports a speed
-    only once it stands out of the filter's uncertainty, so a standing walker never seems to
-    step into the road, while a walker crossing at 1.5 m/s shows it within two seconds (1.85 s
-    here; within one second with the depth noise of 0.0005 / m, which split real far walkers'
-    tracks: the next test)."""
-    rng = np.random.default_rng(5)
+@pytest.mark.parametrize("seed", range(6))
+def test_a_far_standing_walker_is_reported_at_rest_and_a_crossing_one_with_its_speed(seed):
+    """Two noisy positions of a walker 33 m away differ by metres along the viewing ray; a
+    speed is reported only once it stands out of the filter's uncertainty, so a standing walker
+    beside the lane never seems to step into it. Across the ray the camera is precise: a walker
+    crossing at 1.5 m/s shows that speed within a second (0.45-0.6 s; 1.3-1.7 s when only the
+    whole speed was judged, whose uncertainty the range sets)."""
+    rng = np.random.default_rng(seed)
     tracker = Tracker(TrackerConfig())
     ego = parked_ego(0.0)
-    standing, crossing_at = (33.0, -7.0), (33.0, 7.0)
-    worst_standing, crossing_seen = 0.0, None
+    standing, crossing_at = (33.0, -4.0), (33.0, 7.0)
+    worst_towards_lane, crossing_seen = 0.0, None
     for k in range(60):
         t = k * DT_S
         crossing = (crossing_at[0], crossing_at[1] - 1.5 * t)
-        out = tracker.update(t, ego, [seen(standing, ego, rng, "pedestrian", noise_m=0.5),
-                                      seen(crossing, ego, rng, "pedestrian", noise_m=0.5)])
+        out = tracker.update(t, ego, [camera_seen(standing, ego, rng), camera_seen(crossing, ego, rng)])
         for d in out:
-            speed = math.hypot(*d.velocity)
             if d.position[1] < 0 and abs(d.position[1] - to_ego(standing, ego)[1]) < 2.0:
-                worst_standing = max(worst_standing, speed)
-            elif speed > 0 and crossing_seen is None:
+                worst_towards_lane = max(worst_towards_lane, d.velocity[1])
+            elif d.velocity[1] < -1.0 and crossing_seen is None:
                 crossing_seen = t
-    assert worst_standing < 1.0, worst_standing
-    assert crossing_seen is not None and crossing_seen <= 2.0, crossing_seen
+    assert worst_towards_lane < 0.5, worst_towards_lane
+    assert crossing_seen is not None and crossing_seen <= 1.0, crossing_seen
 
 
 def camera_seen(xy: tuple[float, float], ego: EgoState, rng: np.random.Generator, px: float = 0.7) -> Measurement:
