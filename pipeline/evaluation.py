@@ -37,6 +37,7 @@ from typing import Any
 from tqdm import tqdm
 
 from stagepilot.core.config import ConfigError, config_hash, load_stack
+from stagepilot.pipeline.interrupts import SignalsInterrupt
 from stagepilot.pipeline.provenance import write_json
 
 SCORE_FIELDS = ("driving_score", "route_completion", "infraction_penalty", "infractions",
@@ -165,6 +166,7 @@ class ScenarioPool:
         self._ray = None
         self._started_ray = False
         self._task = None
+        self._signals = SignalsInterrupt()  # `kill` stops the workers too, as Ctrl-C does
 
     def __enter__(self) -> ScenarioPool:
         if self.backend == "ray":
@@ -184,9 +186,12 @@ class ScenarioPool:
         elif self.workers > 1 or self.isolate:
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn"),
                                              initializer=_worker_init, initargs=(self.threads,))
+        if not self.inline:
+            self._signals.__enter__()
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
+        self._signals.__exit__(exc_type, *exc)
         if self._pool is not None:
             interrupted = exc_type is not None and issubclass(exc_type, BaseException) and not issubclass(
                 exc_type, Exception)

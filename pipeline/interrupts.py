@@ -76,3 +76,32 @@ class SignalHold:
         """Raise `Interrupted` for the first signal received; call it where stopping is safe."""
         if self.received:
             raise Interrupted(self.received[0])
+
+
+class SignalsInterrupt:
+    """While active, SIGTERM and SIGHUP raise `Interrupted` in the main thread as Ctrl-C raises
+    KeyboardInterrupt, so that whatever cleans up after Ctrl-C (a worker pool terminating its
+    processes) also runs when a job scheduler stops the command; the old handlers come back on
+    exit. Off the main thread it does nothing (Python delivers signals to the main thread only)."""
+
+    def __init__(self, signums=(signal.SIGTERM, getattr(signal, "SIGHUP", None))):
+        self.signums = tuple(s for s in signums if s is not None)
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalsInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.signums:
+                old = signal.getsignal(signum)
+                if old not in (signal.SIG_IGN, None):
+                    self._old[signum] = signal.signal(signum, self._raise)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._old.items():
+            signal.signal(signum, handler)
+        self._old.clear()
+
+    @staticmethod
+    def _raise(signum, frame) -> None:
+        raise Interrupted(signum)
+

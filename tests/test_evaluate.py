@@ -1,10 +1,14 @@
 """`stagepilot evaluate`: the same scores on 1 worker, 2 workers and Ray; bad input is one line
 before anything runs; a crashing scenario fails alone; --compare finds a planted change; the
-default suite runs end to end with perfect perception."""
+default suite runs end to end with perfect perception; a signal stops it with its workers."""
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,7 @@ from stagepilot.pipeline import driver
 from stagepilot.pipeline.cli import main
 from stagepilot.pipeline.evaluation import SCORE_FIELDS, evaluate
 
-from conftest import one_line_error
+from conftest import default_signals, one_line_error
 
 MINI = """\
 description: three short scenarios, for the tests
@@ -124,3 +128,37 @@ def test_the_default_suite_runs_end_to_end_and_scores_the_same_on_1_and_2_worker
     ray = evaluate("default", workers=2, backend="ray", out_dir=tmp_path / "ray", **common)
     two = [(s["id"], *(json.dumps(s.get(k), sort_keys=True) for k in SCORE_FIELDS)) for s in results["scenarios"]]
     assert _scores(one) == two == _scores(ray)
+
+
+def _children(pid: int) -> set[int]:
+    """The processes `pid` started (Linux /proc), its workers' children left out."""
+    children = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children |= {int(c) for c in (task / "children").read_text().split()}
+    return children
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from Linux /proc")
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)], ids=["SIGTERM", "SIGHUP"])
+def test_a_signal_stops_evaluate_and_its_workers(mini, tmp_path, signum, status):
+    """`kill` (a job scheduler) and a closed terminal stop `evaluate --workers 2` as Ctrl-C does:
+    the drives in flight are ended with it, and no worker outlives the command."""
+    out = tmp_path / "eval"
+    proc = subprocess.Popen([sys.executable, "-m", "stagepilot.pipeline.cli", "evaluate", "--suite", str(mini),
+                             "--perception", "perfect", "--workers", "2", "--no-record", "--quiet", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)
+    deadline = time.monotonic() + 120
+    workers: set[int] = set()
+    while time.monotonic() < deadline and proc.poll() is None and not any((out / "scenarios").glob("*/*")):
+        time.sleep(0.2)  # until a drive writes into its run folder: the workers are busy
+    assert proc.poll() is None, proc.communicate()
+    workers = _children(proc.pid)
+    assert workers
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == status, stderr
+    assert "interrupted" in stderr
+    time.sleep(1.0)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()
+             and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"]
+    assert not alive, f"workers {alive} outlived `evaluate`"
