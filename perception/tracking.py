@@ -45,10 +45,9 @@ from stagepilot.core.config import TrackerConfig
 from stagepilot.core.messages import Detection, EgoState
 
 INITIAL_SPEED_STD = 10.0  # [m/s] a new track's velocity is unknown
-# The velocity across the viewing ray alone is reported once the track has this many hits and
-# it stands this many of its own std out (a 1-D test, stricter than velocity_sigma's 2-D one)
+# The velocity across the viewing ray alone is reported once the track has this many hits (and
+# it stands velocity_sigma of its own std out)
 ACROSS_MIN_HITS = 6
-ACROSS_SIGMA = 3.0
 MOVING_MPS = 0.5  # above this the heading of the velocity is the reported yaw
 MISS_SCORE_DECAY = 0.9  # score factor per frame a track goes unseen
 GATED_COST = 1e6  # stands in for a pair outside the gate; rejected after assignment
@@ -273,7 +272,7 @@ class Tracker:
         across = np.array([-ray[1], ray[0]]) / distance             # unit, world frame
         v_across = float(across @ velocity)
         std_across = math.sqrt(float(across @ track.cov[2:, 2:] @ across))
-        if track.hits >= ACROSS_MIN_HITS and abs(v_across) > max(MOVING_MPS, ACROSS_SIGMA * std_across):
+        if track.hits >= ACROSS_MIN_HITS and abs(v_across) > max(MOVING_MPS, self.config.velocity_sigma * std_across):
             return v_across * across
         return np.zeros(2)
 

@@ -222,7 +222,7 @@ def test_a_far_standing_walker_is_reported_at_rest_and_a_crossing_one_with_its_s
     """Two noisy positions of a walker 33 m away differ by metres along the viewing ray; a
     speed is reported only once it stands out of the filter's uncertainty, so a standing walker
     beside the lane never seems to step into it. Across the ray the camera is precise: a walker
-    crossing at 1.5 m/s shows that speed within a second (0.45-0.6 s; 1.3-1.7 s when only the
+    crossing at 1.5 m/s shows that speed within a second (0.3-0.6 s; 1.3-1.7 s when only the
     whole speed was judged, whose uncertainty the range sets)."""
     rng = np.random.default_rng(seed)
     tracker = Tracker(TrackerConfig())
