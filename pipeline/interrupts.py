@@ -84,8 +84,8 @@ class SignalsInterrupt:
     processes) also runs when a job scheduler stops the command; the old handlers come back on
     exit. Off the main thread it does nothing (Python delivers signals to the main thread only)."""
 
-    def __init__(self, signums=(signal.SIGTERM, getattr(signal, "SIGHUP", None))):
-        self.signums = tuple(s for s in signums if s is not None)
+    def __init__(self):
+        self.signums = tuple(s for s in STOP_SIGNALS if s != signal.SIGINT)  # SIGINT raises by itself
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> SignalsInterrupt:

@@ -148,7 +148,6 @@ def test_a_signal_stops_evaluate_and_its_workers(mini, tmp_path, signum, status)
                              "--perception", "perfect", "--workers", "2", "--no-record", "--quiet", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)
     deadline = time.monotonic() + 120
-    workers: set[int] = set()
     while time.monotonic() < deadline and proc.poll() is None and not any((out / "scenarios").glob("*/*")):
         time.sleep(0.2)  # until a drive writes into its run folder: the workers are busy
     assert proc.poll() is None, proc.communicate()
