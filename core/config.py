@@ -232,9 +232,11 @@ class LearnedPerceptionConfig(Strict):
     backend: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"
     channels_last: bool = True
     # How much of the rig the network reads each tick (perception/operating.py): full | side_band |
-    # side_band_in_turn | main_only; auto: the first of these whose network time per tick, timed once
-    # per machine on the chosen path, is at most network_share of the perception stage's budget
-    operating_point: Literal["auto", "full", "side_band", "side_band_in_turn", "main_only"] = "auto"
+    # side_band_in_turn | main_only | main_reduced; auto: the first of these whose network time
+    # per tick, timed once per machine on the chosen path, is at most network_share of the
+    # perception stage's budget
+    operating_point: Literal["auto", "full", "side_band", "side_band_in_turn", "main_only",
+                             "main_reduced"] = "auto"
     side_band_elevation_deg: float = Field(10.0, ge=-20.0, le=60.0)  # [deg] the side cameras' band ends this far above the horizon
     network_share: float = Field(0.4, gt=0.0, le=1.0)
     score_threshold: dict[str, Probability] = {"vehicle": 0.4, "pedestrian": 0.6, "static_obstacle": 0.4,

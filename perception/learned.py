@@ -110,10 +110,12 @@ class LearnedPerception:
         else:
             setting = config.operating_point if config.operating_point != "auto" else "full"
             self.point = operating.PointChoice(operating.BY_NAME[setting], "configured")
-        if warm and specs:  # the shapes of a tick at this point
+        if warm and specs:  # the shapes of a tick at this point: the path is chosen again on them
             groups = operating.batches(operating.views(self.point.point, specs, runner.input_size,
                                                        config.side_band_elevation_deg))
-            runner.warm_up(shapes=[(len(idx), size) for size, idx in groups.items()])
+            shapes = [(len(idx), size) for size, idx in groups.items()]
+            runner.choose_for(shapes)
+            runner.warm_up(shapes=shapes)
         elif warm:
             runner.warm_up(len(self.cameras) if self.cameras else 1)
         self._views: dict[str, tuple[tuple, operating.View]] = {}

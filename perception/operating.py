@@ -16,7 +16,12 @@ last, and keeps the main camera (road, lights, what lies ahead) whole at every s
   down instead was tried and rejected: at half scale the network, trained at one scale, read a
   lane marking beside the road as an obstacle and stopped the car for good (docs/perception.md);
 - ``main_only``: the main camera alone; the sides are not read (cross traffic is then seen
-  once it enters the main camera's view).
+  once it enters the main camera's view);
+- ``main_reduced``: the main camera alone at ``REDUCED_SCALE`` of the network's input scale
+  (512x288 for 640x360), for a CPU where even the main camera at full scale does not fit: 0.64
+  of the pixels, so about 0.6 of the network's time, and everything looks 1.25x farther away
+  (a car 12 px tall at full scale is 9.6 px), so far objects are found later. Measured in
+  docs/perception.md, "Operating points".
 
 ``operating_point: auto`` times each step's network work per tick on the path the runner chose
 (perception/paths.py) and takes the first whose median fits ``network_share`` of the stage's
@@ -42,6 +47,8 @@ from stagepilot.perception import paths
 # fall on the same pixels as in the whole frame and the band's boxes are the whole frame's.
 BAND_ROWS = 32
 MIN_BAND_ROWS = 64
+# The main camera's scale at ``main_reduced``; its input size is rounded to BAND_ROWS as well
+REDUCED_SCALE = 0.8
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,7 @@ class OperatingPoint:
     sides: str          # whole | band | none
     in_turn: bool       # the side cameras one per tick, in turn (each at 1 / their number of the rate)
     description: str
+    main_scale: float = 1.0  # the main camera's scale at the network's input
 
 
 LADDER = (
@@ -60,6 +68,9 @@ LADDER = (
                    "the main camera whole every tick; the side cameras below the band's top elevation, "
                    "one per tick in turn"),
     OperatingPoint("main_only", "none", False, "the main camera alone; the side cameras are not read"),
+    OperatingPoint("main_reduced", "none", False,
+                   f"the main camera alone at {REDUCED_SCALE:g} of the network's input scale (far objects are "
+                   "found later); the side cameras are not read", REDUCED_SCALE),
 )
 BY_NAME = {p.name: p for p in LADDER}
 
@@ -124,10 +135,17 @@ def view(point: OperatingPoint, main: bool, height: int, width: int, K, T_ego_ca
     """How one camera's frame goes to the network at `point` when it is read (`reads`): whole at
     the network's input size, or (a side camera at a band point) its band at the same scale."""
     in_h, in_w = input_size
+    if main and point.main_scale != 1.0:
+        return View(0, (_rows(in_h * point.main_scale), _rows(in_w * point.main_scale)))
     if main or point.sides != "band":
         return View(0, (in_h, in_w))
     top = band_top(K, T_ego_cam, height, elevation_deg)
     return View(top, (max(int(round((height - top) * in_h / height)), 32), in_w))
+
+
+def _rows(pixels: float) -> int:
+    """``pixels`` rounded to a multiple of BAND_ROWS (at least one)."""
+    return max(int(round(pixels / BAND_ROWS)) * BAND_ROWS, BAND_ROWS)
 
 
 def views(point: OperatingPoint, cameras: list[tuple[int, int, np.ndarray, np.ndarray]],

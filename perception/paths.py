@@ -121,7 +121,9 @@ def candidates(precision: str, native_bf16: bool, onnx_available: bool, openvino
 
 
 def memory_key(digest: str, input_size: tuple[int, int], batch: int, threads: int, allowed: list[NetPath], *,
-               channels_last: bool = True) -> str:
+               channels_last: bool = True, work: str = "") -> str:
+    """The memory file's key of a choice: what its timing depends on. ``work``: the batches it was
+    timed on when they are not ``batch`` frames at the input size."""
     versions = [f"torch {torch.__version__}"]
     with contextlib.suppress(ImportError):
         import onnxruntime
@@ -134,7 +136,7 @@ def memory_key(digest: str, input_size: tuple[int, int], batch: int, threads: in
     text = "|".join([digest[:16], f"{input_size[0]}x{input_size[1]}", f"batch {batch}", f"threads {threads}",
                      "channels_last" if channels_last else "contiguous", cpu_identity(), *versions,
                      *(f"{k}={os.environ[k]}" for k in KERNEL_ENV if k in os.environ),
-                     ",".join(p.name for p in allowed)])
+                     ",".join(p.name for p in allowed), *([f"work {work}"] if work else [])])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

@@ -225,8 +225,12 @@ def _closed_loop(name: str, overrides: list[str] | None = None, on_frame=None, s
 
 
 @pytest.mark.slow
-def test_closed_loop_learned_stops_for_the_pedestrian():
-    sim = EmbeddedSimulator(load_stack([], [LEARNED]), render=True)
+@pytest.mark.parametrize("point", ["auto", "main_reduced"])
+def test_closed_loop_learned_stops_for_the_pedestrian(point):
+    """At the operating point this machine picks, and at the cheapest one (the main camera alone
+    at 0.8 scale), which a CPU that cannot fit the main camera whole runs."""
+    overrides = [f"perception.learned.operating_point={point}"]
+    sim = EmbeddedSimulator(load_stack([], [LEARNED, *overrides]), render=True)
     seen = {"closest": math.inf, "slowest_near": math.inf}
 
     def watch(obs, record):
@@ -235,7 +239,7 @@ def test_closed_loop_learned_stops_for_the_pedestrian():
         if gap < 15.0:
             seen["slowest_near"] = min(seen["slowest_near"], obs.ego.speed)
 
-    _, log = _closed_loop("pedestrian_crossing", on_frame=watch, sim=sim)
+    _, log = _closed_loop("pedestrian_crossing", overrides, on_frame=watch, sim=sim)
     print(f"closest {seen['closest']:.2f} m, slowest within 15 m {seen['slowest_near']:.2f} m/s")
     # As with perfect perception (tests/test_closed_loop.py): it stands still near the walker,
     # never closer than 2 m, then drives on.

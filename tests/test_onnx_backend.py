@@ -130,7 +130,7 @@ def test_each_candidate_is_timed_as_itself(tmp_path, monkeypatch):
 
     def record(runs, **_):
         for name, run in runs.items():
-            seen[name] = run()["cls"][0].dtype
+            seen[name] = run()[0]["cls"][0].dtype
         return {name: float(i) for i, name in enumerate(runs)}
 
     monkeypatch.setattr(runner_module, "measure", record)
@@ -142,6 +142,33 @@ def test_each_candidate_is_timed_as_itself(tmp_path, monkeypatch):
     assert chosen.path["backend"] == "torch" and chosen.path["dtype"] == "float32"  # the first is "fastest"
     # the ONNX export worked on a copy: the stage's own network keeps its channels-last weights
     assert chosen.model.cls_out.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_the_path_is_chosen_again_on_the_work_an_operating_point_sends(tmp_path, monkeypatch):
+    """Timed on the rig's three frames, then again on one smaller frame: each choice measured on
+    the shapes it will run, remembered apart, and the rig's own shapes are not timed twice."""
+    monkeypatch.setenv("STAGEPILOT_CACHE", str(tmp_path))
+    timed = []
+
+    def fake(runs, **_):
+        shapes = []
+        for name, run in runs.items():
+            shapes = [tuple(out["image_size"]) + (out["cls"][0].shape[0],) for out in run()]
+        timed.append(shapes)
+        order = ["onnxruntime-float32", "openvino-float32"] if len(timed) == 1 else ["openvino-float32", "onnxruntime-float32"]
+        return {name: 1.0 + (order.index(name) if name in order else 5.0) for name in runs}
+
+    monkeypatch.setattr(runner_module, "measure", fake)
+    runner = NetworkRunner(LearnedPerceptionConfig(threads=2), batch=3)
+    assert timed == [[(360, 640, 3)]] and runner.path["backend"] == "onnxruntime"
+    runner.choose_for([(3, (360, 640))])
+    assert len(timed) == 1                                        # the work it was chosen on
+    runner.choose_for([(1, (288, 512))])
+    assert timed[1] == [(288, 512, 1)] and runner.path["backend"] == "openvino"
+    assert runner.path["chosen_by"] == "measured" and len(json.loads((tmp_path / "paths.json").read_text())) == 2
+    again = NetworkRunner(LearnedPerceptionConfig(threads=2), batch=3)
+    again.choose_for([(1, (288, 512))])
+    assert len(timed) == 2 and again.path["backend"] == "openvino" and again.path["chosen_by"] == "remembered"
 
 
 def test_the_torch_path_folds_batch_norms_into_the_convolutions_of_a_copy(rig_frames):

@@ -43,6 +43,7 @@ def test_each_point_sends_the_rig_as_stated():
     assert operating.views(operating.BY_NAME["side_band_in_turn"], cameras, (360, 640), 10.0, frame=7) == [
         operating.View(0, (360, 640)), None, operating.View(96, (264, 640))]
     assert sizes["main_only"] == [operating.View(0, (360, 640)), None, None]
+    assert sizes["main_reduced"] == [operating.View(0, (288, 512)), None, None]   # 0.8 of each side
     assert operating.batches(sizes["side_band"]) == {(360, 640): [0], (264, 640): [1, 2]}
 
 
@@ -50,7 +51,7 @@ def test_auto_takes_the_first_point_that_fits_and_remembers_it(tmp_path, monkeyp
     monkeypatch.setenv("STAGEPILOT_CACHE", str(tmp_path))
     runner = NetworkRunner(LearnedPerceptionConfig(backend="torch", precision="fp32", threads=2), batch=3)
     cameras = operating.spec_cameras(list(load_stack([], []).sim.cameras.values()))
-    timed = {"full": 30.0, "side_band": 26.0, "side_band_in_turn": 21.0, "main_only": 12.0}
+    timed = {"full": 30.0, "side_band": 26.0, "side_band_in_turn": 21.0, "main_only": 12.0, "main_reduced": 8.0}
     calls = []
 
     def fake_measure(runs, **_):
@@ -66,7 +67,9 @@ def test_auto_takes_the_first_point_that_fits_and_remembers_it(tmp_path, monkeyp
     assert again.point.name == "side_band_in_turn" and again.by == "remembered" and len(calls) == 1
     # a budget nothing fits: the cheapest point, and it says it does not fit
     tight = operating.choose(runner, "auto", cameras, 10.0, 10.0, 0.6)
-    assert tight.point.name == "main_only" and tight.fits is False
+    assert tight.point.name == "main_reduced" and tight.fits is False
+    # the main camera at full scale does not fit, at the reduced scale it does
+    assert operating.choose(runner, "auto", cameras, 10.0, 15.0, 0.6).point.name == "main_reduced"
     # a generous one: the whole rig
     assert operating.choose(runner, "auto", cameras, 10.0, 80.0, 0.6).point.name == "full"
     assert operating.choose(runner, "side_band", cameras, 10.0, 40.0, 0.6).by == "configured"
@@ -175,6 +178,6 @@ def test_a_replay_runs_the_point_its_drive_ran(tmp_path, monkeypatch):
     scenario = load_scenario("town_loop", ["duration_s=0.3"])
     path = tmp_path / "drive.mcap"
     result = drive(config, scenario, observers=(Recorder(path, config, scenario),))
-    assert result.perception_path["operating_point"]["name"] == "main_only"
+    assert result.perception_path["operating_point"]["name"] == "main_reduced"
     assert result.perception_path["operating_point"]["fits"] is False
-    assert Recording(path).stage_config().perception.learned.operating_point == "main_only"
+    assert Recording(path).stage_config().perception.learned.operating_point == "main_reduced"
