@@ -162,16 +162,17 @@ class LearnedPerception:
         spans = self.spans
         spans.restart()
         rig = self._rig(obs)
+        # Only the cameras this tick reads are checked: one the operating point leaves unread
+        # cannot spoil the output (a dropped or frozen side frame at main_only is not a fault)
+        indices = [i for i in range(len(rig)) if operating.reads(self.point.point, i, len(rig), obs.frame)]
         with spans.part("checks"):
-            problem = self._problem(obs, rig)
+            problem = self._problem(obs, tuple(rig[i] for i in indices) if rig else rig)
         if problem is not None:
             return _unusable(obs, problem)
-        images = [obs.cameras.get(name) for name in rig]
+        images = [obs.cameras.get(rig[i]) for i in indices]
         if any(image is None for image in images):  # a run without cameras has nothing to perceive from
-            return _unusable(obs, f"no {rig[images.index(None)]} camera in the observation")
-        read = [self._view(i, image) if operating.reads(self.point.point, i, len(images), obs.frame) else None
-                for i, image in enumerate(images)]
-        images, views_read = [img for img, v in zip(images, read) if v is not None], [v for v in read if v is not None]
+            return _unusable(obs, f"no {rig[indices[images.index(None)]]} camera in the observation")
+        views_read = [self._view(i, image) for i, image in zip(indices, images)]
         outputs = self.runner.run([image.rgb[view.top:] for image, view in zip(images, views_read)], spans,
                                   [view.size for view in views_read])
         if outputs[0].nonfinite:

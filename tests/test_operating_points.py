@@ -4,6 +4,7 @@ point that fits and remembers it, and run.json says which point ran."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -131,6 +132,19 @@ def test_the_stage_reads_only_the_cameras_of_its_point_and_says_which():
     assert cameras <= {"front"}
     point = json.loads(json.dumps(stage.path))["operating_point"]
     assert point["name"] == "main_only" and point["chosen_by"] == "configured"
+
+
+def test_a_camera_the_point_leaves_unread_is_not_checked():
+    """A side frame dropped is a fault where the point reads it, and nothing where it does not."""
+    overrides = ["perception.kind=learned", "perception.learned.backend=torch"]
+    sim = EmbeddedSimulator(load_stack([], overrides))
+    obs = sim.reset(load_scenario("junction_cross_traffic"))
+    dropped = dataclasses.replace(obs, cameras={**obs.cameras, "front_left": None})
+    for point, usable in [("main_only", True), ("full", False)]:
+        config = load_stack([], [*overrides, f"perception.learned.operating_point={point}"])
+        seen = build_perception(config, sim.road_map, sim.signal_heads).step(dropped)
+        assert seen.usable == usable, (point, seen.reason)
+        assert usable or seen.reason == "no front_left camera frame (dropped)"
 
 
 def _brake():
