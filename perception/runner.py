@@ -26,14 +26,14 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from stagepilot.core.config import ConfigError, LearnedPerceptionConfig
 from stagepilot.core.spans import Spans
 from stagepilot.perception.checkpoint import load_checkpoint
-from stagepilot.perception.decode import seg_class_map
+from stagepilot.perception.decode import stage_class_map
 from stagepilot.perception.network import PerceptionNet
 from stagepilot.perception.paths import (ONNX_FP32, OPENVINO_BF16, OPENVINO_FP32, TORCH_BF16, TORCH_FP32, Choice,
                                          candidates, choosing, fastest, installed, measure, memory_key, remember)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED_CHECKPOINT = WEIGHTS_DIR / "mtl_mbv3small_fpn96_s48_seg4_cs.pt"
-# The stage takes the segmentation class every 2 px and repeats it (perception/decode.py seg_class_map):
+# The stage takes the segmentation class every 2 px and repeats it (perception/decode.py stage_class_map):
 # on the 2-core CPU that is about 3 ms a frame less. It differs from the full-size decision only
 # along class edges (about 1 % of the pixels): over the 600 Town02 validation frames the stage's
 # map scores mIoU 0.870 against the card's 0.876 (docs/perception.md); `eval perception` keeps 1.
@@ -335,7 +335,7 @@ class NetworkRunner:
 
     def _decode(self, images: list[np.ndarray], raw: dict, size: tuple[int, int], with_seg: bool) -> list[NetworkOutput]:
         dets = self.model.decode(raw, score_threshold=self.min_score, nms_iou=self.config.nms_iou, with_seg=False)
-        seg = seg_class_map(raw["seg"][:1], tuple(raw["image_size"]), STAGE_SEG_STRIDE)[0] if with_seg else None
+        seg = stage_class_map(raw["seg"][0], tuple(raw["image_size"]), STAGE_SEG_STRIDE) if with_seg else None
         outputs = []
         for i, (rgb, det) in enumerate(zip(images, dets)):
             h0, w0 = rgb.shape[:2]
@@ -344,5 +344,5 @@ class NetworkRunner:
             outputs.append(NetworkOutput(
                 boxes=boxes, scores=det["scores"].float().cpu().numpy(),
                 labels=[self.classes[int(j)] for j in det["labels"].cpu()],
-                seg=seg.to(torch.uint8).cpu().numpy() if i == 0 and seg is not None else np.zeros((0, 0), np.uint8)))
+                seg=seg if i == 0 and seg is not None else np.zeros((0, 0), np.uint8)))
         return outputs

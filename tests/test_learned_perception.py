@@ -23,6 +23,7 @@ import yaml
 
 from stagepilot.pipeline.fresh_sets import fresh_set_figures, missed_bars
 from stagepilot.perception.export import export_checkpoint
+from stagepilot.perception.decode import seg_class_map, stage_class_map
 from stagepilot.perception.learned import SHIPPED_CHECKPOINT, STAGE_SEG_STRIDE, LearnedPerception, NetworkRunner
 from stagepilot.perception.checkpoint import load_checkpoint
 from stagepilot.core.config import ConfigError, load_stack
@@ -154,6 +155,12 @@ def test_the_class_map_the_stage_takes_at_half_size_agrees_with_the_full_size_de
         full = runner.model.decode(runner.model(x), seg_stride=1)[0]["seg"].to(torch.uint8).numpy()
     assert half.shape == full.shape == tuple(runner.input_size)
     assert np.mean(half == full) >= 0.98, np.mean(half == full)
+    # the stage's map, upsampled by OpenCV, is torch's decision at either stride, pixel for pixel
+    with torch.inference_mode(), runner._autocast():
+        logits = runner.model(x)["seg"][0]
+    for s in (1, 2):
+        want = seg_class_map(logits[None], tuple(runner.input_size), s)[0].to(torch.uint8).numpy()
+        assert np.mean(stage_class_map(logits, tuple(runner.input_size), s) == want) >= 0.9999
 
 
 def test_the_road_and_the_lane_boundaries_are_found(runner):
