@@ -166,7 +166,7 @@ class LearnedPerception:
         # cannot spoil the output (a dropped or frozen side frame at main_only is not a fault)
         indices = [i for i in range(len(rig)) if operating.reads(self.point.point, i, len(rig), obs.frame)]
         with spans.part("checks"):
-            problem = self._problem(obs, tuple(rig[i] for i in indices) if rig else rig)
+            problem = self._problem(obs, tuple(rig[i] for i in indices))
         if problem is not None:
             return _unusable(obs, problem)
         images = [obs.cameras.get(rig[i]) for i in indices]
