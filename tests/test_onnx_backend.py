@@ -188,3 +188,23 @@ def test_the_torch_path_folds_batch_norms_into_the_convolutions_of_a_copy(rig_fr
         for w, g in zip(want[name], got[name]):
             assert (w - g).abs().max() < 1e-3
     assert (want["seg"] - got["seg"]).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_torch_works_on_one_thread_around_a_network_another_runtime_runs(backend, rig_frames, tmp_path, monkeypatch):
+    """torch's spinning OpenMP threads would take a core from onnxruntime's or OpenVINO's own:
+    around their network torch gets one thread, and the caller's count comes back after; on
+    the torch path the network and the work around it keep every thread."""
+    monkeypatch.setenv("STAGEPILOT_CACHE", str(tmp_path))
+    runner = NetworkRunner(LearnedPerceptionConfig(backend=backend, precision="fp32", threads=2))
+    seen = {}
+    for name in ("preprocess", "_decode", "forward"):
+        def watched(*args, _name=name, _own=getattr(runner, name), **kwargs):
+            seen[_name] = torch.get_num_threads()
+            return _own(*args, **kwargs)
+        monkeypatch.setattr(runner, name, watched)
+    outputs = runner.run(rig_frames[:1])
+    assert len(outputs) == 1 and outputs[0].seg.size > 0
+    side = 1 if backend == "onnxruntime" else 2
+    assert seen == {"preprocess": side, "forward": side, "_decode": side}
+    assert torch.get_num_threads() == 2
