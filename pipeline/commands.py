@@ -57,6 +57,10 @@ def drive(args) -> int:
         print(f"recording: {out_dir / 'drive.mcap'} (stagepilot replay, or open it in Foxglove)")
     print(f"outcome: completed={outcome['completed']} collisions={outcome['collisions']} "
           f"red_lights={outcome['red_lights']} failsafe_frames={outcome['failsafe_frames']}")
+    if result.host_cpu is not None and config.runtime.time_model == "measured":  # the stage times depend on it
+        cpu = result.host_cpu
+        print(f"host CPU during the drive: busy {cpu['busy_percent']} %, idle {cpu['idle_percent']} %, "
+              f"taken by the hypervisor (steal) {cpu['steal_percent']} % (run.json host_cpu)")
     if result.stop_signal is None:
         return 0
     name = signal_name(result.stop_signal)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from stagepilot.core.config import ConfigError, StackConfig, config_hash
 from stagepilot.core.messages import Observation
 from stagepilot.pipeline.interrupts import STOP_SIGNALS, SignalHold, signal_name
+from stagepilot.pipeline.provenance import cpu_shares, cpu_times
 from stagepilot.pipeline.records import FrameRecord, frame_events
 from stagepilot.pipeline.runtime import StagedRuntime
 from stagepilot.pipeline.series import DriveSeries, drive_metrics, lateral_errors
@@ -47,6 +48,7 @@ class DriveResult:
     interrupted: bool
     stop_signal: int | None = None  # the signal that stopped the drive or came while it wrote its outputs
     perception_path: dict | None = None  # what ran the network (backend, device, dtype) and how it was chosen
+    host_cpu: dict | None = None  # where the machine's CPU time went during the drive (provenance.cpu_shares)
 
     def kinds(self) -> list[str]:
         return self.series.kinds()
@@ -152,6 +154,7 @@ def _drive(config, scenario, sim, observers, on_frame, max_time_s, show_progress
         signals.stop_if_received()  # between whole frames: the video, records and series agree
 
     stopped_by, error = None, None
+    cpu_before = cpu_times()
     try:
         runtime.run(sim, obs, on_frame=frame, max_time_s=max_time_s)
     except KeyboardInterrupt as exc:  # Ctrl-C, or a held signal (Interrupted)
@@ -164,6 +167,7 @@ def _drive(config, scenario, sim, observers, on_frame, max_time_s, show_progress
         result = _result(config, scenario, sim, runtime, series, np.asarray(obs.route.points, float),
                          _outcome(sim, runtime, stopped_by, error), stopped_by is not None)
         result.perception_path = getattr(runtime.stack.perception, "path", None)
+        result.host_cpu = cpu_shares(cpu_before, cpu_times())
         with SignalHold(redeliver=True):  # a second Ctrl-C waits until every output is written
             failures = []
             for observer in observers:  # each finishes its outputs, whatever another one did

@@ -70,6 +70,42 @@ def run_info(config: StackConfig, scenario, started: datetime.datetime) -> dict[
     }
 
 
+# /proc/stat's first line: the whole machine's CPU time since boot, in these columns
+PROC_STAT_COLUMNS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def cpu_times(source: str = "/proc/stat") -> tuple[int, ...] | None:
+    """The machine's CPU time counters [clock ticks] in PROC_STAT_COLUMNS order; None where the
+    system has no /proc/stat (not Linux) or it cannot be read."""
+    try:
+        with open(source) as f:
+            first = f.readline().split()
+    except OSError:
+        return None
+    if not first or first[0] != "cpu" or len(first) < 1 + len(PROC_STAT_COLUMNS):
+        return None
+    return tuple(int(v) for v in first[1:1 + len(PROC_STAT_COLUMNS)])
+
+
+def cpu_shares(before: tuple[int, ...] | None, after: tuple[int, ...] | None) -> dict[str, float] | None:
+    """Where the machine's CPU time went between two `cpu_times`, in percent: `busy` (user, system,
+    interrupts), `idle` (with I/O wait) and `steal`, the time a hypervisor gave this virtual
+    machine's CPUs to another. A measured latency figure depends on the last: on a 2-core cloud
+    VM the same drive missed its perception budget 25 times at 3 % steal and 138 times at 5.6 %."""
+    if before is None or after is None:
+        return None
+    spent = dict(zip(PROC_STAT_COLUMNS, (b - a for a, b in zip(before, after))))
+    total = sum(spent.values())
+    if total <= 0:
+        return None
+    idle = spent["idle"] + spent["iowait"]
+    steal = spent["steal"]
+    return {"busy_percent": round(100.0 * (total - idle - steal) / total, 1),
+            "idle_percent": round(100.0 * idle / total, 1),
+            "steal_percent": round(100.0 * steal / total, 1),
+            "cores": os.cpu_count()}
+
+
 def write_json(path: Path, data: Any) -> None:
     """Atomic write (a reader sees the old file or the whole new one, never half); NaN and
     infinities become null."""

@@ -107,6 +107,9 @@ class RunWriter:
         parts = [("video.mp4", self.video.close)] if self.video is not None else []
         if result.perception_path is not None:  # the network's path on this machine, once it is known
             self.info["perception_path"] = result.perception_path
+        if result.host_cpu is not None:  # what else took the CPU while the stages were timed
+            self.info["host_cpu"] = result.host_cpu
+        if result.perception_path is not None or result.host_cpu is not None:
             parts.append(("run.json", lambda: write_json(self.out_dir / "run.json", self.info)))
         parts += [("metrics.json", lambda: write_json(self.out_dir / "metrics.json", result.metrics)),
                   ("trace.json", lambda: result.trace.write(self.out_dir / "trace.json")),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import cv2
 import numpy as np
@@ -16,7 +17,7 @@ from stagepilot.core.config import StackConfig, config_hash, load_stack
 from stagepilot.perception.geometry import project_to_image
 from stagepilot.pipeline.driver import drive
 from stagepilot.pipeline.overlay import VIDEO_SIZE
-from stagepilot.pipeline.provenance import write_json
+from stagepilot.pipeline.provenance import cpu_shares, cpu_times, write_json
 from stagepilot.pipeline.writer import RunWriter
 from stagepilot.sim.render import CameraSpec, project_points
 from stagepilot.sim.scenario import load_scenario
@@ -78,6 +79,25 @@ def test_config_and_run_json_reproduce_the_run(run, stack, scenario) -> None:
     assert info["perception_seed"] == stack.perception.perfect.seed
     assert info["versions"]["python"] and info["versions"]["numpy"] == np.__version__
     assert "commit" in info["git"] and info["started"] and info["host"]
+    if cpu_times() is not None:  # Linux: where the machine's CPU time went while the stages were timed
+        cpu = info["host_cpu"]
+        assert cpu["cores"] == os.cpu_count()
+        assert cpu["busy_percent"] > 0 and 0 <= cpu["steal_percent"] <= 100
+        assert abs(cpu["busy_percent"] + cpu["idle_percent"] + cpu["steal_percent"] - 100) < 0.2
+
+
+def test_cpu_shares_split_the_machine_time_into_busy_idle_and_stolen(tmp_path) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  1000 0 200 5000 100 0 0 50 0 0\ncpu0 ...\n")
+    before = cpu_times(str(stat))
+    # 1 s on 2 cores at 100 ticks/s: 120 user, 20 system, 40 idle, 0 iowait, 20 stolen
+    stat.write_text("cpu  1120 0 220 5040 100 0 0 70 0 0\n")
+    shares = cpu_shares(before, cpu_times(str(stat)))
+    assert shares["busy_percent"] == 70.0 and shares["idle_percent"] == 20.0 and shares["steal_percent"] == 10.0
+    assert cpu_shares(before, before) is None  # no time passed
+    assert cpu_times(str(tmp_path / "absent")) is None and cpu_shares(None, before) is None
+    stat.write_text("intr 1 2 3\n")
+    assert cpu_times(str(stat)) is None  # not a /proc/stat
 
 
 def test_metrics_hold_latency_table_misses_and_failsafes(run, stack) -> None:
