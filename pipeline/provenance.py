@@ -91,7 +91,8 @@ def cpu_shares(before: tuple[int, ...] | None, after: tuple[int, ...] | None) ->
     """Where the machine's CPU time went between two `cpu_times`, in percent: `busy` (user, system,
     interrupts), `idle` (with I/O wait) and `steal`, the time a hypervisor gave this virtual
     machine's CPUs to another. A measured latency figure depends on the last: on a 2-core cloud
-    VM the same drive missed its perception budget 25 times at 3 % steal and 138 times at 5.6 %."""
+    VM the same 40 s measured drive missed its perception budget on 5 of 801 frames at 1.1 % steal
+    and on 22 at 3.9 %."""
     if before is None or after is None:
         return None
     spent = dict(zip(PROC_STAT_COLUMNS, (b - a for a, b in zip(before, after))))
