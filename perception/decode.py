@@ -62,16 +62,25 @@ def seg_class_map(logits: Tensor, image_size: tuple[int, int], s: int = 1) -> Te
 def stage_class_map(logits: Tensor, image_size: tuple[int, int], s: int = 1) -> np.ndarray:
     """``seg_class_map`` of one image's logits (K, h, w) as an (H, W) uint8 array, the upsampling
     done by OpenCV on the CPU (bilinear with half-pixel centres, as torch's align_corners=False:
-    the same classes). On a 2-core AVX2-only CPU, 512x288 at s = 2: 1.5 against 2.2 ms."""
+    the same classes). Plane by plane, the best class so far kept as the running maximum (the
+    first of equal scores wins, as in argmax), and the s x s repeat done by OpenCV's nearest
+    neighbour at exactly s times. On a 2-core AVX2-only CPU, 512x288 at s = 2 with 11 classes:
+    torch 2.2 ms, OpenCV on all planes at once with numpy's argmax and repeat 1.5 ms (2.7 under
+    load), this 1.6 ms under the same load."""
     if logits.device.type != "cpu" or not 1 < logits.shape[0] <= 255:
         return seg_class_map(logits[None], image_size, s)[0].to(torch.uint8).cpu().numpy()
     h, w = image_size
     small = (math.ceil(h / s), math.ceil(w / s))
-    planes = logits.float().permute(1, 2, 0).contiguous().numpy()                 # (h, w, K)
-    classes = cv2.resize(planes, (small[1], small[0]), interpolation=cv2.INTER_LINEAR).argmax(2).astype(np.uint8)
+    planes = logits.float().contiguous().numpy()                                  # (K, h, w)
+    best = cv2.resize(planes[0], (small[1], small[0]), interpolation=cv2.INTER_LINEAR)
+    classes = np.zeros(small, np.uint8)
+    for k in range(1, planes.shape[0]):
+        score = cv2.resize(planes[k], (small[1], small[0]), interpolation=cv2.INTER_LINEAR)
+        classes[score > best] = k
+        np.maximum(best, score, out=best)
     if s == 1:
         return classes
-    return np.repeat(np.repeat(classes, s, 0), s, 1)[:h, :w]
+    return cv2.resize(classes, (small[1] * s, small[0] * s), interpolation=cv2.INTER_NEAREST)[:h, :w]
 
 
 @torch.no_grad()
