@@ -190,7 +190,7 @@ class LearnedPerception:
             return _unusable(obs, f"tracker state is not finite (dropped track {list(self.tracker.dropped_nonfinite)})")
         main, seg = images[0], outputs[0].seg
         with spans.part("segmentation"):
-            semantic_small = self._seg_to_tags[seg]                                    # (h, w) CARLA tags
+            semantic_small = cv2.LUT(np.ascontiguousarray(seg, np.uint8), self._seg_to_tags)  # (h, w) CARLA tags
             h0, w0 = main.rgb.shape[:2]
             semantic = cv2.resize(semantic_small, (w0, h0), interpolation=cv2.INTER_NEAREST)
         with spans.part("lights"):  # where a head stays in view: only of the frames read whole
