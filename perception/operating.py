@@ -29,6 +29,8 @@ budget (the rest of the stage, its decode, placement, tracking and road, and the
 tail above its median need the remainder: a point timed at 20.6 ms ran at p50 25 / p99 43 ms
 inside a drive, so the share is 0.4, not 0.6); when none fits, the cheapest, and says so. The
 choice is remembered per machine like the path, so a machine drives the same way every time.
+A point that sends what an earlier one sends is not timed again: a one-camera rig has two points,
+``full`` and ``main_reduced``.
 """
 
 from __future__ import annotations
@@ -177,10 +179,14 @@ def choose(runner, setting: str, cameras: list, elevation_deg: float, budget_ms:
     work per tick, timed on `runner`'s path, fits ``share * budget_ms``; remembered per machine."""
     if setting != "auto":
         return PointChoice(BY_NAME[setting], "configured")
-    if len(cameras) < 2 or budget_ms is None or runner.device.type != "cpu":
-        return PointChoice(LADDER[0], "configured")  # one camera, no budget given, or a GPU: the whole rig
+    if not cameras or budget_ms is None or runner.device.type != "cpu":
+        return PointChoice(LADDER[0], "configured")  # no budget given, or a GPU: the whole rig
     target = round(share * budget_ms, 2)
-    ladder = {p.name: batches(views(p, cameras, runner.input_size, elevation_deg)) for p in LADDER}
+    ladder = {}
+    for p in LADDER:  # a point that sends what an earlier one sends is that point (one camera: full, main_reduced)
+        groups = batches(views(p, cameras, runner.input_size, elevation_deg))
+        if groups not in ladder.values():
+            ladder[p.name] = groups
     text = "|".join([runner.identity, f"target {target}",
                      *(f"{name}:{sorted(groups.items())}" for name, groups in ladder.items())])
     key = "point-" + hashlib.sha256(text.encode()).hexdigest()[:24]
@@ -201,6 +207,6 @@ def choose(runner, setting: str, cameras: list, elevation_deg: float, budget_ms:
                   .contiguous(memory_format=runner.memory_format) for size, idx in groups.items()]
             runs[name] = (lambda xs=xs: [runner.forward(x) for x in xs])
         ms = paths.measure(runs)
-        point = next((p for p in LADDER if ms[p.name] <= target), LADDER[-1])
+        point = next((p for p in LADDER if p.name in ms and ms[p.name] <= target), LADDER[-1])
         paths.store(key, {"point": point.name, "ms": ms, "target_ms": target})
         return PointChoice(point, "measured", target, ms)

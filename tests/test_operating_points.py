@@ -76,6 +76,29 @@ def test_auto_takes_the_first_point_that_fits_and_remembers_it(tmp_path, monkeyp
     assert operating.choose(runner, "side_band", cameras, 10.0, 40.0, 0.6).by == "configured"
 
 
+def test_a_one_camera_rig_steps_down_to_the_reduced_scale_too(tmp_path, monkeypatch):
+    """With the front camera alone the ladder has two distinct points: the camera whole and at
+    the reduced scale; the others send the same frame and are not timed again."""
+    monkeypatch.setenv("STAGEPILOT_CACHE", str(tmp_path))
+    runner = NetworkRunner(LearnedPerceptionConfig(backend="torch", precision="fp32", threads=2), batch=1)
+    front = operating.spec_cameras([load_stack([], []).sim.cameras["front"]])
+    timed = {"full": 22.0, "main_reduced": 14.0}
+    calls = []
+
+    def fake_measure(runs, **_):
+        calls.append(sorted(runs))
+        for run in runs.values():
+            assert all(set(raw) >= {"cls", "box", "seg"} for raw in run())
+        return {name: timed[name] for name in runs}
+
+    monkeypatch.setattr(operating.paths, "measure", fake_measure)
+    slow = operating.choose(runner, "auto", front, 10.0, 40.0, 0.4)     # target 16 ms
+    assert calls == [["full", "main_reduced"]]
+    assert slow.point.name == "main_reduced" and slow.fits and slow.by == "measured"
+    roomy = operating.choose(runner, "auto", front, 10.0, 60.0, 0.4)    # target 24 ms
+    assert roomy.point.name == "full" and roomy.fits
+
+
 def _side_frames(n: int = 40):
     """Side-camera frames of the junction scenario, where cars cross beside the ego."""
     config = load_stack([], [])
