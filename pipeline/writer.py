@@ -105,12 +105,10 @@ class RunWriter:
         if not self.started:  # the drive ended before it started: nothing to write
             return
         parts = [("video.mp4", self.video.close)] if self.video is not None else []
-        if result.perception_path is not None:  # the network's path on this machine, once it is known
-            self.info["perception_path"] = result.perception_path
-        if result.host_cpu is not None:  # what else took the CPU while the stages were timed
-            self.info["host_cpu"] = result.host_cpu
-        if result.perception_path is not None or result.host_cpu is not None:
-            parts.append(("run.json", lambda: write_json(self.out_dir / "run.json", self.info)))
+        # what is known only once the drive ran: the network's path, and what else took the CPU
+        self.info.update({k: v for k, v in (("perception_path", result.perception_path),
+                                            ("host_cpu", result.host_cpu)) if v is not None})
+        parts.append(("run.json", lambda: write_json(self.out_dir / "run.json", self.info)))
         parts += [("metrics.json", lambda: write_json(self.out_dir / "metrics.json", result.metrics)),
                   ("trace.json", lambda: result.trace.write(self.out_dir / "trace.json")),
                   ("summary.png", lambda: self._summary(result))]
