@@ -32,7 +32,6 @@ importances, the Pareto front of a multi-objective study) and report.md.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import shutil
@@ -46,16 +45,15 @@ import yaml
 from tqdm import tqdm
 
 from stagepilot.core.config import ConfigError, config_hash, load_stack
-from stagepilot.core.inputs import clip
 from stagepilot.pipeline.evaluation import (EvaluationResult, ScenarioPool, family_means, scenario_jobs, share_note,
                                            write_results)
 from stagepilot.pipeline.tuning_report import StudyOutputs, _params_text, _values_text
-from stagepilot.pipeline.tuning_space import Space, base_values, flat_overrides, load_space, overlay
+from stagepilot.pipeline.tuning_space import base_values, flat_overrides, load_space, overlay
+from stagepilot.pipeline.tuning_study import (HEARTBEAT_S, FolderLock, check_identity, counted, finished, recover,
+                                             study_identity, open_storage)
 
 OBJECTIVES = ("score", "multi")
 COMFORT_PENALTY = 10.0  # [points] a drive that breaks every comfort bound loses this much
-HEARTBEAT_S = 30  # a running trial's heartbeat in the storage; stale after GRACE_S without one
-GRACE_S = 120
 
 
 @dataclass
@@ -122,113 +120,6 @@ def trial_values(results: list[dict], objective: str, comfort_penalty: float) ->
 
 
 # ---------------------------------------------------------------- storage and study
-
-
-def _quiet_optuna() -> None:
-    """Optuna's own log lines and experimental-feature warnings stay out of the progress output."""
-    import warnings
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-
-
-def open_storage(url: str, shared: bool = True):
-    """An Optuna RDB storage, or a one-line ConfigError when the URL cannot be opened. A shared
-    storage keeps heartbeats of running trials, so that a tuner that died leaves no trial
-    running for ever (another tuner fails it once it is stale)."""
-    import optuna
-
-    _quiet_optuna()
-    heartbeat = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S} if shared else {}
-    try:
-        return optuna.storages.RDBStorage(url, **heartbeat)
-    except Exception as exc:  # sqlalchemy's ArgumentError, OperationalError, a missing driver ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"--storage {clip(url)}: cannot open the study storage ({clip(reason, 200)})") from None
-
-
-class FolderLock:
-    """An exclusive lock on the study folder, so that two tuners on one machine do not share a
-    SQLite file by accident (several machines share a study through an RDB server instead)."""
-
-    def __init__(self, folder: Path):
-        self.path = folder / "tune.lock"
-        self._file = None
-
-    def __enter__(self) -> FolderLock:
-        self._file = self.path.open("w")
-        try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._file.close()
-            raise ConfigError(f"{self.path.parent}: another `stagepilot tune` is running on this study folder") from None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        fcntl.flock(self._file, fcntl.LOCK_UN)
-        self._file.close()
-
-
-def _study_identity(space: Space, suite: str, base_hash: str, objective: str, penalty: float) -> dict[str, Any]:
-    return {"space": space.name, "space_digest": space.digest(), "suite": suite, "base_config": base_hash,
-            "objective": objective, "comfort_penalty": penalty}
-
-
-def _check_identity(study, identity: dict[str, Any]) -> None:
-    stored = study.user_attrs.get("stagepilot")
-    if stored is None:
-        study.set_user_attr("stagepilot", identity)
-        return
-    changed = [key for key in identity if stored.get(key) != identity[key]]
-    if changed:
-        raise ConfigError(f"study {study.study_name!r} was created with a different {', '.join(changed)} "
-                          f"({', '.join(f'{k}: {stored.get(k)}' for k in changed)}); "
-                          "resume it with the same command, or choose a new --study")
-
-
-def _recover(study, own_storage: bool) -> int:
-    """Trials an interrupted run left behind: RUNNING ones are failed (all of them when this
-    tuner owns the storage, else those whose heartbeat is stale), and every failed trial that
-    was not queued again is queued with its parameters (not one whose values made no valid
-    stack). Returns how many were queued."""
-    import optuna
-    from optuna.trial import TrialState
-
-    if own_storage:
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    else:
-        optuna.storages.fail_stale_trials(study)
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
-    queued = 0
-    for trial in trials:
-        if (trial.state == TrialState.FAIL and trial.number not in retried and trial.params
-                and "invalid" not in trial.user_attrs):
-            study.enqueue_trial(trial.params, user_attrs={**_kept_attrs(trial), "retry_of": trial.number},
-                                skip_if_exists=False)
-            queued += 1
-    return queued
-
-
-def _kept_attrs(trial) -> dict[str, Any]:
-    return {k: v for k, v in trial.user_attrs.items() if k == "baseline"}
-
-
-def _finished(study) -> int:
-    from optuna.trial import TrialState
-
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-
-
-def _counted(study) -> int:
-    from optuna.trial import TrialState
-
-    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-    return len(study.get_trials(deepcopy=False, states=states))
 
 
 # ---------------------------------------------------------------- running trials
@@ -310,9 +201,9 @@ class Tuner(StudyOutputs):
         if [d.name.lower() for d in study.directions] != directions:
             raise ConfigError(f"study {self.study_name!r} was created with objective directions "
                               f"{[d.name.lower() for d in study.directions]}; choose a new --study")
-        identity = _study_identity(self.space, self.suite.name, config_hash(self.base), o.objective,
+        identity = study_identity(self.space, self.suite.name, config_hash(self.base), o.objective,
                                    o.comfort_penalty)
-        _check_identity(study, identity)
+        check_identity(study, identity)
         return study
 
     def _ask(self, study) -> _Running | None:
@@ -386,11 +277,11 @@ class Tuner(StudyOutputs):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with FolderLock(self.out_dir):
             study = self._create_study()
-            queued = _recover(study, own_storage=not o.storage)
+            queued = recover(study, own_storage=not o.storage)
             if not study.get_trials(deepcopy=False):
                 study.enqueue_trial(base_values(self.space, self.base), user_attrs={"baseline": True})
             self.pool = ScenarioPool(o.backend, o.workers, o.ray_address, isolate=True)
-            start_finished = _finished(study)
+            start_finished = finished(study)
             bar = tqdm(total=o.trials, initial=min(start_finished, o.trials), desc=f"tune {self.study_name}",
                        unit="trial", disable=not o.show_progress, file=sys.stderr, dynamic_ncols=True)
             if queued:
@@ -407,7 +298,7 @@ class Tuner(StudyOutputs):
                 bar.close()
                 if interrupted:
                     self.write_outputs(study)
-                    print(f"tune: interrupted with {_finished(study)} of {o.trials} trials finished; "
+                    print(f"tune: interrupted with {finished(study)} of {o.trials} trials finished; "
                           f"the same command resumes the study ({self.out_dir})", file=sys.stderr)
                 raise
             bar.close()
@@ -421,7 +312,7 @@ class Tuner(StudyOutputs):
         o = self.options
         best_seen = None
         while True:
-            while len(running) < o.workers and _counted(study) < o.trials:
+            while len(running) < o.workers and counted(study) < o.trials:
                 item = self._ask(study)
                 if item is None:
                     bar.write(f"trial {len(study.get_trials(deepcopy=False)) - 1}: not a valid stack, skipped "
@@ -481,7 +372,7 @@ class Tuner(StudyOutputs):
         return TuneResult(self.out_dir, self.study_name, self.storage_url if not self.options.storage else self.options.storage,
                           best.number if best else None, list(best.values) if best else None,
                           best.user_attrs.get("mean_driving_score") if best else None,
-                          baseline.user_attrs.get("mean_driving_score") if baseline else None, _finished(study), paths,
+                          baseline.user_attrs.get("mean_driving_score") if baseline else None, finished(study), paths,
                           holdout, len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))))
 
 
