@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import math
 import signal
 import sys
 from pathlib import Path
@@ -37,62 +36,11 @@ from stagepilot.pipeline import commands as handlers
 from stagepilot.pipeline import commands_evaluate as evaluate_handlers
 from stagepilot.pipeline import commands_replay as replay_handlers
 from stagepilot.pipeline import commands_tune as tune_handlers
+from stagepilot.pipeline.cli_args import (add_maps_arg, add_sim_args, add_stack_args, finite_positive_float, positive_int,
+                                          sim_overrides)
+from stagepilot.pipeline.cli_model import add_model_commands
 from stagepilot.pipeline.interrupts import exit_status
 from stagepilot.sim.interface import SimulatorError
-
-
-def _add_stack_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", action="append", default=[], metavar="FILE",
-                        help="stack YAML laid over configs/stack.yaml (repeatable; later files win)")
-    parser.add_argument("overrides", nargs="*", metavar="key.path=value",
-                        help="override a config value, e.g. sim.dt_s=0.02 or scenario.seed=3")
-
-
-def _add_maps_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--maps", action="append", default=[], metavar="DIR",
-                        help="a folder of OpenDRIVE maps, searched first for a scenario's `map: NAME` (NAME.xodr; "
-                             "repeatable); then $STAGEPILOT_MAPS (folders separated like PATH), configs/maps and "
-                             "$CARLA_ROOT/CarlaUE4/Content/Carla/Maps/OpenDrive")
-
-
-def _add_sim_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("world source (docs/carla.md)")
-    group.add_argument("--sim", dest="sim_source", default=None, choices=["embedded", "carla"],
-                       help="the embedded simulator (no server) or a running CARLA server; overrides sim.source "
-                            "(default: embedded)")
-    group.add_argument("--host", default=None, help="CARLA server host (carla.host, default: localhost)")
-    group.add_argument("--port", type=int, default=None, help="CARLA server RPC port (carla.port, default: 2000)")
-    group.add_argument("--tm-port", type=int, default=None, help="Traffic Manager port (carla.tm_port, default: 8000)")
-    group.add_argument("--timeout", type=float, default=None, metavar="S",
-                       help="seconds to wait for the server when connecting, loading a map and each tick "
-                            "(carla.timeout_s, default: 10)")
-    group.add_argument("--carla-recorder", action="store_true",
-                       help="also run CARLA's own recorder (carla.recorder); the recording's metadata names its file")
-
-
-def _sim_overrides(args: argparse.Namespace) -> list[str]:
-    """The world-source options as config overrides, so that every worker of a command sees them."""
-    pairs = [("sim.source", args.sim_source), ("carla.host", args.host), ("carla.port", args.port),
-             ("carla.tm_port", args.tm_port), ("carla.timeout_s", args.timeout),
-             ("carla.recorder", "true" if args.carla_recorder else None)]
-    return [f"{key}={value}" for key, value in pairs if value is not None]
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _finite_positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0.0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text[:80]!r}")
-    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -136,9 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stream the drive to Foxglove over a WebSocket on localhost while it runs")
     drive.add_argument("--live-port", type=int, default=8765, metavar="PORT",
                        help="port of the --live WebSocket server (default: 8765; 0 picks a free one)")
-    _add_maps_arg(drive)
-    _add_sim_args(drive)
-    _add_stack_args(drive)
+    add_maps_arg(drive)
+    add_sim_args(drive)
+    add_stack_args(drive)
     drive.set_defaults(handler=handlers.drive)
 
     replay = commands.add_parser(
@@ -175,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "score, print a table per scenario and the mean per family and overall, and write results.json, a report "
         "and a run folder per scenario.")
     evaluate_suite.add_argument("--suite", default="default", help="a suite name from configs/suites/ or a path")
-    evaluate_suite.add_argument("--workers", type=_positive_int, default=1, help="scenarios in parallel (default 1)")
+    evaluate_suite.add_argument("--workers", type=positive_int, default=1, help="scenarios in parallel (default 1)")
     evaluate_suite.add_argument("--backend", choices=["local", "ray"], default="local",
                                 help="local processes, or Ray tasks (default: local)")
     evaluate_suite.add_argument("--ray-address", default=None, metavar="ADDR",
@@ -190,9 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_suite.add_argument("--compare", default=None, metavar="RESULTS",
                                 help="a previous results.json (or its folder): add the score difference per scenario")
     evaluate_suite.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_maps_arg(evaluate_suite)
-    _add_sim_args(evaluate_suite)
-    _add_stack_args(evaluate_suite)
+    add_maps_arg(evaluate_suite)
+    add_sim_args(evaluate_suite)
+    add_stack_args(evaluate_suite)
     evaluate_suite.set_defaults(handler=evaluate_handlers.evaluate)
 
     tune = commands.add_parser(
@@ -203,12 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
         "command resumes an interrupted study from its SQLite storage.")
     tune.add_argument("--space", required=True, metavar="FILE", help="a space from configs/tuning/ or a path")
     tune.add_argument("--suite", default="default", help="the suite to score trials on (default: default)")
-    tune.add_argument("--trials", type=_positive_int, required=True, help="finished trials the study ends with")
+    tune.add_argument("--trials", type=positive_int, required=True, help="finished trials the study ends with")
     tune.add_argument("--study", default=None, metavar="NAME", help="study name (default: <space>-<suite>)")
     tune.add_argument("--storage", default=None, metavar="URL",
                       help="an RDB URL that several tuners share (postgresql://..., sqlite:///...); "
                            "default: sqlite in the study folder")
-    tune.add_argument("--workers", type=_positive_int, default=1, help="trials in parallel (default 1)")
+    tune.add_argument("--workers", type=positive_int, default=1, help="trials in parallel (default 1)")
     tune.add_argument("--backend", choices=["local", "ray"], default="local",
                       help="scenario drives on local processes or as Ray tasks (default: local)")
     tune.add_argument("--ray-address", default=None, metavar="ADDR",
@@ -231,9 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--keep-runs", action="store_true", help="keep every scenario's run folder")
     tune.add_argument("--json", action="store_true", help="print the summary as JSON")
     tune.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_maps_arg(tune)
-    _add_sim_args(tune)
-    _add_stack_args(tune)
+    add_maps_arg(tune)
+    add_sim_args(tune)
+    add_stack_args(tune)
     tune.set_defaults(handler=tune_handlers.tune)
 
     recording = commands.add_parser("recording", help="inspect or export a drive recording (drive.mcap)")
@@ -259,14 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--scenario", default="town_loop",
                         help="a name from configs/scenarios/ or a path to a YAML file (default: town_loop)")
     render.add_argument("--out", required=True, type=Path, help="output folder for render.mp4 and still.png")
-    render.add_argument("--duration", type=_finite_positive_float, default=None, metavar="S",
+    render.add_argument("--duration", type=finite_positive_float, default=None, metavar="S",
                         help="stop after S simulated seconds (default: the scenario's duration)")
-    _add_maps_arg(render)
-    _add_stack_args(render)
+    add_maps_arg(render)
+    add_stack_args(render)
     render.set_defaults(handler=handlers.render)
 
     listing = sim_commands.add_parser("list", help="list the shipped scenarios")
-    _add_maps_arg(listing)
+    add_maps_arg(listing)
     listing.set_defaults(handler=handlers.list_scenarios)
 
     bench = commands.add_parser("bench", help="benchmarks that print figures",
@@ -279,10 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_sim.add_argument("--json", action="store_true", help="print one JSON object")
     bench_sim.add_argument("--scenario", default="town_traffic", help="scenario to measure (default: town_traffic)")
-    bench_sim.add_argument("--steps", type=_positive_int, default=400, help="simulation steps to time")
-    bench_sim.add_argument("--frames", type=_positive_int, default=300, help="camera frames to time")
-    _add_maps_arg(bench_sim)
-    _add_stack_args(bench_sim)
+    bench_sim.add_argument("--steps", type=positive_int, default=400, help="simulation steps to time")
+    bench_sim.add_argument("--frames", type=positive_int, default=300, help="camera frames to time")
+    add_maps_arg(bench_sim)
+    add_stack_args(bench_sim)
     bench_sim.set_defaults(handler=handlers.bench_sim)
 
     bench_plan = bench_commands.add_parser(
@@ -291,8 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
         "p50/p99/max per call and the candidates it evaluates.",
     )
     bench_plan.add_argument("--json", action="store_true", help="print one JSON object")
-    bench_plan.add_argument("--calls", type=_positive_int, default=300, help="planner calls to time")
-    _add_stack_args(bench_plan)
+    bench_plan.add_argument("--calls", type=positive_int, default=300, help="planner calls to time")
+    add_stack_args(bench_plan)
     bench_plan.set_defaults(handler=handlers.bench_plan)
 
     bench_control = bench_commands.add_parser(
@@ -301,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
         "situations: p50/p99/max per call.",
     )
     bench_control.add_argument("--json", action="store_true", help="print one JSON object")
-    bench_control.add_argument("--calls", type=_positive_int, default=2000, help="controller calls to time")
-    _add_stack_args(bench_control)
+    bench_control.add_argument("--calls", type=positive_int, default=2000, help="controller calls to time")
+    add_stack_args(bench_control)
     bench_control.set_defaults(handler=handlers.bench_control)
 
     bench_perception = bench_commands.add_parser(
@@ -312,76 +260,24 @@ def build_parser() -> argparse.ArgumentParser:
         "dtype (bf16 autocast where the device runs it natively), channels_last and threads: p50/p99 and the p50 speedup.",
     )
     bench_perception.add_argument("--json", action="store_true", help="print one JSON object")
-    bench_perception.add_argument("--iters", type=_positive_int, default=30, help="timed frames per model")
-    bench_perception.add_argument("--warmup", type=_positive_int, default=5, help="untimed frames first")
-    bench_perception.add_argument("--threads", type=_positive_int, default=None,
+    bench_perception.add_argument("--iters", type=positive_int, default=30, help="timed frames per model")
+    bench_perception.add_argument("--warmup", type=positive_int, default=5, help="untimed frames first")
+    bench_perception.add_argument("--threads", type=positive_int, default=None,
                                   help="torch threads (default: all CPU cores)")
     bench_perception.add_argument("--architecture", default=None,
                                   help="our network (random weights unless it is the shipped one; default: the "
                                        "shipped one), e.g. mtl_mbv3large_fpn64_s48_seg4")
-    bench_perception.add_argument("--input-size", type=_positive_int, nargs=2, default=None, metavar=("H", "W"),
+    bench_perception.add_argument("--input-size", type=positive_int, nargs=2, default=None, metavar=("H", "W"),
                                   help="our network's input size (default: the shipped checkpoint's)")
-    _add_stack_args(bench_perception)
+    add_stack_args(bench_perception)
     bench_perception.set_defaults(handler=handlers.bench_perception)
 
-    collect = commands.add_parser(
-        "collect", help="render a perception dataset (COCO boxes, semantic masks) from the embedded simulator",
-        description="Render varied scenes (maps, traffic, pedestrians, parked cars, cones, weather) with the "
-        "embedded simulator and write every rig camera's images, semantic masks (CARLA tags), optional depth, "
-        "COCO annotations per split and manifest.json. Training uses the project maps; validation uses "
-        "Town02 and held-out seeds. The same command writes the same bytes.",
-    )
-    collect.add_argument("--out", required=True, type=Path, help="dataset folder (must not hold a dataset yet)")
-    collect.add_argument("--frames", required=True, type=_positive_int, help="frames to write, over all splits")
-    collect.add_argument("--split", choices=["train", "val", "both"], default="both", help="splits to write (default: both)")
-    collect.add_argument("--seed", type=int, default=0, help="seed of everything sampled (default: 0)")
-    collect.add_argument("--val-fraction", type=float, default=0.2, help="share of frames for val with --split both")
-    collect.add_argument("--frames-per-scene", type=_positive_int, default=10, help="frames saved per sampled scene")
-    collect.add_argument("--interval", type=float, default=0.5, metavar="S", help="sim seconds between saved frames")
-    collect.add_argument("--image-format", choices=["jpg", "png"], default="jpg", help="camera image format")
-    collect.add_argument("--depth", action="store_true", help="also write depth as 16-bit PNG [cm]")
-    collect.add_argument("--workers", type=_positive_int, default=1, help="processes (the output does not depend on it)")
-    collect.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_maps_arg(collect)
-    _add_sim_args(collect)
-    _add_stack_args(collect)
-    collect.set_defaults(handler=handlers.collect)
-
-    train = commands.add_parser("train", help="train the perception network on a collected dataset",
-                                description="Train PerceptionNet (perception/train.py) from a training YAML; "
-                                "checkpoints every epoch, then evaluates the val split into model.pt.")
-    train.add_argument("--config", required=True, type=Path, help="training YAML, e.g. configs/training/default.yaml")
-    train.add_argument("--resume", type=Path, default=None, metavar="CKPT", help="continue from an epoch checkpoint")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
-    train.add_argument("overrides", nargs="*", metavar="key.path=value", help="override a value, e.g. epochs=3")
-    train.set_defaults(handler=handlers.train)
-
-    evaluate = commands.add_parser("eval", help="evaluate a trained model")
-    eval_commands = evaluate.add_subparsers(dest="eval_command", metavar="STAGE", required=True)
-    eval_perception = eval_commands.add_parser(
-        "perception", help="AP per class, seg IoU and position error of a checkpoint on a dataset split")
-    eval_perception.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint from `stagepilot train`")
-    eval_perception.add_argument("--data", required=True, type=Path, help="a dataset from `stagepilot collect`")
-    eval_perception.add_argument("--split", default="val", help="split to evaluate (default: val)")
-    eval_perception.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
-    _add_stack_args(eval_perception)
-    eval_perception.set_defaults(handler=handlers.eval_perception)
-
-    export = commands.add_parser("export", help="export a model to another runtime")
-    export_commands = export.add_subparsers(dest="export_command", metavar="FORMAT", required=True)
-    export_onnx = export_commands.add_parser(
-        "onnx", help="the perception network as ONNX, checked against PyTorch with onnxruntime",
-        description="Write the perception network's raw heads (cls, box, seg) as an ONNX graph with a dynamic "
-        "batch axis, run it with onnxruntime and print the largest difference from PyTorch per output.")
-    export_onnx.add_argument("--checkpoint", type=Path, default=None, help="checkpoint (default: the shipped model)")
-    export_onnx.add_argument("--out", required=True, type=Path, help="ONNX file to write")
-    export_onnx.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset (default: 18)")
-    export_onnx.set_defaults(handler=handlers.export_onnx)
+    add_model_commands(commands)
 
     config = commands.add_parser("config", help="inspect the stack config")
     config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
     show = config_commands.add_parser("show", help="print the resolved config and its hash")
-    _add_stack_args(show)
+    add_stack_args(show)
     show.set_defaults(handler=handlers.config_show)
     return parser
 
@@ -394,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if hasattr(args, "sim_source"):
-        args.overrides = [*_sim_overrides(args), *args.overrides]  # later overrides win
+        args.overrides = [*sim_overrides(args), *args.overrides]  # later overrides win
     try:
         return args.handler(args)
     except (ConfigError, MapError, RecordingError) as exc:
