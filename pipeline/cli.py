@@ -36,8 +36,8 @@ from stagepilot.pipeline import commands as handlers
 from stagepilot.pipeline import commands_evaluate as evaluate_handlers
 from stagepilot.pipeline import commands_replay as replay_handlers
 from stagepilot.pipeline import commands_tune as tune_handlers
-from stagepilot.pipeline.cli_args import (add_maps_arg, add_sim_args, add_stack_args, finite_positive_float, positive_int,
-                                          sim_overrides)
+from stagepilot.pipeline.cli_args import (add_maps_arg, add_sim_args, add_stack_args, finite_positive_float,
+                                          positive_int, sim_overrides)
 from stagepilot.pipeline.cli_model import add_model_commands
 from stagepilot.pipeline.interrupts import exit_status
 from stagepilot.sim.interface import SimulatorError

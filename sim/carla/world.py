@@ -26,31 +26,28 @@ from stagepilot.core.carla_frame import (forward_of, to_world_xy, to_world_xyz, 
                                          world_yaw, world_yaw_rate)
 from stagepilot.core.config import StackConfig
 from stagepilot.core.maps import is_map_name, read_map_text
-from stagepilot.core.messages import (Box2D, CameraImage, Control, EgoState, Event, GroundTruth, ObjectTruth, Observation,
+from stagepilot.core.messages import (CameraImage, Control, EgoState, Event, GroundTruth, ObjectTruth, Observation,
                                       Route)
 from stagepilot.core.roadmap import MapError, RoadMap
 from stagepilot.sim.carla.actors import ScenarioActors
-from stagepilot.sim.carla.lights import CarlaLight, bind_lights, merge_lamps
+from stagepilot.sim.carla.ground_truth import object_truth
+from stagepilot.sim.carla.lights import bind_lights
 from stagepilot.sim.carla.connection import CarlaError, ServerLease, connect, endpoints, version_note
 from stagepilot.sim.carla.sensors import (EventSensor, SensorQueue, camera_blueprint, decode_depth, decode_rgb,
                                           decode_semantic, mount_transform, rig_specs)
 from stagepilot.sim.carla.server import CarlaServer
 from stagepilot.sim.carla.spawn import pick_blueprint, spawn_plan, spawn_with_retry
-from stagepilot.sim.carla.truth import Box3D, project_boxes
 from stagepilot.sim.events import COLLISION_MIN_SPEED, COLLISION_REPEAT_S, EventMonitor
 from stagepilot.sim.interface import Simulator
-from stagepilot.sim.observe import _lane, _lights, _to_ego, _wrap
-from stagepilot.sim.render import palette
+from stagepilot.sim.observe import _lane, _lights
 from stagepilot.sim.scenario import Scenario
 from stagepilot.sim.traffic import Agent
 from stagepilot.sim.vehicle import VehicleParams
 
 KIND_BY_PREFIX = (("vehicle.", "vehicle"), ("walker.pedestrian", "pedestrian"), ("static.prop", "static"))
-KIND_TAGS = {"vehicle": palette.CAR, "pedestrian": palette.PEDESTRIAN, "static": palette.STATIC}
 WEATHER = {"clear_noon": "ClearNoon", "overcast": "CloudyNoon", "dusk": "ClearSunset", "fog": "SoftRainNoon",
            "night": "ClearNight"}
 KERBS = ("static.sidewalk",)
-TRUTH_RANGE_M = 120.0  # [m] objects farther than this from the ego are left out of the ground truth
 
 
 class CarlaSimulator(Simulator):
@@ -340,47 +337,13 @@ class CarlaSimulator(Simulator):
                            route_progress=self.monitor.progress, events=tuple(events), ground_truth=truth)
 
     def _objects(self, ego: EgoState, semantic: dict, depth: dict) -> tuple[ObjectTruth, ...]:
-        """Ground truth of the actors near the ego: 3D boxes from the actor list, 2D boxes in
-        each camera from them with occlusion from its depth and semantic images."""
-        c, s = math.cos(ego.yaw), math.sin(ego.yaw)
+        """Ground truth of the actors near the ego and the lights (sim/carla/ground_truth.py)."""
         ego_z = to_world_xyz(self.ego_actor.get_transform().location)[2] + self.ground_z
-        near, boxes = [], []
-        for agent in self._agents:  # read by _events this tick
-            if math.hypot(agent.x - ego.x, agent.y - ego.y) > TRUTH_RANGE_M:
-                continue
-            near.append(agent)
-            # its semantic tags (a truck's pixels are Truck, not Car), the kind's as a fallback
-            boxes.append(Box3D(agent.id, KIND_TAGS[agent.kind], (agent.x, agent.y, self._box_z[agent.id]),
-                               agent.yaw, agent.size, self._tags.get(agent.id, ())))
-        lamp_of: dict[int, int] = {}  # a light's lamp boxes get ids of their own, then merge
-        for light in self.lights:
-            near.append(light)
-            for box in light.lamps:
-                lamp_id = -1 - len(lamp_of)
-                lamp_of[lamp_id] = light.id
-                boxes.append(replace(box, id=lamp_id))
         T_world_ego = world_matrix(self.ego_actor.get_transform())  # noqa: N806
         T_world_ego[:3, 3] += T_world_ego[:3, 0] * self.rear_axle_x + T_world_ego[:3, 2] * self.ground_z
-        boxes_2d = {name: merge_lamps(project_boxes(boxes, spec.K, T_world_ego @ spec.T_ego_cam, depth[name],
-                                                     semantic.get(name)), lamp_of)
-                    for name, spec in self.specs.items() if name in depth}
-        objects = []
-        for item in near:
-            if isinstance(item, CarlaLight):
-                x, y, z = item.position
-                kind, tag, yaw, extent, vx, vy = "traffic_light", palette.TRAFFIC_LIGHT, item.facing, (0.3, 0.36, 0.95), 0.0, 0.0
-            else:
-                x, y, z = item.x, item.y, self._box_z[item.id]
-                kind, tag, yaw, extent = item.kind, KIND_TAGS[item.kind], item.yaw, item.size
-                vx, vy = item.velocity
-            z_ego = z - ego_z  # the ego frame's origin is on the ground under the ego
-            ex, ey = _to_ego(x, y, ego)
-            objects.append(ObjectTruth(
-                id=item.id, kind=kind, tag=tag, center_world=(x, y, z), yaw_world=_wrap(yaw), extent=extent,
-                center_ego=(ex, ey, z_ego), yaw_ego=_wrap(yaw - ego.yaw), velocity_world=(vx, vy),
-                velocity_ego=(c * vx + s * vy, -s * vx + c * vy),
-                boxes_2d={cam: _box2d(b[item.id]) for cam, b in boxes_2d.items() if item.id in b}))
-        return tuple(objects)
+        # self._agents: read by _events this tick
+        return object_truth(self._agents, self._box_z, self._tags, self.lights, ego, ego_z, T_world_ego,
+                            self.specs, semantic, depth)
 
     # ------------------------------------------------------------ teardown
 
@@ -425,7 +388,3 @@ def _box(actor) -> tuple[float, float, float, tuple[float, float, float]]:
     x, y, _ = _box_centre(actor)
     return float(x), float(y), world_yaw(actor.get_transform().rotation), (2 * box.extent.x, 2 * box.extent.y,
                                                                            2 * box.extent.z)
-
-
-def _box2d(values) -> Box2D:
-    return Box2D(*values)
