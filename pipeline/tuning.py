@@ -49,8 +49,8 @@ from stagepilot.pipeline.evaluation import (EvaluationResult, ScenarioPool, fami
                                            write_results)
 from stagepilot.pipeline.tuning_report import StudyOutputs, _params_text, _values_text
 from stagepilot.pipeline.tuning_space import base_values, flat_overrides, load_space, overlay
-from stagepilot.pipeline.tuning_study import (HEARTBEAT_S, FolderLock, check_identity, counted, finished, recover,
-                                             study_identity, open_storage)
+from stagepilot.pipeline.tuning_study import (HEARTBEAT_S, FolderLock, check_identity, counted, finished, open_storage,
+                                             recover, study_identity)
 
 OBJECTIVES = ("score", "multi")
 COMFORT_PENALTY = 10.0  # [points] a drive that breaks every comfort bound loses this much
@@ -202,7 +202,7 @@ class Tuner(StudyOutputs):
             raise ConfigError(f"study {self.study_name!r} was created with objective directions "
                               f"{[d.name.lower() for d in study.directions]}; choose a new --study")
         identity = study_identity(self.space, self.suite.name, config_hash(self.base), o.objective,
-                                   o.comfort_penalty)
+                                  o.comfort_penalty)
         check_identity(study, identity)
         return study
 
