@@ -99,7 +99,8 @@ def test_a_short_drive_on_town01_through_maps(monkeypatch, tmp_path):
     monkeypatch.delenv(MAPS_ENV)
     monkeypatch.delenv("CARLA_ROOT", raising=False)
     out = tmp_path / "run"
-    assert main(["drive", "--scenario", "town01_route", "--perception", "perfect", "--maps", "../shared/maps",
+    maps = os.path.relpath(town.parent, ROOT)  # a relative --maps, wherever the checkout lies
+    assert main(["drive", "--scenario", "town01_route", "--perception", "perfect", "--maps", maps,
                  "--quiet", "--out", str(out), "scenario.duration_s=3"]) == 0
     run = json.loads((out / "run.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
