@@ -263,16 +263,20 @@ def collect_dataset(config: StackConfig, out: Path, frames: int, split: str = "b
                     val_fraction: float = 0.2, frames_per_scene: int = 10, interval_s: float = 0.5,
                     image_format: str = "jpg", depth: bool = False, workers: int = 1,
                     command: str | None = None, show_progress: bool = True,
-                    maps_dirs: Iterable[str | Path] = ()) -> dict[str, Any]:
+                    maps_dirs: Iterable[str | Path] = (), first_yellow: float = 0.0) -> dict[str, Any]:
     """Render `frames` frames of every rig camera (over the splits) into a dataset under `out`;
     returns the manifest, which is also written to out/manifest.json. The CARLA towns are looked
-    up in `maps_dirs` (`--maps`) first, then on the rest of the map search path."""
+    up in `maps_dirs` (`--maps`) first, then on the rest of the map search path. A share
+    `first_yellow` of the training scenes start the first light on the ego's route yellow."""
     _check(out, seed, val_fraction, interval_s)
+    if not 0.0 <= first_yellow <= 1.0:
+        raise ConfigError(f"--first-yellow {first_yellow}: a share of scenes, from 0 to 1")
     cameras = _cameras(config)
     camera = next(iter(cameras.values()))  # the main camera, as a one-camera reader expects
     git = git_state()  # before we write anything
     counts = split_frames(frames, split, val_fraction)
-    common = {"interval_s": interval_s, "out": out, "config": config, "image_format": image_format, "depth": depth}
+    common = {"interval_s": interval_s, "out": out, "config": config, "image_format": image_format, "depth": depth,
+              "first_yellow": first_yellow}
     plans = {name: plan_scenes(name, n, frames_per_scene, seed, maps_dirs, **common) for name, n in counts.items()}
     jobs = [job for name in counts for job in plans[name][0]]
     results = _run_jobs(jobs, frames, workers, show_progress)
@@ -284,6 +288,7 @@ def collect_dataset(config: StackConfig, out: Path, frames: int, split: str = "b
         "frames": counts,
         "frames_per_scene": frames_per_scene,
         "interval_s": interval_s,
+        "first_yellow": first_yellow,
         "image_format": image_format,
         "semantic": "uint8 PNG, CARLA 0.9.14+ semantic tag ids",
         "depth": "uint16 PNG, camera-frame z [cm], 65535 = 655.35 m or farther (sky)" if depth else None,

@@ -25,6 +25,8 @@ ROUTE_MIN_M = 120.0  # [m] shortest ego route
 ROUTE_TARGET_M = 300.0
 ACTOR_RANGE_M = (12.0, 130.0)  # [m] along the route from the ego start
 # Drawn like the simulator's `preset: random` (clear twice as often), but named in the manifest.
+# `--first-yellow`: the light starts its yellow phase at t = 0 (clamped to the phase: all of it)
+FIRST_YELLOW_REMAINING_S = 60.0
 WEATHER_PRESETS = ("clear_noon", "clear_noon", "overcast", "dusk", "fog", "night")
 
 
@@ -44,6 +46,7 @@ class SceneJob:
     config: StackConfig
     image_format: str
     depth: bool
+    first_yellow: float = 0.0  # share of training scenes whose first light on the route starts yellow
 
 
 def _r(value: float, digits: int = 2) -> float:
@@ -215,6 +218,9 @@ def sample_scenario(job: SceneJob, attempt: int) -> tuple[Scenario, dict[str, An
         "random_vehicles": random_vehicles,
         "weather": {"preset": str(rng.choice(WEATHER_PRESETS))},
     }
+    # its own stream, so that the rest of the scene is the seed's whatever the share
+    if job.split == "train" and np.random.default_rng([job.seed, attempt, 3]).random() < job.first_yellow:
+        params["traffic_lights"] = {"first_light": "yellow", "first_light_remaining_s": FIRST_YELLOW_REMAINING_S}
     scenario = Scenario.model_validate(params).model_copy(
         update={"source": f"collect:{params['name']}", "map_path": job.map_path})
     return scenario, params

@@ -161,6 +161,8 @@ def _collect_command(args) -> str:
     options = {"--out": args.out, "--frames": args.frames, "--split": args.split, "--seed": args.seed,
                "--val-fraction": args.val_fraction, "--frames-per-scene": args.frames_per_scene,
                "--interval": args.interval, "--image-format": args.image_format}
+    if args.first_yellow:
+        options["--first-yellow"] = args.first_yellow
     words = [word for key, value in options.items() for word in (key, str(value))]
     words += ["--depth"] * args.depth + [word for path in args.config for word in ("--config", path)]
     words += [word for folder in args.maps for word in ("--maps", folder)]
@@ -175,7 +177,7 @@ def collect(args) -> int:
         config, args.out, args.frames, args.split, args.seed, val_fraction=args.val_fraction,
         frames_per_scene=args.frames_per_scene, interval_s=args.interval, image_format=args.image_format,
         depth=args.depth, workers=args.workers, show_progress=not args.quiet, command=_collect_command(args),
-        maps_dirs=args.maps,
+        maps_dirs=args.maps, first_yellow=args.first_yellow,
     )
     for name, split in manifest["splits"].items():
         print(f"{name}: {split['frames']} frames, {split['images']} images, {split['annotations']} boxes, "

@@ -32,7 +32,6 @@ importances, the Pareto front of a multi-objective study) and report.md.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import sys
@@ -385,25 +384,3 @@ def _fail_state():
 def tune(options: TuneOptions) -> TuneResult:
     """Everything that can be wrong with the input is a ConfigError before any trial runs."""
     return Tuner(options).run()
-
-
-def summary(result: TuneResult) -> str:
-    lines = [f"study {result.study_name}: {result.finished} trials finished ({result.pruned} pruned), "
-             f"storage {result.storage}"]
-    if result.baseline_score is not None:
-        lines.append(f"baseline mean driving score {result.baseline_score:.2f}")
-    if result.best_score is not None:
-        lines.append(f"best trial {result.best_number}: mean driving score {result.best_score:.2f} "
-                     f"(objective {', '.join(f'{v:.2f}' for v in result.best_values or [])})")
-    if result.holdout:
-        lines.append(f"held-out suite: baseline {result.holdout['baseline']:.2f} -> tuned {result.holdout['best']:.2f}")
-    for name, path in result.paths.items():
-        lines.append(f"{name}: {path}")
-    return "\n".join(lines)
-
-
-def json_summary(result: TuneResult) -> str:
-    return json.dumps({"study": result.study_name, "finished": result.finished, "pruned": result.pruned,
-                       "best_trial": result.best_number, "best_score": result.best_score,
-                       "baseline_score": result.baseline_score, "holdout": result.holdout,
-                       "paths": {k: str(v) for k, v in result.paths.items()}})

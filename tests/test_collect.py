@@ -140,6 +140,29 @@ def test_training_scenes_hold_yellow_longer_and_validation_keeps_the_stack_timin
     assert [scene["yellow_s"] for scene in splits["val"]["scenes"]] == [default] * len(splits["val"]["scenes"])
 
 
+def test_first_yellow_starts_the_first_light_of_training_scenes_yellow_and_changes_nothing_else():
+    """`--first-yellow 1`: every training scene's scenario is the seed's own plus its first light
+    on the route starting yellow; validation scenes are untouched; the share draws on its own stream."""
+    from dataclasses import replace
+
+    from stagepilot.pipeline.collect import plan_scenes
+    from stagepilot.pipeline.collect_scenes import sample_scenario
+
+    common = {"interval_s": 0.5, "out": Path("unused"), "config": StackConfig(), "image_format": "jpg", "depth": False}
+    for split in ("train", "val"):
+        jobs, _ = plan_scenes(split, 20, 10, 3, **common)
+        for job in jobs:
+            plain, params = sample_scenario(job, 0)
+            yellow, yellow_params = sample_scenario(replace(job, first_yellow=1.0), 0)
+            lights = yellow_params.pop("traffic_lights", None)
+            assert yellow_params == params
+            if split == "train":
+                assert lights is not None and yellow.traffic_lights.first_light == "yellow"
+            else:
+                assert lights is None and yellow.traffic_lights.first_light == "auto"
+            assert plain.traffic_lights.first_light == "auto"
+
+
 def test_the_same_command_writes_the_same_bytes(dataset_dir, tmp_path):
     again = tmp_path / "ds"
     assert main(["collect", "--out", str(again), *ARGS]) == 0
@@ -156,6 +179,7 @@ def test_the_same_command_writes_the_same_bytes(dataset_dir, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--seed", "-1"], "--seed -1"),
     (["--interval", "0"], "--interval 0"),
+    (["--first-yellow", "1.5"], "--first-yellow 1.5"),
 ])
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys, args, message):
     assert main(["collect", "--out", str(tmp_path / "x"), "--frames", "4", *args]) == 2
