@@ -40,10 +40,10 @@ def _origin(meta: dict, path: Path) -> str:
     config = meta.get("config", {})
     init = config.get("init")
     if init:
-        source = ("this file's previous version, the model of the first training command below" if Path(init).name == path.name
-                  else f"`{init}`")
-        return (f"fine-tuned {meta.get('epoch')} epochs from {source} (a model trained from scratch, no "
-                "pretrained weights) on frames of the embedded simulator")
+        source = ("this file's previous version, the model of the training command before the last one below"
+                  if Path(init).name == path.name else f"`{init}`")
+        return (f"fine-tuned {meta.get('epoch')} epochs from {source} (the chain starts from a model trained from "
+                "scratch, no pretrained weights) on frames of the embedded simulator")
     return f"trained {meta.get('epoch')} epochs from scratch (no pretrained weights) on frames of the embedded simulator"
 
 
