@@ -241,13 +241,15 @@ def _cameras(config: StackConfig) -> dict[str, dict[str, Any]]:
     return records
 
 
-def _check(out: Path, seed: int, val_fraction: float, interval_s: float) -> None:
+def _check(out: Path, seed: int, val_fraction: float, interval_s: float, first_yellow: float) -> None:
     if seed < 0:
         raise ConfigError(f"--seed {seed}: expected a non-negative integer")
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"--val-fraction {val_fraction}: expected a value between 0 and 1")
     if interval_s <= 0.0:
         raise ConfigError(f"--interval {interval_s}: expected a positive time [s]")
+    if not 0.0 <= first_yellow <= 1.0:
+        raise ConfigError(f"--first-yellow {first_yellow}: expected a share of scenes, from 0 to 1")
     if (out / "manifest.json").exists():
         raise ConfigError(f"{out}: already holds a dataset (manifest.json); choose a new --out or remove it")
 
@@ -268,9 +270,7 @@ def collect_dataset(config: StackConfig, out: Path, frames: int, split: str = "b
     returns the manifest, which is also written to out/manifest.json. The CARLA towns are looked
     up in `maps_dirs` (`--maps`) first, then on the rest of the map search path. A share
     `first_yellow` of the training scenes start the first light on the ego's route yellow."""
-    _check(out, seed, val_fraction, interval_s)
-    if not 0.0 <= first_yellow <= 1.0:
-        raise ConfigError(f"--first-yellow {first_yellow}: a share of scenes, from 0 to 1")
+    _check(out, seed, val_fraction, interval_s, first_yellow)
     cameras = _cameras(config)
     camera = next(iter(cameras.values()))  # the main camera, as a one-camera reader expects
     git = git_state()  # before we write anything

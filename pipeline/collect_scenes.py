@@ -25,9 +25,9 @@ ROUTE_MIN_M = 120.0  # [m] shortest ego route
 ROUTE_TARGET_M = 300.0
 ACTOR_RANGE_M = (12.0, 130.0)  # [m] along the route from the ego start
 # Drawn like the simulator's `preset: random` (clear twice as often), but named in the manifest.
+WEATHER_PRESETS = ("clear_noon", "clear_noon", "overcast", "dusk", "fog", "night")
 # `--first-yellow`: the light starts its yellow phase at t = 0 (clamped to the phase: all of it)
 FIRST_YELLOW_REMAINING_S = 60.0
-WEATHER_PRESETS = ("clear_noon", "clear_noon", "overcast", "dusk", "fog", "night")
 
 
 @dataclass(frozen=True)
