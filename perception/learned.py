@@ -110,12 +110,9 @@ class LearnedPerception:
         else:
             setting = config.operating_point if config.operating_point != "auto" else "full"
             self.point = operating.PointChoice(operating.BY_NAME[setting], "configured")
-        if warm and specs:  # the shapes of a tick at this point: the path is chosen again on them
-            groups = operating.batches(operating.views(self.point.point, specs, runner.input_size,
-                                                       config.side_band_elevation_deg))
-            shapes = [(len(idx), size) for size, idx in groups.items()]
-            runner.choose_for(shapes)
-            runner.warm_up(shapes=shapes)
+        self._specs = specs
+        if warm and specs:
+            self._prepare()
         elif warm:
             runner.warm_up(len(self.cameras) if self.cameras else 1)
         self._views: dict[str, tuple[tuple, operating.View]] = {}
@@ -133,6 +130,33 @@ class LearnedPerception:
         self._road_key: tuple | None = None
         # the parts of the last call, for the trace and the latency table (core/spans.py)
         self.spans = Spans(torch.cuda.synchronize if self.runner.device.type == "cuda" else None)
+
+    def _prepare(self) -> None:
+        """The path chosen again on the shapes of a tick at the stage's point, and warmed up on them."""
+        groups = operating.batches(operating.views(self.point.point, self._specs, self.runner.input_size,
+                                                   self.config.side_band_elevation_deg))
+        shapes = [(len(idx), size) for size, idx in groups.items()]
+        self.runner.choose_for(shapes)
+        self.runner.warm_up(shapes=shapes)
+
+    def step_down(self, frame: int, why: str) -> str | None:
+        """Read the rig at the next operating point down from ``frame`` on (a measured drive's
+        guard, perception/operating.py), remembered for this machine: the new point's name, or
+        None when there is none (the cheapest, or a configured point)."""
+        lower = self.point.step_down(frame, why)
+        if lower is None:
+            return None
+        self._views = {}
+        if self._specs:
+            self._prepare()
+        return lower.name
+
+    def use_point(self, name: str) -> None:
+        """Read the rig at operating point ``name`` from the next call on: a replay following a
+        drive's step down."""
+        if name != self.point.point.name:
+            self.point.point = operating.BY_NAME[name]
+            self._views = {}
 
     @property
     def path(self) -> dict:

@@ -60,6 +60,7 @@ class OnnxHeads:
 
         self.model = model
         self.names = output_names(model)
+        self._staging: dict[tuple, np.ndarray] = {}
         path = cached_export(model, digest)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -77,5 +78,11 @@ class OnnxHeads:
         self.version = ort.__version__
 
     def __call__(self, images: torch.Tensor) -> dict:
-        x = np.ascontiguousarray(images.detach().float().cpu().numpy())
+        x = images.detach().float().cpu().numpy()
+        if not x.flags.c_contiguous:  # channels-last frames: into a buffer kept per shape, not a fresh
+            staged = self._staging.get(x.shape)  # copy per call (page faults: perception/openvino_backend.py)
+            if staged is None:
+                staged = self._staging[x.shape] = np.empty(x.shape, np.float32)
+            np.copyto(staged, x)
+            x = staged
         return heads(self.model, self.session.run(self.names, {"images": x}), tuple(images.shape[-2:]))

@@ -31,12 +31,24 @@ inside a drive, so the share is 0.4, not 0.6); when none fits, the cheapest, and
 choice is remembered per machine like the path, so a machine drives the same way every time.
 A point that sends what an earlier one sends is not timed again: a one-camera rig has two points,
 ``full`` and ``main_reduced``.
+
+That timing sees the network alone, in a quiet process. Inside a drive the whole stage's tail can
+be far longer than its median says: on a 2-core AMD EPYC with bf16 ``full`` was timed at 15.0 ms
+against the 16 ms target and then ran at p99 38-41 ms in measured drives, over its budget on 12 to
+26 frames, while ``side_band_in_turn``, timed 1.1 ms faster, missed none. So a drive under the
+``measured`` time model watches the stage (`PointGuard`): when it comes within ``GUARD_NEAR`` of
+its budget on ``GUARD_FRAMES`` of the last ``GUARD_WINDOW`` frames, the stage steps one point
+down the ladder from the next frame on, says so in run.json and as an ``operating_point`` event
+(a replay follows it), and the machine remembers the lower point for its next drive. A single
+slow frame does not step down: it is the machine's, not the point's. The deterministic time
+models never step.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,6 +98,42 @@ def reads(point: OperatingPoint, index: int, cameras: int, frame: int) -> bool:
     return not point.in_turn or frame % (cameras - 1) == index - 1
 
 
+# A measured drive steps down when the stage takes over GUARD_NEAR of its budget on GUARD_FRAMES of
+# its last GUARD_WINDOW frames (5 s at 20 Hz): 3 % of frames within a fifth of the budget is a
+# tail that will cross it (the p99 of 38 ms above came with 12 frames over 40 ms)
+GUARD_WINDOW = 100
+GUARD_NEAR = 0.8
+GUARD_FRAMES = 3
+STEP_EVENT = "operating_point"  # the event a step down records, on the first frame at the new point
+
+
+class PointGuard:
+    """Watches the stage's measured time per frame against its budget; says why to step down."""
+
+    def __init__(self, budget_ms: float, window: int = GUARD_WINDOW, near: float = GUARD_NEAR,
+                 frames: int = GUARD_FRAMES):
+        self.budget_ms, self.near_ms, self.frames = budget_ms, near * budget_ms, frames
+        self.recent: deque[float] = deque(maxlen=window)
+
+    def observe(self, ms: float) -> str | None:
+        """Add one frame's stage time [ms]; the reason to step down now, or None."""
+        self.recent.append(ms)
+        near = [m for m in self.recent if m > self.near_ms]
+        if len(near) < self.frames:
+            return None
+        over, seen = sum(m > self.budget_ms for m in near), len(self.recent)
+        self.recent.clear()  # the next point is judged on its own frames
+        return (f"the stage took over {self.near_ms:.0f} ms ({self.near_ms / self.budget_ms:.0%} of its "
+                f"{self.budget_ms:g} ms budget) on {len(near)} of its last {seen} frames "
+                f"({over} over the budget, longest {max(near):.1f} ms)")
+
+
+def step_event_point(detail: str) -> str | None:
+    """The point an ``operating_point`` event's detail names (``"side_band: ..."``), or None."""
+    name = detail.split(":", 1)[0].strip()
+    return name if name in BY_NAME else None
+
+
 @dataclass(frozen=True)
 class View:
     """How one camera's frame goes to the network: rows ``top`` to the end, scaled to ``size``
@@ -101,6 +149,30 @@ class PointChoice:
     by: str                       # configured | measured | remembered
     target_ms: float | None = None
     ms: dict[str, float] = field(default_factory=dict)
+    key: str | None = None        # where the machine's choice is remembered (perception/paths.py)
+    ladder: tuple[str, ...] = ()  # the points that differ on this rig, dearest first (auto only)
+    steps: list[dict] = field(default_factory=list)  # a drive's steps down (PointGuard)
+
+    def lower(self) -> OperatingPoint | None:
+        """The next point down the ladder from the one in use; None at the cheapest, or when
+        the point was configured (a pinned point never changes)."""
+        names = self.ladder
+        if self.point.name not in names or names.index(self.point.name) + 1 >= len(names):
+            return None
+        return BY_NAME[names[names.index(self.point.name) + 1]]
+
+    def step_down(self, frame: int, why: str) -> OperatingPoint | None:
+        """Take the next point down from ``frame`` on, and remember it for this machine, so that
+        its next drive starts there; None when there is none."""
+        lower = self.lower()
+        if lower is None:
+            return None
+        self.steps.append({"frame": frame, "from": self.point.name, "to": lower.name, "why": why})
+        self.point = lower
+        if self.key is not None:
+            paths.store(self.key, {"point": lower.name, "ms": self.ms, "target_ms": self.target_ms,
+                                   "steps": [{k: v for k, v in s.items() if k != "frame"} for s in self.steps]})
+        return lower
 
     @property
     def fits(self) -> bool | None:
@@ -112,6 +184,8 @@ class PointChoice:
         out = {"name": self.point.name, "description": self.point.description, "chosen_by": self.by}
         if self.ms:
             out.update(network_target_ms=self.target_ms, network_ms=dict(self.ms), fits=self.fits)
+        if self.steps:
+            out["steps"] = list(self.steps)
         return out
 
 
@@ -194,7 +268,7 @@ def choose(runner, setting: str, cameras: list, elevation_deg: float, budget_ms:
     def read(k: str) -> PointChoice | None:
         entry = paths.recall(k)
         try:
-            return PointChoice(BY_NAME[entry["point"]], "remembered", target, dict(entry["ms"]))
+            return PointChoice(BY_NAME[entry["point"]], "remembered", target, dict(entry["ms"]), key, tuple(ladder))
         except (KeyError, TypeError):
             return None
 
@@ -209,4 +283,4 @@ def choose(runner, setting: str, cameras: list, elevation_deg: float, budget_ms:
         ms = paths.measure(runs)
         point = next((p for p in LADDER if p.name in ms and ms[p.name] <= target), LADDER[-1])
         paths.store(key, {"point": point.name, "ms": ms, "target_ms": target})
-        return PointChoice(point, "measured", target, ms)
+        return PointChoice(point, "measured", target, ms, key, tuple(ladder))

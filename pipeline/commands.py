@@ -61,6 +61,9 @@ def drive(args) -> int:
         cpu = result.host_cpu
         print(f"host CPU during the drive: busy {cpu['busy_percent']} %, idle {cpu['idle_percent']} %, "
               f"taken by the hypervisor (steal) {cpu['steal_percent']} % (run.json host_cpu)")
+    for step in (result.between_ticks or {}).get("operating_point_steps", ()):
+        print(f"perception stepped down from {step['from']} to {step['to']} at frame {step['frame']}: {step['why']}; "
+              "this machine starts there next time (run.json between_ticks)")
     if result.stop_signal is None:
         return 0
     name = signal_name(result.stop_signal)

@@ -48,6 +48,7 @@ class DriveResult:
     interrupted: bool
     stop_signal: int | None = None  # the signal that stopped the drive or came while it wrote its outputs
     perception_path: dict | None = None  # what ran the network (backend, device, dtype) and how it was chosen
+    between_ticks: dict | None = None  # the collector's work and operating point steps between ticks (pipeline/between_ticks.py)
     host_cpu: dict | None = None  # where the machine's CPU time went during the drive (provenance.cpu_shares)
 
     def kinds(self) -> list[str]:
@@ -168,6 +169,7 @@ def _drive(config, scenario, sim, observers, on_frame, max_time_s, show_progress
                          _outcome(sim, runtime, stopped_by, error), stopped_by is not None)
         result.perception_path = getattr(runtime.stack.perception, "path", None)
         result.host_cpu = cpu_shares(cpu_before, cpu_times())
+        result.between_ticks = runtime.between_ticks.summary()
         with SignalHold(redeliver=True):  # a second Ctrl-C waits until every output is written
             failures = []
             for observer in observers:  # each finishes its outputs, whatever another one did

@@ -24,6 +24,7 @@ from typing import Any, Callable
 from tqdm import tqdm
 
 from stagepilot.core.config import StackConfig
+from stagepilot.perception.operating import STEP_EVENT, step_event_point
 from stagepilot.pipeline.recording import Recording, RecordedFrame, RecordingError
 from stagepilot.pipeline.replay_compare import Comparator, Difference, ReplayTolerances, load_tolerances
 
@@ -159,6 +160,15 @@ def replay(path: str | Path, stages=STAGES, *, config_files=(), overrides=(), to
             recording.close()
 
 
+def _follow_steps(stage, frame: RecordedFrame) -> None:
+    """A measured drive's learned stage may step down its operating point (perception/operating.py);
+    the frame that first ran at the lower point carries the event, and the replay steps with it."""
+    for event in frame.runtime.get("events", ()):
+        point = step_event_point(event.get("detail", "")) if event.get("kind") == STEP_EVENT else None
+        if point is not None and hasattr(stage, "use_point"):
+            stage.use_point(point)
+
+
 def _replay(recording: Recording, stages, config_files, overrides, tolerances, show_progress, keep_outputs,
             on_output, on_frame):
     recording.require(stages)
@@ -177,6 +187,8 @@ def _replay(recording: Recording, stages, config_files, overrides, tolerances, s
     start = time.perf_counter()
     for frame in recording.frames():
         result.frames += 1
+        if "perception" in built:
+            _follow_steps(built["perception"], frame)
         for name in stages:
             if name not in frame.ran:
                 continue

@@ -27,7 +27,6 @@ behind the command (a held perception's or a held plan's own frame) to that tick
 from __future__ import annotations
 
 import dataclasses
-import gc
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stagepilot.core.config import ConfigError, StackConfig
+from stagepilot.pipeline.between_ticks import BetweenTicks
 from stagepilot.pipeline.faults import FaultInjector
 from stagepilot.core.finite import control_is_finite, ego_is_finite, perception_is_finite, plan_is_finite
 from stagepilot.core.messages import Control, EgoState, Observation, Perception, Plan
@@ -160,6 +160,7 @@ class StagedRuntime:
         self.expected_delay_s = 0.0  # [s] the command delay the controller was last told
         self._applied, self._applied_frame = NO_COMMAND, -1
         self.records: list[FrameRecord] = []
+        self.between_ticks = BetweenTicks(self)
         if self.runtime.pipelined and self.runtime.time_model == "ideal":
             raise ConfigError("runtime.pipelined: pipelined execution needs a time model with latency (budget or measured)")
 
@@ -228,8 +229,9 @@ class StagedRuntime:
             source_t = used.t
         self._last_control = control
         delay_s, applies_t = self._schedule_command(frame, t, ready_t, control)
+        stepped = self.between_ticks.events.pop(frame, None)  # the first frame at a lower operating point
         record = FrameRecord(t=t, frame=frame, ego=ego, control=control, plan=plan, perception=used,
-                             events=obs.events, stage_ms=measured, charged_delay_s=delay_s,
+                             events=obs.events + ((stepped,) if stepped else ()), stage_ms=measured, charged_delay_s=delay_s,
                              misses=tuple(misses), failsafe=failsafe, calls=calls,
                              sensor_to_actuator_s=applies_t - source_t, controller_delay_s=self.expected_delay_s)
         # Keep the log light: the semantic mask, the road surface and the stage calls go to
@@ -355,17 +357,16 @@ class StagedRuntime:
         record)` sees every frame. Pipelined: perception of frame n+1 runs in a worker
         thread while planner and controller work on frame n."""
         limit = sim.scenario.duration_s if max_time_s is None else max_time_s
-        # What exists now (stages, networks, maps, the world: some 400k objects) is kept out of
-        # the garbage collector's sight for the drive. A full collection walked all of it inside
-        # whichever stage allocated last: 17 ms within a 24 ms perception call, 155 ms at worst
-        # (openpilot's real-time processes turn the collector off for the same reason).
-        gc.collect()
-        gc.freeze()
+        # The collector's work happens between ticks, and so does the operating point's guard
+        # (pipeline/between_ticks.py): at the top of each tick, when no stage runs.
+        between = self.between_ticks
+        between.start()
         pool = None
         try:
             perceived = self.perceive(obs)
             pool = ThreadPoolExecutor(max_workers=1) if self.runtime.pipelined else None
             while True:
+                between.tick(obs.frame, obs.t)
                 if pool is not None and not (sim.done or obs.t >= limit - 1e-9):
                     # The command for this step was decided by earlier frames (latency >= 1 tick).
                     next_obs = sim.step(self.command_for_step(obs.frame))
@@ -385,4 +386,4 @@ class StagedRuntime:
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)
-            gc.unfreeze()
+            between.end()

@@ -107,7 +107,8 @@ class RunWriter:
         parts = [("video.mp4", self.video.close)] if self.video is not None else []
         # what is known only once the drive ran: the network's path, and what else took the CPU
         self.info.update({k: v for k, v in (("perception_path", result.perception_path),
-                                            ("host_cpu", result.host_cpu)) if v is not None})
+                                            ("host_cpu", result.host_cpu),
+                                            ("between_ticks", result.between_ticks)) if v is not None})
         parts.append(("run.json", lambda: write_json(self.out_dir / "run.json", self.info)))
         parts += [("metrics.json", lambda: write_json(self.out_dir / "metrics.json", result.metrics)),
                   ("trace.json", lambda: result.trace.write(self.out_dir / "trace.json")),

@@ -219,3 +219,69 @@ def test_a_replay_runs_the_point_its_drive_ran(tmp_path, monkeypatch):
     assert result.perception_path["operating_point"]["name"] == "main_reduced"
     assert result.perception_path["operating_point"]["fits"] is False
     assert Recording(path).stage_config().perception.learned.operating_point == "main_reduced"
+
+
+def test_the_guard_steps_down_on_a_tail_not_on_one_slow_frame():
+    guard = operating.PointGuard(40.0)              # near: over 32 ms
+    assert all(guard.observe(ms) is None for ms in [20.0] * 50 + [45.0] + [20.0] * 49)   # one miss: the machine's
+    assert guard.observe(33.0) is None              # two near frames in the last 100
+    why = guard.observe(41.5)                       # a third: step down
+    assert why == ("the stage took over 32 ms (80% of its 40 ms budget) on 3 of its last 100 frames "
+                   "(2 over the budget, longest 45.0 ms)")
+    assert guard.observe(39.0) is None              # the next point is judged on its own frames
+    for _ in range(100):                            # near frames spread wider than the window never add up
+        assert guard.observe(20.0) is None
+    assert all(guard.observe(ms) is None for ms in ([35.0] + [20.0] * 49) * 4)
+    assert operating.step_event_point("side_band: the stage took ...") == "side_band"
+    assert operating.step_event_point("something else") is None
+
+
+def _slow_drive(tmp_path, monkeypatch, time_model: str, duration_s: float, record_to=None):
+    """A short drive whose `auto` point was timed as fitting easily (the timing replaced), while
+    the real stage on this CPU takes far more than 80 % of a 20 ms budget."""
+    from stagepilot.pipeline.driver import drive
+    from stagepilot.pipeline.recorder import Recorder
+
+    monkeypatch.setenv("STAGEPILOT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(operating.paths, "measure", lambda runs, **_: {name: 1.0 for name in runs})
+    config = load_stack([], ["perception.kind=learned", "perception.learned.backend=torch",
+                             "perception.learned.precision=fp32", f"runtime.time_model={time_model}",
+                             "runtime.stages.perception.budget_ms=20"])
+    scenario = load_scenario("town_loop", [f"duration_s={duration_s}"])
+    observers = (Recorder(record_to, config, scenario),) if record_to else ()
+    return config, drive(config, scenario, observers=observers)
+
+
+@pytest.mark.slow
+def test_a_measured_drive_steps_down_past_a_point_whose_tail_misses_and_a_replay_follows(tmp_path, monkeypatch):
+    from stagepilot.pipeline.replay import replay
+
+    path = tmp_path / "drive.mcap"
+    config, result = _slow_drive(tmp_path, monkeypatch, "measured", 2.0, record_to=path)
+    steps = result.between_ticks["operating_point_steps"]
+    # down the whole ladder, one point at a time, each after three slow frames of its own
+    names = [p.name for p in operating.LADDER]
+    assert [(s["from"], s["to"]) for s in steps] == list(zip(names[:-1], names[1:]))
+    assert all("of its last 3 frames" in s["why"] for s in steps)
+    assert result.perception_path["operating_point"]["name"] == "main_reduced"
+    # each step is an event on the first frame read at the lower point, and that frame reads it
+    events = {r.frame: e for r in result.records for e in r.events if e.kind == operating.STEP_EVENT}
+    assert sorted(events) == [s["frame"] for s in steps]
+    assert [operating.step_event_point(e.detail) for _, e in sorted(events.items())] == [s["to"] for s in steps]
+    first_main_only = next(s["frame"] for s in steps if s["to"] == "main_only")
+    assert all(d.camera == "front" for r in result.records if r.frame >= first_main_only
+               for d in r.perception.detections)
+    # the machine starts its next drive at the lowest point it reached
+    again = build_perception(config, None, ()).point
+    assert (again.point.name, again.by) == ("main_reduced", "remembered")
+    # a replay starts at the recorded point and steps where the drive stepped: every frame matches
+    replayed = replay(path, stages=("perception",))
+    assert replayed.stages["perception"].frames == len(result.records)
+    assert replayed.stages["perception"].first is None, replayed.stages["perception"].first
+
+
+def test_the_deterministic_time_models_never_step(tmp_path, monkeypatch):
+    _, result = _slow_drive(tmp_path, monkeypatch, "budget", 0.6)
+    assert result.latency["perception"]["over_budget"] >= 3      # slow enough to step, were it measured
+    assert "operating_point_steps" not in result.between_ticks
+    assert result.perception_path["operating_point"]["name"] == "full"

@@ -45,6 +45,25 @@ def test_budget_model_is_bitwise_repeatable_and_pipelining_changes_nothing():
     assert {round(r.charged_delay_s, 6) for r in runs[0].records} == {0.06}
 
 
+def test_the_collector_works_between_ticks_and_is_back_as_it_was_after_the_drive():
+    """No automatic collection runs inside a stage during a drive; the loop collects every
+    COLLECT_EVERY ticks, between them, and says how long that took."""
+    import gc
+
+    from stagepilot.pipeline.between_ticks import COLLECT_EVERY
+
+    states = []
+    frozen_before = gc.get_freeze_count()
+    _, result = drive(["runtime.time_model=budget", "runtime.pipelined=true"], max_time_s=3.0,
+                      on_frame=lambda sim, obs, record: states.append(gc.isenabled()))
+    assert states and not any(states)
+    assert gc.isenabled() and gc.get_freeze_count() == frozen_before
+    collections = result.between_ticks["garbage_collections"]
+    assert collections["every_ticks"] == COLLECT_EVERY
+    assert collections["count"] == sum(r.frame % COLLECT_EVERY == 0 for r in result.records)
+    assert collections["max_ms"] >= collections["p50_ms"] > 0
+
+
 def test_ideal_model_charges_nothing():
     _, runtime = drive(["runtime.time_model=ideal"], max_time_s=3.0)
     assert {r.charged_delay_s for r in runtime.records} == {0.0}
