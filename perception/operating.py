@@ -35,7 +35,8 @@ A point that sends what an earlier one sends is not timed again: a one-camera ri
 That timing sees the network alone, in a quiet process. Inside a drive the whole stage's tail can
 be far longer than its median says: on a 2-core AMD EPYC with bf16 ``full`` was timed at 15.0 ms
 against the 16 ms target and then ran at p99 38-41 ms in measured drives, over its budget on 12 to
-26 frames, while ``side_band_in_turn``, timed 1.1 ms faster, missed none. So a drive under the
+26 frames, while ``side_band_in_turn``, timed 1.1 ms faster, missed none (that tail was page
+faults, since removed: perception/runner.py, ``preprocess``; a machine's own can remain). So a drive under the
 ``measured`` time model watches the stage (`PointGuard`): when it comes within ``GUARD_NEAR`` of
 its budget on ``GUARD_FRAMES`` of the last ``GUARD_WINDOW`` frames, the stage steps one point
 down the ladder from the next frame on, says so in run.json and as an ``operating_point`` event

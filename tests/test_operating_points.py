@@ -262,7 +262,7 @@ def test_a_measured_drive_steps_down_past_a_point_whose_tail_misses_and_a_replay
     # down the whole ladder, one point at a time, each after three slow frames of its own
     names = [p.name for p in operating.LADDER]
     assert [(s["from"], s["to"]) for s in steps] == list(zip(names[:-1], names[1:]))
-    assert all("of its last 3 frames" in s["why"] for s in steps)
+    assert all(" on 3 of its last " in s["why"] for s in steps), steps
     assert result.perception_path["operating_point"]["name"] == "main_reduced"
     # each step is an event on the first frame read at the lower point, and that frame reads it
     events = {r.frame: e for r in result.records for e in r.events if e.kind == operating.STEP_EVENT}
