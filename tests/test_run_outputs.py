@@ -145,12 +145,14 @@ def test_trace_has_a_named_track_per_stage_misses_and_failsafes(run) -> None:
     events = _strict_json(out / "trace.json")["traceEvents"]
     complete = [e for e in events if e["ph"] == "X"]
     planned = TICKS - result.outcome["failsafe_frames"]
-    assert len(complete) == TICKS + 2 * planned
+    assert sum(e["name"] in STAGES for e in complete) == TICKS + 2 * planned
+    # the collector's passes between ticks, on their own track (pipeline/between_ticks.py)
+    assert sum(e["name"] == "between ticks" for e in complete) == result.between_ticks["garbage_collections"]["count"] > 0
     for event in complete:
         assert {"name", "ts", "dur", "pid", "tid"} <= set(event)
         assert isinstance(event["ts"], int) and isinstance(event["dur"], int) and event["dur"] >= 0
     names = {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
-    assert sorted(names.values()) == sorted(STAGES)  # exactly one per stage
+    assert sorted(names.values()) == sorted([*STAGES, "between ticks"])  # exactly one per stage, and the loop's
     assert all(names[e["tid"]] == e["name"] for e in complete)
     instants = [e for e in events if e["ph"] == "i"]
     assert all(e["s"] == "t" for e in instants)
