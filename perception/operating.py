@@ -36,13 +36,13 @@ That timing sees the network alone, in a quiet process. Inside a drive the whole
 be far longer than its median says: on a 2-core AMD EPYC with bf16 ``full`` was timed at 15.0 ms
 against the 16 ms target and then ran at p99 38-41 ms in measured drives, over its budget on 12 to
 26 frames, while ``side_band_in_turn``, timed 1.1 ms faster, missed none (that tail was page
-faults, since removed: perception/runner.py, ``preprocess``; a machine's own can remain). So a drive under the
-``measured`` time model watches the stage (`PointGuard`): when it comes within ``GUARD_NEAR`` of
-its budget on ``GUARD_FRAMES`` of the last ``GUARD_WINDOW`` frames, the stage steps one point
-down the ladder from the next frame on, says so in run.json and as an ``operating_point`` event
-(a replay follows it), and the machine remembers the lower point for its next drive. A single
-slow frame does not step down: it is the machine's, not the point's. The deterministic time
-models never step.
+faults, since removed: perception/runner.py, ``preprocess``; a machine's own can remain). So a
+drive under the ``measured`` time model watches the stage (`PointGuard`): when it comes within
+``GUARD_NEAR`` of its budget on ``GUARD_FRAMES`` of the last ``GUARD_WINDOW`` frames, the stage
+steps one point down the ladder from the next frame on, says so in run.json and as an
+``operating_point`` event (a replay follows it), and the machine remembers the lower point for
+its next drive. A single slow frame does not step down: it is the machine's, not the point's.
+The deterministic time models never step.
 """
 
 from __future__ import annotations

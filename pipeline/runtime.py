@@ -230,8 +230,9 @@ class StagedRuntime:
         self._last_control = control
         delay_s, applies_t = self._schedule_command(frame, t, ready_t, control)
         stepped = self.between_ticks.events.pop(frame, None)  # the first frame at a lower operating point
+        events = obs.events + ((stepped,) if stepped else ())
         record = FrameRecord(t=t, frame=frame, ego=ego, control=control, plan=plan, perception=used,
-                             events=obs.events + ((stepped,) if stepped else ()), stage_ms=measured, charged_delay_s=delay_s,
+                             events=events, stage_ms=measured, charged_delay_s=delay_s,
                              misses=tuple(misses), failsafe=failsafe, calls=calls,
                              sensor_to_actuator_s=applies_t - source_t, controller_delay_s=self.expected_delay_s)
         # Keep the log light: the semantic mask, the road surface and the stage calls go to
