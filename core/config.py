@@ -232,13 +232,21 @@ class LearnedPerceptionConfig(Strict):
     backend: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"
     channels_last: bool = True
     # How much of the rig the network reads each tick (perception/operating.py): full | side_band |
-    # side_band_in_turn | main_only | main_reduced; auto: the first of these whose network time
+    # side_band_in_turn | main_only | main_unzoomed | main_reduced; auto: the first of these whose network time
     # per tick, timed once per machine on the chosen path, is at most network_share of the
     # perception stage's budget
     operating_point: Literal["auto", "full", "side_band", "side_band_in_turn", "main_only",
-                             "main_reduced"] = "auto"
+                             "main_unzoomed", "main_reduced"] = "auto"
     side_band_elevation_deg: float = Field(10.0, ge=-20.0, le=60.0)  # [deg] the side cameras' band ends this far above the horizon
     network_share: float = Field(0.4, gt=0.0, le=1.0)
+    # The horizon zoom (perception/zoom.py): the main camera's band of horizon_zoom_rows rows (at
+    # the network's input scale) around the horizon and horizon_zoom_width of its width, read again
+    # magnified horizon_zoom times, so
+    # that far, small objects are placed; 1 turns it off. The operating points from full to
+    # main_only read it, main_unzoomed and main_reduced do not.
+    horizon_zoom: float = Field(2.0, ge=1.0, le=4.0)
+    horizon_zoom_rows: int = Field(80, ge=0, le=256)
+    horizon_zoom_width: float = Field(0.675, gt=0.0, le=1.0)  # share of the frame's width, about its centre
     score_threshold: dict[str, Probability] = {"vehicle": 0.4, "pedestrian": 0.6, "static_obstacle": 0.4,
                                                "traffic_light": 0.4}
     nms_iou: float = Field(0.5, gt=0.0, le=1.0)

@@ -12,7 +12,11 @@ given, else the config's ``threads``, else all cores) and ``torch.inference_mode
   through NMS, the seg map); the configured checkpoint (null: the shipped one, random init when
   it is absent), or random init for another architecture or input size;
 - the pair: ``ssdlite320_mobilenet_v3_large`` (its forward includes resize, decoding and NMS)
-  plus ``lraspp_mobilenet_v3_large`` (full-resolution logits), 7 classes each, random init.
+  plus ``lraspp_mobilenet_v3_large`` (full-resolution logits), 7 classes each, random init;
+- ours with the horizon zoom (perception/zoom.py), as the stage runs the main camera at the
+  points that read it: the frame, then its band around the horizon magnified (its own network
+  call), the band's boxes joined to the frame's. ``speedup_p50`` compares one frame with one
+  frame; ``speedup_p50_with_zoom`` what the stage spends on its main camera with the pair.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ import torch
 from stagepilot.perception.checkpoint import load_checkpoint
 from stagepilot.perception.learned import SHIPPED_CHECKPOINT, NetworkRunner, resolve_checkpoint
 from stagepilot.perception.network import DEFAULT_ARCHITECTURE, IMAGENET_MEAN, IMAGENET_STD, build_model
+from stagepilot.core.camera import camera_pose, pinhole_intrinsics
 from stagepilot.core.config import LearnedPerceptionConfig
+from stagepilot.perception.zoom import merge_arrays, zoom_of, zoom_view
 
 INPUT_H, INPUT_W = 360, 640
 
@@ -94,12 +100,31 @@ def bench_perception(learned: LearnedPerceptionConfig, iters: int = 30, warmup: 
     def run_pair():
         return ssd([frame[0]]), lraspp(seg_input)["out"]
 
+    fns = [run_ours, run_pair]
+    zoom = zoom_of(learned)
+    band = zoom and zoom_view(INPUT_H, INPUT_W, pinhole_intrinsics(INPUT_W, INPUT_H, 90.0),
+                              camera_pose(1.5, 0.0, 1.6, 0.0, 3.0, 0.0), stage.input_size, rows=zoom[1], scale=zoom[0],
+                              width_share=zoom[2])
+    if band:  # the default front camera's band (90 deg, 3 deg down)
+        frames, sizes = [rgb, rgb[band.top:band.bottom, band.left:band.right]], [stage.input_size, band.size]
+
+        def run_ours_zoomed():
+            whole, zoomed = stage.run(frames, sizes=sizes)
+            return merge_arrays(whole.boxes, whole.scores, whole.labels, zoomed.boxes, zoomed.scores, zoomed.labels,
+                                band, learned.nms_iou)
+        fns.append(run_ours_zoomed)
     with torch.inference_mode(), autocast:
-        result_ours, result_pair = _time_interleaved([run_ours, run_pair], iters, warmup, device)
+        result_ours, result_pair, *result_zoomed = _time_interleaved(fns, iters, warmup, device)
+    zoomed = {}
+    if result_zoomed:
+        zoomed = {"ours_with_zoom": {**result_zoomed[0], "band": [band.left, band.top, band.right, band.bottom],
+                                     "band_input": f"{band.size[1]}x{band.size[0]}"},
+                  "speedup_p50_with_zoom": round(result_pair["p50_ms"] / result_zoomed[0]["p50_ms"], 2)}
     return {
         "ours": result_ours,
         "torchvision_pair": result_pair,
         "speedup_p50": round(result_pair["p50_ms"] / result_ours["p50_ms"], 2),
+        **zoomed,
         "path": stage.path,
         "device": device.type,
         "dtype": "bfloat16" if dtype is not None else "float32",

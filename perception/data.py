@@ -58,6 +58,8 @@ class Augment:
     contrast: float = 0.2     # blend with the mean grey by a factor from [1 - c, 1 + c]
     crop: tuple[int, int] | None = None       # (H, W) random window of the zoomed image; None: whole image
     scale: tuple[float, float] = (1.0, 1.0)   # zoom factor range applied before the crop
+    horizon_zoom: float = 0.0        # share of window items magnified horizon_zoom_scale times on the horizon band
+    horizon_zoom_scale: float = 2.0  # (the stage's horizon zoom, perception/zoom.py; needs the camera's record)
 
 
 def class_index(category: str, attributes: dict[str, Any] | None) -> int | None:
@@ -141,6 +143,15 @@ class PerceptionDataset(Dataset):
                   "camera": record.get("camera", (self.camera or {}).get("name", ""))}
         return image, target
 
+    def _horizon_band_centre(self, index: int, height: int, width: int) -> float | None:
+        """The horizon band's middle row in item ``index``'s image (``height`` x ``width``), from its
+        camera's record; None when the annotation file records no camera."""
+        name = self.images[index].get("camera", (self.camera or {}).get("name", ""))
+        camera = self.cameras.get(name) or (next(iter(self.cameras.values())) if self.cameras else None)
+        if camera is None:
+            return None
+        return _band_centre(camera, height, width, self.augment.horizon_zoom_scale)
+
     def _augment(self, rgb: np.ndarray, boxes: Tensor, mask: np.ndarray,
                  index: int) -> tuple[Tensor, Tensor, np.ndarray, Tensor]:
         """rgb (H, W, 3) uint8, boxes (M, 4), mask (H, W) uint8 -> image (3, H', W') float [0, 1],
@@ -151,7 +162,15 @@ class PerceptionDataset(Dataset):
         u = torch.rand(3, generator=gen)
         kept = torch.arange(boxes.shape[0])
         if aug.crop is not None:
-            rgb, boxes, mask, kept = _zoom_crop(rgb, boxes, mask, aug.crop, aug.scale, torch.rand(3, generator=gen))
+            window = torch.rand(3, generator=gen)
+            centre = None
+            if aug.horizon_zoom > 0.0 and float(torch.rand(1, generator=gen)) < aug.horizon_zoom:
+                centre = self._horizon_band_centre(index, rgb.shape[0], rgb.shape[1])
+            if centre is None:
+                rgb, boxes, mask, kept = _zoom_crop(rgb, boxes, mask, aug.crop, aug.scale, window)
+            else:
+                rgb, boxes, mask, kept = _zoom_crop(rgb, boxes, mask, aug.crop, (aug.horizon_zoom_scale,) * 2, window,
+                                                    centre_row=centre)
         if u[0] < aug.hflip:
             w = rgb.shape[1]
             rgb, mask = rgb[:, ::-1], mask[:, ::-1]
@@ -166,10 +185,24 @@ class PerceptionDataset(Dataset):
         return image, boxes, np.ascontiguousarray(mask), kept
 
 
+def _band_centre(camera: dict[str, Any], height: int, width: int, scale: float) -> float | None:
+    """The middle row of the stage's horizon band (perception/zoom.py) in an image of ``camera`` at
+    ``height`` x ``width`` px; None when the camera cannot see the horizon."""
+    from stagepilot.perception.geometry import scale_intrinsics
+    from stagepilot.perception.zoom import TRAINING_ROWS, zoom_view
+
+    K = scale_intrinsics(np.asarray(camera["K"], float), width / camera["width"], height / camera["height"])
+    band = zoom_view(height, width, K, np.asarray(camera["T_ego_cam"], float), (height, width), TRAINING_ROWS, scale)
+    return None if band is None else (band.top + band.bottom) / 2.0
+
+
 def _zoom_crop(image: np.ndarray, boxes: Tensor, mask: np.ndarray, crop: tuple[int, int],
-               scale: tuple[float, float], u: Tensor) -> tuple[np.ndarray, Tensor, np.ndarray, Tensor]:
+               scale: tuple[float, float], u: Tensor, centre_row: float | None = None
+               ) -> tuple[np.ndarray, Tensor, np.ndarray, Tensor]:
     """Zoom by a factor from ``scale`` (u[0]), then cut a ``crop`` (H, W) window at a random place
-    (u[1], u[2]); a zoomed image smaller than the window is padded (image 0, mask IGNORE_INDEX).
+    (u[1], u[2]); with ``centre_row`` (a row of the image before the zoom) the window's middle row
+    lies within an eighth of the window's height of it instead. A zoomed image smaller than the
+    window is padded (image 0, mask IGNORE_INDEX).
     image (H, W, 3) uint8, boxes (M, 4) xyxy, mask (H, W) uint8 -> the window's image, boxes, mask
     and kept (M',). The zoom is OpenCV's area resampling below 1 (antialiased) and bilinear above."""
     ch, cw = crop
@@ -186,6 +219,8 @@ def _zoom_crop(image: np.ndarray, boxes: Tensor, mask: np.ndarray, crop: tuple[i
         mask = cv2.copyMakeBorder(mask, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=IGNORE_INDEX)
         zh, zw = zh + pad_h, zw + pad_w
     y0 = int(u[1] * (zh - ch + 1)) if zh > ch else 0
+    if centre_row is not None and zh > ch:
+        y0 = min(max(int(round(centre_row * zh / h - ch / 2 + (float(u[1]) - 0.5) * ch / 4)), 0), zh - ch)
     x0 = int(u[2] * (zw - cw + 1)) if zw > cw else 0
     image, mask = image[y0:y0 + ch, x0:x0 + cw], mask[y0:y0 + ch, x0:x0 + cw]
     shifted = boxes - torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)

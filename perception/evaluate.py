@@ -30,6 +30,10 @@ Prints one JSON object:
   camera pixels (``HEIGHT_BANDS_PX``), the number of boxes and the share found by a detection of
   the same class (score >= ``score_threshold``, IoU >= 0.5, each detection used once): where
   the accuracy is lost, which AP alone does not say.
+- ``horizon_zoom``: the detections are the stage's, the whole frame's joined with those of its
+  horizon band read again magnified, as the stack config sets it (perception/zoom.py; the
+  band's pixels are scaled as the stage scales them, 8-bit with OpenCV); ``null`` when off
+  (``zoom=False``, as training's own evaluation runs: the network alone).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -48,6 +53,7 @@ from stagepilot.perception.checkpoint import load_checkpoint
 from stagepilot.perception.data import PerceptionDataset, collate
 from stagepilot.perception.labels import IGNORE_INDEX
 from stagepilot.perception.network import PerceptionNet
+from stagepilot.perception.zoom import ZOOM_CLASSES, merge, zoom_of, zoom_view
 from stagepilot.core.config import ConfigError, StackConfig
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassJaccardIndex
@@ -100,13 +106,15 @@ def ap50_metric() -> MeanAveragePrecision:
 def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *, device: str | torch.device = "cpu",
                    batch_size: int = 8, score_threshold: float = 0.3, num_workers: int = 0,
                    show_progress: bool = False, limit: int | None = None, config: StackConfig,
-                   pooled_ap50: MeanAveragePrecision | None = None) -> dict[str, Any]:
+                   pooled_ap50: MeanAveragePrecision | None = None, zoom: bool = True) -> dict[str, Any]:
     """Run `model` over a split (its first `limit` frames) -> the metrics dict described in the
     module docstring. ``config``: the loaded stack config: its camera where the split's
     annotation file records none, and perception's contact depths for positions.
     ``pooled_ap50``: a metric that also takes every frame's detections, to pool AP over several
-    datasets (a class too rare in one set for its AP to mean much, such as yellow lights)."""
+    datasets (a class too rare in one set for its AP to mean much, such as yellow lights).
+    ``zoom``: read the horizon band as the stage does (``perception.learned.horizon_zoom``)."""
     device = torch.device(device)
+    zoom_setting = zoom_of(config.perception.learned) if zoom else None
     dataset = PerceptionDataset(data, split, input_size=tuple(model.input_size), limit=limit)
     cameras = _cameras(dataset, config)
     classes, seg_classes = list(model.classes), list(model.seg_classes)
@@ -126,6 +134,8 @@ def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             outputs = model(images)
         dets = model.decode(outputs, score_threshold=AP_SCORE_THRESHOLD)
+        if zoom_setting is not None:
+            dets = _with_zoom(model, images, dets, targets, cameras, zoom_setting, amp)
         preds, gts = [], []
         for det, tgt in zip(dets, targets):
             scale = tgt["scale"].repeat(2)                                        # (4,) sx, sy, sx, sy
@@ -170,7 +180,42 @@ def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *
                                                                             if v[1, i] else None)}
                                  for i in range(len(HEIGHT_BANDS_PX))} for k, v in found.items()},
         "score_threshold": score_threshold,
+        "horizon_zoom": ({"magnification": zoom_setting[0], "rows": zoom_setting[1]} if zoom_setting else None),
     }
+
+
+def _with_zoom(model: PerceptionNet, images: Tensor, dets: list[dict[str, Tensor]], targets: list[dict],
+               cameras: dict, setting: tuple[float, int, float], amp: bool) -> list[dict[str, Tensor]]:
+    """Each frame's detections joined with its horizon band's (perception/zoom.py), in the
+    model's pixels. ``images``: the batch (B, 3, H, W) at the model's input size."""
+    _, _, H, W = images.shape
+    bands: dict[tuple, list[int]] = {}
+    for i, tgt in enumerate(targets):
+        K, T, _ = cameras.get(tgt["camera"]) or next(iter(cameras.values()))
+        sx, sy = (float(v) for v in tgt["scale"])
+        band = zoom_view(H, W, geometry.scale_intrinsics(K, sx, sy), T, (H, W), rows=setting[1], scale=setting[0],
+                         width_share=setting[2])
+        if band is not None:
+            bands.setdefault(band, []).append(i)
+    out = list(dets)
+    taken = [model.classes.index(c) for c in ZOOM_CLASSES if c in model.classes]
+    for band, idx in bands.items():
+        (h, w), top, left = band.size, band.top, band.left
+        pixels = (images[idx, :, top:band.bottom, left:band.right].mul(255.0).round_().to(torch.uint8)
+                  .permute(0, 2, 3, 1).cpu().numpy())
+        zoomed = np.stack([cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR) for p in pixels])
+        x = torch.from_numpy(zoomed).permute(0, 3, 1, 2).float().div_(255.0).to(images.device)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+            raw = model(x.contiguous(memory_format=torch.channels_last))
+        sx, sy = (band.right - left) / w, (band.bottom - top) / h
+        scale = torch.tensor([sx, sy, sx, sy], device=images.device)
+        shift = torch.tensor([left, top, left, top], dtype=torch.float32, device=images.device)
+        for i, band_det in zip(idx, model.decode(raw, score_threshold=AP_SCORE_THRESHOLD, with_seg=False)):
+            boxes, scores, labels = merge((dets[i]["boxes"], dets[i]["scores"], dets[i]["labels"]),
+                                          (band_det["boxes"].float() * scale + shift, band_det["scores"],
+                                           band_det["labels"]), band, MATCH_IOU, taken)
+            out[i] = {**dets[i], "boxes": boxes, "scores": scores, "labels": labels}
+    return out
 
 
 def per_class_ap(result: dict[str, torch.Tensor], classes: list[str]) -> dict[str, float | None]:
@@ -241,14 +286,15 @@ def _position_errors(boxes, scores, labels, gt_boxes, target, classes, score_thr
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "val", *,
                         config: StackConfig, device: str | None = None, batch_size: int = 8,
-                        show_progress: bool = False, pooled_ap50: MeanAveragePrecision | None = None) -> dict[str, Any]:
+                        show_progress: bool = False, pooled_ap50: MeanAveragePrecision | None = None,
+                        zoom: bool = True) -> dict[str, Any]:
     """``evaluate_model`` on a checkpoint file; its path, architecture, input size and epoch are
     added under ``checkpoint``."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, meta = load_checkpoint(checkpoint, map_location=device)
     model.to(memory_format=torch.channels_last)
     result = evaluate_model(model, data, split, device=device, batch_size=batch_size, show_progress=show_progress,
-                            config=config, pooled_ap50=pooled_ap50)
+                            config=config, pooled_ap50=pooled_ap50, zoom=zoom)
     result["checkpoint"] = {"path": str(checkpoint), "architecture": meta["architecture"],
                             "input_size": list(meta["input_size"]), "epoch": meta.get("epoch")}
     return result

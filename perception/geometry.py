@@ -97,6 +97,22 @@ def centre_from_box(box: np.ndarray, depth_m: float, K: np.ndarray, T_ego_cam: n
     return contact if norm < 1e-6 else contact + depth_m * direction / norm
 
 
+def elevation_row(K: np.ndarray, T_ego_cam: np.ndarray, elevation_deg: float) -> float | None:
+    """The image row [px] where a ray ``elevation_deg`` above the horizontal, in the camera's
+    heading, lands at the image's centre column (0 deg: the horizon of a flat road); None when
+    that ray points behind the camera."""
+    R = np.asarray(T_ego_cam, float)[:3, :3]
+    forward = R[:, 2]                                              # optical axis in the ego frame
+    heading = math.atan2(forward[1], forward[0])
+    e = math.radians(elevation_deg)
+    ray = np.array([math.cos(e) * math.cos(heading), math.cos(e) * math.sin(heading), math.sin(e)])
+    cam = R.T @ ray                                                # the ray in the camera frame
+    if cam[2] <= 1e-6:
+        return None
+    K = np.asarray(K, float)
+    return float(K[1, 1] * cam[1] / cam[2] + K[1, 2])
+
+
 def world_to_ego(xy: np.ndarray, ego) -> np.ndarray:
     """(N, 2) world points -> (N, 2) ego frame (rear-axle origin, x forward, y left) [m];
     ``ego`` is an EgoState (x, y, yaw)."""

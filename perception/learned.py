@@ -58,6 +58,7 @@ from stagepilot.perception.runner import (  # noqa: F401  (re-exported: the stag
     select_device,
 )
 from stagepilot.perception.tracking import Measurement, Tracker
+from stagepilot.perception.zoom import Band, merge_arrays, zoom_of
 
 # network class -> Detection.kind
 KINDS = {"vehicle": "vehicle", "pedestrian": "pedestrian", "static_obstacle": "static"}
@@ -106,7 +107,7 @@ class LearnedPerception:
         specs = operating.spec_cameras(camera_specs) if camera_specs else None
         if specs:
             self.point = operating.choose(runner, config.operating_point, specs, config.side_band_elevation_deg,
-                                          budget_ms, config.network_share)
+                                          budget_ms, config.network_share, self._zoom_setting)
         else:
             setting = config.operating_point if config.operating_point != "auto" else "full"
             self.point = operating.PointChoice(operating.BY_NAME[setting], "configured")
@@ -134,7 +135,7 @@ class LearnedPerception:
     def _prepare(self) -> None:
         """The path chosen again on the shapes of a tick at the stage's point, and warmed up on them."""
         groups = operating.batches(operating.views(self.point.point, self._specs, self.runner.input_size,
-                                                   self.config.side_band_elevation_deg))
+                                                   self.config.side_band_elevation_deg, zoom=self._zoom_setting))
         shapes = [(len(idx), size) for size, idx in groups.items()]
         self.runner.choose_for(shapes)
         self.runner.warm_up(shapes=shapes)
@@ -157,6 +158,11 @@ class LearnedPerception:
         if name != self.point.point.name:
             self.point.point = operating.BY_NAME[name]
             self._views = {}
+
+    @property
+    def _zoom_setting(self) -> tuple[float, int, float] | None:
+        """The horizon zoom's (magnification, rows, width share) from the config, None when it is off."""
+        return zoom_of(self.config)
 
     @property
     def path(self) -> dict:
@@ -197,10 +203,17 @@ class LearnedPerception:
         if any(image is None for image in images):  # a run without cameras has nothing to perceive from
             return _unusable(obs, f"no {rig[indices[images.index(None)]]} camera in the observation")
         views_read = [self._view(i, image) for i, image in zip(indices, images)]
-        outputs = self.runner.run([image.rgb[view.top:] for image, view in zip(images, views_read)], spans,
-                                  [view.size for view in views_read])
+        zoom = self._view(-1, images[0])  # the main camera's horizon band, magnified (None: not read)
+        reading = views_read + [zoom] if zoom is not None else views_read
+        frames = images + [images[0]] if zoom is not None else images
+        outputs = self.runner.run([image.rgb[view.top:view.bottom, view.left:view.right]
+                                   for image, view in zip(frames, reading)], spans,
+                                  [view.size for view in reading])
         if outputs[0].nonfinite:
             return _unusable(obs, f"network output is not finite ({', '.join(outputs[0].nonfinite)})")
+        if zoom is not None:
+            with spans.part("zoom"):
+                outputs[0] = self._zoomed(outputs[0], outputs.pop(), zoom)
         with spans.part("placement"):
             placed, sightings = [], []
             for out, image, view in zip(outputs, images, views_read):
@@ -224,17 +237,30 @@ class LearnedPerception:
         return Perception(t=obs.t, frame=obs.frame, detections=detections, traffic_light=light,
                           semantic=semantic, road=road)
 
-    def _view(self, index: int, image: CameraImage) -> operating.View:
+    def _view(self, index: int, image: CameraImage) -> operating.View | None:
         """How camera ``index`` of the rig goes to the network at the stage's operating point when
-        it is read (its band follows its own calibration; worked out once per calibration)."""
+        it is read (its band follows its own calibration; worked out once per calibration);
+        ``index`` -1: the main camera's horizon zoom, None when the point reads none."""
         key = (index, image.rgb.shape, np.asarray(image.K).tobytes(), np.asarray(image.T_ego_cam).tobytes())
-        known = self._views.get(image.name)
+        slot = image.name if index >= 0 else ("zoom", image.name)
+        known = self._views.get(slot)
         if known is None or known[0] != key:
             h, w = image.rgb.shape[:2]
-            view = operating.view(self.point.point, index == 0, h, w, image.K, image.T_ego_cam,
-                                  self.runner.input_size, self.config.side_band_elevation_deg)
-            known = self._views[image.name] = (key, view)
+            if index < 0:
+                view = operating.zoom_view(self.point.point, h, w, image.K, image.T_ego_cam, self.runner.input_size,
+                                           self._zoom_setting)
+            else:
+                view = operating.view(self.point.point, index == 0, h, w, image.K, image.T_ego_cam,
+                                      self.runner.input_size, self.config.side_band_elevation_deg)
+            known = self._views[slot] = (key, view)
         return known[1]
+
+    def _zoomed(self, whole: NetworkOutput, band: NetworkOutput, view: operating.View) -> NetworkOutput:
+        """The main camera's output with the horizon band's boxes joined (perception/zoom.py)."""
+        boxes, scores, labels = merge_arrays(whole.boxes, whole.scores, whole.labels, band.boxes, band.scores,
+                                             band.labels, Band(view.top, view.bottom, view.left, view.right, view.size),
+                                             self.config.nms_iou)
+        return NetworkOutput(boxes, scores, labels, whole.seg, whole.nonfinite)
 
     # ---- objects -----------------------------------------------------------------------------
     def _measurements(self, out: NetworkOutput, image: CameraImage, top: int = 0

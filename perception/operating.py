@@ -17,6 +17,9 @@ last, and keeps the main camera (road, lights, what lies ahead) whole at every s
   lane marking beside the road as an obstacle and stopped the car for good (docs/perception.md);
 - ``main_only``: the main camera alone; the sides are not read (cross traffic is then seen
   once it enters the main camera's view);
+- ``main_unzoomed``: the main camera alone, without the horizon zoom (perception/zoom.py), which
+  the points above read as well: far, small objects are placed less well (recall of vehicles
+  under 12 px about 0.75 against 0.85-0.92 with it);
 - ``main_reduced``: the main camera alone at ``REDUCED_SCALE`` of the network's input scale
   (512x288 for 640x360), for a CPU where even the main camera at full scale does not fit: 0.64
   of the pixels, so about 0.6 of the network's time, and everything looks 1.25x farther away
@@ -29,8 +32,9 @@ budget (the rest of the stage, its decode, placement, tracking and road, and the
 tail above its median need the remainder: a point timed at 20.6 ms ran at p50 25 / p99 43 ms
 inside a drive, so the share is 0.4, not 0.6); when none fits, the cheapest, and says so. The
 choice is remembered per machine like the path, so a machine drives the same way every time.
-A point that sends what an earlier one sends is not timed again: a one-camera rig has two points,
-``full`` and ``main_reduced``.
+A point that sends what an earlier one sends is not timed again: a one-camera rig has three points,
+``full`` (the frame and its horizon zoom), ``main_unzoomed`` and ``main_reduced`` (two with the
+zoom off).
 
 That timing sees the network alone, in a quiet process. Inside a drive the whole stage's tail can
 be far longer than its median says: on a 2-core AMD EPYC with bf16 ``full`` was timed at 15.0 ms
@@ -57,6 +61,8 @@ import torch
 
 from stagepilot.core.camera import camera_pose, pinhole_intrinsics
 from stagepilot.perception import paths
+from stagepilot.perception.geometry import elevation_row
+from stagepilot.perception.zoom import zoom_view as zoom_band
 
 # The band's first row is a multiple of the network's coarsest stride, so that every level's cells
 # fall on the same pixels as in the whole frame and the band's boxes are the whole frame's.
@@ -73,6 +79,7 @@ class OperatingPoint:
     in_turn: bool       # the side cameras one per tick, in turn (each at 1 / their number of the rate)
     description: str
     main_scale: float = 1.0  # the main camera's scale at the network's input
+    zoom: bool = True        # the main camera's horizon band is read again, magnified (perception/zoom.py)
 
 
 LADDER = (
@@ -83,9 +90,13 @@ LADDER = (
                    "the main camera whole every tick; the side cameras below the band's top elevation, "
                    "one per tick in turn"),
     OperatingPoint("main_only", "none", False, "the main camera alone; the side cameras are not read"),
+    OperatingPoint("main_unzoomed", "none", False,
+                   "the main camera alone, without the horizon zoom (far, small objects are placed less well); "
+                   "the side cameras are not read", zoom=False),
     OperatingPoint("main_reduced", "none", False,
                    f"the main camera alone at {REDUCED_SCALE:g} of the network's input scale (far objects are "
-                   "found later); the side cameras are not read", REDUCED_SCALE),
+                   "found later), without the horizon zoom; the side cameras are not read", REDUCED_SCALE,
+                   zoom=False),
 )
 BY_NAME = {p.name: p for p in LADDER}
 
@@ -137,11 +148,14 @@ def step_event_point(detail: str) -> str | None:
 
 @dataclass(frozen=True)
 class View:
-    """How one camera's frame goes to the network: rows ``top`` to the end, scaled to ``size``
-    (h, w) at the network's input."""
+    """How one camera's frame goes to the network: rows ``top`` to ``bottom`` (None: the end) and
+    columns ``left`` to ``right`` (None: the end), scaled to ``size`` (h, w) at the network's input."""
 
     top: int
     size: tuple[int, int]
+    bottom: int | None = None
+    left: int = 0
+    right: int | None = None
 
 
 @dataclass
@@ -194,15 +208,9 @@ def band_top(K: np.ndarray, T_ego_cam: np.ndarray, height: int, elevation_deg: f
     """The first image row of a camera's band: where a ray ``elevation_deg`` above the horizontal,
     in the camera's heading, lands at the image's centre column; rounded down to a multiple of
     BAND_ROWS (the band keeps at least that elevation), 0 when that is above the image."""
-    R, t = np.asarray(T_ego_cam, float)[:3, :3], np.asarray(T_ego_cam, float)[:3, 3]
-    forward = R[:, 2]                                              # optical axis in the ego frame
-    heading = math.atan2(forward[1], forward[0])
-    e = math.radians(elevation_deg)
-    ray = np.array([math.cos(e) * math.cos(heading), math.cos(e) * math.sin(heading), math.sin(e)])
-    cam = R.T @ ray                                                # the ray in the camera frame
-    if cam[2] <= 1e-6:
+    v = elevation_row(K, T_ego_cam, elevation_deg)
+    if v is None:
         return 0
-    v = float(np.asarray(K, float)[1, 1] * cam[1] / cam[2] + np.asarray(K, float)[1, 2])
     top = int(math.floor(max(v, 0.0) / BAND_ROWS) * BAND_ROWS)
     return min(top, max((height - MIN_BAND_ROWS) // BAND_ROWS * BAND_ROWS, 0))  # at least MIN_BAND_ROWS rows
 
@@ -225,12 +233,25 @@ def _rows(pixels: float) -> int:
     return max(int(round(pixels / BAND_ROWS)) * BAND_ROWS, BAND_ROWS)
 
 
+def zoom_view(point: OperatingPoint, height: int, width: int, K, T_ego_cam, input_size: tuple[int, int],
+              zoom: tuple[float, int, float] | None) -> View | None:
+    """The main camera's horizon band at `point` (perception/zoom.py), or None when the point or
+    the config (``zoom``: magnification, rows, width share; None: off) reads none."""
+    if not point.zoom or zoom is None:
+        return None
+    band = zoom_band(height, width, K, T_ego_cam, input_size, rows=zoom[1], scale=zoom[0], width_share=zoom[2])
+    return None if band is None else View(band.top, band.size, band.bottom, band.left, band.right)
+
+
 def views(point: OperatingPoint, cameras: list[tuple[int, int, np.ndarray, np.ndarray]],
-          input_size: tuple[int, int], elevation_deg: float, frame: int = 0) -> list[View | None]:
+          input_size: tuple[int, int], elevation_deg: float, frame: int = 0,
+          zoom: tuple[float, int, float] | None = None) -> list[View | None]:
     """Each camera's View at `point` and ``frame`` (None: not read then), the first camera being
-    the main one. ``cameras``: (height, width, K, T_ego_cam) of each."""
-    return [view(point, i == 0, *camera, input_size, elevation_deg) if reads(point, i, len(cameras), frame) else None
-            for i, camera in enumerate(cameras)]
+    the main one, then the main camera's horizon zoom (None when not read). ``cameras``:
+    (height, width, K, T_ego_cam) of each."""
+    return [*(view(point, i == 0, *camera, input_size, elevation_deg) if reads(point, i, len(cameras), frame)
+              else None for i, camera in enumerate(cameras)),
+            zoom_view(point, *cameras[0], input_size, zoom) if cameras else None]
 
 
 def spec_cameras(specs) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
@@ -249,9 +270,10 @@ def batches(point_views: list[View | None]) -> dict[tuple[int, int], list[int]]:
 
 
 def choose(runner, setting: str, cameras: list, elevation_deg: float, budget_ms: float | None,
-           share: float) -> PointChoice:
+           share: float, zoom: tuple[float, int, float] | None = None) -> PointChoice:
     """The operating point `setting` names, or (``auto``) the first of the ladder whose network
-    work per tick, timed on `runner`'s path, fits ``share * budget_ms``; remembered per machine."""
+    work per tick, timed on `runner`'s path, fits ``share * budget_ms``; remembered per machine.
+    ``zoom``: the horizon zoom's (magnification, rows, width share), None when off."""
     if setting != "auto":
         return PointChoice(BY_NAME[setting], "configured")
     if not cameras or budget_ms is None or runner.device.type != "cpu":
@@ -259,7 +281,7 @@ def choose(runner, setting: str, cameras: list, elevation_deg: float, budget_ms:
     target = round(share * budget_ms, 2)
     ladder = {}
     for p in LADDER:  # a point that sends what an earlier one sends is that point (one camera: full, main_reduced)
-        groups = batches(views(p, cameras, runner.input_size, elevation_deg))
+        groups = batches(views(p, cameras, runner.input_size, elevation_deg, zoom=zoom))
         if groups not in ladder.values():
             ladder[p.name] = groups
     text = "|".join([runner.identity, f"target {target}",

@@ -68,6 +68,10 @@ class AugmentOptions(Strict):
     crop: tuple[int, int] | None = None        # (H, W) random training window of the input-size image
     scale: tuple[float, float] = (1.0, 1.0)    # random zoom range before the crop
     whole_frames_last: int = Field(0, ge=0)    # the last N epochs see whole frames (no crop, no zoom)
+    # share of the window items that show what the stage's horizon zoom reads (perception/zoom.py):
+    # the frame magnified horizon_zoom_scale times, the window on its horizon band
+    horizon_zoom: float = Field(0.0, ge=0.0, le=1.0)
+    horizon_zoom_scale: float = Field(2.0, ge=1.0, le=4.0)
 
     @model_validator(mode="after")
     def _ranges(self) -> "AugmentOptions":
@@ -123,7 +127,7 @@ def epoch_augment(config: TrainConfig, epoch: int) -> Augment:
     frames (no crop, no zoom), the others the configured crop."""
     aug = Augment(**config.augment.model_dump(exclude={"whole_frames_last"}))
     if epoch >= config.epochs - config.augment.whole_frames_last:
-        return dataclasses.replace(aug, crop=None, scale=(1.0, 1.0))
+        return dataclasses.replace(aug, crop=None, scale=(1.0, 1.0), horizon_zoom=0.0)
     return aug
 
 
@@ -258,7 +262,7 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, command: str
     metrics, final = {}, None
     if config.val_split and (Path(config.data) / "annotations" / f"{config.val_split}.json").is_file():
         metrics = evaluate_model(model, config.data, config.val_split, device=device, batch_size=config.batch_size,
-                                 show_progress=show_progress, config=load_stack())
+                                 show_progress=show_progress, config=load_stack(), zoom=False)
         final = save_checkpoint(out / "model.pt", model, {**base_meta, "epoch": config.epochs, "losses": losses,
                                                           "metrics": {f"{config.val_split}": metrics}})
     return {"out": out, "checkpoint": checkpoint, "model": final, "losses": losses, "metrics": metrics,

@@ -61,14 +61,18 @@ def figures_of(result: dict[str, Any]) -> dict[str, float | None]:
             "yellow_ap50": result["ap50"]["traffic_light_yellow"],
             "small_vehicle_recall": small.get("recall"),
             "small_vehicles": small.get("boxes"), "miou": result["miou"],
-            "vehicle_position_error_m": result["position_error_median_m"]["vehicle"]}
+            "vehicle_position_error_m": result["position_error_median_m"]["vehicle"],
+            "horizon_zoom": result.get("horizon_zoom")}
 
 
 def fresh_set_figures(checkpoint: str | Path, seed: int, root: Path, frames: int = FRESH_FRAMES, *,
-                      show_progress: bool = False, pooled_ap50=None) -> dict[str, Any]:
+                      show_progress: bool = False, pooled_ap50=None, zoom: bool = True) -> dict[str, Any]:
+    """The bar figures of the stage's detections on set ``seed`` (``zoom=False``: the network's
+    on the whole frame alone, without the horizon zoom, perception/zoom.py)."""
     config = front_config()
     data = collect_fresh_set(root, seed, frames, show_progress=show_progress, config=config)
-    result = evaluate_checkpoint(checkpoint, data, "val", device="cpu", config=config, pooled_ap50=pooled_ap50)
+    result = evaluate_checkpoint(checkpoint, data, "val", device="cpu", config=config, pooled_ap50=pooled_ap50,
+                                 zoom=zoom)
     return {"seed": seed, "frames": result["frames"], "yellow_boxes": _facing_yellow(data), **figures_of(result)}
 
 
@@ -79,12 +83,13 @@ def _facing_yellow(data: Path) -> int:
 
 
 def fresh_sets(checkpoint: str | Path, seeds=FRESH_SEEDS, root: Path = Path("data/fresh"),
-               frames: int = FRESH_FRAMES, *, show_progress: bool = True) -> tuple[list[dict], dict[str, Any]]:
+               frames: int = FRESH_FRAMES, *, show_progress: bool = True,
+               zoom: bool = True) -> tuple[list[dict], dict[str, Any]]:
     """Each set's figures (with the bars it misses, the pooled ones aside) and the AP@0.5 of
     every class pooled over the sets (with the pooled bars it misses)."""
     metric, sets = ap50_metric(), []
     for seed in tqdm(seeds, desc="fresh sets", unit="set", disable=not show_progress):
-        figures = fresh_set_figures(checkpoint, seed, Path(root), frames, pooled_ap50=metric)
+        figures = fresh_set_figures(checkpoint, seed, Path(root), frames, pooled_ap50=metric, zoom=zoom)
         figures["missed"] = missed_bars(figures, skip=POOLED)
         sets.append(figures)
     ap50 = per_class_ap(metric.compute(), list(CLASSES))

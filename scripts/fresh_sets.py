@@ -3,6 +3,9 @@ seed's 600 front-camera Town02 frames once under --root, evaluates, prints a tab
 
     python scripts/fresh_sets.py perception/weights/mtl_mbv3small_fpn96_s48_seg4_cs.pt \
         --root data/fresh --json docs/results/fresh_sets.json
+
+The detections are the stage's: each frame and its horizon band magnified (perception/zoom.py),
+as the stack config sets the zoom; ``--no-zoom`` scores the network on the whole frame alone.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from stagepilot.pipeline.fresh_sets import FRESH_BARS, FRESH_FRAMES, FRESH_SEEDS
 
 def table(checkpoint: str, sets: list[dict], pooled: dict) -> str:
     head = "| figure | bar | " + " | ".join(f"seed {s['seed']}" for s in sets) + " | sets pooled |"
-    lines = [f"Fresh sets ({sets[0]['frames']} Town02 front-camera frames each) for `{checkpoint}`:", "",
+    zoom = sets[0].get("horizon_zoom")
+    how = (f"the stage's detections, the frame and its horizon band magnified {zoom['magnification']:g}x "
+           f"({zoom['rows']} rows)" if zoom else "the network on the whole frame alone, no horizon zoom")
+    lines = [f"Fresh sets ({sets[0]['frames']} Town02 front-camera frames each) for `{checkpoint}`, {how}:", "",
              head, "|" + "---|" * (3 + len(sets))]
 
     def cell(figures: dict, key: str) -> str:
@@ -41,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(FRESH_SEEDS))
     parser.add_argument("--frames", type=int, default=FRESH_FRAMES)
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--no-zoom", action="store_true", help="the network alone, without the stage's horizon zoom")
     args = parser.parse_args(argv)
-    sets, pooled = fresh_sets(args.checkpoint, args.seeds, Path(args.root), args.frames)
+    sets, pooled = fresh_sets(args.checkpoint, args.seeds, Path(args.root), args.frames, zoom=not args.no_zoom)
     print(table(args.checkpoint, sets, pooled))
     if args.json:
         Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "bars": FRESH_BARS, "sets": sets,

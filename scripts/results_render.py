@@ -278,6 +278,8 @@ def _perception_rows(r: dict) -> list[tuple[str, str]]:
             ("torchvision pair p50 / p99", f"{ms(pair['p50_ms'])} / {ms(pair['p99_ms'])} (ssdlite320 + lraspp, "
                                            f"{r['params_m']['torchvision_pair']} M parameters)"),
             ("speed-up at p50", f"{r['speedup_p50']:g}x"),
+            *([("with the horizon zoom p50 / p99, speed-up", f"{ms(r['ours_with_zoom']['p50_ms'])} / "
+                f"{ms(r['ours_with_zoom']['p99_ms'])}, {r['speedup_p50_with_zoom']:g}x")] if "ours_with_zoom" in r else []),
             ("device, dtype, threads", f"{r['device']}, {r['dtype']}, {r['threads']}")]
 
 
@@ -386,8 +388,9 @@ def _control_headline(r: dict) -> str:
 
 def _perception_headline(r: dict) -> str:
     return (f"network path p50 {ms(r['ours']['p50_ms'])}, p99 {ms(r['ours']['p99_ms'])}; torchvision "
-            f"ssdlite320 + lraspp p50 {ms(r['torchvision_pair']['p50_ms'])}: {r['speedup_p50']:g}x at p50 "
-            f"({r['device']}, {r['dtype']}, {r['threads']} threads)")
+            f"ssdlite320 + lraspp p50 {ms(r['torchvision_pair']['p50_ms'])}: {r['speedup_p50']:g}x at p50"
+            + (f"; with the horizon zoom p50 {ms(r['ours_with_zoom']['p50_ms'])}, {r['speedup_p50_with_zoom']:g}x"
+               if "ours_with_zoom" in r else "") + f" ({r['device']}, {r['dtype']}, {r['threads']} threads)")
 
 
 BENCH_HEADLINE = {"sim": _sim_headline, "plan": _plan_headline, "control": _control_headline,

@@ -37,15 +37,20 @@ def test_the_band_starts_at_the_row_of_its_elevation(yaw):
 def test_each_point_sends_the_rig_as_stated():
     config = load_stack([], [])
     cameras = operating.spec_cameras(list(config.sim.cameras.values()))
-    sizes = {p.name: operating.views(p, cameras, (360, 640), 10.0) for p in operating.LADDER}
-    assert sizes["full"] == [operating.View(0, (360, 640))] * 3
-    assert sizes["side_band"] == [operating.View(0, (360, 640)), *[operating.View(96, (264, 640))] * 2]
-    assert sizes["side_band_in_turn"] == [operating.View(0, (360, 640)), operating.View(96, (264, 640)), None]
-    assert operating.views(operating.BY_NAME["side_band_in_turn"], cameras, (360, 640), 10.0, frame=7) == [
-        operating.View(0, (360, 640)), None, operating.View(96, (264, 640))]
-    assert sizes["main_only"] == [operating.View(0, (360, 640)), None, None]
-    assert sizes["main_reduced"] == [operating.View(0, (288, 512)), None, None]   # 0.8 of each side
-    assert operating.batches(sizes["side_band"]) == {(360, 640): [0], (264, 640): [1, 2]}
+    # 80 rows about the horizon (row 163.2) and the middle 432 columns, read at twice the scale
+    zoom = operating.View(131, (160, 864), 211, 104, 536)
+    sizes = {p.name: operating.views(p, cameras, (360, 640), 10.0, zoom=(2.0, 80, 0.675)) for p in operating.LADDER}
+    assert sizes["full"] == [operating.View(0, (360, 640))] * 3 + [zoom]
+    assert sizes["side_band"] == [operating.View(0, (360, 640)), *[operating.View(96, (264, 640))] * 2, zoom]
+    assert sizes["side_band_in_turn"] == [operating.View(0, (360, 640)), operating.View(96, (264, 640)), None, zoom]
+    assert operating.views(operating.BY_NAME["side_band_in_turn"], cameras, (360, 640), 10.0, frame=7,
+                           zoom=(2.0, 80, 0.675)) == [operating.View(0, (360, 640)), None, operating.View(96, (264, 640)), zoom]
+    assert sizes["main_only"] == [operating.View(0, (360, 640)), None, None, zoom]
+    assert sizes["main_unzoomed"] == [operating.View(0, (360, 640)), None, None, None]
+    assert sizes["main_reduced"] == [operating.View(0, (288, 512)), None, None, None]   # 0.8 of each side
+    assert operating.batches(sizes["side_band"]) == {(360, 640): [0], (264, 640): [1, 2], (160, 864): [3]}
+    # the zoom off: no point reads it
+    assert all(operating.views(p, cameras, (360, 640), 10.0)[-1] is None for p in operating.LADDER)
 
 
 def test_auto_takes_the_first_point_that_fits_and_remembers_it(tmp_path, monkeypatch):
@@ -97,6 +102,28 @@ def test_a_one_camera_rig_steps_down_to_the_reduced_scale_too(tmp_path, monkeypa
     assert slow.point.name == "main_reduced" and slow.fits and slow.by == "measured"
     roomy = operating.choose(runner, "auto", front, 10.0, 60.0, 0.4)    # target 24 ms
     assert roomy.point.name == "full" and roomy.fits
+
+
+def test_with_the_zoom_a_machine_that_cannot_afford_it_keeps_the_main_camera_whole(tmp_path, monkeypatch):
+    """The horizon zoom is read at every point down to main_only; a CPU where the main camera
+    fits but not with its zoom reads it whole without (main_unzoomed), not at the reduced scale."""
+    monkeypatch.setenv("STAGEPILOT_CACHE", str(tmp_path))
+    runner = NetworkRunner(LearnedPerceptionConfig(backend="torch", precision="fp32", threads=2), batch=1)
+    front = operating.spec_cameras([load_stack([], []).sim.cameras["front"]])
+    timed = {"full": 23.0, "main_unzoomed": 11.5, "main_reduced": 7.5}
+    calls = []
+
+    def fake_measure(runs, **_):
+        calls.append(sorted(runs))
+        for run in runs.values():  # the zoomed point's work is the frame and its band: two calls
+            assert len(run()) == (2 if run is runs["full"] else 1)
+        return {name: timed[name] for name in runs}
+
+    monkeypatch.setattr(operating.paths, "measure", fake_measure)
+    chosen = operating.choose(runner, "auto", front, 10.0, 40.0, 0.4, zoom=(2.0, 80, 0.675))   # target 16 ms
+    assert calls == [["full", "main_reduced", "main_unzoomed"]]
+    assert chosen.point.name == "main_unzoomed" and chosen.fits and not chosen.point.zoom
+    assert chosen.ladder == ("full", "main_unzoomed", "main_reduced")
 
 
 def _side_frames(n: int = 40):

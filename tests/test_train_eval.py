@@ -11,15 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import cv2
 from stagepilot.perception.data import CROP_KEEP, Augment, PerceptionDataset, _zoom_crop, class_index
 from stagepilot.perception.evaluate import camera_record, evaluate_model
 from stagepilot.perception.geometry import centre_from_box
-from stagepilot.perception.geometry import ground_point
+from stagepilot.perception.geometry import ground_point, scale_intrinsics
 from stagepilot.perception.labels import CLASSES, IGNORE_INDEX, SEG_CLASSES
 from stagepilot.perception.network import build_model
 from stagepilot.perception.train import epoch_augment, load_train_config
 from stagepilot.pipeline.cli import main
 from stagepilot.pipeline.collect import collect_dataset
+from stagepilot.perception.zoom import TRAINING_ROWS, zoom_view
 from stagepilot.core.config import load_stack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,6 +121,33 @@ def test_a_zoom_below_the_window_pads_the_mask_with_the_ignore_label(data_dir):
     assert image.shape == (3, 128, 224)
     assert torch.all(target["mask"][64:, :] == IGNORE_INDEX) and torch.all(target["mask"][:, 112:] == IGNORE_INDEX)
     assert torch.all(image[:, 64:, :] == 0) and torch.all(target["boxes"] <= torch.tensor([112, 64, 112, 64]))
+
+
+def test_a_horizon_zoom_item_shows_the_band_the_stage_magnifies(data_dir):
+    """With ``horizon_zoom`` a window item is the frame magnified as the stage's zoom reads it,
+    the window's middle on the zoom's band (perception/zoom.py), its boxes scaled alike."""
+    plain = PerceptionDataset(data_dir, "train", input_size=(180, 320))
+    zoomed = PerceptionDataset(data_dir, "train", input_size=(180, 320),
+                               augment=Augment(0.0, 0.0, 0.0, crop=(96, 160), horizon_zoom=1.0, horizon_zoom_scale=2.0))
+    camera = next(iter(plain.cameras.values()))
+    band = zoom_view(180, 320, scale_intrinsics(np.asarray(camera["K"]), 0.5, 0.5),
+                     np.asarray(camera["T_ego_cam"]), (180, 320), TRAINING_ROWS, 2.0)
+    top, bottom = band.top, band.bottom
+    for i in range(2):
+        image, target = plain[i]
+        rgb = (image * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        big = cv2.resize(rgb, (640, 360), interpolation=cv2.INTER_LINEAR)
+        item, item_target = zoomed[i]
+        window = (item * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        # where the window was cut from the magnified frame
+        spots = [(y, x) for y in range(0, 360 - 96 + 1) for x in range(0, 640 - 160 + 1)
+                 if np.array_equal(big[y:y + 96, x:x + 160], window)]
+        assert spots, f"item {i}: the window is not a piece of the frame magnified twice"
+        y0, x0 = spots[0]
+        assert abs(y0 + 48 - (top + bottom)) <= 96 / 8 + 1      # its middle row on the band's, doubled
+        boxes = target["boxes"] * 2 - torch.tensor([x0, y0, x0, y0])
+        inside = (boxes[:, 2] > 0) & (boxes[:, 0] < 160) & (boxes[:, 3] > 0) & (boxes[:, 1] < 96)
+        assert len(item_target["boxes"]) <= int(inside.sum())
 
 
 @pytest.mark.parametrize("attributes, expected", [

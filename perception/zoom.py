@@ -1,0 +1,128 @@
+"""The horizon zoom: the main camera's rows around the horizon read a second time, magnified.
+
+About 40 % of the vehicles in the validation frames are under 12 px tall (40 m and more away).
+The network finds nearly all of them, but cannot place a 5x7 px box to IoU 0.5: a pixel at each
+edge is the difference (docs/perception.md, "Where it falls short"). Magnified twice, such a car
+is 10x14 px, a size the network places well. Far objects meet the ground just below the horizon
+of a flat road, so the band is a few rows around the row where the horizontal ray in the
+camera's heading lands (perception/geometry.py ``elevation_row``): ``ZOOM_ABOVE`` of its rows
+above that row (a far car's roof, a rise in the road), the rest below (its wheels, a dip).
+Far cars are near the middle of the frame too (96 % of the vehicles under 12 px in 600 Town02
+validation frames within its middle half, 98 % within the middle two thirds), so the band spans
+a share of the frame's width about its centre column (0.675 by default: 432 of 640 columns).
+
+    band = zoom_view(360, 640, K, T_ego_cam, (360, 640), rows=80, scale=2.0, width_share=0.675)
+    # Band(top=131, bottom=211, left=104, right=536, size=(160, 864))
+    boxes, scores, labels = merge(whole, zoomed, band, nms_iou=0.5)
+
+The zoomed boxes join the whole frame's in its pixels. One on the band's edge (top, bottom or
+side) is cut by the band and dropped, and so is one ``ZOOM_MAX_BOX_PX`` tall or more (larger
+objects are the whole frame's: their boxes there are placed with the context the band lacks),
+and one of a class the stage does not place on the ground (``ZOOM_CLASSES``). Then one
+non-maximum suppression per class over both sets keeps the surer of two boxes of one object.
+The learned stage (perception/learned.py) and the evaluation (perception/evaluate.py) both use
+this module, so the figures the model card states are the stage's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision.ops import batched_nms
+
+from stagepilot.perception.geometry import elevation_row
+
+ZOOM_ABOVE = 0.4        # share of the band's rows above the horizon row
+ZOOM_MAX_BOX_PX = 20.0  # [camera px] zoomed boxes at least this tall are left to the whole frame
+EDGE_PX = 1.0           # [camera px] a zoomed box this close to the band's top or bottom row is cut
+# the classes the band's boxes are taken for: what the stage places on the ground. A far light is
+# matched to its mapped head within metres, and the band's light boxes cost the lights' AP (seed 9:
+# red 0.896 -> 0.843, green 0.927 -> 0.813 with them)
+ZOOM_CLASSES = ("vehicle", "pedestrian", "static_obstacle")
+TRAINING_ROWS = 80      # the band whose middle a training item's window is centred on (perception/data.py)
+
+
+@dataclass(frozen=True)
+class Band:
+    """The part of a camera's frame the zoom reads: rows ``top`` to ``bottom`` and columns
+    ``left`` to ``right`` of the camera's pixels, read at the network input ``size`` (h, w)."""
+
+    top: int
+    bottom: int
+    left: int
+    right: int
+    size: tuple[int, int]
+
+
+def zoom_of(config) -> tuple[float, int, float] | None:
+    """The zoom a ``LearnedPerceptionConfig`` sets: (magnification, rows, width share), None when off."""
+    if config.horizon_zoom <= 1.0 or config.horizon_zoom_rows <= 0:
+        return None
+    return float(config.horizon_zoom), int(config.horizon_zoom_rows), float(config.horizon_zoom_width)
+
+
+def zoom_view(height: int, width: int, K, T_ego_cam, input_size: tuple[int, int], rows: int,
+              scale: float, width_share: float = 1.0) -> Band | None:
+    """The band of a camera's frame the zoom reads; None when the zoom is off (``scale`` <= 1 or
+    no rows) or the camera cannot see the horizon. ``rows``: the band's height at the network's
+    input scale (``input_size`` for the whole frame), before the magnification; ``width_share``:
+    the share of the frame's width it spans, about the centre column."""
+    if scale <= 1.0 or rows <= 0:
+        return None
+    horizon = elevation_row(K, T_ego_cam, 0.0)
+    in_h, in_w = input_size
+    band = min(int(round(rows * height / in_h)), height)           # camera rows
+    if horizon is None or not 0.0 <= horizon < height:
+        return None
+    top = min(max(int(round(horizon - ZOOM_ABOVE * band)), 0), height - band)
+    columns = min(int(round(width * width_share)), width)
+    left = (width - columns) // 2
+    size = (int(round(band * in_h / height * scale)), int(round(columns * in_w / width * scale)))
+    return Band(top, top + band, left, left + columns, size)
+
+
+def merge(whole: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+          zoomed: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+          band: Band, nms_iou: float, classes: list[int] | None = None
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The whole frame's detections and the band's, as (boxes (N, 4) xyxy, scores (N,), labels
+    (N,) int) each, both in the whole frame's pixels -> one set (module docstring), highest
+    score first. ``classes``: the labels the band's boxes are taken for (None: all)."""
+    taken = _small_inside(zoomed[0], band)
+    if classes is not None:
+        taken &= torch.isin(zoomed[2].long(), torch.tensor(classes, dtype=torch.long))
+    boxes = torch.cat([whole[0].float(), zoomed[0][taken].float()])
+    scores = torch.cat([whole[1].float(), zoomed[1][taken].float()])
+    labels = torch.cat([whole[2].long(), zoomed[2][taken].long()])
+    kept = batched_nms(boxes, scores, labels, nms_iou)              # sorted by score
+    return boxes[kept], scores[kept], labels[kept]
+
+
+def _small_inside(boxes: torch.Tensor, band: Band) -> torch.Tensor:
+    """(N,) bool: boxes under ZOOM_MAX_BOX_PX tall lying inside the band, off its edges."""
+    return ((boxes[:, 1] > band.top + EDGE_PX) & (boxes[:, 3] < band.bottom - EDGE_PX)
+            & (boxes[:, 0] > band.left + EDGE_PX) & (boxes[:, 2] < band.right - EDGE_PX)
+            & (boxes[:, 3] - boxes[:, 1] < ZOOM_MAX_BOX_PX))
+
+
+def merge_arrays(whole_boxes: np.ndarray, whole_scores: np.ndarray, whole_labels: list[str],
+                 zoom_boxes: np.ndarray, zoom_scores: np.ndarray, zoom_labels: list[str],
+                 band: Band, nms_iou: float) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``merge`` on the stage's arrays (the band's boxes of ZOOM_CLASSES): boxes (N, 4) and scores
+    (N,) as numpy, labels as class names; the band's boxes in its own crop's pixels (shifted here
+    to the frame's)."""
+    names = sorted(set(whole_labels) | set(zoom_labels))
+    index = {name: i for i, name in enumerate(names)}
+    shift = np.array([band.left, band.top, band.left, band.top], np.float32)
+
+    def tensors(boxes, scores, labels, offset=0.0):
+        return (torch.from_numpy(np.asarray(boxes, np.float32).reshape(-1, 4) + offset),
+                torch.from_numpy(np.asarray(scores, np.float32).reshape(-1)),
+                torch.tensor([index[n] for n in labels], dtype=torch.long))
+
+    boxes, scores, labels = merge(tensors(whole_boxes, whole_scores, whole_labels),
+                                  tensors(zoom_boxes, zoom_scores, zoom_labels, shift), band, nms_iou,
+                                  [index[n] for n in ZOOM_CLASSES if n in index])
+    return boxes.numpy().astype(float), scores.numpy(), [names[int(i)] for i in labels]
