@@ -180,7 +180,8 @@ def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *
                                                                             if v[1, i] else None)}
                                  for i in range(len(HEIGHT_BANDS_PX))} for k, v in found.items()},
         "score_threshold": score_threshold,
-        "horizon_zoom": ({"magnification": zoom_setting[0], "rows": zoom_setting[1]} if zoom_setting else None),
+        "horizon_zoom": ({"magnification": zoom_setting[0], "rows": zoom_setting[1], "width": zoom_setting[2]}
+                         if zoom_setting else None),
     }
 
 

@@ -87,9 +87,10 @@ def card(path: Path, steps: list[str], timing: str, fresh: dict | None = None) -
         f"## Metrics on the held-out split `{split}` ({metrics['frames']} frames)",
         "",
         "CARLA's Town02 (a map training never sees; training draws the four project maps and CARLA's Town01), "
-        "seeds training never draws. "
+        "seeds training never draws. The network on the whole frame alone, as its training evaluated it (the "
+        "stage also reads the horizon band magnified: perception/zoom.py, and the fresh sets below): "
         f"`stagepilot eval perception --checkpoint <this file> --data data/{Path(meta['data_manifest']['path']).name} "
-        "--json`.",
+        "--json perception.learned.horizon_zoom=1`.",
         "",
         "| figure | value | bar |",
         "|---|---|---|",
