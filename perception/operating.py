@@ -30,7 +30,9 @@ last, and keeps the main camera (road, lights, what lies ahead) whole at every s
 (perception/paths.py) and takes the first whose median fits ``network_share`` of the stage's
 budget (the rest of the stage, its decode, placement, tracking and road, and the network's own
 tail above its median need the remainder: a point timed at 20.6 ms ran at p50 25 / p99 43 ms
-inside a drive, so the share is 0.4, not 0.6); when none fits, the cheapest, and says so. The
+inside a drive before the stage's page faults were removed; with them gone, one timed at 16.8 ms
+ran at p50 19.8 / p99 28.9 ms, so the share is 0.45, not 0.6); when none fits, the cheapest,
+and says so. The
 choice is remembered per machine like the path, so a machine drives the same way every time.
 A point that sends what an earlier one sends is not timed again: a one-camera rig has three points,
 ``full`` (the frame and its horizon zoom), ``main_unzoomed`` and ``main_reduced`` (two with the
