@@ -245,8 +245,8 @@ class LearnedPerceptionConfig(Strict):
     # that far, small objects are placed; 1 turns it off. The operating points from full to
     # main_only read it, main_unzoomed and main_reduced do not.
     horizon_zoom: float = Field(2.0, ge=1.0, le=4.0)
-    horizon_zoom_rows: int = Field(80, ge=0, le=256)
-    horizon_zoom_width: float = Field(0.675, gt=0.0, le=1.0)  # share of the frame's width, about its centre
+    horizon_zoom_rows: int = Field(80, ge=0, le=256)  # 0 turns the zoom off too
+    horizon_zoom_width: float = Field(0.675, ge=0.1, le=1.0)  # share of the frame's width, about its centre
     score_threshold: dict[str, Probability] = {"vehicle": 0.4, "pedestrian": 0.6, "static_obstacle": 0.4,
                                                "traffic_light": 0.4}
     nms_iou: float = Field(0.5, gt=0.0, le=1.0)

@@ -117,6 +117,7 @@ def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *
     zoom_setting = zoom_of(config.perception.learned) if zoom else None
     dataset = PerceptionDataset(data, split, input_size=tuple(model.input_size), limit=limit)
     cameras = _cameras(dataset, config)
+    main_camera = (dataset.camera or {}).get("name")  # the camera `collect` records as the rig's main one
     classes, seg_classes = list(model.classes), list(model.seg_classes)
     ap50 = ap50_metric()
     ap = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="pycocotools")
@@ -135,7 +136,8 @@ def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *
             outputs = model(images)
         dets = model.decode(outputs, score_threshold=AP_SCORE_THRESHOLD)
         if zoom_setting is not None:
-            dets = _with_zoom(model, images, dets, targets, cameras, zoom_setting, amp)
+            dets = _with_zoom(model, images, dets, targets, cameras, zoom_setting, amp, main_camera,
+                              config.perception.learned.nms_iou)
         preds, gts = [], []
         for det, tgt in zip(dets, targets):
             scale = tgt["scale"].repeat(2)                                        # (4,) sx, sy, sx, sy
@@ -186,12 +188,19 @@ def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *
 
 
 def _with_zoom(model: PerceptionNet, images: Tensor, dets: list[dict[str, Tensor]], targets: list[dict],
-               cameras: dict, setting: tuple[float, int, float], amp: bool) -> list[dict[str, Tensor]]:
-    """Each frame's detections joined with its horizon band's (perception/zoom.py), in the
-    model's pixels. ``images``: the batch (B, 3, H, W) at the model's input size."""
+               cameras: dict, setting: tuple[float, int, float], amp: bool, main: str | None,
+               nms_iou: float) -> list[dict[str, Tensor]]:
+    """The detections of each frame of the ``main`` camera (None: every frame) joined with its
+    horizon band's (perception/zoom.py), in the model's pixels, as the stage joins them.
+    ``images``: the batch (B, 3, H, W) at the model's input size. Where that is the camera's own
+    size (the shipped model's), the band's pixels and boxes are the stage's; at another input
+    size the band is cut from the frame scaled to it, and the zoom's pixel limits count in its
+    pixels, not the camera's."""
     _, _, H, W = images.shape
     bands: dict[tuple, list[int]] = {}
     for i, tgt in enumerate(targets):
+        if main is not None and tgt["camera"] not in (main, ""):
+            continue  # the stage zooms its main camera only
         K, T, _ = cameras.get(tgt["camera"]) or next(iter(cameras.values()))
         sx, sy = (float(v) for v in tgt["scale"])
         band = zoom_view(H, W, geometry.scale_intrinsics(K, sx, sy), T, (H, W), rows=setting[1], scale=setting[0],
@@ -214,7 +223,7 @@ def _with_zoom(model: PerceptionNet, images: Tensor, dets: list[dict[str, Tensor
         for i, band_det in zip(idx, model.decode(raw, score_threshold=AP_SCORE_THRESHOLD, with_seg=False)):
             boxes, scores, labels = merge((dets[i]["boxes"], dets[i]["scores"], dets[i]["labels"]),
                                           (band_det["boxes"].float() * scale + shift, band_det["scores"],
-                                           band_det["labels"]), band, MATCH_IOU, taken)
+                                           band_det["labels"]), band, nms_iou, taken)
             out[i] = {**dets[i], "boxes": boxes, "scores": scores, "labels": labels}
     return out
 

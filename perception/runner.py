@@ -252,11 +252,14 @@ class NetworkRunner:
         shape (50 ms on the first frame), the first decode paid 30 ms, and the first two
         preprocesses of three frames 12-18 ms (the allocator takes fresh pages for the 11 MB
         tensors until it keeps them), which put the second frame of every measured drive over
-        its budget."""
+        its budget. The shapes go in one call, in their order, as a tick sends them, so that each
+        call slot's kept buffers are the ones the ticks use."""
+        frames, sizes = [], []
         for n, size in shapes or [(batch, self.input_size)]:
-            frames = [np.zeros((*size, 3), np.uint8)] * n
-            for _ in range(3):
-                self.run(frames, sizes=[size] * n)
+            frames += [np.zeros((*size, 3), np.uint8)] * n
+            sizes += [tuple(size)] * n
+        for _ in range(3):
+            self.run(frames, sizes=sizes)
 
     @property
     def path(self) -> dict:

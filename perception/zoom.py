@@ -73,13 +73,13 @@ def zoom_view(height: int, width: int, K, T_ego_cam, input_size: tuple[int, int]
         return None
     horizon = elevation_row(K, T_ego_cam, 0.0)
     in_h, in_w = input_size
-    band = min(int(round(rows * height / in_h)), height)           # camera rows
+    band = min(max(int(round(rows * height / in_h)), 1), height)   # camera rows
     if horizon is None or not 0.0 <= horizon < height:
         return None
     top = min(max(int(round(horizon - ZOOM_ABOVE * band)), 0), height - band)
-    columns = min(int(round(width * width_share)), width)
+    columns = min(max(int(round(width * width_share)), 1), width)
     left = (width - columns) // 2
-    size = (int(round(band * in_h / height * scale)), int(round(columns * in_w / width * scale)))
+    size = (max(int(round(band * in_h / height * scale)), 1), max(int(round(columns * in_w / width * scale)), 1))
     return Band(top, top + band, left, left + columns, size)
 
 

@@ -48,7 +48,8 @@ def migrate_config(data: dict) -> dict:
     """A recorded config in today's schema. `controller.mpc.input_delay_s` (the whole delay
     the MPC compensated, set by hand) became `actuator_lag_s` (what it compensates beyond the
     delay the runtime charges): the same compensation is the old value less the tick the
-    recorded time model charged (none under `ideal`)."""
+    recorded time model charged (none under `ideal`). A learned stage recorded before
+    `perception.learned.horizon_zoom` existed read no zoom: it replays with the zoom off."""
     mpc = data.get("controller", {}).get("mpc", {})
     if "input_delay_s" in mpc:
         runtime, dt = data.get("runtime", {}), float(data.get("sim", {}).get("dt_s", 0.05))
@@ -60,6 +61,9 @@ def migrate_config(data: dict) -> dict:
             ticks = math.floor(budget_s / dt + 0.5)
             charged = (max(ticks, 1) if runtime.get("pipelined") else ticks) * dt
         mpc["actuator_lag_s"] = round(max(0.0, float(mpc.pop("input_delay_s")) - charged), 9)
+    learned = data.get("perception", {}).get("learned")
+    if isinstance(learned, dict) and "horizon_zoom" not in learned:
+        learned["horizon_zoom"] = 1.0  # recorded before the stage had a horizon zoom: it read none
     return data
 
 

@@ -131,3 +131,16 @@ def test_the_stage_reads_the_band_where_its_point_does_and_boxes_more_far_cars()
     assert sizes["main_only"] == {((360, 640), (160, 864))} and sizes["main_unzoomed"] == {((360, 640),)}
     assert "zoom" in parts["main_only"] and "zoom" not in parts["main_unzoomed"]
     assert found["main_only"] >= found["main_unzoomed"] + 5, (found, sum(map(len, small)))
+
+
+def test_a_recording_made_before_the_zoom_replays_without_it():
+    """A recording holds its whole config; one without `horizon_zoom` was made by a stage that
+    read no zoom, so it replays with the zoom off (pipeline/recording.py migrate_config), and
+    a recording that has the key keeps its value."""
+    from stagepilot.pipeline.recording import migrate_config
+
+    old = {"perception": {"kind": "learned", "learned": {"operating_point": "main_only", "nms_iou": 0.5}}}
+    assert migrate_config(old)["perception"]["learned"]["horizon_zoom"] == 1.0
+    new = {"perception": {"learned": {"horizon_zoom": 2.0}}}
+    assert migrate_config(new)["perception"]["learned"]["horizon_zoom"] == 2.0
+    assert migrate_config({"perception": {"kind": "perfect"}}) == {"perception": {"kind": "perfect"}}
