@@ -63,12 +63,13 @@ def test_the_band_places_a_far_car_and_leaves_the_rest_to_the_whole_frame():
     # the stage's form: numpy boxes and class names give the same
     b, s, names = zoom.merge_arrays(whole[0].numpy(), whole[1].numpy(), ["vehicle", "vehicle"],
                                     zoomed[0].numpy() - [0, 131, 0, 131], zoomed[1].numpy(),  # in the band's crop
-                                    ["vehicle", "vehicle", "vehicle", "static_obstacle", "pedestrian"], band, 0.5)
-    assert np.allclose(b, boxes.numpy()) and names == ["vehicle", "vehicle", "static_obstacle", "pedestrian"]
-    # the band's boxes count for what the stage places on the ground, not for traffic lights
-    _, _, names = zoom.merge_arrays(np.zeros((0, 4)), np.zeros(0), [], np.array([[300, 30, 306, 44]]), np.array([0.9]),
-                                    ["traffic_light_red"], band, 0.5)
-    assert names == []
+                                    ["vehicle", "vehicle", "vehicle", "static_obstacle", "static_obstacle"], band, 0.5)
+    assert np.allclose(b, boxes.numpy()) and names == ["vehicle", "vehicle", "static_obstacle", "static_obstacle"]
+    # the band's boxes count for vehicles and obstacles, not for traffic lights or walkers
+    for name in ("traffic_light_red", "pedestrian"):
+        _, _, names = zoom.merge_arrays(np.zeros((0, 4)), np.zeros(0), [], np.array([[300, 30, 306, 44]]),
+                                        np.array([0.9]), [name], band, 0.5)
+        assert names == [], name
     # a band narrower than the frame: a box on its side edge is cut too
     narrow = zoom.Band(131, 211, 104, 536, (160, 864))
     side = _dets((530, 170, 537, 176, 0.9, 0))
