@@ -58,7 +58,7 @@ from stagepilot.perception.runner import (  # noqa: F401  (re-exported: the stag
     select_device,
 )
 from stagepilot.perception.tracking import Measurement, Tracker
-from stagepilot.perception.zoom import Band, merge_arrays, zoom_of
+from stagepilot.perception.zoom import merge_arrays, zoom_of
 
 # network class -> Detection.kind
 KINDS = {"vehicle": "vehicle", "pedestrian": "pedestrian", "static_obstacle": "static"}
@@ -258,8 +258,7 @@ class LearnedPerception:
     def _zoomed(self, whole: NetworkOutput, band: NetworkOutput, view: operating.View) -> NetworkOutput:
         """The main camera's output with the horizon band's boxes joined (perception/zoom.py)."""
         boxes, scores, labels = merge_arrays(whole.boxes, whole.scores, whole.labels, band.boxes, band.scores,
-                                             band.labels, Band(view.top, view.bottom, view.left, view.right, view.size),
-                                             self.config.nms_iou)
+                                             band.labels, view, self.config.nms_iou)
         return NetworkOutput(boxes, scores, labels, whole.seg, whole.nonfinite)
 
     # ---- objects -----------------------------------------------------------------------------

@@ -91,7 +91,9 @@ def merge(whole: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The whole frame's detections and the band's, as (boxes (N, 4) xyxy, scores (N,), labels
     (N,) int) each, both in the whole frame's pixels -> one set (module docstring), highest
-    score first. ``classes``: the labels the band's boxes are taken for (None: all)."""
+    score first. ``band``: a Band, or anything with its top, bottom, left and right (the stage
+    passes its operating View of the band). ``classes``: the labels the band's boxes are taken
+    for (None: all)."""
     taken = _small_inside(zoomed[0], band)
     if classes is not None:
         taken &= torch.isin(zoomed[2].long(), torch.tensor(classes, dtype=torch.long))
