@@ -55,9 +55,11 @@ def test_the_band_places_a_far_car_and_leaves_the_rest_to_the_whole_frame():
                    (302, 150, 306, 160, 0.60, 2),          # another class on the same pixels stays
                    (500, 170, 508, 176, 0.50, 1))          # something only the band sees
     boxes, scores, labels = zoom.merge(whole, zoomed, band, nms_iou=0.5)
-    got = {(tuple(round(v, 1) for v in b), round(float(s), 2), int(c))
+    got = {(tuple(round(v, 2) for v in b), round(float(s), 2), int(c))
            for b, s, c in zip(boxes.tolist(), scores, labels)}
-    assert got == {((300.5, 160.5, 308.5, 167.5), 0.8, 0), ((100.0, 100.0, 220.0, 200.0), 0.9, 0),
+    # the far car seen twice is one box between the two, nearer the surer, and surer than either
+    # (1 - 0.2 * 0.55): (300.5 * 0.8 + 300 * 0.45) / 1.25 = 300.32
+    assert got == {((300.32, 160.32, 308.68, 167.68), 0.89, 0), ((100.0, 100.0, 220.0, 200.0), 0.9, 0),
                    ((302.0, 150.0, 306.0, 160.0), 0.6, 2), ((500.0, 170.0, 508.0, 176.0), 0.5, 1)}
     assert scores.tolist() == sorted(scores.tolist(), reverse=True)
     # the stage's form: numpy boxes and class names give the same
@@ -75,6 +77,14 @@ def test_the_band_places_a_far_car_and_leaves_the_rest_to_the_whole_frame():
     side = _dets((530, 170, 537, 176, 0.9, 0))
     assert len(zoom.merge(_dets(), side, narrow, nms_iou=0.5)[0]) == 0
     assert len(zoom.merge(_dets(), side, band, nms_iou=0.5)[0]) == 1
+    # twins pair one to one, and only within a class and by TWIN_IOU: a second band box on the
+    # car pairs with nothing and NMS drops it; a band box overlapping a frame box by less stays
+    whole = _dets((300, 160, 309, 168, 0.45, 0), (320, 160, 328, 168, 0.5, 0))
+    zoomed = _dets((300, 160, 309, 168, 0.40, 0), (300, 161, 309, 168, 0.30, 0), (325, 160, 333, 168, 0.6, 0))
+    boxes, scores, labels = zoom.merge(whole, zoomed, band, nms_iou=0.5)
+    assert torch.allclose(scores, torch.tensor([0.67, 0.6, 0.5])), scores  # 1 - 0.55 * 0.6; the rest alone
+    assert torch.allclose(boxes[0], torch.tensor([300.0, 160, 309, 168]))
+    assert zoom.box_iou(torch.tensor([[320.0, 160, 328, 168]]), torch.tensor([[325.0, 160, 333, 168]])) < zoom.TWIN_IOU
     # nothing from the band: the whole frame's boxes, as they were
     empty = _dets()
     boxes, scores, labels = zoom.merge(whole, empty, band, nms_iou=0.5)
