@@ -75,6 +75,7 @@ class Choice:
     by: str
     ms: dict[str, float] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # candidate -> why it could not be set up
+    left_out: dict[str, str] = field(default_factory=dict)  # path -> why it was not a candidate
 
     def describe(self) -> dict:
         out = {"chosen_by": self.by}
@@ -82,6 +83,8 @@ class Choice:
             out["candidates_ms"] = dict(self.ms)
         if self.failed:
             out["candidates_failed"] = dict(self.failed)
+        if self.left_out:
+            out["left_out"] = dict(self.left_out)
         return out
 
 
@@ -106,14 +109,28 @@ def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def candidates(precision: str, native_bf16: bool, onnx_available: bool, openvino_available: bool = False) -> list[NetPath]:
+def isa_capped() -> str | None:
+    """The instruction set oneDNN is capped at (``ONEDNN_MAX_CPU_ISA`` or ``DNNL_MAX_CPU_ISA``, as
+    scripts/avx2_only.sh sets them to emulate an older CPU), None when it is not."""
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        cap = os.environ.get(name, "").strip()
+        if cap and cap.upper() not in ("ALL", "DEFAULT"):
+            return cap
+    return None
+
+
+def candidates(precision: str, native_bf16: bool, onnx_available: bool, openvino_available: bool = False,
+               capped: bool = False) -> list[NetPath]:
     """The CPU paths a `backend: auto` config allows: bf16 only where the CPU runs bf16 natively
     (emulated bf16 is slower than fp32 everywhere), onnxruntime only in fp32; OpenVINO in fp32,
-    and in bf16 where the CPU has it."""
+    and in bf16 where the CPU has it. ``capped``: oneDNN's instruction set is capped
+    (``isa_capped``); onnxruntime is then left out, since its own kernels read the CPU and ignore
+    the cap (on an AVX-512 EPYC capped at AVX2 it ran its AVX-512 kernels), so its time would be
+    the uncapped CPU's and the choice not the emulated one's."""
     bf16 = precision == "bf16" or (precision == "auto" and native_bf16)
     fp32 = precision != "bf16"
     paths = ([TORCH_FP32] if fp32 else []) + ([TORCH_BF16] if bf16 else [])
-    if onnx_available and fp32:
+    if onnx_available and fp32 and not capped:
         paths.append(ONNX_FP32)
     if openvino_available:
         paths += ([OPENVINO_FP32] if fp32 else []) + ([OPENVINO_BF16] if bf16 else [])

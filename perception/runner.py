@@ -14,7 +14,6 @@ import contextlib
 import copy
 import functools
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,8 @@ from stagepilot.perception.checkpoint import load_checkpoint
 from stagepilot.perception.decode import stage_class_map
 from stagepilot.perception.network import PerceptionNet
 from stagepilot.perception.paths import (ONNX_FP32, OPENVINO_BF16, OPENVINO_FP32, TORCH_BF16, TORCH_FP32, Choice,
-                                         candidates, choosing, fastest, installed, measure, memory_key, remember)
+                                         candidates, choosing, fastest, installed, isa_capped, measure, memory_key,
+                                         remember)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED_CHECKPOINT = WEIGHTS_DIR / "mtl_mbv3small_fpn96_s48_seg4_cs.pt"
@@ -55,8 +55,8 @@ def native_bf16(device: torch.device) -> bool:
     as scripts/avx2_only.sh sets it); emulated bf16 on other CPUs is slower than fp32."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
-    if cap and cap not in ("ALL", "DEFAULT") and not any(isa in cap for isa in ("BF16", "FP16", "AMX", "AVX10")):
+    cap = (isa_capped() or "").upper()
+    if cap and not any(isa in cap for isa in ("BF16", "FP16", "AMX", "AVX10")):
         return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -165,17 +165,21 @@ class NetworkRunner:
             return self._use(Choice(OPENVINO_BF16 if bf16 else OPENVINO_FP32, "configured"))
         if not cpu or config.backend == "torch":
             return self._use(Choice(TORCH_BF16 if bf16 else TORCH_FP32, "configured"))
-        allowed = candidates(config.precision, native_bf16(self.device), installed("onnxruntime"), installed("openvino"))
+        cap = isa_capped()
+        allowed = candidates(config.precision, native_bf16(self.device), installed("onnxruntime"), installed("openvino"),
+                             capped=cap is not None)
+        left_out = ({ONNX_FP32.name: f"its kernels read the CPU and ignore oneDNN's cap at {cap}"}
+                    if cap and installed("onnxruntime") and config.precision != "bf16" else {})
         if len(allowed) == 1:
-            return self._use(Choice(allowed[0], "configured"))
+            return self._use(Choice(allowed[0], "configured", left_out=left_out))
         shapes = [(int(n), tuple(size)) for n, size in shapes or [(batch, self.input_size)]]
         work = "" if shapes == [(batch, self.input_size)] else ";".join(f"{n}x{h}x{w}" for n, (h, w) in shapes)
         key = memory_key(self._digest, self.input_size, batch, self._threads(), allowed,
                          channels_last=self.memory_format == torch.channels_last, work=work)
         with choosing(key) as known:
-            if known is not None and known.path in allowed:
-                return self._use(known)
-            return self._use(self._measure(allowed, shapes, key))
+            choice = known if known is not None and known.path in allowed else self._measure(allowed, shapes, key)
+            choice.left_out = left_out
+            return self._use(choice)
 
     def choose_for(self, shapes: list[tuple[int, tuple[int, int]]]) -> None:
         """Choose the path again, timed on the work a tick sends: each (batch, (h, w)) of

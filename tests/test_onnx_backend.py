@@ -14,7 +14,7 @@ import torch
 
 from stagepilot.core.config import LearnedPerceptionConfig, load_stack
 from stagepilot.perception.paths import (ONNX_FP32, OPENVINO_BF16, OPENVINO_FP32, TORCH_BF16, TORCH_FP32, candidates,
-                                         cpu_identity)
+                                         cpu_identity, isa_capped)
 from stagepilot.perception import runner as runner_module
 from stagepilot.perception.runner import NetworkRunner, native_bf16
 from stagepilot.sim.scenario import load_scenario
@@ -87,6 +87,28 @@ def test_a_cpu_capped_below_bf16_is_not_a_bf16_cpu(monkeypatch) -> None:
         TORCH_FP32, TORCH_BF16, ONNX_FP32, OPENVINO_FP32, OPENVINO_BF16]
     assert candidates("bf16", native_bf16=True, onnx_available=True, openvino_available=True) == [
         TORCH_BF16, OPENVINO_BF16]
+
+
+def test_an_emulated_cpu_leaves_out_the_path_its_cap_does_not_reach(tmp_path, monkeypatch) -> None:
+    """onnxruntime picks its kernels from the CPU itself, so under oneDNN's cap its time is the
+    uncapped CPU's: `auto` leaves it out, and run.json's path says so."""
+    monkeypatch.setenv("STAGEPILOT_CACHE", str(tmp_path))
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    assert isa_capped() is None
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")
+    assert isa_capped() is None
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")
+    assert isa_capped() == "AVX2"
+    assert candidates("auto", native_bf16=False, onnx_available=True, openvino_available=True, capped=True) == [
+        TORCH_FP32, OPENVINO_FP32]
+    runner = NetworkRunner(LearnedPerceptionConfig(threads=2, precision="fp32"), batch=1)
+    assert runner.path["backend"] != "onnxruntime" and "onnxruntime-float32" not in runner.path["candidates_ms"]
+    assert "AVX2" in runner.path["left_out"]["onnxruntime-float32"]
+    again = NetworkRunner(LearnedPerceptionConfig(threads=2, precision="fp32"), batch=1)  # remembered: still says so
+    assert again.path["chosen_by"] == "remembered" and "onnxruntime-float32" in again.path["left_out"]
+    pinned = NetworkRunner(LearnedPerceptionConfig(backend="onnxruntime", threads=2), batch=1)  # a pin is the user's
+    assert pinned.path["backend"] == "onnxruntime"
 
 
 def test_auto_times_the_allowed_paths_on_the_stage_batch_keeps_the_fastest_and_remembers_it(tmp_path, monkeypatch):
