@@ -58,9 +58,11 @@ def _time_interleaved(fns: list[Callable[[], Any]], iters: int, warmup: int,
 
 def bench_perception(learned: LearnedPerceptionConfig, iters: int = 30, warmup: int = 5,
                      threads: int | None = None, *, architecture: str | None = None,
-                     input_size: tuple[int, int] | None = None) -> dict:
+                     input_size: tuple[int, int] | None = None, camera=None) -> dict:
     """``learned``: the stack config's ``perception.learned``. Architecture and input size default
-    to its checkpoint's (else the model's defaults)."""
+    to its checkpoint's (else the model's defaults). ``camera``: the rig's main camera (a
+    CameraConfig: the stack config's first ``sim.cameras`` entry), whose horizon band the stage
+    reads again magnified (perception/zoom.py) and is timed with the frame; None: the frame alone."""
     from torchvision.models.detection import ssdlite320_mobilenet_v3_large
     from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
@@ -102,10 +104,11 @@ def bench_perception(learned: LearnedPerceptionConfig, iters: int = 30, warmup: 
 
     fns = [run_ours, run_pair]
     zoom = zoom_of(learned)
-    band = zoom and zoom_view(INPUT_H, INPUT_W, pinhole_intrinsics(INPUT_W, INPUT_H, 90.0),
-                              camera_pose(1.5, 0.0, 1.6, 0.0, 3.0, 0.0), stage.input_size, rows=zoom[1], scale=zoom[0],
-                              width_share=zoom[2])
-    if band:  # the default front camera's band (90 deg, 3 deg down)
+    band = zoom and camera is not None and zoom_view(
+        INPUT_H, INPUT_W, pinhole_intrinsics(INPUT_W, INPUT_H, camera.fov_deg),
+        camera_pose(camera.x, camera.y, camera.z, camera.roll_deg, camera.pitch_deg, camera.yaw_deg),
+        stage.input_size, rows=zoom[1], scale=zoom[0], width_share=zoom[2])
+    if band:  # the main camera's band, its pose and field of view on the bench's 640x360 frame
         frames, sizes = [rgb, rgb[band.top:band.bottom, band.left:band.right]], [stage.input_size, band.size]
 
         def run_ours_zoomed():

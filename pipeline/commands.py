@@ -153,7 +153,8 @@ def bench_perception(args) -> int:
     config = load_stack(args.config, args.overrides)
     _print_result(bench_perception(config.perception.learned, iters=args.iters, warmup=args.warmup,
                                    threads=args.threads, architecture=args.architecture,
-                                   input_size=tuple(args.input_size) if args.input_size else None), args.json)
+                                   input_size=tuple(args.input_size) if args.input_size else None,
+                                   camera=next(iter(config.sim.cameras.values()), None)), args.json)
     return 0
 
 
