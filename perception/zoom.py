@@ -118,7 +118,7 @@ def merge(whole: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     single[frame_at] = False
     if len(band_at):
         a, b = zs[band_at, None], ws[frame_at, None]
-        zb[band_at] = (zb[band_at] * a + wb[frame_at] * b) / (a + b)
+        zb[band_at] = (zb[band_at] * a + wb[frame_at] * b) / (a + b).clamp_min(1e-6)
         zs[band_at] = 1.0 - (1.0 - zs[band_at]) * (1.0 - ws[frame_at])
     boxes, scores, labels = torch.cat([wb[single], zb]), torch.cat([ws[single], zs]), torch.cat([wl[single], zl])
     kept = batched_nms(boxes, scores, labels, nms_iou)              # sorted by score
