@@ -42,7 +42,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -53,6 +52,7 @@ from stagepilot.perception.checkpoint import load_checkpoint
 from stagepilot.perception.data import PerceptionDataset, collate
 from stagepilot.perception.labels import IGNORE_INDEX
 from stagepilot.perception.network import PerceptionNet
+from stagepilot.perception.runner import scale_frame
 from stagepilot.perception.zoom import ZOOM_CLASSES, merge, zoom_of, zoom_view
 from stagepilot.core.config import ConfigError, StackConfig
 from torch.utils.data import DataLoader
@@ -213,7 +213,7 @@ def _with_zoom(model: PerceptionNet, images: Tensor, dets: list[dict[str, Tensor
         (h, w), top, left = band.size, band.top, band.left
         pixels = (images[idx, :, top:band.bottom, left:band.right].mul(255.0).round_().to(torch.uint8)
                   .permute(0, 2, 3, 1).cpu().numpy())
-        zoomed = np.stack([cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR) for p in pixels])
+        zoomed = np.stack([scale_frame(p, (h, w)) for p in pixels])  # as the stage's runner scales it
         x = torch.from_numpy(zoomed).permute(0, 3, 1, 2).float().div_(255.0).to(images.device)
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
             raw = model(x.contiguous(memory_format=torch.channels_last))

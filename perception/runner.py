@@ -49,6 +49,13 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def scale_frame(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An (H, W, 3) uint8 frame at ``size`` (h, w): as it is when it has that size, else scaled as
+    8-bit pixels with OpenCV's bilinear interpolation, as the stage scales its frames and bands."""
+    h, w = size
+    return image if image.shape[:2] == (h, w) else cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 def native_bf16(device: torch.device) -> bool:
     """Does this device run bf16 natively? CUDA: torch says so. CPU: the processor has AVX-512 BF16
     or AMX (Linux /proc/cpuinfo flags) and oneDNN is not capped below them (``ONEDNN_MAX_CPU_ISA``,
@@ -297,8 +304,7 @@ class NetworkRunner:
         if isinstance(images, np.ndarray):
             images = [images]
         h, w = size = tuple(size or self.input_size)
-        images = [img if img.shape[:2] == size else cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
-                  for img in images]
+        images = [scale_frame(img, size) for img in images]
         if buffer is None or self.device.type != "cpu":
             x = torch.from_numpy(np.ascontiguousarray(np.stack(images))).to(self.device, non_blocking=True)
             x = x.permute(0, 3, 1, 2).float().div_(255.0)                                     # (B, 3, h, w)
