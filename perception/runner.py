@@ -173,10 +173,10 @@ class NetworkRunner:
         if not cpu or config.backend == "torch":
             return self._use(Choice(TORCH_BF16 if bf16 else TORCH_FP32, "configured"))
         cap = isa_capped()
-        allowed = candidates(config.precision, native_bf16(self.device), installed("onnxruntime"), installed("openvino"),
-                             capped=cap is not None)
-        left_out = ({ONNX_FP32.name: f"its kernels read the CPU and ignore oneDNN's cap at {cap}"}
-                    if cap and installed("onnxruntime") and config.precision != "bf16" else {})
+        runtimes = (config.precision, native_bf16(self.device), installed("onnxruntime"), installed("openvino"))
+        allowed = candidates(*runtimes, capped=cap is not None)
+        left_out = {path.name: f"its kernels read the CPU and ignore oneDNN's cap at {cap}"
+                    for path in candidates(*runtimes) if path not in allowed}
         if len(allowed) == 1:
             return self._use(Choice(allowed[0], "configured", left_out=left_out))
         shapes = [(int(n), tuple(size)) for n, size in shapes or [(batch, self.input_size)]]

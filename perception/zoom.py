@@ -27,10 +27,9 @@ independent; they are not wholly, so the rule was chosen on tuning sets, below).
 6x8 px car each miss its edges by a pixel or so, and their mean misses by less; a far car both
 views find at 0.2 is likelier there than either alone says. Then one non-maximum suppression
 per class keeps the surer of any boxes left on one object. On the tuning sets (collect seeds
-9-11, 1568 vehicles under 12 px) joining
-twins lifted their recall from 0.856 to 0.887 (seed 11, the hardest, 0.825 to 0.871) against
-keeping the surer of the two, and moved vehicle AP by -0.002 to +0.009 (docs/perception.md,
-"The horizon zoom").
+9-11, 1568 vehicles under 12 px) joining twins lifted their recall from 0.856 to 0.887 (seed
+11, the hardest, 0.825 to 0.871) against keeping the surer of the two, and moved vehicle AP by
+-0.002 to +0.009 (docs/perception.md, "The horizon zoom").
 The learned stage (perception/learned.py) and the evaluation (perception/evaluate.py) both use
 this module, so the figures the model card states are the stage's.
 """
