@@ -238,7 +238,7 @@ class LearnedPerceptionConfig(Strict):
     operating_point: Literal["auto", "full", "side_band", "side_band_in_turn", "main_only",
                              "main_unzoomed", "main_reduced"] = "auto"
     side_band_elevation_deg: float = Field(10.0, ge=-20.0, le=60.0)  # [deg] the side cameras' band ends this far above the horizon
-    network_share: float = Field(0.45, gt=0.0, le=1.0)
+    network_share: float = Field(0.35, gt=0.0, le=1.0)
     # The horizon zoom (perception/zoom.py): the main camera's band of horizon_zoom_rows rows (at
     # the network's input scale) around the horizon and horizon_zoom_width of its width, read again
     # magnified horizon_zoom times, so

@@ -27,16 +27,17 @@ last, and keeps the main camera (road, lights, what lies ahead) whole at every s
   docs/perception.md, "Operating points".
 
 ``operating_point: auto`` times each step's network work per tick on the path the runner chose
-(perception/paths.py) and takes the first whose median fits ``network_share`` of the stage's
-budget (the rest of the stage, its decode, placement, tracking and road, and the network's own
-tail above its median need the remainder: a point timed at 20.6 ms ran at p50 25 / p99 43 ms
-inside a drive before the stage's page faults were removed; with them gone, one timed at 16.8 ms
-ran at p50 19.8 / p99 28.9 ms, so the share is 0.45, not 0.6); when none fits, the cheapest,
-and says so. The
-choice is remembered per machine like the path, so a machine drives the same way every time.
-A point that sends what an earlier one sends is not timed again: a one-camera rig has three points,
-``full`` (the frame and its horizon zoom), ``main_unzoomed`` and ``main_reduced`` (two with the
-zoom off).
+(perception/paths.py), with the threads the stage gives it (torch on one thread beside
+onnxruntime or OpenVINO, perception/runner.py ``torch_on_one_thread``), and takes the first whose
+median fits ``network_share`` of the stage's budget. The rest of the stage (decode, placement,
+tracking, road) and the network's own tail above its median need the remainder: on a 2-core AMD
+EPYC with bf16, ``main_only`` timed at 11.7 ms ran at p50 20.7 / p99 27.8 ms in a measured drive
+and ``side_band_in_turn`` timed at 17.1 ms at p50 26.7 / p99 33.2 ms, so the stage's p99 is about
+the timed figure plus 16 ms, and the share is 0.35 (14 ms of 40). When none fits, the cheapest,
+and says so. The choice is remembered per machine like the path, so a machine drives the same
+way every time. A point that sends what an earlier one sends is not timed again: a one-camera
+rig has three points, ``full`` (the frame and its horizon zoom), ``main_unzoomed`` and
+``main_reduced`` (two with the zoom off).
 
 That timing sees the network alone, in a quiet process. Inside a drive the whole stage's tail can
 be far longer than its median says: on a 2-core AMD EPYC with bf16 ``full`` was timed at 15.0 ms
@@ -304,8 +305,15 @@ def choose(runner, setting: str, cameras: list, elevation_deg: float, budget_ms:
         for name, groups in ladder.items():
             xs = [torch.rand(len(idx), 3, *size, generator=torch.Generator().manual_seed(0))
                   .contiguous(memory_format=runner.memory_format) for size, idx in groups.items()]
-            runs[name] = (lambda xs=xs: [runner.forward(x) for x in xs])
+            runs[name] = (lambda xs=xs: _as_stage(runner, xs))
         ms = paths.measure(runs)
         point = next((p for p in LADDER if p.name in ms and ms[p.name] <= target), LADDER[-1])
         paths.store(key, {"point": point.name, "ms": ms, "target_ms": target})
         return PointChoice(point, "measured", target, ms, key, tuple(ladder))
+
+
+def _as_stage(runner, xs: list[torch.Tensor]) -> list:
+    """``runner``'s network on each batch of ``xs`` with the threads the stage gives it
+    (perception/runner.py ``side_work``), so that a point is timed as it will run."""
+    with runner.side_work():
+        return [runner.forward(x) for x in xs]

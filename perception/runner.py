@@ -127,6 +127,24 @@ def nonfinite_heads(raw: dict, strides: tuple[int, ...]) -> tuple[str, ...]:
     return tuple(name for name, total in zip(heads, sums) if not math.isfinite(total))
 
 
+@contextlib.contextmanager
+def torch_on_one_thread():
+    """torch on one thread for the work around a network that onnxruntime or OpenVINO runs
+    (scaling, the finite check, decoding: small tensors), and while such a network is timed. With
+    more, torch's OpenMP threads spin after each parallel op and take a core from the runtime's
+    own threads: on a 2-core AVX2-only AMD EPYC, 900 frames at main_reduced ran the network at p50
+    16.4 ms, both cores busy (2 % idle), and 12.4-14.5 ms with torch on one thread around it (17-19
+    % idle); 40 s measured drives taken in turn missed 10 and 25 of 801 frames without, 5 and 10
+    with. Timed without it, the operating points read 1.3-1.5x slower than the stage runs them (a
+    2-core AMD EPYC with bf16, OpenVINO: main_only 16.7 against 11.3 ms, full 30.5 against 23.4)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class NetworkRunner:
     """A checkpoint on its device with the inference settings of ``LearnedPerceptionConfig``."""
 
@@ -216,8 +234,10 @@ class NetworkRunner:
             cast = (torch.autocast("cpu", dtype=torch.bfloat16) if path == TORCH_BF16
                     else contextlib.nullcontext())  # taken now: one per path, not the runner's last
 
-            def run(session=session, cast=cast):
-                with torch.inference_mode(), cast:
+            around = torch_on_one_thread if session is not None else contextlib.nullcontext  # as the stage runs it
+
+            def run(session=session, cast=cast, around=around):
+                with torch.inference_mode(), cast, around():
                     return [self.model(x) if session is None else session(x) for x in xs]
             runs[path.name] = run
         ms = measure(runs)
@@ -342,7 +362,7 @@ class NetworkRunner:
         network input (h, w) of each frame (default: the checkpoint's); frames of one size and
         shape go through the network as one batch. Boxes come back in each frame's own pixels.
         `spans` (core/spans.py) gets the parts: preprocess, network, decode."""
-        with self._side_work():
+        with self.side_work():
             return self._run(images, spans or Spans(), sizes or [self.input_size] * len(images))
 
     def _run(self, images: list[np.ndarray], spans: Spans, sizes: list[tuple[int, int]]) -> list[NetworkOutput]:
@@ -365,23 +385,10 @@ class NetworkRunner:
                     outputs[i] = out
         return outputs
 
-    @contextlib.contextmanager
-    def _side_work(self):
-        """torch on one thread for the work around a network that onnxruntime or OpenVINO runs
-        (scaling, the finite check, decoding: small tensors). With more, torch's OpenMP threads spin after each
-        parallel op and take a core from the runtime's own threads: on a 2-core AVX2-only AMD
-        EPYC, 900 frames at main_reduced ran the network at p50 16.4 ms, both cores busy (2 %
-        idle), and 12.4-14.5 ms with torch on one thread around it (17-19 % idle); 40 s measured
-        drives taken in turn missed 10 and 25 of 801 frames without, 5 and 10 with."""
-        if self.session is None:
-            yield
-            return
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)
+    def side_work(self) -> contextlib.AbstractContextManager:
+        """The threads around this runner's network as the stage runs it: torch on one thread
+        when onnxruntime or OpenVINO runs the network (``torch_on_one_thread``), as it is."""
+        return torch_on_one_thread() if self.session is not None else contextlib.nullcontext()
 
     def _decode(self, images: list[np.ndarray], raw: dict, size: tuple[int, int], with_seg: bool) -> list[NetworkOutput]:
         dets = self.model.decode(raw, score_threshold=self.min_score, nms_iou=self.config.nms_iou, with_seg=False)

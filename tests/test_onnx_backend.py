@@ -230,3 +230,47 @@ def test_torch_works_on_one_thread_around_a_network_another_runtime_runs(backend
     side = 1 if backend == "onnxruntime" else 2
     assert seen == {"preprocess": side, "forward": side, "_decode": side}
     assert torch.get_num_threads() == 2
+
+
+def test_paths_and_points_are_timed_with_the_threads_the_stage_gives_them(tmp_path, monkeypatch):
+    """`auto` times a network that onnxruntime runs with torch on one thread around it, as the stage
+    runs it (timed with torch's threads spinning beside it, the points read 1.3-1.5x slower than
+    they run), and the torch paths with every thread; the caller's count comes back after."""
+    from stagepilot.perception import operating
+    from stagepilot.perception.onnx_backend import OnnxHeads
+
+    monkeypatch.setenv("STAGEPILOT_CACHE", str(tmp_path))
+    torch.set_num_threads(2)
+    seen: dict[str, set[int]] = {}
+    own_call = OnnxHeads.__call__
+
+    def watched(self, x):
+        seen.setdefault("onnxruntime", set()).add(torch.get_num_threads())
+        return own_call(self, x)
+
+    monkeypatch.setattr(OnnxHeads, "__call__", watched)
+    own_forward = runner_module.PerceptionNet.forward
+
+    def torch_watched(self, x):
+        seen.setdefault("torch", set()).add(torch.get_num_threads())
+        return own_forward(self, x)
+
+    monkeypatch.setattr(runner_module.PerceptionNet, "forward", torch_watched)
+
+    def run_each(runs, **_):
+        for run in runs.values():
+            run()
+        return {name: float(i) for i, name in enumerate(reversed(list(runs)))}  # the last is "fastest"
+
+    monkeypatch.setattr(runner_module, "measure", run_each)
+    config = LearnedPerceptionConfig(precision="fp32", threads=2)
+    monkeypatch.setattr(runner_module, "candidates", lambda *a, **k: [TORCH_FP32, ONNX_FP32])
+    runner = NetworkRunner(config, batch=1)
+    assert runner.path["backend"] == "onnxruntime" and seen == {"onnxruntime": {1}, "torch": {2}}
+    assert torch.get_num_threads() == 2
+
+    seen.clear()
+    monkeypatch.setattr(operating.paths, "measure", run_each)
+    cameras = operating.spec_cameras(list(load_stack([], []).sim.cameras.values()))
+    operating.choose(runner, "auto", cameras, 10.0, 40.0, 0.35)
+    assert seen == {"onnxruntime": {1}} and torch.get_num_threads() == 2
