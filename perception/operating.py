@@ -28,7 +28,7 @@ last, and keeps the main camera (road, lights, what lies ahead) whole at every s
 
 ``operating_point: auto`` times each step's network work per tick on the path the runner chose
 (perception/paths.py), with the threads the stage gives it (torch on one thread beside
-onnxruntime or OpenVINO, perception/runner.py ``torch_on_one_thread``), and takes the first whose
+onnxruntime or OpenVINO, perception/paths.py ``torch_on_one_thread``), and takes the first whose
 median fits ``network_share`` of the stage's budget. The rest of the stage (decode, placement,
 tracking, road) and the network's own tail above its median need the remainder: on a 2-core AMD
 EPYC with bf16, ``main_only`` timed at 11.7 ms ran at p50 20.7 / p99 27.8 ms in a measured drive

@@ -241,3 +241,21 @@ def measure(runs: dict[str, callable], warmup: int = WARMUP, timed: int = TIMED)
 def fastest(ms: dict[str, float], allowed: list[NetPath]) -> NetPath:
     by_name = {p.name: p for p in allowed}
     return by_name[min(ms, key=ms.__getitem__)]
+
+
+@contextlib.contextmanager
+def torch_on_one_thread():
+    """torch on one thread for the work around a network that onnxruntime or OpenVINO runs
+    (scaling, the finite check, decoding: small tensors), and while such a network is timed. With
+    more, torch's OpenMP threads spin after each parallel op and take a core from the runtime's
+    own threads: on a 2-core AVX2-only AMD EPYC, 900 frames at main_reduced ran the network at p50
+    16.4 ms, both cores busy (2 % idle), and 12.4-14.5 ms with torch on one thread around it (17-19
+    % idle); 40 s measured drives taken in turn missed 10 and 25 of 801 frames without, 5 and 10
+    with. Timed without it, the operating points read 1.3-1.5x slower than the stage runs them (a
+    2-core AMD EPYC with bf16, OpenVINO: main_only 16.7 against 11.3 ms, full 30.5 against 23.4)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

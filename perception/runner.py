@@ -29,7 +29,7 @@ from stagepilot.perception.decode import stage_class_map
 from stagepilot.perception.network import PerceptionNet
 from stagepilot.perception.paths import (ONNX_FP32, OPENVINO_BF16, OPENVINO_FP32, TORCH_BF16, TORCH_FP32, Choice,
                                          candidates, choosing, fastest, installed, isa_capped, measure, memory_key,
-                                         remember)
+                                         remember, torch_on_one_thread)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED_CHECKPOINT = WEIGHTS_DIR / "mtl_mbv3small_fpn96_s48_seg4_cs.pt"
@@ -125,24 +125,6 @@ def nonfinite_heads(raw: dict, strides: tuple[int, ...]) -> tuple[str, ...]:
              **{f"box_s{s}": t for s, t in zip(strides, raw["box"])}, "seg": raw["seg"]}
     sums = torch.stack([t.sum(dtype=torch.float32) for t in heads.values()]).tolist()
     return tuple(name for name, total in zip(heads, sums) if not math.isfinite(total))
-
-
-@contextlib.contextmanager
-def torch_on_one_thread():
-    """torch on one thread for the work around a network that onnxruntime or OpenVINO runs
-    (scaling, the finite check, decoding: small tensors), and while such a network is timed. With
-    more, torch's OpenMP threads spin after each parallel op and take a core from the runtime's
-    own threads: on a 2-core AVX2-only AMD EPYC, 900 frames at main_reduced ran the network at p50
-    16.4 ms, both cores busy (2 % idle), and 12.4-14.5 ms with torch on one thread around it (17-19
-    % idle); 40 s measured drives taken in turn missed 10 and 25 of 801 frames without, 5 and 10
-    with. Timed without it, the operating points read 1.3-1.5x slower than the stage runs them (a
-    2-core AMD EPYC with bf16, OpenVINO: main_only 16.7 against 11.3 ms, full 30.5 against 23.4)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class NetworkRunner:
@@ -387,7 +369,8 @@ class NetworkRunner:
 
     def side_work(self) -> contextlib.AbstractContextManager:
         """The threads around this runner's network as the stage runs it: torch on one thread
-        when onnxruntime or OpenVINO runs the network (``torch_on_one_thread``), as it is."""
+        when onnxruntime or OpenVINO runs the network (perception/paths.py
+        ``torch_on_one_thread``), as it is."""
         return torch_on_one_thread() if self.session is not None else contextlib.nullcontext()
 
     def _decode(self, images: list[np.ndarray], raw: dict, size: tuple[int, int], with_seg: bool) -> list[NetworkOutput]:
