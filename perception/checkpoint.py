@@ -118,6 +118,33 @@ def load_checkpoint(path: str | Path, model: PerceptionNet | None = None, *,
     return model, meta
 
 
+def load_grown(path: str | Path, model: PerceptionNet, *,
+               map_location: str | torch.device = "cpu") -> tuple[PerceptionNet, dict[str, Any]]:
+    """Start ``model`` from a checkpoint of a smaller network that it grows -> (model, the
+    checkpoint's meta): the same network with more residual blocks after the stride-4 towers
+    (``r{n}`` in perception/network.py). Every weight of the checkpoint goes to its place; the new
+    blocks keep their initialisation, which is the identity, so the grown model computes what the
+    checkpoint's did (tests/test_perception_model.py). A checkpoint of the model's own architecture
+    loads as ``load_checkpoint``. CheckpointError when the model does not grow the checkpoint's."""
+    small, meta = load_checkpoint(path, map_location=map_location)
+    if small.architecture == model.architecture:
+        return load_checkpoint(path, model, map_location=map_location)
+    grows = (small.backbone, small.width, small.levels, small.box_param, small.input_size) == \
+        (model.backbone, model.width, model.levels, model.box_param, model.input_size) \
+        and small.residual4 < model.residual4 and small.classes == model.classes \
+        and small.seg_classes == model.seg_classes
+    if not grows:
+        raise CheckpointError(f"{path}: {model.architecture} does not grow the checkpoint's {small.architecture} "
+                              "(only more stride-4 residual blocks, r{n}, can be added)")
+    state = small.state_dict()
+    for name in ("cls_res4", "box_res4"):  # the blocks both have keep their trained weights
+        for key, value in model.state_dict().items():
+            if key.startswith(f"{name}.") and key not in state:
+                state[key] = value
+    model.load_state_dict(state)
+    return model, meta
+
+
 def load_backbone_weights(model: PerceptionNet, path: str | Path) -> None:
     """Load a local torchvision MobileNetV3 state dict (ImageNet weights; never downloaded) into the
     model's trunk stages C2..C5. Its ``features.N`` entries go to the stage that holds feature N;

@@ -26,9 +26,10 @@ Training targets and losses (quality focal loss in the shipped recipe, GIoU, cro
 Dice) are in perception/targets.py, decoding in perception/decode.py, checkpoint files in
 perception/checkpoint.py.
 
-Architecture strings read ``mtl_{backbone}_fpn{width}_s{levels}_seg4[_cs]``: backbone
+Architecture strings read ``mtl_{backbone}_fpn{width}_s{levels}[r{n}]_seg4[_cs]``: backbone
 ``mbv3small`` or ``mbv3large`` (C2 24 / C3 40 / C4 112 / C5 160 ch), FPN width, ``levels``
-``48`` (strides 4 and 8) or ``8`` (stride 8 alone), ``_cs`` for centre-size boxes, else FCOS's
+``48`` (strides 4 and 8) or ``8`` (stride 8 alone), ``r{n}`` for n residual blocks after each
+stride-4 tower (more capacity where far objects are found), ``_cs`` for centre-size boxes, else FCOS's
 distances to the four edges (``ltrb``). ``build_model()`` and ``PerceptionNet()`` without
 arguments give ``DEFAULT_ARCHITECTURE``, the ``ltrb`` variant.
 """
@@ -52,7 +53,7 @@ INPUT_SIZE = (360, 640)  # (H, W) of the front camera
 STRIDE = 8  # the FPN map's stride
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_ARCH_RE = re.compile(r"^mtl_(mbv3large|mbv3small)_fpn(\d+)_s(8|48)_seg4(_cs)?$")
+_ARCH_RE = re.compile(r"^mtl_(mbv3large|mbv3small)_fpn(\d+)_s(8|48)(?:r([1-9]))?_seg4(_cs)?$")
 CS_OFFSET_CELLS = 2.0  # ``_cs`` boxes: the centre lies within this many cells of the point (centre sampling: 1.5)
 DEFAULT_ARCHITECTURE = "mtl_mbv3small_fpn96_s48_seg4"
 # backbone -> (builder, feature slices for C2/C3/C4/C5, their channels)
@@ -74,10 +75,26 @@ def _sep_block(c: int) -> nn.Sequential:
     return nn.Sequential(_conv_bn_relu(c, c, 3, groups=c), _conv_bn_relu(c, c, 1))
 
 
+class _Residual(nn.Module):
+    """x + BN(pointwise(ReLU(BN(depthwise 3x3(x))))), its last BN's scale and shift starting at
+    zero (as ResNet's zero-gamma): a new block is the identity until it trains, so a network
+    grown by it (``checkpoint.load_grown``) starts out computing what the smaller one did."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.dw = _conv_bn_relu(c, c, 3, groups=c)
+        self.pw = nn.Conv2d(c, c, 1, bias=False)
+        self.bn = nn.BatchNorm2d(c)
+        nn.init.zeros_(self.bn.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.bn(self.pw(self.dw(x)))
+
+
 class PerceptionNet(nn.Module):
     def __init__(self, *, num_classes: int = len(CLASSES), num_seg_classes: int = len(SEG_CLASSES),
                  backbone: str = "mbv3small", width: int = 96, input_size: tuple[int, int] = INPUT_SIZE,
-                 levels: str = "48", box_param: str = "ltrb") -> None:
+                 levels: str = "48", box_param: str = "ltrb", residual4: int = 0) -> None:
         super().__init__()
         self.classes = CLASSES if num_classes == len(CLASSES) else tuple(f"class_{i}" for i in range(num_classes))
         self.seg_classes = (SEG_CLASSES if num_seg_classes == len(SEG_CLASSES)
@@ -88,7 +105,10 @@ class PerceptionNet(nn.Module):
             raise ValueError(f"unknown detection levels {levels!r} (8 or 48)")
         if box_param not in ("ltrb", "cs"):
             raise ValueError(f"unknown box parametrisation {box_param!r} (ltrb or cs)")
+        if residual4 and levels != "48":
+            raise ValueError("residual blocks at stride 4 need the stride-4 head (levels 48)")
         self.box_param = box_param
+        self.residual4 = residual4
         self.backbone = backbone
         self.width = width
         self.levels = levels
@@ -118,6 +138,9 @@ class PerceptionNet(nn.Module):
             self.box_tower4 = _sep_block(SEG4_WIDTH)
             self.cls_out4 = nn.Conv2d(SEG4_WIDTH, num_classes, 3, padding=1)
             self.box_out4 = nn.Conv2d(SEG4_WIDTH, 4, 3, padding=1)
+            # more stride-4 capacity (``r{n}``): n residual blocks after each stride-4 tower
+            self.cls_res4 = nn.Sequential(*(_Residual(SEG4_WIDTH) for _ in range(residual4)))
+            self.box_res4 = nn.Sequential(*(_Residual(SEG4_WIDTH) for _ in range(residual4)))
         dice = [self.seg_classes.index(c) for c in DICE_CLASSES if c in self.seg_classes]
         self.register_buffer("dice_index", torch.tensor(dice, dtype=torch.long), persistent=False)
         for cls_out in (self.cls_out, getattr(self, "cls_out4", None)):
@@ -139,7 +162,8 @@ class PerceptionNet(nn.Module):
     @property
     def architecture(self) -> str:
         suffix = "_cs" if self.box_param == "cs" else ""
-        return f"mtl_{self.backbone}_fpn{self.width}_s{self.levels}_seg4{suffix}"
+        residual = f"r{self.residual4}" if self.residual4 else ""
+        return f"mtl_{self.backbone}_fpn{self.width}_s{self.levels}{residual}_seg4{suffix}"
 
     @property
     def strides(self) -> tuple[int, ...]:
@@ -165,8 +189,8 @@ class PerceptionNet(nn.Module):
         seg = self.seg_out(f2)                         # (B, K, H/4, W/4) logits
         if self.levels == "8":
             return {"cls": [cls], "box": [ltrb], "seg": seg, "image_size": tuple(images.shape[-2:])}
-        cls4 = self.cls_out4(self.cls_tower4(f2))      # (B, C, H/4, W/4) logits
-        ltrb4 = self._ltrb(self.box_out4(self.box_tower4(f2)), 4)  # (B, 4, H/4, W/4) px
+        cls4 = self.cls_out4(self.cls_res4(self.cls_tower4(f2)))  # (B, C, H/4, W/4) logits
+        ltrb4 = self._ltrb(self.box_out4(self.box_res4(self.box_tower4(f2))), 4)  # (B, 4, H/4, W/4) px
         return {"cls": [cls4, cls], "box": [ltrb4, ltrb], "seg": seg, "image_size": tuple(images.shape[-2:])}
 
     def _ltrb(self, raw: Tensor, stride: int) -> Tensor:
@@ -218,4 +242,4 @@ def build_model(architecture: str = DEFAULT_ARCHITECTURE, **kwargs: Any) -> Perc
     if not match:
         raise ValueError(f"unknown architecture {architecture!r} (expected like 'mtl_mbv3large_fpn64_s48_seg4')")
     return PerceptionNet(backbone=match.group(1), width=int(match.group(2)), levels=match.group(3),
-                         box_param="cs" if match.group(4) else "ltrb", **kwargs)
+                         residual4=int(match.group(4) or 0), box_param="cs" if match.group(5) else "ltrb", **kwargs)

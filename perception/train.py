@@ -40,6 +40,7 @@ from stagepilot.perception.data import (
 from stagepilot.perception.checkpoint import (
     load_backbone_weights,
     load_checkpoint,
+    load_grown,
     recalibrate_batchnorm,
     save_checkpoint,
 )
@@ -187,7 +188,7 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, command: str
     if config.init is not None and resume is None:
         if not Path(config.init).is_file():
             raise ConfigError(f"init: checkpoint {config.init} not found")
-        model, _ = load_checkpoint(config.init, model, map_location=device)  # weights only; optimizer starts fresh
+        model, _ = load_grown(config.init, model, map_location=device)  # weights only; optimizer starts fresh
     model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torchvision.ops import box_iou
-from stagepilot.perception.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from stagepilot.perception.checkpoint import CheckpointError, load_checkpoint, load_grown, save_checkpoint
 from stagepilot.perception.labels import CARLA_TAG_TO_SEG, CLASSES, SEG_CLASSES, seg_mask_from_tags
 from stagepilot.perception.network import PerceptionNet, build_model
 from stagepilot.perception.targets import quality_focal_loss as _quality_focal_loss
@@ -289,6 +289,33 @@ def test_class_mismatch_names_the_file_and_the_field(model, tmp_path):
     other = save_checkpoint(tmp_path / "wide.pt", PerceptionNet(width=64), {})
     with pytest.raises(CheckpointError, match=r"wide\.pt.*architecture mismatch"):
         load_checkpoint(other, model)
+
+
+def test_a_grown_network_starts_as_the_checkpoint_it_grows_and_then_learns_with_its_new_blocks(tmp_path):
+    torch.manual_seed(0)
+    small = build_model("mtl_mbv3small_fpn96_s48_seg4_cs", input_size=(96, 160))
+    for module in small.modules():  # trained-looking statistics, so eval mode is not the identity
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+    path = save_checkpoint(tmp_path / "small.pt", small.eval(), {})
+    grown = build_model("mtl_mbv3small_fpn96_s48r2_seg4_cs", input_size=(96, 160))
+    assert grown.architecture == "mtl_mbv3small_fpn96_s48r2_seg4_cs" and len(grown.cls_res4) == 2
+    grown, _ = load_grown(path, grown)
+    x = torch.rand(2, 3, 96, 160)
+    with torch.no_grad():
+        a, b = small(x), grown.eval()(x)
+    for key in ("cls", "box"):
+        assert all(torch.allclose(u, v, atol=1e-6) for u, v in zip(a[key], b[key]))
+    # the new blocks are not stuck at the identity: their zero scale gets a gradient
+    grown.train()
+    out = grown(x)
+    (out["cls"][0].square().mean() + out["box"][0].square().mean()).backward()
+    assert grown.cls_res4[0].bn.weight.grad.abs().sum() > 0 and grown.box_res4[1].bn.weight.grad.abs().sum() > 0
+    with pytest.raises(CheckpointError, match=r"small\.pt.*does not grow"):
+        load_grown(path, build_model("mtl_mbv3small_fpn64_s48r1_seg4_cs", input_size=(96, 160)))
+    with pytest.raises(ValueError, match="stride-4 head"):
+        build_model("mtl_mbv3small_fpn96_s8r1_seg4")
 
 
 def test_batchnorm_recalibration_makes_eval_mode_match_the_batch_statistics():
