@@ -127,21 +127,14 @@ def load_grown(path: str | Path, model: PerceptionNet, *,
     checkpoint's did (tests/test_perception_model.py). A checkpoint of the model's own architecture
     loads as ``load_checkpoint``. CheckpointError when the model does not grow the checkpoint's."""
     small, meta = load_checkpoint(path, map_location=map_location)
-    if small.architecture == model.architecture:
-        return load_checkpoint(path, model, map_location=map_location)
-    grows = (small.backbone, small.width, small.levels, small.box_param, small.input_size) == \
-        (model.backbone, model.width, model.levels, model.box_param, model.input_size) \
-        and small.residual4 < model.residual4 and small.classes == model.classes \
-        and small.seg_classes == model.seg_classes
+    grows = (small.backbone, small.width, small.levels, small.box_param, small.input_size, small.classes,
+             small.seg_classes) == (model.backbone, model.width, model.levels, model.box_param, model.input_size,
+                                    model.classes, model.seg_classes) and small.residual4 <= model.residual4
     if not grows:
         raise CheckpointError(f"{path}: {model.architecture} does not grow the checkpoint's {small.architecture} "
                               "(only more stride-4 residual blocks, r{n}, can be added)")
-    state = small.state_dict()
-    for name in ("cls_res4", "box_res4"):  # the blocks both have keep their trained weights
-        for key, value in model.state_dict().items():
-            if key.startswith(f"{name}.") and key not in state:
-                state[key] = value
-    model.load_state_dict(state)
+    # the grown model's own state first: its blocks beyond the checkpoint's keep their identity start
+    model.load_state_dict({**model.state_dict(), **small.state_dict()})
     return model, meta
 
 
