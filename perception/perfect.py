@@ -20,6 +20,7 @@ from collections import deque
 import numpy as np
 
 from stagepilot.core.config import ConfigError, PerfectPerceptionConfig
+from stagepilot.core.frames import to_ego, wrap_angle
 from stagepilot.core.messages import (
     Detection,
     EgoState,
@@ -32,12 +33,6 @@ from stagepilot.perception.geometry import stop_line_ahead
 from stagepilot.perception.lights import lamps_face
 from stagepilot.core.paths import Polyline
 
-
-
-def to_ego(x: float, y: float, ego: EgoState) -> tuple[float, float]:
-    dx, dy = x - ego.x, y - ego.y
-    c, s = math.cos(ego.yaw), math.sin(ego.yaw)
-    return c * dx + s * dy, -s * dx + c * dy
 
 
 class PerfectPerception:
@@ -103,7 +98,7 @@ class PerfectPerception:
                 kind=obj.kind,
                 score=1.0,
                 position=(ex, ey),
-                yaw=_wrap(obj.yaw_world - ego.yaw),
+                yaw=wrap_angle(obj.yaw_world - ego.yaw),
                 extent=obj.extent,
                 velocity=(c * vx + s * vy, -s * vx + c * vy),
                 box_2d=None if box is None else (box.x0, box.y0, box.x1, box.y1),
@@ -143,6 +138,3 @@ class PerfectPerception:
                     and lamps_face(head.center_world[:2], head.yaw_world, source.ego, image):
                 return True
         return False
-
-def _wrap(angle: float) -> float:
-    return (angle + math.pi) % (2 * math.pi) - math.pi

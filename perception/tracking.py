@@ -42,6 +42,7 @@ from scipy.optimize import linear_sum_assignment
 
 from stagepilot.perception.geometry import world_to_ego
 from stagepilot.core.config import TrackerConfig
+from stagepilot.core.frames import wrap_angle
 from stagepilot.core.messages import Detection, EgoState
 
 INITIAL_SPEED_STD = 10.0  # [m/s] a new track's velocity is unknown
@@ -88,9 +89,6 @@ def _rotation(yaw: float) -> np.ndarray:
     c, s = math.cos(yaw), math.sin(yaw)
     return np.array([[c, -s], [s, c]])
 
-
-def _wrap(angle: float) -> float:
-    return (angle + math.pi) % (2.0 * math.pi) - math.pi
 
 
 def _transition(dt_s: float, accel_std: float) -> tuple[np.ndarray, np.ndarray]:
@@ -285,7 +283,7 @@ class Tracker:
         elif track.kind in ("static", "pedestrian"):
             yaw = 0.0
         else:
-            yaw = _wrap(track.heading - ego.yaw)
+            yaw = wrap_angle(track.heading - ego.yaw)
         return Detection(track_id=track.track_id, kind=track.kind, score=track.score,
                          position=(float(position[0]), float(position[1])), yaw=yaw,
                          extent=track.extent, velocity=(float(velocity[0]), float(velocity[1])),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from stagepilot.core.camera import decode_frame, encode_frame
+from stagepilot.core.frames import to_ego, wrap_angle
 from stagepilot.core.messages import (
     Box2D,
     CameraImage,
@@ -22,12 +23,6 @@ from stagepilot.sim.sensors import dynamic_boxes
 KIND_TAGS = {"vehicle": palette.CAR, "pedestrian": palette.PEDESTRIAN, "static": palette.STATIC}
 
 
-def _to_ego(x: float, y: float, ego) -> tuple[float, float]:
-    dx, dy = x - ego.x, y - ego.y
-    c, s = math.cos(ego.yaw), math.sin(ego.yaw)
-    return c * dx + s * dy, -s * dx + c * dy
-
-
 def ego_state(sim) -> EgoState:
     st = sim.ego.state
     return EgoState(x=st.x, y=st.y, yaw=st.yaw, speed=st.speed, yaw_rate=st.yaw_rate,
@@ -37,25 +32,25 @@ def ego_state(sim) -> EgoState:
 def _objects(sim, ego: EgoState, boxes_2d: dict[str, dict]) -> tuple[ObjectTruth, ...]:
     objects = []
     for agent in sim.agents():
-        ex, ey = _to_ego(agent.x, agent.y, ego)
+        ex, ey = to_ego(agent.x, agent.y, ego)
         vx, vy = agent.velocity
         c, s = math.cos(ego.yaw), math.sin(ego.yaw)
         height = agent.size[2]
         objects.append(ObjectTruth(
             id=agent.id, kind=agent.kind, tag=KIND_TAGS[agent.kind],
             center_world=(agent.x, agent.y, height / 2), yaw_world=agent.yaw, extent=agent.size,
-            center_ego=(ex, ey, height / 2), yaw_ego=_wrap(agent.yaw - ego.yaw),
+            center_ego=(ex, ey, height / 2), yaw_ego=wrap_angle(agent.yaw - ego.yaw),
             velocity_world=(vx, vy), velocity_ego=(c * vx + s * vy, -s * vx + c * vy),
             boxes_2d={cam: Box2D(*b[agent.id]) for cam, b in boxes_2d.items() if agent.id in b},
         ))
     for light in sim.lights:
         x, y, z = light.position
-        ex, ey = _to_ego(x, y, ego)
+        ex, ey = to_ego(x, y, ego)
         yaw = light.facing
         objects.append(ObjectTruth(
             id=light.id, kind="traffic_light", tag=palette.TRAFFIC_LIGHT,
-            center_world=(x, y, z), yaw_world=_wrap(yaw), extent=(0.3, 0.36, 0.95),
-            center_ego=(ex, ey, z), yaw_ego=_wrap(yaw - ego.yaw), velocity_world=(0.0, 0.0),
+            center_world=(x, y, z), yaw_world=wrap_angle(yaw), extent=(0.3, 0.36, 0.95),
+            center_ego=(ex, ey, z), yaw_ego=wrap_angle(yaw - ego.yaw), velocity_world=(0.0, 0.0),
             velocity_ego=(0.0, 0.0),
             boxes_2d={cam: Box2D(*b[light.id]) for cam, b in boxes_2d.items() if light.id in b},
         ))
@@ -103,8 +98,4 @@ def build_observation(sim, events: tuple, render: bool = True) -> Observation:
         t=sim.t, frame=sim.frame, cameras=cameras, ego=ego, route=sim.route_message,
         route_progress=sim.monitor.progress, events=events, ground_truth=truth,
     )
-
-
-def _wrap(angle: float) -> float:
-    return (angle + math.pi) % (2 * math.pi) - math.pi
 

@@ -9,11 +9,12 @@ from dataclasses import replace
 
 import numpy as np
 
+from stagepilot.core.frames import to_ego, wrap_angle
 from stagepilot.core.messages import Box2D, EgoState, ObjectTruth
 from stagepilot.sim.carla.lights import CarlaLight, merge_lamps
 from stagepilot.sim.carla.sensors import CameraRigSpec
 from stagepilot.sim.carla.truth import Box3D, project_boxes
-from stagepilot.sim.observe import KIND_TAGS, _to_ego, _wrap
+from stagepilot.sim.observe import KIND_TAGS
 from stagepilot.sim.render import palette
 from stagepilot.sim.traffic import Agent
 
@@ -58,11 +59,11 @@ def object_truth(agents: list[Agent], box_z: dict[int, float], tags: dict[int, t
             x, y, z = item.x, item.y, box_z[item.id]
             kind, tag, yaw, extent = item.kind, KIND_TAGS[item.kind], item.yaw, item.size
             vx, vy = item.velocity
-        ex, ey = _to_ego(x, y, ego)
+        ex, ey = to_ego(x, y, ego)
         objects.append(ObjectTruth(
-            id=item.id, kind=kind, tag=tag, center_world=(x, y, z), yaw_world=_wrap(yaw), extent=extent,
+            id=item.id, kind=kind, tag=tag, center_world=(x, y, z), yaw_world=wrap_angle(yaw), extent=extent,
             center_ego=(ex, ey, z - ego_z),  # the ego frame's origin is on the ground under the ego
-            yaw_ego=_wrap(yaw - ego.yaw), velocity_world=(vx, vy),
+            yaw_ego=wrap_angle(yaw - ego.yaw), velocity_world=(vx, vy),
             velocity_ego=(c * vx + s * vy, -s * vx + c * vy),
             boxes_2d={cam: Box2D(*b[item.id]) for cam, b in boxes_2d.items() if item.id in b}))
     return tuple(objects)
