@@ -10,7 +10,13 @@
   configs/training/camera640_32ep_qfl.yaml): an assigned cell's target is the IoU of its
   predicted box with its ground-truth box, so the score ranks detections by placement as well as
   by class. ``focal``: torchvision's sigmoid focal loss, target 1 at an assigned cell.
-- Boxes: torchvision's GIoU loss over the assigned cells.
+- Boxes: torchvision's GIoU loss over the assigned cells (``giou``, the shipped recipe), or
+  (``giou_nwd``) half that and half one minus the normalized Gaussian Wasserstein distance
+  (Wang et al. 2021, "A Normalized Gaussian Wasserstein Distance for Tiny Object Detection"):
+  each box taken as a 2-D Gaussian, W2^2 = |centre difference|^2 + |half-size difference|^2,
+  NWD = exp(-W2 / ``NWD_SCALE_PX``). IoU falls from 1 to 0.5 when an 8x8 px box moves 1.5 px
+  along both axes, and its gradient is that of a ratio of small areas; the distance grows with the offset in
+  pixels whatever the box's size, so a far car's pixel matters as much as a near car's.
 - Segmentation: cross-entropy plus a soft Dice term over ``DICE_CLASSES`` (the classes the
   evaluation's mIoU covers), since road lines and pedestrians cover a few percent of the pixels;
   both read one log-softmax.
@@ -37,6 +43,8 @@ P3_MIN_SIDE = 16.0  # ... and boxes whose longer side is at least this are strid
 # seg classes the Dice term (and the evaluation's mIoU) cover
 DICE_CLASSES = ("road", "road_line", "sidewalk", "vehicle", "pedestrian")
 CLS_LOSSES = ("focal", "quality_focal")
+BOX_LOSSES = ("giou", "giou_nwd")
+NWD_SCALE_PX = 12.0  # [input px] the distance at which NWD is 1/e: about a far car's size, as the paper sets C
 
 
 def level_sides(strides: Sequence[int], stride: int) -> tuple[float, float]:
@@ -83,14 +91,15 @@ def assign(boxes: Tensor, labels: Tensor, points: Tensor, h: int, w: int, stride
 
 def perception_loss(outputs: dict[str, Any], targets: list[dict[str, Tensor]], *, strides: Sequence[int],
                     num_classes: int, dice_index: Tensor, seg_stride: int = 1,
-                    cls_loss: str = "focal") -> dict[str, Tensor]:
+                    cls_loss: str = "focal", box_loss: str = "giou") -> dict[str, Tensor]:
     """targets[i]: {"boxes" (M, 4) xyxy px, "labels" (M,) class index, "mask" (H, W) seg class ids
     (IGNORE_INDEX left out)}; ``dice_index`` (D,) the seg class ids of the Dice term. Returns
     {"cls", "box", "seg", "dice", "total"}.
 
     ``cls_loss``: ``focal`` or ``quality_focal`` (module docstring). At AP@0.5 a far car's box
     8 px wide is a miss at IoU 0.4, and non-maximum suppression keeps the best-scored box, so a
-    score that follows the IoU keeps the best-placed one.
+    score that follows the IoU keeps the best-placed one. ``box_loss``: ``giou`` or
+    ``giou_nwd`` (module docstring).
 
     ``seg_stride``: the segmentation terms are taken every ``seg_stride`` px of the mask (the
     centre pixel of each s x s block, with the logits upsampled to that grid). At 1 they take
@@ -100,6 +109,8 @@ def perception_loss(outputs: dict[str, Any], targets: list[dict[str, Tensor]], *
         raise ValueError(f"seg_stride must be at least 1, got {seg_stride}")
     if cls_loss not in CLS_LOSSES:
         raise ValueError(f"cls_loss must be 'focal' or 'quality_focal', got {cls_loss!r}")
+    if box_loss not in BOX_LOSSES:
+        raise ValueError(f"box_loss must be one of {', '.join(BOX_LOSSES)}, got {box_loss!r}")
     seg = outputs["seg"].float()
     points, cls_flat, dist = flatten_levels(outputs, strides)    # (P, 2), (B, P, C), (B, P, 4)
     device = cls_flat.device
@@ -134,7 +145,10 @@ def perception_loss(outputs: dict[str, Any], targets: list[dict[str, Tensor]], *
             quality[positive] = paired_iou(pred.detach(), torch.cat(gt_boxes)).clamp(min=0.01)
         loss_cls = quality_focal_loss(cls_flat, quality) / num_pos
     if pred.shape[0]:
-        loss_box = generalized_box_iou_loss(pred, torch.cat(gt_boxes), reduction="mean")
+        truth = torch.cat(gt_boxes)
+        loss_box = generalized_box_iou_loss(pred, truth, reduction="mean")
+        if box_loss == "giou_nwd":
+            loss_box = 0.5 * loss_box + 0.5 * (1.0 - gaussian_wasserstein_similarity(pred, truth)).mean()
     else:
         loss_box = dist.sum() * 0.0
     masks = torch.stack([t["mask"].to(seg.device, torch.long) for t in targets])  # (B, H, W)
@@ -162,6 +176,14 @@ def dice_loss(log_probs: Tensor, masks: Tensor, dice_index: Tensor) -> Tensor:
     present = onehot.sum((0, 2, 3)) > 0                          # a class absent from the batch says nothing
     dice = (2 * inter + 1.0) / (denom + 1.0)
     return (1.0 - dice)[present].mean() if present.any() else log_probs.sum() * 0.0
+
+
+def gaussian_wasserstein_similarity(a: Tensor, b: Tensor, scale_px: float = NWD_SCALE_PX) -> Tensor:
+    """NWD of a[i] and b[i]: boxes (N, 4) xyxy as Gaussians of their centre and half size ->
+    exp(-W2 / scale_px) (N,), 1 for equal boxes (module docstring)."""
+    ca, cb = box_convert(a, "xyxy", "cxcywh"), box_convert(b, "xyxy", "cxcywh")
+    diff = torch.cat([ca[:, :2] - cb[:, :2], 0.5 * (ca[:, 2:] - cb[:, 2:])], dim=1)
+    return torch.exp(-torch.sqrt(diff.square().sum(1) + 1e-7) / scale_px)
 
 
 def paired_iou(a: Tensor, b: Tensor) -> Tensor:

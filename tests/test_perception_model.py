@@ -142,8 +142,9 @@ def test_carla_tags_map_to_seg_classes():
     assert set(CARLA_TAG_TO_SEG.values()) <= set(range(len(SEG_CLASSES)))
 
 
-@pytest.mark.parametrize("cls_loss", ["focal", "quality_focal"])
-def test_short_training_run_lowers_the_loss(cls_loss):
+@pytest.mark.parametrize("cls_loss, box_loss", [("focal", "giou"), ("quality_focal", "giou"),
+                                               ("quality_focal", "giou_nwd")])
+def test_short_training_run_lowers_the_loss(cls_loss, box_loss):
     torch.manual_seed(0)
     net = PerceptionNet().train()
     images, targets = _synthetic(4)
@@ -152,7 +153,7 @@ def test_short_training_run_lowers_the_loss(cls_loss):
     for step in range(40):
         i = (step * 2) % 4
         out = net(images[i:i + 2])
-        loss = net.loss(out, targets[i:i + 2], cls_loss=cls_loss)
+        loss = net.loss(out, targets[i:i + 2], cls_loss=cls_loss, box_loss=box_loss)
         opt.zero_grad()
         loss["total"].backward()
         opt.step()
@@ -163,6 +164,29 @@ def test_short_training_run_lowers_the_loss(cls_loss):
     assert last < 0.3 * first, (first, last, losses)  # about 4.0 -> 0.4 on this set
     for key, values in parts.items():  # every head learns, not just one
         assert sum(values[-5:]) < 0.7 * sum(values[:5]), (key, values)
+
+
+def test_the_wasserstein_box_term_counts_a_pixel_off_alike_for_small_and_large_boxes():
+    """NWD (perception/targets.py): 1 for equal boxes; a box one pixel off scores the same whether
+    it is 6 px or 60 px, where IoU punishes the small one; a larger offset scores lower; a box
+    loss that is not known is refused, naming it."""
+    from torchvision.ops import box_iou
+
+    from stagepilot.perception.targets import gaussian_wasserstein_similarity, perception_loss
+
+    small, large = torch.tensor([[100.0, 50.0, 108.0, 56.0]]), torch.tensor([[100.0, 50.0, 180.0, 110.0]])
+    shift = torch.tensor([[1.0, 1.0, 1.0, 1.0]])
+    assert gaussian_wasserstein_similarity(small, small).item() == pytest.approx(1.0, abs=1e-3)
+    nwd_small = gaussian_wasserstein_similarity(small + shift, small).item()
+    nwd_large = gaussian_wasserstein_similarity(large + shift, large).item()
+    assert nwd_small == pytest.approx(nwd_large, abs=1e-6)
+    assert box_iou(small + shift, small).item() < 0.7 < box_iou(large + shift, large).item()
+    assert gaussian_wasserstein_similarity(small + 3 * shift, small).item() < nwd_small
+    net = PerceptionNet()
+    images, targets = _synthetic(2)
+    with pytest.raises(ValueError, match="box_loss must be one of giou, giou_nwd, got 'l1'"):
+        perception_loss(net(images), targets, strides=net.strides, num_classes=len(net.classes),
+                        dice_index=net.dice_index, box_loss="l1")
 
 
 def test_segmentation_loss_on_every_second_pixel_teaches_the_full_resolution_mask():
