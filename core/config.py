@@ -247,9 +247,6 @@ class LearnedPerceptionConfig(Strict):
     horizon_zoom: float = Field(2.0, ge=1.0, le=4.0)
     horizon_zoom_rows: int = Field(80, ge=0, le=256)  # 0 turns the zoom off too
     horizon_zoom_width: float = Field(0.675, ge=0.1, le=1.0)  # share of the frame's width, about its centre
-    # The band read a second time mirrored left to right at the `full` point, its boxes joined to
-    # the band's (perception/zoom.py ``join_mirrored``): far cars' boxes placed from two opinions
-    horizon_zoom_mirrored: bool = True
     score_threshold: dict[str, Probability] = {"vehicle": 0.4, "pedestrian": 0.6, "static_obstacle": 0.4,
                                                "traffic_light": 0.4}
     nms_iou: float = Field(0.5, gt=0.0, le=1.0)

@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from stagepilot.perception.checkpoint import load_checkpoint
@@ -35,7 +34,7 @@ from stagepilot.perception.learned import SHIPPED_CHECKPOINT, NetworkRunner, res
 from stagepilot.perception.network import DEFAULT_ARCHITECTURE, IMAGENET_MEAN, IMAGENET_STD, build_model
 from stagepilot.core.camera import camera_pose, pinhole_intrinsics
 from stagepilot.core.config import LearnedPerceptionConfig
-from stagepilot.perception.zoom import merge_arrays, reads_mirrored, zoom_of, zoom_view
+from stagepilot.perception.zoom import merge_arrays, zoom_of, zoom_view
 
 INPUT_H, INPUT_W = 360, 640
 
@@ -110,24 +109,19 @@ def bench_perception(learned: LearnedPerceptionConfig, iters: int = 30, warmup: 
         camera_pose(camera.x, camera.y, camera.z, camera.roll_deg, camera.pitch_deg, camera.yaw_deg),
         stage.input_size, rows=zoom[1], scale=zoom[0], width_share=zoom[2])
     if band:  # the main camera's band, its pose and field of view on the bench's 640x360 frame
-        crop = rgb[band.top:band.bottom, band.left:band.right]
-        mirrored = reads_mirrored(zoom)  # as the full point reads it: the band again, mirrored
-        frames = [rgb, crop, cv2.flip(crop, 1)] if mirrored else [rgb, crop]
-        sizes = [stage.input_size] + [band.size] * (len(frames) - 1)
+        frames, sizes = [rgb, rgb[band.top:band.bottom, band.left:band.right]], [stage.input_size, band.size]
 
         def run_ours_zoomed():
-            whole, zoomed, *other = stage.run(frames, sizes=sizes)
+            whole, zoomed = stage.run(frames, sizes=sizes)
             return merge_arrays(whole.boxes, whole.scores, whole.labels, zoomed.boxes, zoomed.scores, zoomed.labels,
-                                band, learned.nms_iou,
-                                (other[0].boxes, other[0].scores, other[0].labels) if other else None)
+                                band, learned.nms_iou)
         fns.append(run_ours_zoomed)
     with torch.inference_mode(), autocast:
         result_ours, result_pair, *result_zoomed = _time_interleaved(fns, iters, warmup, device)
     zoomed = {}
     if result_zoomed:
         zoomed = {"ours_with_zoom": {**result_zoomed[0], "band": [band.left, band.top, band.right, band.bottom],
-                                     "band_input": f"{band.size[1]}x{band.size[0]}",
-                                     "band_mirrored": mirrored},
+                                     "band_input": f"{band.size[1]}x{band.size[0]}"},
                   "speedup_p50_with_zoom": round(result_pair["p50_ms"] / result_zoomed[0]["p50_ms"], 2)}
     return {
         "ours": result_ours,

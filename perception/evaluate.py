@@ -31,10 +31,8 @@ Prints one JSON object:
   the same class (score >= ``score_threshold``, IoU >= 0.5, each detection used once): where
   the accuracy is lost, which AP alone does not say.
 - ``horizon_zoom``: the detections are the stage's, the whole frame's joined with those of its
-  horizon band read again magnified, as the stack config sets it at the ``full`` point (the
-  band read twice, the second time mirrored, where ``horizon_zoom_mirrored`` is on;
-  perception/zoom.py; the band's pixels are scaled as the stage scales them, 8-bit with
-  OpenCV); ``null`` when off
+  horizon band read again magnified, as the stack config sets it (perception/zoom.py; the
+  band's pixels are scaled as the stage scales them, 8-bit with OpenCV); ``null`` when off
   (``zoom=False``, as training's own evaluation runs: the network alone).
 """
 
@@ -44,7 +42,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -56,7 +53,7 @@ from stagepilot.perception.data import PerceptionDataset, collate
 from stagepilot.perception.labels import IGNORE_INDEX
 from stagepilot.perception.network import PerceptionNet
 from stagepilot.perception.runner import scale_frame
-from stagepilot.perception.zoom import ZOOM_CLASSES, join_mirrored, merge, reads_mirrored, zoom_of, zoom_view
+from stagepilot.perception.zoom import ZOOM_CLASSES, merge, zoom_of, zoom_view
 from stagepilot.core.config import ConfigError, StackConfig
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassJaccardIndex
@@ -185,8 +182,8 @@ def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *
                                                                             if v[1, i] else None)}
                                  for i in range(len(HEIGHT_BANDS_PX))} for k, v in found.items()},
         "score_threshold": score_threshold,
-        "horizon_zoom": ({"magnification": zoom_setting[0], "rows": zoom_setting[1], "width": zoom_setting[2],
-                          "mirrored": reads_mirrored(zoom_setting)} if zoom_setting else None),
+        "horizon_zoom": ({"magnification": zoom_setting[0], "rows": zoom_setting[1], "width": zoom_setting[2]}
+                         if zoom_setting else None),
     }
 
 
@@ -216,22 +213,17 @@ def _with_zoom(model: PerceptionNet, images: Tensor, dets: list[dict[str, Tensor
         (h, w), top, left = band.size, band.top, band.left
         pixels = (images[idx, :, top:band.bottom, left:band.right].mul(255.0).round_().to(torch.uint8)
                   .permute(0, 2, 3, 1).cpu().numpy())
-        reads = [pixels, np.stack([cv2.flip(p, 1) for p in pixels])] if reads_mirrored(setting) else [pixels]
-        band_dets = []
-        for crops in reads:  # the band, then (where the setting says so) the band mirrored, as the stage reads them
-            zoomed = np.stack([scale_frame(p, (h, w)) for p in crops])  # as the stage's runner scales it
-            x = torch.from_numpy(zoomed).permute(0, 3, 1, 2).float().div_(255.0).to(images.device)
-            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
-                raw = model(x.contiguous(memory_format=torch.channels_last))
-            band_dets.append([(d["boxes"].float().cpu(), d["scores"].float().cpu(), d["labels"].cpu())
-                              for d in model.decode(raw, score_threshold=AP_SCORE_THRESHOLD, with_seg=False)])
+        zoomed = np.stack([scale_frame(p, (h, w)) for p in pixels])  # as the stage's runner scales it
+        x = torch.from_numpy(zoomed).permute(0, 3, 1, 2).float().div_(255.0).to(images.device)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+            raw = model(x.contiguous(memory_format=torch.channels_last))
         sx, sy = (band.right - left) / w, (band.bottom - top) / h
-        scale = torch.tensor([sx, sy, sx, sy])
-        shift = torch.tensor([left, top, left, top], dtype=torch.float32)
-        for n, i in enumerate(idx):
-            b, s, c = band_dets[0][n] if len(reads) == 1 else join_mirrored(band_dets[0][n], band_dets[1][n], w, nms_iou)
-            boxes, scores, labels = merge((dets[i]["boxes"].cpu(), dets[i]["scores"].cpu(), dets[i]["labels"].cpu()),
-                                          (b * scale + shift, s, c), band, nms_iou, taken)
+        scale = torch.tensor([sx, sy, sx, sy], device=images.device)
+        shift = torch.tensor([left, top, left, top], dtype=torch.float32, device=images.device)
+        for i, band_det in zip(idx, model.decode(raw, score_threshold=AP_SCORE_THRESHOLD, with_seg=False)):
+            boxes, scores, labels = merge((dets[i]["boxes"], dets[i]["scores"], dets[i]["labels"]),
+                                          (band_det["boxes"].float() * scale + shift, band_det["scores"],
+                                           band_det["labels"]), band, nms_iou, taken)
             out[i] = {**dets[i], "boxes": boxes, "scores": scores, "labels": labels}
     return out
 

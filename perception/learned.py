@@ -78,12 +78,6 @@ def ground_in_view(image: CameraImage, points_xy: np.ndarray) -> np.ndarray:
     return in_front & inside
 
 
-def _crop(rgb: np.ndarray, view: operating.View) -> np.ndarray:
-    """The pixels of ``rgb`` (H, W, 3) a View reads, mirrored left to right where it says so."""
-    crop = rgb[view.top:view.bottom, view.left:view.right]
-    return cv2.flip(crop, 1) if view.mirrored else crop
-
-
 def _unusable(obs: Observation, reason: str) -> Perception:
     return Perception(t=obs.t, frame=obs.frame, detections=(), usable=False, reason=reason)
 
@@ -209,18 +203,17 @@ class LearnedPerception:
         if any(image is None for image in images):  # a run without cameras has nothing to perceive from
             return _unusable(obs, f"no {rig[indices[images.index(None)]]} camera in the observation")
         views_read = [self._view(i, image) for i, image in zip(indices, images)]
-        # the main camera's horizon band, magnified, and its mirrored read (each None: not read)
-        zoom = [v for v in (self._view(-1, images[0]), self._view(-2, images[0])) if v is not None]
-        reading = views_read + zoom
-        frames = images + [images[0]] * len(zoom)
-        outputs = self.runner.run([_crop(image.rgb, view) for image, view in zip(frames, reading)], spans,
+        zoom = self._view(-1, images[0])  # the main camera's horizon band, magnified (None: not read)
+        reading = views_read + [zoom] if zoom is not None else views_read
+        frames = images + [images[0]] if zoom is not None else images
+        outputs = self.runner.run([image.rgb[view.top:view.bottom, view.left:view.right]
+                                   for image, view in zip(frames, reading)], spans,
                                   [view.size for view in reading])
         if outputs[0].nonfinite:
             return _unusable(obs, f"network output is not finite ({', '.join(outputs[0].nonfinite)})")
-        if zoom:
+        if zoom is not None:
             with spans.part("zoom"):
-                mirrored = outputs.pop() if len(zoom) > 1 else None
-                outputs[0] = self._zoomed(outputs[0], outputs.pop(), zoom[0], mirrored)
+                outputs[0] = self._zoomed(outputs[0], outputs.pop(), zoom)
         with spans.part("placement"):
             placed, sightings = [], []
             for out, image, view in zip(outputs, images, views_read):
@@ -247,29 +240,25 @@ class LearnedPerception:
     def _view(self, index: int, image: CameraImage) -> operating.View | None:
         """How camera ``index`` of the rig goes to the network at the stage's operating point when
         it is read (its band follows its own calibration; worked out once per calibration);
-        ``index`` -1: the main camera's horizon zoom, -2: its mirrored read, None when the point
-        reads none."""
+        ``index`` -1: the main camera's horizon zoom, None when the point reads none."""
         key = (index, image.rgb.shape, np.asarray(image.K).tobytes(), np.asarray(image.T_ego_cam).tobytes())
-        slot = image.name if index >= 0 else (index, image.name)
+        slot = image.name if index >= 0 else ("zoom", image.name)
         known = self._views.get(slot)
         if known is None or known[0] != key:
             h, w = image.rgb.shape[:2]
             if index < 0:
                 view = operating.zoom_view(self.point.point, h, w, image.K, image.T_ego_cam, self.runner.input_size,
-                                           self._zoom_setting, mirrored=index == -2)
+                                           self._zoom_setting)
             else:
                 view = operating.view(self.point.point, index == 0, h, w, image.K, image.T_ego_cam,
                                       self.runner.input_size, self.config.side_band_elevation_deg)
             known = self._views[slot] = (key, view)
         return known[1]
 
-    def _zoomed(self, whole: NetworkOutput, band: NetworkOutput, view: operating.View,
-                mirrored: NetworkOutput | None = None) -> NetworkOutput:
-        """The main camera's output with the horizon band's boxes joined, and those of its
-        mirrored read where there is one (perception/zoom.py)."""
-        boxes, scores, labels = merge_arrays(
-            whole.boxes, whole.scores, whole.labels, band.boxes, band.scores, band.labels, view, self.config.nms_iou,
-            None if mirrored is None else (mirrored.boxes, mirrored.scores, mirrored.labels))
+    def _zoomed(self, whole: NetworkOutput, band: NetworkOutput, view: operating.View) -> NetworkOutput:
+        """The main camera's output with the horizon band's boxes joined (perception/zoom.py)."""
+        boxes, scores, labels = merge_arrays(whole.boxes, whole.scores, whole.labels, band.boxes, band.scores,
+                                             band.labels, view, self.config.nms_iou)
         return NetworkOutput(boxes, scores, labels, whole.seg, whole.nonfinite)
 
     # ---- objects -----------------------------------------------------------------------------

@@ -6,8 +6,7 @@ fastest path, and 67 ms in fp32 with oneDNN pinned to AVX2 (docs/perception.md, 
 points"). Rather than miss every frame there, the stage steps down a fixed ladder, cheapest
 last, and keeps the main camera (road, lights, what lies ahead) whole at every step:
 
-- ``full``: every camera's whole frame at the network's input scale, and the horizon band read
-  twice, the second time mirrored (perception/zoom.py, "mirrored"; the points below read it once);
+- ``full``: every camera's whole frame at the network's input scale;
 - ``side_band``: the side cameras only below ``side_band_elevation_deg`` above the horizon (a
   car or a walker touches the ground below the horizon and stands under the camera's 1.6 m plus
   a head; what the band drops is sky, roofs, treetops and the side views' signal housings), at
@@ -36,11 +35,9 @@ EPYC with bf16, ``main_only`` timed at 11.7 ms ran at p50 20.7 / p99 27.8 ms in 
 and ``side_band_in_turn`` timed at 17.1 ms at p50 26.7 / p99 33.2 ms, so the stage's p99 is about
 the timed figure plus 16 ms, and the share is 0.35 (14 ms of 40). When none fits, the cheapest,
 and says so. The choice is remembered per machine like the path, so a machine drives the same
-way every time. A point that sends what an earlier one sends is not timed again, and a rig with
-no side cameras skips the points that differ only in them: a one-camera rig has four points,
-``full`` (the frame, its horizon band and the band mirrored), ``main_only`` (the frame and its
-band), ``main_unzoomed`` and ``main_reduced`` (three with the mirrored read off, two with the
-zoom off).
+way every time. A point that sends what an earlier one sends is not timed again: a one-camera
+rig has three points, ``full`` (the frame and its horizon zoom), ``main_unzoomed`` and
+``main_reduced`` (two with the zoom off).
 
 That timing sees the network alone, in a quiet process. Inside a drive the whole stage's tail can
 be far longer than its median says: on a 2-core AMD EPYC with bf16 ``full`` was timed at 15.0 ms
@@ -68,7 +65,6 @@ import torch
 from stagepilot.core.camera import camera_pose, pinhole_intrinsics
 from stagepilot.perception import paths
 from stagepilot.perception.geometry import elevation_row
-from stagepilot.perception.zoom import reads_mirrored
 from stagepilot.perception.zoom import zoom_view as zoom_band
 
 # The band's first row is a multiple of the network's coarsest stride, so that every level's cells
@@ -87,11 +83,10 @@ class OperatingPoint:
     description: str
     main_scale: float = 1.0  # the main camera's scale at the network's input
     zoom: bool = True        # the main camera's horizon band is read again, magnified (perception/zoom.py)
-    mirrored: bool = False   # the band is read a third time, mirrored (where the zoom setting asks for it)
 
 
 LADDER = (
-    OperatingPoint("full", "whole", False, "every camera's whole frame, every tick", mirrored=True),
+    OperatingPoint("full", "whole", False, "every camera's whole frame, every tick"),
     OperatingPoint("side_band", "band", False,
                    "the main camera whole; the side cameras below the band's top elevation, every tick"),
     OperatingPoint("side_band_in_turn", "band", True,
@@ -164,7 +159,6 @@ class View:
     bottom: int | None = None
     left: int = 0
     right: int | None = None
-    mirrored: bool = False   # the crop is read mirrored left to right (the horizon band's second read)
 
 
 @dataclass
@@ -243,26 +237,24 @@ def _rows(pixels: float) -> int:
 
 
 def zoom_view(point: OperatingPoint, height: int, width: int, K, T_ego_cam, input_size: tuple[int, int],
-              zoom: tuple | None, mirrored: bool = False) -> View | None:
+              zoom: tuple[float, int, float] | None) -> View | None:
     """The main camera's horizon band at `point` (perception/zoom.py), or None when the point or
-    the config (``zoom``: a ZoomSetting or (magnification, rows, width share); None: off) reads
-    none. ``mirrored``: the band's mirrored read instead, None where the point or setting has none."""
-    if not point.zoom or zoom is None or (mirrored and not (point.mirrored and reads_mirrored(zoom))):
+    the config (``zoom``: magnification, rows, width share; None: off) reads none."""
+    if not point.zoom or zoom is None:
         return None
     band = zoom_band(height, width, K, T_ego_cam, input_size, rows=zoom[1], scale=zoom[0], width_share=zoom[2])
-    return None if band is None else View(band.top, band.size, band.bottom, band.left, band.right, mirrored)
+    return None if band is None else View(band.top, band.size, band.bottom, band.left, band.right)
 
 
 def views(point: OperatingPoint, cameras: list[tuple[int, int, np.ndarray, np.ndarray]],
           input_size: tuple[int, int], elevation_deg: float, frame: int = 0,
-          zoom: tuple | None = None) -> list[View | None]:
+          zoom: tuple[float, int, float] | None = None) -> list[View | None]:
     """Each camera's View at `point` and ``frame`` (None: not read then), the first camera being
-    the main one, then the main camera's horizon zoom and its mirrored read (each None when not
-    read). ``cameras``: (height, width, K, T_ego_cam) of each."""
+    the main one, then the main camera's horizon zoom (None when not read). ``cameras``:
+    (height, width, K, T_ego_cam) of each."""
     return [*(view(point, i == 0, *camera, input_size, elevation_deg) if reads(point, i, len(cameras), frame)
               else None for i, camera in enumerate(cameras)),
-            zoom_view(point, *cameras[0], input_size, zoom) if cameras else None,
-            zoom_view(point, *cameras[0], input_size, zoom, mirrored=True) if cameras else None]
+            zoom_view(point, *cameras[0], input_size, zoom) if cameras else None]
 
 
 def spec_cameras(specs) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
@@ -281,7 +273,7 @@ def batches(point_views: list[View | None]) -> dict[tuple[int, int], list[int]]:
 
 
 def choose(runner, setting: str, cameras: list, elevation_deg: float, budget_ms: float | None,
-           share: float, zoom: tuple | None = None) -> PointChoice:
+           share: float, zoom: tuple[float, int, float] | None = None) -> PointChoice:
     """The operating point `setting` names, or (``auto``) the first of the ladder whose network
     work per tick, timed on `runner`'s path, fits ``share * budget_ms``; remembered per machine.
     ``zoom``: the horizon zoom's (magnification, rows, width share), None when off."""
@@ -291,9 +283,7 @@ def choose(runner, setting: str, cameras: list, elevation_deg: float, budget_ms:
         return PointChoice(LADDER[0], "configured")  # no budget given, or a GPU: the whole rig
     target = round(share * budget_ms, 2)
     ladder = {}
-    for p in LADDER:  # a point that sends what an earlier one sends is that point
-        if len(cameras) == 1 and p.sides != "none" and p is not LADDER[0]:
-            continue  # a rig with no side cameras: full, then the main_* points
+    for p in LADDER:  # a point that sends what an earlier one sends is that point (one camera: full, main_reduced)
         groups = batches(views(p, cameras, runner.input_size, elevation_deg, zoom=zoom))
         if groups not in ladder.values():
             ladder[p.name] = groups

@@ -30,15 +30,6 @@ per class keeps the surer of any boxes left on one object. On the tuning sets (c
 9-11, 1568 vehicles under 12 px) joining twins lifted their recall from 0.856 to 0.887 (seed
 11, the hardest, 0.825 to 0.871) against keeping the surer of the two, and moved vehicle AP by
 -0.002 to +0.009 (docs/perception.md, "The horizon zoom").
-At the ``full`` operating point the band is read a second time, mirrored left to right
-(``horizon_zoom_mirrored``), as a batch of two with the first read. The network is not
-mirror-symmetric, so the mirrored read is a second opinion on a far car's edges: its boxes come
-back to the band's pixels and join the band's by the same twin rule (``join_mirrored``), before
-the band joins the frame. On the tuning sets it lifted the recall of vehicles under 12 px from
-1391 to 1419 of 1568 (0.887 to 0.905; every set gained, 5 to 16 cars) and moved vehicle AP by
--0.011 to -0.008; keeping the surer box of a pair instead gained 15, and averaging the two
-reads' scores 1 (docs/perception.md, "The horizon zoom"). It costs the band's network time again,
-so the points below ``full`` read the band once (perception/operating.py).
 The learned stage (perception/learned.py) and the evaluation (perception/evaluate.py) both use
 this module, so the figures the model card states are the stage's.
 """
@@ -46,7 +37,6 @@ this module, so the figures the model card states are the stage's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -79,25 +69,11 @@ class Band:
     size: tuple[int, int]
 
 
-class ZoomSetting(NamedTuple):
-    magnification: float
-    rows: int            # the band's height at the network's input scale, before the magnification
-    width: float         # the band's share of the frame's width, about its centre column
-    mirrored: bool = False  # the band is read a second time mirrored, at the points that afford it
-
-
-def zoom_of(config) -> ZoomSetting | None:
-    """The zoom a ``LearnedPerceptionConfig`` sets, None when off."""
+def zoom_of(config) -> tuple[float, int, float] | None:
+    """The zoom a ``LearnedPerceptionConfig`` sets: (magnification, rows, width share), None when off."""
     if config.horizon_zoom <= 1.0 or config.horizon_zoom_rows <= 0:
         return None
-    return ZoomSetting(float(config.horizon_zoom), int(config.horizon_zoom_rows), float(config.horizon_zoom_width),
-                       bool(config.horizon_zoom_mirrored))
-
-
-def reads_mirrored(zoom) -> bool:
-    """Whether a zoom setting (a ZoomSetting, or a bare (magnification, rows, width)) reads the
-    band mirrored as well."""
-    return zoom is not None and len(zoom) > 3 and bool(zoom[3])
+    return float(config.horizon_zoom), int(config.horizon_zoom_rows), float(config.horizon_zoom_width)
 
 
 def zoom_view(height: int, width: int, K, T_ego_cam, input_size: tuple[int, int], rows: int,
@@ -135,43 +111,15 @@ def merge(whole: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     zb, zs, zl = zoomed[0][taken].float(), zoomed[1][taken].float(), zoomed[2][taken].long()
     kept = batched_nms(zb, zs, zl, nms_iou)                         # the band's own duplicates
     zb, zs, zl = zb[kept], zs[kept], zl[kept]
-    return _join((zb, zs, zl), (whole[0].float(), whole[1].float(), whole[2].long()), nms_iou)
-
-
-def join_mirrored(band: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                  mirrored: tuple[torch.Tensor, torch.Tensor, torch.Tensor], width: float, nms_iou: float
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The band's detections and those of the band read mirrored left to right, as (boxes (N, 4)
-    xyxy, scores (N,), labels (N,)) each in the band's own pixels (the mirrored read's as the
-    network returned them, in the mirrored band's; ``width``: the band's width in those pixels)
-    -> one set, highest score first: each view's duplicates suppressed, then twins joined as the
-    band's and the frame's are (module docstring). The network is not mirror-symmetric, so the
-    mirrored read is a second opinion on a far car's edges at the band's cost again."""
-    mb = mirrored[0].float().clone()
-    mb[:, [0, 2]] = width - mirrored[0].float()[:, [2, 0]]
-    views = []
-    for boxes, scores, labels in (band, (mb, mirrored[1], mirrored[2])):
-        boxes, scores, labels = boxes.float(), scores.float(), labels.long()
-        kept = batched_nms(boxes, scores, labels, nms_iou)
-        views.append((boxes[kept], scores[kept], labels[kept]))
-    return _join(views[0], views[1], nms_iou)
-
-
-def _join(first: tuple[torch.Tensor, torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-          nms_iou: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Two views' detections of one scene, each free of its own duplicates -> one set: a twin pair
-    (``_twins``, the first view picking) becomes one box, corners averaged with the scores as
-    weights and scored by the noisy-OR; then one NMS per class, highest score first."""
-    fb, fs, fl = first[0].clone(), first[1].clone(), first[2]
-    sb, ss, sl = second
-    first_at, second_at = _twins(fb, fl, sb, sl)
-    single = torch.ones(len(sb), dtype=torch.bool)
-    single[second_at] = False
-    if len(first_at):
-        a, b = fs[first_at, None], ss[second_at, None]
-        fb[first_at] = (fb[first_at] * a + sb[second_at] * b) / (a + b).clamp_min(1e-6)
-        fs[first_at] = 1.0 - (1.0 - fs[first_at]) * (1.0 - ss[second_at])
-    boxes, scores, labels = torch.cat([sb[single], fb]), torch.cat([ss[single], fs]), torch.cat([sl[single], fl])
+    wb, ws, wl = whole[0].float(), whole[1].float(), whole[2].long()
+    band_at, frame_at = _twins(zb, zl, wb, wl)
+    single = torch.ones(len(wb), dtype=torch.bool)
+    single[frame_at] = False
+    if len(band_at):
+        a, b = zs[band_at, None], ws[frame_at, None]
+        zb[band_at] = (zb[band_at] * a + wb[frame_at] * b) / (a + b).clamp_min(1e-6)
+        zs[band_at] = 1.0 - (1.0 - zs[band_at]) * (1.0 - ws[frame_at])
+    boxes, scores, labels = torch.cat([wb[single], zb]), torch.cat([ws[single], zs]), torch.cat([wl[single], zl])
     kept = batched_nms(boxes, scores, labels, nms_iou)              # sorted by score
     return boxes[kept], scores[kept], labels[kept]
 
@@ -204,26 +152,20 @@ def _small_inside(boxes: torch.Tensor, band: Band) -> torch.Tensor:
 
 def merge_arrays(whole_boxes: np.ndarray, whole_scores: np.ndarray, whole_labels: list[str],
                  zoom_boxes: np.ndarray, zoom_scores: np.ndarray, zoom_labels: list[str],
-                 band: Band, nms_iou: float,
-                 mirrored: tuple[np.ndarray, np.ndarray, list[str]] | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+                 band: Band, nms_iou: float) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """``merge`` on the stage's arrays (the band's boxes of ZOOM_CLASSES): boxes (N, 4) and scores
     (N,) as numpy, labels as class names; the band's boxes in its own crop's pixels (shifted here
-    to the frame's). ``mirrored``: the band's read mirrored, (boxes, scores, labels) in the
-    mirrored crop's pixels, joined to the band's first (``join_mirrored``)."""
-    names = sorted(set(whole_labels) | set(zoom_labels) | set(mirrored[2] if mirrored else ()))
+    to the frame's)."""
+    names = sorted(set(whole_labels) | set(zoom_labels))
     index = {name: i for i, name in enumerate(names)}
-    shift = torch.tensor([band.left, band.top, band.left, band.top], dtype=torch.float32)
+    shift = np.array([band.left, band.top, band.left, band.top], np.float32)
 
-    def tensors(boxes, scores, labels):
-        return (torch.from_numpy(np.asarray(boxes, np.float32).reshape(-1, 4)),
+    def tensors(boxes, scores, labels, offset=0.0):
+        return (torch.from_numpy(np.asarray(boxes, np.float32).reshape(-1, 4) + offset),
                 torch.from_numpy(np.asarray(scores, np.float32).reshape(-1)),
                 torch.tensor([index[n] for n in labels], dtype=torch.long))
 
-    zoomed = tensors(zoom_boxes, zoom_scores, zoom_labels)
-    if mirrored is not None:
-        zoomed = join_mirrored(zoomed, tensors(*mirrored), float(band.right - band.left), nms_iou)
     boxes, scores, labels = merge(tensors(whole_boxes, whole_scores, whole_labels),
-                                  (zoomed[0] + shift, zoomed[1], zoomed[2]), band, nms_iou,
+                                  tensors(zoom_boxes, zoom_scores, zoom_labels, shift), band, nms_iou,
                                   [index[n] for n in ZOOM_CLASSES if n in index])
     return boxes.numpy().astype(float), scores.numpy(), [names[int(i)] for i in labels]

@@ -22,8 +22,7 @@ def table(checkpoint: str, sets: list[dict], pooled: dict) -> str:
     head = "| figure | bar | " + " | ".join(f"seed {s['seed']}" for s in sets) + " | sets pooled |"
     zoom = sets[0].get("horizon_zoom")
     how = (f"the stage's detections, the frame and its horizon band magnified {zoom['magnification']:g}x "
-           f"({zoom['rows']} rows, {zoom.get('width', 1.0):g} of the width)"
-           + (", the band read a second time mirrored" if zoom.get("mirrored") else "") if zoom
+           f"({zoom['rows']} rows, {zoom.get('width', 1.0):g} of the width)" if zoom
            else "the network on the whole frame alone, no horizon zoom")
     lines = [f"Fresh sets ({sets[0]['frames']} Town02 front-camera frames each) for `{checkpoint}`, {how}:", "",
              head, "|" + "---|" * (3 + len(sets))]

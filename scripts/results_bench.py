@@ -11,8 +11,7 @@ def ms(value: float) -> str:
 def _with_zoom(r: dict) -> str:
     """The perception bench's frame with its horizon zoom (perception/zoom.py), when it timed one."""
     zoom = r.get("ours_with_zoom")
-    how = " (the band read twice, as at `full`)" if zoom and zoom.get("band_mirrored") else ""
-    return (f"; with the horizon zoom{how} p50 {ms(zoom['p50_ms'])}, p99 {ms(zoom['p99_ms'])}, "
+    return (f"; with the horizon zoom p50 {ms(zoom['p50_ms'])}, p99 {ms(zoom['p99_ms'])}, "
             f"{r['speedup_p50_with_zoom']:g}x" if zoom else "")
 
 

@@ -15,7 +15,6 @@ from stagepilot.core.camera import camera_pose, pinhole_intrinsics
 from stagepilot.core.config import LearnedPerceptionConfig, load_stack
 from stagepilot.perception import operating
 from stagepilot.perception.runner import NetworkRunner
-from stagepilot.perception.zoom import ZoomSetting
 from stagepilot.pipeline.stack import build_perception
 from stagepilot.sim.scenario import load_scenario
 from stagepilot.sim.world import EmbeddedSimulator
@@ -40,28 +39,18 @@ def test_each_point_sends_the_rig_as_stated():
     cameras = operating.spec_cameras(list(config.sim.cameras.values()))
     # 80 rows about the horizon (row 163.2) and the middle 432 columns, read at twice the scale
     zoom = operating.View(131, (160, 864), 211, 104, 536)
-    mirrored = operating.View(131, (160, 864), 211, 104, 536, mirrored=True)
-    setting = ZoomSetting(2.0, 80, 0.675, mirrored=True)
-    sizes = {p.name: operating.views(p, cameras, (360, 640), 10.0, zoom=setting) for p in operating.LADDER}
-    assert sizes["full"] == [operating.View(0, (360, 640))] * 3 + [zoom, mirrored]   # the band twice at full only
-    assert sizes["side_band"] == [operating.View(0, (360, 640)), *[operating.View(96, (264, 640))] * 2, zoom, None]
-    assert sizes["side_band_in_turn"] == [operating.View(0, (360, 640)), operating.View(96, (264, 640)), None, zoom,
-                                          None]
+    sizes = {p.name: operating.views(p, cameras, (360, 640), 10.0, zoom=(2.0, 80, 0.675)) for p in operating.LADDER}
+    assert sizes["full"] == [operating.View(0, (360, 640))] * 3 + [zoom]
+    assert sizes["side_band"] == [operating.View(0, (360, 640)), *[operating.View(96, (264, 640))] * 2, zoom]
+    assert sizes["side_band_in_turn"] == [operating.View(0, (360, 640)), operating.View(96, (264, 640)), None, zoom]
     assert operating.views(operating.BY_NAME["side_band_in_turn"], cameras, (360, 640), 10.0, frame=7,
-                           zoom=setting) == [operating.View(0, (360, 640)), None, operating.View(96, (264, 640)), zoom,
-                                             None]
-    assert sizes["main_only"] == [operating.View(0, (360, 640)), None, None, zoom, None]
-    assert sizes["main_unzoomed"] == [operating.View(0, (360, 640)), None, None, None, None]
-    assert sizes["main_reduced"] == [operating.View(0, (288, 512)), None, None, None, None]   # 0.8 of each side
+                           zoom=(2.0, 80, 0.675)) == [operating.View(0, (360, 640)), None, operating.View(96, (264, 640)), zoom]
+    assert sizes["main_only"] == [operating.View(0, (360, 640)), None, None, zoom]
+    assert sizes["main_unzoomed"] == [operating.View(0, (360, 640)), None, None, None]
+    assert sizes["main_reduced"] == [operating.View(0, (288, 512)), None, None, None]   # 0.8 of each side
     assert operating.batches(sizes["side_band"]) == {(360, 640): [0], (264, 640): [1, 2], (160, 864): [3]}
-    # the band and its mirrored read go through the network as one batch
-    assert operating.batches(sizes["full"]) == {(360, 640): [0, 1, 2], (160, 864): [3, 4]}
-    # the mirrored read off (or a bare (magnification, rows, width)): full reads the band once
-    assert operating.views(operating.LADDER[0], cameras, (360, 640), 10.0, zoom=(2.0, 80, 0.675))[-2:] == [zoom, None]
-    assert operating.views(operating.LADDER[0], cameras, (360, 640), 10.0, zoom=setting._replace(mirrored=False)
-                           )[-2:] == [zoom, None]
     # the zoom off: no point reads it
-    assert all(operating.views(p, cameras, (360, 640), 10.0)[-2:] == [None, None] for p in operating.LADDER)
+    assert all(operating.views(p, cameras, (360, 640), 10.0)[-1] is None for p in operating.LADDER)
 
 
 def test_auto_takes_the_first_point_that_fits_and_remembers_it(tmp_path, monkeypatch):
@@ -135,28 +124,6 @@ def test_with_the_zoom_a_machine_that_cannot_afford_it_keeps_the_main_camera_who
     assert calls == [["full", "main_reduced", "main_unzoomed"]]
     assert chosen.point.name == "main_unzoomed" and chosen.fits and not chosen.point.zoom
     assert chosen.ladder == ("full", "main_unzoomed", "main_reduced")
-
-
-def test_a_machine_that_affords_the_band_once_but_not_twice_reads_it_once(tmp_path, monkeypatch):
-    """The mirrored read is full's alone: a one-camera rig's ladder is then full (the frame, its
-    band and the band mirrored), main_only (the frame and its band), main_unzoomed, main_reduced;
-    the side-camera points, which send what main_only sends, are not among them."""
-    monkeypatch.setenv("STAGEPILOT_CACHE", str(tmp_path))
-    runner = NetworkRunner(LearnedPerceptionConfig(backend="torch", precision="fp32", threads=2), batch=1)
-    front = operating.spec_cameras([load_stack([], []).sim.cameras["front"]])
-    timed = {"full": 19.0, "main_only": 14.5, "main_unzoomed": 9.0, "main_reduced": 6.0}
-    batches = {}
-
-    def fake_measure(runs, **_):
-        for name, run in runs.items():  # the band and its mirror go as one batch of two
-            batches[name] = sorted(raw["cls"][0].shape[0] for raw in run())
-        return {name: timed[name] for name in runs}
-
-    monkeypatch.setattr(operating.paths, "measure", fake_measure)
-    chosen = operating.choose(runner, "auto", front, 10.0, 40.0, 0.4, zoom=ZoomSetting(2.0, 80, 0.675, True))
-    assert chosen.ladder == ("full", "main_only", "main_unzoomed", "main_reduced")
-    assert batches == {"full": [1, 2], "main_only": [1, 1], "main_unzoomed": [1], "main_reduced": [1]}
-    assert chosen.point.name == "main_only" and chosen.fits and chosen.point.zoom and not chosen.point.mirrored
 
 
 def _side_frames(n: int = 40):
