@@ -90,7 +90,6 @@ def _rotation(yaw: float) -> np.ndarray:
     return np.array([[c, -s], [s, c]])
 
 
-
 def _transition(dt_s: float, accel_std: float) -> tuple[np.ndarray, np.ndarray]:
     """F and Q of the constant-velocity model over dt_s, state ordered px, py, vx, vy."""
     eye = np.eye(2)
