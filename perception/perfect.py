@@ -20,7 +20,7 @@ from collections import deque
 import numpy as np
 
 from stagepilot.core.config import ConfigError, PerfectPerceptionConfig
-from stagepilot.core.frames import to_ego, wrap_angle
+from stagepilot.core.frames import to_ego, vector_to_ego, wrap_angle
 from stagepilot.core.messages import (
     Detection,
     EgoState,
@@ -91,7 +91,6 @@ class PerfectPerception:
             camera = self._seen_by(obj)
             if camera is None and cfg.coverage == "rig":
                 continue  # behind the ego, beside the views, or hidden behind something
-            c, s = math.cos(ego.yaw), math.sin(ego.yaw)
             box = obj.boxes_2d.get(camera) if camera is not None else None
             yield Detection(
                 track_id=obj.id,
@@ -100,7 +99,7 @@ class PerfectPerception:
                 position=(ex, ey),
                 yaw=wrap_angle(obj.yaw_world - ego.yaw),
                 extent=obj.extent,
-                velocity=(c * vx + s * vy, -s * vx + c * vy),
+                velocity=vector_to_ego(vx, vy, ego),
                 box_2d=None if box is None else (box.x0, box.y0, box.x1, box.y1),
                 camera=camera or "",
             )

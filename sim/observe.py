@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
 from stagepilot.core.camera import decode_frame, encode_frame
-from stagepilot.core.frames import to_ego, wrap_angle
+from stagepilot.core.frames import to_ego, vector_to_ego, wrap_angle
 from stagepilot.core.messages import (
     Box2D,
     CameraImage,
@@ -34,13 +32,12 @@ def _objects(sim, ego: EgoState, boxes_2d: dict[str, dict]) -> tuple[ObjectTruth
     for agent in sim.agents():
         ex, ey = to_ego(agent.x, agent.y, ego)
         vx, vy = agent.velocity
-        c, s = math.cos(ego.yaw), math.sin(ego.yaw)
         height = agent.size[2]
         objects.append(ObjectTruth(
             id=agent.id, kind=agent.kind, tag=KIND_TAGS[agent.kind],
             center_world=(agent.x, agent.y, height / 2), yaw_world=agent.yaw, extent=agent.size,
             center_ego=(ex, ey, height / 2), yaw_ego=wrap_angle(agent.yaw - ego.yaw),
-            velocity_world=(vx, vy), velocity_ego=(c * vx + s * vy, -s * vx + c * vy),
+            velocity_world=(vx, vy), velocity_ego=vector_to_ego(vx, vy, ego),
             boxes_2d={cam: Box2D(*b[agent.id]) for cam, b in boxes_2d.items() if agent.id in b},
         ))
     for light in sim.lights:
@@ -69,7 +66,7 @@ def _lane(sim) -> LaneTruth:
     ego = sim.ego_agent()
     lane = sim.road_map.waypoint(ego.x, ego.y, project=True)
     on_road = sim.road_map.on_road(ego.x, ego.y)
-    offset = -math.sin(lane.yaw) * (ego.x - lane.x) + math.cos(lane.yaw) * (ego.y - lane.y)
+    offset = to_ego(ego.x, ego.y, lane)[1]  # left of the lane centre [m]
     return LaneTruth(road_id=lane.road_id, lane_id=lane.lane_id, lane_width=lane.width,
                      lateral_offset=offset, is_junction=lane.is_junction, on_road=on_road)
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from stagepilot.core.frames import to_ego, wrap_angle
+from stagepilot.core.frames import to_ego, vector_to_ego, wrap_angle
 from stagepilot.core.messages import Box2D, EgoState, ObjectTruth
 from stagepilot.sim.carla.lights import CarlaLight, merge_lamps
 from stagepilot.sim.carla.sensors import CameraRigSpec
@@ -31,7 +31,6 @@ def object_truth(agents: list[Agent], box_z: dict[int, float], tags: dict[int, t
     Truck, not Car; the kind's tag is the fallback); ``ego_z``: the world height of the ground
     under the ego; ``T_world_ego`` (4, 4): the ego frame (rear axle, on the ground) in the world;
     ``semantic``/``depth``: this frame's images per camera, which give the 2D boxes' occlusion."""
-    c, s = math.cos(ego.yaw), math.sin(ego.yaw)
     near, boxes = [], []
     for agent in agents:
         if math.hypot(agent.x - ego.x, agent.y - ego.y) > TRUTH_RANGE_M:
@@ -64,6 +63,6 @@ def object_truth(agents: list[Agent], box_z: dict[int, float], tags: dict[int, t
             id=item.id, kind=kind, tag=tag, center_world=(x, y, z), yaw_world=wrap_angle(yaw), extent=extent,
             center_ego=(ex, ey, z - ego_z),  # the ego frame's origin is on the ground under the ego
             yaw_ego=wrap_angle(yaw - ego.yaw), velocity_world=(vx, vy),
-            velocity_ego=(c * vx + s * vy, -s * vx + c * vy),
+            velocity_ego=vector_to_ego(vx, vy, ego),
             boxes_2d={cam: Box2D(*b[item.id]) for cam, b in boxes_2d.items() if item.id in b}))
     return tuple(objects)
