@@ -188,8 +188,9 @@ class PointChoice:
         self.steps.append({"frame": frame, "from": self.point.name, "to": lower.name, "why": why})
         self.point = lower
         if self.key is not None:
+            steps = [{k: v for k, v in s.items() if k != "frame"} for s in self.steps]
             paths.store(self.key, {"point": lower.name, "ms": self.ms, "target_ms": self.target_ms,
-                                   "steps": [{k: v for k, v in s.items() if k != "frame"} for s in self.steps]})
+                                   "ladder": list(self.ladder), "steps": steps})
         return lower
 
     @property
@@ -308,7 +309,7 @@ def choose(runner, setting: str, cameras: list, elevation_deg: float, budget_ms:
             runs[name] = (lambda xs=xs: _as_stage(runner, xs))
         ms = paths.measure(runs)
         point = next((p for p in LADDER if p.name in ms and ms[p.name] <= target), LADDER[-1])
-        paths.store(key, {"point": point.name, "ms": ms, "target_ms": target})
+        paths.store(key, {"point": point.name, "ms": ms, "target_ms": target, "ladder": list(ladder)})
         return PointChoice(point, "measured", target, ms, key, tuple(ladder))
 
 

@@ -11,7 +11,8 @@ bf16 (on another 2-core AMD EPYC the rig's batch took 63.5, 44.2, 44.5, 40.8 and
 The choice is remembered in the cache folder (`paths.json`), keyed by the weights, the input
 size, the batch, the threads, the CPU (model name and the flags that decide the kernels) and the
 library versions: the same machine then runs the same path every time, so its drives stay
-reproducible and the measurement is paid once. Delete the file to measure again.
+reproducible and the measurement is paid once. `stagepilot paths` lists what is remembered;
+`stagepilot paths --forget` (or deleting the file) has the next drive measure again.
 """
 
 from __future__ import annotations
@@ -157,8 +158,45 @@ def memory_key(digest: str, input_size: tuple[int, int], batch: int, threads: in
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _memory_file() -> Path:
+def memory_file() -> Path:
+    """The file that remembers this machine's choices: ``paths.json`` in the cache folder."""
     return cache_dir() / "paths.json"
+
+
+class MemoryFileError(ValueError):
+    """The memory file exists but is not a JSON object of choices."""
+
+
+def entries() -> dict[str, dict]:
+    """Every choice remembered in the memory file, by key (``stagepilot paths`` lists them); {}
+    when there is none. Raises MemoryFileError naming the file when it cannot be read as choices (a
+    drive then measures again and rewrites it)."""
+    path = memory_file()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise MemoryFileError(f"{path}: cannot be read ({exc.strerror})") from exc
+    try:
+        found = json.loads(text)
+    except ValueError as exc:
+        raise MemoryFileError(f"{path}: not JSON ({exc})") from exc
+    if not isinstance(found, dict):
+        raise MemoryFileError(f"{path}: expected an object of choices by key, found {type(found).__name__}")
+    return {k: v for k, v in found.items() if isinstance(v, dict)}
+
+
+def forget() -> int:
+    """Forget every remembered choice (the next drive times its paths and points again), under
+    the machine's lock so that no drive is writing one meanwhile; how many there were."""
+    with choosing("", read=lambda _key: None):
+        try:
+            count = len(entries())
+        except MemoryFileError:
+            count = 0  # an unreadable file holds no choice this code can use; it goes all the same
+        memory_file().unlink(missing_ok=True)
+    return count
 
 
 @contextlib.contextmanager
@@ -171,9 +209,9 @@ def choosing(key: str, read=None):
     is no lock and nothing is remembered."""
     lock = None
     try:
-        _memory_file().parent.mkdir(parents=True, exist_ok=True)
+        memory_file().parent.mkdir(parents=True, exist_ok=True)
         if fcntl is not None:
-            lock = open(_memory_file().with_suffix(".lock"), "a")
+            lock = open(memory_file().with_suffix(".lock"), "a")
             fcntl.flock(lock, fcntl.LOCK_EX)
     except OSError:
         pass
@@ -187,7 +225,7 @@ def choosing(key: str, read=None):
 def recall(key: str) -> dict | None:
     """The entry remembered under `key`, or None (nothing remembered, or a file this code cannot read)."""
     try:
-        entry = json.loads(_memory_file().read_text())[key]
+        entry = json.loads(memory_file().read_text())[key]
         return entry if isinstance(entry, dict) else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -195,7 +233,7 @@ def recall(key: str) -> dict | None:
 
 def store(key: str, entry: dict) -> None:
     """Remember `entry` under `key`, with the CPU and the date."""
-    path = _memory_file()
+    path = memory_file()
     try:
         entries = json.loads(path.read_text())
         entries = entries if isinstance(entries, dict) else {}
@@ -219,8 +257,10 @@ def remembered(key: str) -> Choice | None:
         return None  # nothing remembered, or an entry this code cannot read: measure again
 
 
-def remember(key: str, choice: Choice) -> None:
-    store(key, {"backend": choice.path.backend, "dtype": choice.path.dtype, "ms": choice.ms})
+def remember(key: str, choice: Choice, timed_on: str = "") -> None:
+    """Remember ``choice`` under ``key``; ``timed_on``: the work it was timed on, in words."""
+    store(key, {"backend": choice.path.backend, "dtype": choice.path.dtype, "ms": choice.ms,
+                **({"timed_on": timed_on} if timed_on else {})})
 
 
 def measure(runs: dict[str, callable], warmup: int = WARMUP, timed: int = TIMED) -> dict[str, float]:

@@ -224,7 +224,7 @@ class NetworkRunner:
             runs[path.name] = run
         ms = measure(runs)
         choice = Choice(fastest(ms, allowed), "measured", ms, failed)
-        remember(key, choice)
+        remember(key, choice, " + ".join(f"{n} x {h}x{w}" for n, (h, w) in shapes) + f", {self._threads()} threads")
         return choice
 
     @functools.cached_property

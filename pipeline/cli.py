@@ -274,6 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_model_commands(commands)
 
+    remembered = commands.add_parser(
+        "paths", help="the network paths and operating points this machine timed and remembers",
+        description="List what learned perception timed on this machine and remembers in the cache folder "
+        "(paths.json): the path that runs the network (backend, dtype) and the operating point, with every "
+        "candidate's median time, the date and the CPU. A drive uses a remembered choice instead of timing "
+        "again, and a measured drive that stepped down starts at the lower point next time. --forget has the "
+        "next drive time them again, e.g. after the machine was busy when they were timed.")
+    remembered.add_argument("--forget", action="store_true", help="forget every remembered choice")
+    remembered.add_argument("--json", action="store_true", help="print one JSON object")
+    remembered.set_defaults(handler=handlers.paths_list)
+
     config = commands.add_parser("config", help="inspect the stack config")
     config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
     show = config_commands.add_parser("show", help="print the resolved config and its hash")

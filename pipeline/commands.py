@@ -61,6 +61,8 @@ def drive(args) -> int:
         cpu = result.host_cpu
         print(f"host CPU during the drive: busy {cpu['busy_percent']} %, idle {cpu['idle_percent']} %, "
               f"taken by the hypervisor (steal) {cpu['steal_percent']} % (run.json host_cpu)")
+    if result.perception_path:
+        print(_path_line(result.perception_path))
     for step in (result.between_ticks or {}).get("operating_point_steps", ()):
         print(f"perception stepped down from {step['from']} to {step['to']} at frame {step['frame']}: {step['why']}; "
               "this machine starts there next time (run.json between_ticks)")
@@ -74,6 +76,21 @@ def drive(args) -> int:
         print(f"stagepilot: {name} while writing the run folder; the drive and its run folder are complete",
               file=sys.stderr)
     return exit_status(result.stop_signal)
+
+
+def _path_line(path: dict) -> str:
+    """What ran the learned stage's network and at which operating point, and how each was chosen."""
+    line = f"perception: {path.get('backend')} {path.get('dtype')} on {path.get('device')} ({path.get('chosen_by')})"
+    point = path.get("operating_point") or {}
+    if point:
+        line += f", operating point {point.get('name')} ({point.get('chosen_by')}"
+        timed = (point.get("network_ms") or {}).get(point.get("name"))
+        if timed is not None and point.get("network_target_ms") is not None:
+            line += f": network {timed:g} ms against a target of {point['network_target_ms']:g} ms"
+        line += ")"
+    if "remembered" in (path.get("chosen_by"), point.get("chosen_by")):
+        line += "; `stagepilot paths` lists what this machine remembers"
+    return line
 
 
 def _live_view(config, port: int):
@@ -230,3 +247,65 @@ def config_show(args) -> int:
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
     print(f"# hash: {config_hash(config)}")
     return 0
+
+
+def paths_list(args) -> int:
+    """``stagepilot paths``: what this machine remembers of its timings (perception/paths.py)."""
+    from stagepilot.perception import paths
+
+    try:
+        if args.forget:
+            count = paths.forget()
+            print(f"forgot {count} remembered choice{'s' if count != 1 else ''} ({paths.memory_file()}); "
+                  "the next drive times its network paths and operating points again")
+            return 0
+        found = paths.entries()
+    except paths.MemoryFileError as exc:
+        print(f"stagepilot: error: {exc}; `stagepilot paths --forget` removes it", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"stagepilot: error: {paths.memory_file()}: {exc.strerror}", file=sys.stderr)
+        return 2
+    cpu = paths.cpu_identity()
+    rows = [_remembered_row(key, entry, cpu) for key, entry in sorted(found.items(), key=lambda kv: (
+        "point" in kv[1], kv[1].get("date", ""), kv[0]))]
+    if args.json:
+        print(json.dumps({"file": str(paths.memory_file()), "cpu": cpu, "choices": rows}, indent=1))
+        return 0
+    if not rows:
+        print(f"nothing remembered in {paths.memory_file()}: the next drive with learned perception times "
+              "its network paths and operating points")
+        return 0
+    print(f"{paths.memory_file()}: {len(rows)} remembered choice{'s' if len(rows) != 1 else ''}; this CPU: {cpu}")
+    for row in rows:
+        order = row.get("ladder") or sorted(row["timed_ms"], key=row["timed_ms"].get)  # a point's ladder, or fastest first
+        timed = ", ".join(f"{name} {row['timed_ms'][name]:g}" for name in
+                          [*(n for n in order if n in row["timed_ms"]), *(n for n in row["timed_ms"] if n not in order)])
+        what = f"{row['kind']}: {row['chosen']}"
+        where = "" if row["this_cpu"] else f" (another CPU: {row['cpu']})"
+        print(f"- {what}, {row['date']}{where}")
+        if timed:
+            target = f" against a target of {row['target_ms']:g} ms" if row.get("target_ms") is not None else ""
+            on = f" on {row['timed_on']}" if row.get("timed_on") else ""
+            print(f"    timed{on} (median ms){target}: {timed}")
+        for step in row.get("steps", ()):
+            print(f"    stepped down from {step.get('from')} to {step.get('to')} in a drive: {step.get('why')}")
+    print("`stagepilot paths --forget` has the next drive time them again (after the machine's load or setup changed)")
+    return 0
+
+
+def _remembered_row(key: str, entry: dict, cpu: str) -> dict:
+    """One remembered choice, in the words `stagepilot paths` prints."""
+    point = "point" in entry
+    row = {
+        "key": key,
+        "kind": "operating point" if point else "network path",
+        "chosen": str(entry["point"]) if point else f"{entry.get('backend')} {entry.get('dtype')}",
+        "date": entry.get("date", "?"), "cpu": entry.get("cpu", "?"), "this_cpu": entry.get("cpu") == cpu,
+        "timed_ms": {str(k): float(v) for k, v in (entry.get("ms") or {}).items()
+                     if isinstance(v, (int, float))},
+    }
+    for name in ("target_ms", "timed_on", "ladder", "steps"):
+        if entry.get(name) is not None:
+            row[name] = entry[name]
+    return row
