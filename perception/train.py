@@ -8,13 +8,21 @@ the state dict plus meta (classes, input size, architecture, the exact training 
 data manifest's path and sha256, the epoch, and under ``resume`` the optimizer and LR-scheduler
 state). Everything in it is tensors and plain containers, so ``torch.load(weights_only=True)``
 reads it. After the last epoch the validation split is evaluated (perception/evaluate.py) and
-``<out>/model.pt`` is written with those metrics and without the resume state.
+``<out>/model.pt`` is written with those metrics and without the resume state (also without a
+validation split when the weights were averaged, since no epoch checkpoint holds them).
 
 Seeded: torch, numpy and random from ``seed``; the sample order of epoch e is a permutation
 drawn from (seed, e) and augmentation draws from (seed, e, index), so a resumed run sees the
 same batches as an uninterrupted one. ``--resume CKPT`` continues at the epoch after the
 checkpoint's; with the same ``epochs`` it restores the LR schedule exactly, with more epochs
 it re-plans the schedule for the new total at the step reached (optimizer state kept).
+
+``average_last: N`` makes the final weights the mean of the weights at the end of each of the
+last N epochs (stochastic weight averaging, Izmailov et al. 2018; for detectors "SWA Object
+Detection", Zhang et al. 2020, which averages 12 extra epochs of a cyclical rate), usually with
+``schedule: cyclic`` (each epoch's rate falls from ``lr`` to a hundredth of it, so that every
+averaged point is a low-rate one). The running mean travels in each epoch checkpoint's resume
+state, and BatchNorm statistics are re-estimated for the averaged weights as for any other.
 """
 
 from __future__ import annotations
@@ -91,7 +99,8 @@ class TrainConfig(Strict):
     batch_size: int = Field(8, ge=1)
     lr: float = Field(2e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
-    schedule: Literal["cosine", "onecycle"] = "onecycle"
+    schedule: Literal["cosine", "onecycle", "cyclic"] = "onecycle"  # cyclic: cosine from lr down, every epoch
+    average_last: int = Field(0, ge=0)         # final weights: the mean of the last N epochs' (module docstring)
     grad_clip: float = Field(10.0, gt=0.0)
     seed: int = 0
     num_workers: int = Field(1, ge=0)
@@ -110,6 +119,8 @@ class TrainConfig(Strict):
         if self.augment.whole_frames_last > self.epochs:
             raise ValueError(f"augment.whole_frames_last: {self.augment.whole_frames_last} is more than "
                              f"epochs ({self.epochs})")
+        if self.average_last > self.epochs:
+            raise ValueError(f"average_last: {self.average_last} is more than epochs ({self.epochs})")
         return self
 
 
@@ -145,7 +156,20 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_
     total = config.epochs * steps_per_epoch
     if config.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=0.15)
+    if config.schedule == "cyclic":
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=steps_per_epoch,
+                                                                    eta_min=config.lr * 0.01)
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=config.lr * 0.01)
+
+
+def _add_to_average(average: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
+    """``average`` ({"n": epochs averaged, "state": parameter name -> mean}) with ``model``'s
+    parameters added."""
+    n = average["n"] + 1
+    state = {name: (param.detach().float().clone() if n == 1
+                    else average["state"][name] + (param.detach().float() - average["state"][name]) / n)
+             for name, param in model.named_parameters()}
+    return {"n": n, "state": state}
 
 
 def _to_plain(value: Any) -> Any:
@@ -195,6 +219,7 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, command: str
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     scheduler = _scheduler(optimizer, config, steps_per_epoch)
     start_epoch, losses = 0, []
+    average: dict[str, Any] = {"n": 0, "state": {}}  # running mean of the averaged epochs' parameters
     if resume is not None:
         model, meta = load_checkpoint(resume, model, map_location=device)
         state = meta.get("resume")
@@ -204,6 +229,7 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, command: str
         if start_epoch > config.epochs:
             raise ConfigError(f"{resume}: already trained {start_epoch} epochs, more than epochs ({config.epochs})")
         optimizer.load_state_dict(state["optimizer"])
+        average = state.get("average", average)
         if state.get("plan") == [config.epochs, steps_per_epoch, config.schedule]:
             scheduler.load_state_dict(_from_plain_scheduler(state["scheduler"]))
         else:  # epochs (or the data) changed: re-plan the schedule for the new total, at the step reached
@@ -248,14 +274,21 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, command: str
         losses.append(total / count)
         if show_progress:
             tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {losses[-1]:.4f}, lr {scheduler.get_last_lr()[0]:.2e}")
+        if epoch >= config.epochs - config.average_last:
+            average = _add_to_average(average, model)
         meta = {**base_meta, "epoch": epoch + 1, "losses": list(losses),
                 "resume": {"optimizer": _to_plain(optimizer.state_dict()),
                            "scheduler": _to_plain(scheduler.state_dict()), "losses": list(losses),
-                           "plan": [config.epochs, steps_per_epoch, config.schedule]}}
+                           "plan": [config.epochs, steps_per_epoch, config.schedule],
+                           **({"average": average} if average["n"] else {})}}
         checkpoint = save_checkpoint(out / f"epoch_{epoch + 1:03d}.pt", model, meta)
         shutil.copyfile(checkpoint, out / "last.pt")
+    if average["n"]:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                param.copy_(average["state"][name])
     # Running statistics that lagged the weights during training are re-estimated with the final
-    # weights before the model is evaluated and saved (also when a resumed run had every epoch done
+    # weights (the averaged ones with ``average_last``) before the model is evaluated and saved (also when a resumed run had every epoch done
     # and stopped before this step).
     calib = DataLoader(train_set, batch_size=config.batch_size, shuffle=False, collate_fn=collate,
                        num_workers=config.num_workers)
@@ -265,7 +298,9 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, command: str
     if config.val_split and (Path(config.data) / "annotations" / f"{config.val_split}.json").is_file():
         metrics = evaluate_model(model, config.data, config.val_split, device=device, batch_size=config.batch_size,
                                  show_progress=show_progress, config=load_stack(), zoom=False)
+    if metrics or average["n"]:  # averaged weights are in no epoch checkpoint: model.pt holds them
         final = save_checkpoint(out / "model.pt", model, {**base_meta, "epoch": config.epochs, "losses": losses,
-                                                          "metrics": {f"{config.val_split}": metrics}})
+                                                          **({"metrics": {f"{config.val_split}": metrics}}
+                                                             if metrics else {})})
     return {"out": out, "checkpoint": checkpoint, "model": final, "losses": losses, "metrics": metrics,
             "epoch": config.epochs, "classes": list(CLASSES), "seg_classes": list(SEG_CLASSES)}

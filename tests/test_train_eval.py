@@ -223,6 +223,31 @@ def test_resume_continues_the_epoch_count_from_the_checkpoint(trained, data_dir)
     assert "--resume" in meta["training_command"]
 
 
+def test_weight_averaging_keeps_the_mean_of_the_last_epochs_and_survives_a_resume(data_dir, tmp_path):
+    """``average_last``: the final weights are the mean of the averaged epochs' parameters (their
+    BatchNorm statistics re-estimated); a run stopped after its first averaged epoch and resumed
+    ends on the same mean as one that was not stopped."""
+    common = ["train", "--quiet", "--config", str(CONFIG), f"data={data_dir}", *SMALL, "epochs=3",
+              "schedule=cyclic", "average_last=2", "val_split=null", "limit_frames=4"]
+    assert main([*common, f"out={tmp_path / 'a'}"]) == 0
+    params = [name for name, _ in build_model(input_size=(128, 224)).named_parameters()]
+    weights = {e: torch.load(tmp_path / "a" / f"epoch_00{e}.pt", weights_only=True)["state_dict"] for e in (1, 2, 3)}
+    mean = _meta(tmp_path / "a" / "epoch_003.pt")["resume"]["average"]
+    assert mean["n"] == 2 and "average" not in _meta(tmp_path / "a" / "epoch_001.pt")["resume"]
+    for name in params:
+        assert torch.allclose(mean["state"][name], (weights[2][name] + weights[3][name]) / 2, atol=1e-6)
+    assert any(not torch.equal(weights[2][name], weights[3][name]) for name in params)  # the epochs differ
+    final = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state_dict"]
+    for name in params:
+        assert torch.allclose(final[name], mean["state"][name])
+    # stopped after epoch 2 (its first averaged one), then resumed
+    assert main([*common, f"out={tmp_path / 'b'}", "--resume", str(tmp_path / "a" / "epoch_002.pt")]) == 0
+    resumed = _meta(tmp_path / "b" / "epoch_003.pt")["resume"]["average"]
+    assert resumed["n"] == 2
+    for name in params:
+        assert torch.allclose(resumed["state"][name], mean["state"][name], atol=1e-5)
+
+
 def test_eval_prints_one_json_object_with_every_metric_in_range(trained, data_dir, capsys):
     capsys.readouterr()
     assert main(["eval", "perception", "--checkpoint", str(trained / "model.pt"), "--data", str(data_dir),
