@@ -297,15 +297,18 @@ def paths_list(args) -> int:
 def _remembered_row(key: str, entry: dict, cpu: str) -> dict:
     """One remembered choice, in the words `stagepilot paths` prints."""
     point = "point" in entry
+    ms = entry.get("ms") if isinstance(entry.get("ms"), dict) else {}
     row = {
         "key": key,
         "kind": "operating point" if point else "network path",
         "chosen": str(entry["point"]) if point else f"{entry.get('backend')} {entry.get('dtype')}",
         "date": entry.get("date", "?"), "cpu": entry.get("cpu", "?"), "this_cpu": entry.get("cpu") == cpu,
-        "timed_ms": {str(k): float(v) for k, v in (entry.get("ms") or {}).items()
-                     if isinstance(v, (int, float))},
+        "timed_ms": {str(k): float(v) for k, v in ms.items() if isinstance(v, (int, float))},
     }
-    for name in ("target_ms", "timed_on", "ladder", "steps"):
-        if entry.get(name) is not None:
+    for name, kind in (("target_ms", (int, float)), ("timed_on", str), ("ladder", list)):
+        if isinstance(entry.get(name), kind):
             row[name] = entry[name]
+    steps = [s for s in entry.get("steps") or () if isinstance(s, dict)] if isinstance(entry.get("steps"), list) else []
+    if steps:
+        row["steps"] = steps
     return row
