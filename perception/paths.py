@@ -190,7 +190,7 @@ def entries() -> dict[str, dict]:
 def forget() -> int:
     """Forget every remembered choice (the next drive times its paths and points again), under
     the machine's lock so that no drive is writing one meanwhile; how many there were."""
-    with choosing("", read=lambda _key: None):
+    with _locked():
         try:
             count = len(entries())
         except MemoryFileError:
@@ -207,6 +207,13 @@ def choosing(key: str, read=None):
     together (evaluation workers) then measure one at a time, and those after the first find
     its choice instead of timing under each other's load. Without a writable cache folder there
     is no lock and nothing is remembered."""
+    with _locked():
+        yield (read or remembered)(key)
+
+
+@contextlib.contextmanager
+def _locked():
+    """The machine's lock on the memory file, held for the block (none without a writable cache folder)."""
     lock = None
     try:
         memory_file().parent.mkdir(parents=True, exist_ok=True)
@@ -216,7 +223,7 @@ def choosing(key: str, read=None):
     except OSError:
         pass
     try:
-        yield (read or remembered)(key)
+        yield
     finally:
         if lock is not None:
             lock.close()  # closing the file releases the lock
@@ -225,9 +232,8 @@ def choosing(key: str, read=None):
 def recall(key: str) -> dict | None:
     """The entry remembered under `key`, or None (nothing remembered, or a file this code cannot read)."""
     try:
-        entry = json.loads(memory_file().read_text())[key]
-        return entry if isinstance(entry, dict) else None
-    except (OSError, ValueError, KeyError, TypeError):
+        return entries().get(key)
+    except MemoryFileError:
         return None
 
 
@@ -235,15 +241,14 @@ def store(key: str, entry: dict) -> None:
     """Remember `entry` under `key`, with the CPU and the date."""
     path = memory_file()
     try:
-        entries = json.loads(path.read_text())
-        entries = entries if isinstance(entries, dict) else {}
-    except (OSError, ValueError):
-        entries = {}
-    entries[key] = {**entry, "cpu": cpu_identity(), "date": dt.date.today().isoformat()}
+        known = entries()
+    except MemoryFileError:
+        known = {}  # a file this code cannot read is written over
+    known[key] = {**entry, "cpu": cpu_identity(), "date": dt.date.today().isoformat()}
     partial = path.with_suffix(f".{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps(entries, indent=1, sort_keys=True))
+        partial.write_text(json.dumps(known, indent=1, sort_keys=True))
         os.replace(partial, path)  # whole or absent, whatever another process does meanwhile
     except OSError:
         pass  # a cache folder that cannot be written: the next run measures again

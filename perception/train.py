@@ -288,8 +288,8 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, command: str
             for name, param in model.named_parameters():
                 param.copy_(average["state"][name])
     # Running statistics that lagged the weights during training are re-estimated with the final
-    # weights (the averaged ones with ``average_last``) before the model is evaluated and saved (also when a resumed run had every epoch done
-    # and stopped before this step).
+    # weights (the averaged ones with ``average_last``) before the model is evaluated and saved
+    # (also when a resumed run had every epoch done and stopped before this step).
     calib = DataLoader(train_set, batch_size=config.batch_size, shuffle=False, collate_fn=collate,
                        num_workers=config.num_workers)
     images = (batch[0].to(device).contiguous(memory_format=torch.channels_last) for batch in calib)
