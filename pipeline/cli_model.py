@@ -29,6 +29,9 @@ def add_model_commands(commands) -> None:
     collect.add_argument("--depth", action="store_true", help="also write depth as 16-bit PNG [cm]")
     collect.add_argument("--first-yellow", type=float, default=0.0, metavar="SHARE",
                          help="share of training scenes whose first light on the route starts yellow (default: 0)")
+    collect.add_argument("--crowd", type=float, default=0.0, metavar="SHARE",
+                         help="share of training scenes made crowded: queues of far cars, more walkers and "
+                              "parked cars, so far cars are often partly hidden (default: 0)")
     collect.add_argument("--workers", type=positive_int, default=1, help="processes (the output does not depend on it)")
     collect.add_argument("--quiet", action="store_true", help="no progress bar")
     add_maps_arg(collect)

@@ -38,7 +38,7 @@ from stagepilot.core.config import ConfigError, StackConfig
 from stagepilot.core.maps import PROJECT_MAPS, find_map
 from stagepilot.core.roadmap import MapError
 from stagepilot.core.carla_frame import carla_camera_intrinsics
-from stagepilot.pipeline.collect_scenes import SceneJob, sample_scenario
+from stagepilot.pipeline.collect_scenes import SceneJob, crowded, sample_scenario
 from stagepilot.pipeline.driver import make_simulator
 from stagepilot.pipeline.provenance import git_state
 from stagepilot.sim.follower import make_follower
@@ -138,6 +138,8 @@ def _render_scene(job: SceneJob, attempt: int) -> SceneResult:
     try:
         result = _drive_scene(sim, scenario, params, job, attempt)
         result.scene["yellow_s"] = config.traffic.traffic_lights.yellow_s
+        if crowded(job, attempt):
+            result.scene["crowded"] = True
         return result
     finally:
         sim.close()
@@ -241,7 +243,7 @@ def _cameras(config: StackConfig) -> dict[str, dict[str, Any]]:
     return records
 
 
-def _check(out: Path, seed: int, val_fraction: float, interval_s: float, first_yellow: float) -> None:
+def _check(out: Path, seed: int, val_fraction: float, interval_s: float, first_yellow: float, crowd: float) -> None:
     if seed < 0:
         raise ConfigError(f"--seed {seed}: expected a non-negative integer")
     if not 0.0 < val_fraction < 1.0:
@@ -250,6 +252,8 @@ def _check(out: Path, seed: int, val_fraction: float, interval_s: float, first_y
         raise ConfigError(f"--interval {interval_s}: expected a positive time [s]")
     if not 0.0 <= first_yellow <= 1.0:
         raise ConfigError(f"--first-yellow {first_yellow}: expected a share of scenes, from 0 to 1")
+    if not 0.0 <= crowd <= 1.0:
+        raise ConfigError(f"--crowd {crowd}: expected a share of scenes, from 0 to 1")
     if (out / "manifest.json").exists():
         raise ConfigError(f"{out}: already holds a dataset (manifest.json); choose a new --out or remove it")
 
@@ -265,18 +269,20 @@ def collect_dataset(config: StackConfig, out: Path, frames: int, split: str = "b
                     val_fraction: float = 0.2, frames_per_scene: int = 10, interval_s: float = 0.5,
                     image_format: str = "jpg", depth: bool = False, workers: int = 1,
                     command: str | None = None, show_progress: bool = True,
-                    maps_dirs: Iterable[str | Path] = (), first_yellow: float = 0.0) -> dict[str, Any]:
+                    maps_dirs: Iterable[str | Path] = (), first_yellow: float = 0.0,
+                    crowd: float = 0.0) -> dict[str, Any]:
     """Render `frames` frames of every rig camera (over the splits) into a dataset under `out`;
     returns the manifest, which is also written to out/manifest.json. The CARLA towns are looked
     up in `maps_dirs` (`--maps`) first, then on the rest of the map search path. A share
-    `first_yellow` of the training scenes start the first light on the ego's route yellow."""
-    _check(out, seed, val_fraction, interval_s, first_yellow)
+    `first_yellow` of the training scenes start the first light on the ego's route yellow, and a
+    share `crowd` are crowded (queues of far cars, more walkers and parked cars)."""
+    _check(out, seed, val_fraction, interval_s, first_yellow, crowd)
     cameras = _cameras(config)
     camera = next(iter(cameras.values()))  # the main camera, as a one-camera reader expects
     git = git_state()  # before we write anything
     counts = split_frames(frames, split, val_fraction)
     common = {"interval_s": interval_s, "out": out, "config": config, "image_format": image_format, "depth": depth,
-              "first_yellow": first_yellow}
+              "first_yellow": first_yellow, "crowd": crowd}
     plans = {name: plan_scenes(name, n, frames_per_scene, seed, maps_dirs, **common) for name, n in counts.items()}
     jobs = [job for name in counts for job in plans[name][0]]
     results = _run_jobs(jobs, frames, workers, show_progress)
@@ -289,6 +295,7 @@ def collect_dataset(config: StackConfig, out: Path, frames: int, split: str = "b
         "frames_per_scene": frames_per_scene,
         "interval_s": interval_s,
         "first_yellow": first_yellow,
+        "crowd": crowd,
         "image_format": image_format,
         "semantic": "uint8 PNG, CARLA 0.9.14+ semantic tag ids",
         "depth": "uint16 PNG, camera-frame z [cm], 65535 = 655.35 m or farther (sky)" if depth else None,

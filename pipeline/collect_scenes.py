@@ -28,6 +28,13 @@ ACTOR_RANGE_M = (12.0, 130.0)  # [m] along the route from the ego start
 WEATHER_PRESETS = ("clear_noon", "clear_noon", "overcast", "dusk", "fog", "night")
 # `--first-yellow`: the light starts its yellow phase at t = 0 (clamped to the phase: all of it)
 FIRST_YELLOW_REMAINING_S = 60.0
+# `--crowd`: queues of cars far down the ego's road, more walkers and parked cars, so that far
+# cars are often partly hidden (behind the car ahead of them in the queue, a walker, a parked car)
+CROWD_QUEUES = (1, 2)  # queues a crowded scene adds
+CROWD_QUEUE_CARS = (3, 6)  # cars in a queue
+CROWD_QUEUE_GAP_M = (9.5, 13.0)  # [m] between queued cars' starts
+CROWD_QUEUE_CLEARANCE_M = 6.0  # [m] a queued car's start from any other car or obstacle (others claim 12 m)
+CROWD_QUEUE_START_M = 35.0  # [m] along the route, the queue's first car at least this far out
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,7 @@ class SceneJob:
     image_format: str
     depth: bool
     first_yellow: float = 0.0  # share of training scenes whose first light on the route starts yellow
+    crowd: float = 0.0  # share of training scenes made crowded (`_Layout.crowd`)
 
 
 def _r(value: float, digits: int = 2) -> float:
@@ -121,6 +129,13 @@ class _Layout:
         x, y, yaw = (float(v) for v in self.path.interpolate(s))
         return x - math.sin(yaw) * offset, y + math.cos(yaw) * offset
 
+    def _lane_at(self, s: float, offset: float) -> bool:
+        """Whether a lane (not a junction) runs under the route point `s` moved sideways by `offset`."""
+        xy = self._xy(s, offset)
+        found = self.road_map.segment_at(*xy)
+        return found is not None and not found[0].is_junction \
+            and math.dist(tuple(float(v) for v in found[0].path.interpolate(found[1])[:2]), xy) <= 1.0
+
     def _claim(self, xy: tuple[float, float], clearance_m: float) -> bool:
         if any(math.dist(xy, p) < clearance_m for p in self._placed):
             return False
@@ -130,7 +145,7 @@ class _Layout:
     def count(self, high: int) -> int:
         return int(self.rng.integers(0, high + 1))
 
-    def _car(self, xy: tuple[float, float]) -> None:
+    def _car(self, xy: tuple[float, float], speed: float | None = None, clearance_m: float = 12.0) -> None:
         """An NPC on the lane under `xy`, with a random goal, unless it would crowd another."""
         found = self.road_map.segment_at(*xy)
         if found is None or found[0].is_junction:
@@ -138,11 +153,12 @@ class _Layout:
         segment, s = found
         x, y, _ = segment.path.interpolate(s)
         start = (_r(x), _r(y))
-        if math.dist(start, xy) > 1.0 or not self._claim(start, 12.0):
+        if math.dist(start, xy) > 1.0 or not self._claim(start, clearance_m):
             return  # no lane there
         goal, _ = _walk(self.road_map, segment.key, s, ROUTE_TARGET_M, self.rng)
         self.actors.append({"type": "vehicle", "start": {"x": start[0], "y": start[1]},
-                            "goal": {"x": goal[0], "y": goal[1]}, "speed": _r(self.rng.uniform(3.0, 11.0))})
+                            "goal": {"x": goal[0], "y": goal[1]},
+                            "speed": _r(self.rng.uniform(3.0, 11.0) if speed is None else speed)})
 
     def vehicles(self, background: int) -> None:
         """NPCs ahead in the ego lane, in the lane to its left (oncoming on two-way roads), and
@@ -155,14 +171,14 @@ class _Layout:
             x, y, _ = segment.path.interpolate(float(self.rng.uniform(5.0, segment.path.length - 5.0)))
             self._car((float(x), float(y)))
 
-    def pedestrians(self) -> None:
-        for _ in range(self.count(2)):  # crossing the road, starting when the ego comes near
+    def pedestrians(self, crossing: int = 2, along: int = 4) -> None:
+        for _ in range(self.count(crossing)):  # crossing the road, starting when the ego comes near
             s, half = _r(self.rng.uniform(ACTOR_RANGE_M[0] + 10.0, self.s_max)), _r(self.rng.uniform(5.0, 9.0))
             ends = [{"route_s": s, "offset": -half}, {"route_s": s, "offset": half}]
             self.actors.append({"type": "pedestrian", "path": ends if self.rng.random() < 0.5 else ends[::-1],
                                 "speed": _r(self.rng.uniform(0.8, 2.0)),
                                 "ego_within_m": _r(self.rng.uniform(20.0, 50.0))})
-        for _ in range(self.count(4)):  # along the road: on the sidewalks, some on the road's edge
+        for _ in range(self.count(along)):  # along the road: on the sidewalks, some on the road's edge
             offset = _r(self.rng.choice([-1.0, 1.0]) * self.rng.uniform(2.3, 7.5))
             s = _r(self.rng.uniform(ACTOR_RANGE_M[0], self.s_max - 20.0))
             path = [{"route_s": _r(s + d), "offset": offset} for d in (0.0, 7.0, 14.0, 21.0)]
@@ -175,12 +191,15 @@ class _Layout:
         self.actors.append({"type": "static", "kind": kind, "pose": {"route_s": s, "offset": offset}})
         return True
 
-    def obstacles(self) -> None:
-        """Parked cars at either kerb, lines of cones along the lane edge, a barrier."""
-        for _ in range(self.count(3)):
+    def parked(self, high: int = 3) -> None:
+        for _ in range(self.count(high)):
             right = self.rng.random() < 0.7
             offset = _r(-self.rng.uniform(2.9, 3.6) if right else self.rng.uniform(5.3, 6.5))
             self._static("parked_car", _r(self.rng.uniform(ACTOR_RANGE_M[0], self.s_max)), offset, 7.0)
+
+    def obstacles(self) -> None:
+        """Parked cars at either kerb, lines of cones along the lane edge, a barrier."""
+        self.parked()
         for _ in range(self.count(2)):
             offset = _r(self.rng.choice([-1.0, 1.0]) * self.rng.uniform(2.1, 2.8))
             s, cones = _r(self.rng.uniform(ACTOR_RANGE_M[0], self.s_max - 10.0)), int(self.rng.integers(1, 5))
@@ -190,6 +209,29 @@ class _Layout:
         if self.rng.random() < 0.3:
             s, offset = _r(self.rng.uniform(ACTOR_RANGE_M[0], self.s_max)), _r(-self.rng.uniform(3.0, 3.5))
             self._static("barrier", s, offset, 4.0)
+
+
+    def crowd(self, rng: np.random.Generator) -> None:
+        """Make the scene crowded, drawing from `rng` (its own stream, so that what the scene
+        already holds, and its weather, stay the seed's): queues of slow cars far down the
+        route, in the ego's lane or the one beside it, each car partly hiding the next, plus
+        more walkers along the road and more parked cars."""
+        self.rng = rng
+        for _ in range(int(rng.integers(CROWD_QUEUES[0], CROWD_QUEUES[1] + 1))):
+            s, speed = float(rng.uniform(CROWD_QUEUE_START_M, max(CROWD_QUEUE_START_M, self.s_max - 30.0))), _r(rng.uniform(2.0, 6.0))
+            lanes = [offset for offset in rng.permutation([0.0, 3.5, -3.5]) if self._lane_at(s, float(offset))]
+            for _ in range(int(rng.integers(CROWD_QUEUE_CARS[0], CROWD_QUEUE_CARS[1] + 1)) * bool(lanes)):
+                if s > self.s_max:
+                    break
+                self._car(self._xy(_r(s), float(lanes[0])), speed, CROWD_QUEUE_CLEARANCE_M)
+                s += float(rng.uniform(*CROWD_QUEUE_GAP_M))
+        self.pedestrians(crossing=1, along=4)
+        self.parked(3)
+
+
+def crowded(job: SceneJob, attempt: int) -> bool:
+    """Whether `--crowd` makes this scene crowded (training scenes only; its own random stream)."""
+    return job.split == "train" and np.random.default_rng([job.seed, attempt, 4]).random() < job.crowd
 
 
 def sample_scenario(job: SceneJob, attempt: int) -> tuple[Scenario, dict[str, Any]]:
@@ -206,6 +248,10 @@ def sample_scenario(job: SceneJob, attempt: int) -> tuple[Scenario, dict[str, An
     layout.vehicles(background=traffic - random_vehicles)
     layout.pedestrians()
     layout.obstacles()
+    initial_speed = _r(rng.uniform(0.0, 0.8 * speed_limit))
+    weather = str(rng.choice(WEATHER_PRESETS))
+    if crowded(job, attempt):
+        layout.crowd(np.random.default_rng([job.seed, attempt, 5]))
     params = {
         "name": f"collect_{job.split}_{job.index:05d}",
         "map": job.map_name,
@@ -213,10 +259,10 @@ def sample_scenario(job: SceneJob, attempt: int) -> tuple[Scenario, dict[str, An
         "duration_s": 3600.0,  # scenes end by frame count, not time
         "speed_limit": speed_limit,
         "ego": {"start": {"x": start[0], "y": start[1]}, "goal": {"x": goal[0], "y": goal[1]},
-                "initial_speed": _r(rng.uniform(0.0, 0.8 * speed_limit))},
+                "initial_speed": initial_speed},
         "actors": layout.actors,
         "random_vehicles": random_vehicles,
-        "weather": {"preset": str(rng.choice(WEATHER_PRESETS))},
+        "weather": {"preset": weather},
     }
     # its own stream, so that the rest of the scene is the seed's whatever the share
     if job.split == "train" and np.random.default_rng([job.seed, attempt, 3]).random() < job.first_yellow:

@@ -184,6 +184,8 @@ def _collect_command(args) -> str:
                "--interval": args.interval, "--image-format": args.image_format}
     if args.first_yellow:
         options["--first-yellow"] = args.first_yellow
+    if args.crowd:
+        options["--crowd"] = args.crowd
     words = [word for key, value in options.items() for word in (key, str(value))]
     words += ["--depth"] * args.depth + [word for path in args.config for word in ("--config", path)]
     words += [word for folder in args.maps for word in ("--maps", folder)]
@@ -198,7 +200,7 @@ def collect(args) -> int:
         config, args.out, args.frames, args.split, args.seed, val_fraction=args.val_fraction,
         frames_per_scene=args.frames_per_scene, interval_s=args.interval, image_format=args.image_format,
         depth=args.depth, workers=args.workers, show_progress=not args.quiet, command=_collect_command(args),
-        maps_dirs=args.maps, first_yellow=args.first_yellow,
+        maps_dirs=args.maps, first_yellow=args.first_yellow, crowd=args.crowd,
     )
     for name, split in manifest["splits"].items():
         print(f"{name}: {split['frames']} frames, {split['images']} images, {split['annotations']} boxes, "

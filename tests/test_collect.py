@@ -163,6 +163,46 @@ def test_first_yellow_starts_the_first_light_of_training_scenes_yellow_and_chang
             assert plain.traffic_lights.first_light == "auto"
 
 
+def test_crowd_adds_queues_walkers_and_parked_cars_to_training_scenes_and_changes_nothing_else():
+    """`--crowd 1`: every training scene is the seed's own plus queued cars far down the route,
+    walkers and parked cars; its weather and everything else stay the seed's; validation scenes
+    are untouched; the scenario still validates, and a crowded scene renders (the manifest marks it)."""
+    from dataclasses import replace
+
+    from stagepilot.pipeline.collect import plan_scenes
+    from stagepilot.pipeline.collect_scenes import CROWD_QUEUE_START_M, crowded, sample_scenario
+
+    common = {"interval_s": 0.5, "out": Path("unused"), "config": StackConfig(), "image_format": "jpg", "depth": False}
+    added = {"vehicle": 0, "pedestrian": 0, "static": 0}
+    for split in ("train", "val"):
+        jobs, _ = plan_scenes(split, 200, 10, 3, **common)
+        for job in jobs:
+            _, params = sample_scenario(job, 0)
+            crowd, crowd_params = sample_scenario(replace(job, crowd=1.0), 0)
+            assert crowded(replace(job, crowd=1.0), 0) == (split == "train") and not crowded(job, 0)
+            extra = crowd_params["actors"][len(params["actors"]):]
+            assert crowd_params["actors"][:len(params["actors"])] == params["actors"]
+            assert {**crowd_params, "actors": params["actors"]} == params
+            assert len(crowd.actors) == len(crowd_params["actors"])
+            if split == "val":
+                assert extra == []
+            for actor in extra:
+                added[actor["type"]] += 1
+    # 20 training scenes: queues of several cars each, and more walkers and parked cars
+    assert added["vehicle"] >= 30 and added["pedestrian"] >= 20 and added["static"] >= 10, added
+    assert CROWD_QUEUE_START_M >= 30.0  # the queues are far cars
+
+
+def test_a_crowded_scene_renders_and_the_manifest_says_so(tmp_path):
+    out = tmp_path / "crowd"
+    assert main(["collect", "--out", str(out), "--frames", "3", "--frames-per-scene", "3", "--split", "train",
+                 "--seed", "6", "--crowd", "1", "--quiet"]) == 0
+    manifest = _manifest(out)
+    assert manifest["crowd"] == 1.0 and "--crowd 1.0" in manifest["command"]
+    (scene,) = manifest["splits"]["train"]["scenes"]
+    assert scene["crowded"] is True and manifest["splits"]["train"]["annotations"] > 0
+
+
 def test_the_same_command_writes_the_same_bytes(dataset_dir, tmp_path):
     again = tmp_path / "ds"
     assert main(["collect", "--out", str(again), *ARGS]) == 0
@@ -180,6 +220,7 @@ def test_the_same_command_writes_the_same_bytes(dataset_dir, tmp_path):
     (["--seed", "-1"], "--seed -1"),
     (["--interval", "0"], "--interval 0"),
     (["--first-yellow", "1.5"], "--first-yellow 1.5"),
+    (["--crowd", "-0.1"], "--crowd -0.1"),
 ])
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys, args, message):
     assert main(["collect", "--out", str(tmp_path / "x"), "--frames", "4", *args]) == 2
