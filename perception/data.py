@@ -236,13 +236,19 @@ def collate(batch: list[tuple[Tensor, dict[str, Any]]]) -> tuple[Tensor, list[di
 
 
 def manifest_record(root: str | Path) -> dict[str, Any]:
-    """{"path", "sha256" of manifest.json, "frames"} of a dataset, for a checkpoint's data_manifest."""
+    """{"path", "sha256" of manifest.json, "frames", "content_sha256"} of a dataset, for a
+    checkpoint's data_manifest. The content hash is taken now, from the files the run reads
+    (perception/dataset.py `content_sha256`): two runs on the same data show the same one, even
+    when their manifests differ by the commit that wrote them."""
     import hashlib
+
+    from stagepilot.perception.dataset import content_sha256
 
     root = Path(root)
     path = root / "manifest.json"
     if not path.is_file():
-        return {"path": str(root.resolve()), "sha256": None, "frames": None}
+        return {"path": str(root.resolve()), "sha256": None, "frames": None, "content_sha256": None}
     blob = path.read_bytes()
     frames = json.loads(blob).get("frames")
-    return {"path": str(root.resolve()), "sha256": hashlib.sha256(blob).hexdigest(), "frames": frames}
+    return {"path": str(root.resolve()), "sha256": hashlib.sha256(blob).hexdigest(), "frames": frames,
+            "content_sha256": content_sha256(root)}

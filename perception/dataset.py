@@ -162,6 +162,20 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
 
 
+def content_sha256(root: str | Path) -> str:
+    """A hash of what a dataset holds: every file under `root` but manifest.json (images, masks,
+    annotations), by relative path and bytes. Unlike the manifest's own hash, it does not change
+    with the commit or the command that wrote the same data."""
+    import hashlib
+
+    root = Path(root)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root) != Path("manifest.json")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def write_coco(path: Path, images: list[dict], annotations: list[dict], camera: dict, info: dict,
                cameras: dict[str, dict] | None = None) -> None:
     """A COCO detection file; annotation ids are assigned here, 1..n in the given order. ``camera``

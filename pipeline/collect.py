@@ -313,5 +313,6 @@ def collect_dataset(config: StackConfig, out: Path, frames: int, split: str = "b
         dataset.write_coco(out / "annotations" / f"{name}.json", [i for r in scenes for i in r.images],
                            [a for r in scenes for a in r.annotations], camera, info, cameras)
         manifest["splits"][name] = _split_entry(scenes, plans[name][1])
+    manifest["content_sha256"] = dataset.content_sha256(out)
     dataset.write_json(out / "manifest.json", manifest)
     return manifest

@@ -133,7 +133,9 @@ def card(path: Path, steps: list[str], timing: str, fresh: dict | None = None) -
         "```",
         "",
         f"Data manifest: `{Path(meta['data_manifest']['path']).name}/manifest.json`, sha256 "
-        f"{meta['data_manifest']['sha256']}, {meta['data_manifest']['frames']} frames.",
+        f"{meta['data_manifest']['sha256']}, {meta['data_manifest']['frames']} frames"
+        + (f"; its files' content sha256 {meta['data_manifest']['content_sha256']}"
+           if meta["data_manifest"].get("content_sha256") else "") + ".",
         "",
         f"Time: {timing}.",
         "",

@@ -203,6 +203,24 @@ def test_a_crowded_scene_renders_and_the_manifest_says_so(tmp_path):
     assert scene["crowded"] is True and manifest["splits"]["train"]["annotations"] > 0
 
 
+def test_the_content_hash_names_the_files_not_the_commit(dataset_dir, tmp_path):
+    """The manifest's content_sha256 covers every file but the manifest: a copy with another
+    manifest (another commit, command) keeps it; one changed label or image changes it."""
+    import shutil
+
+    from stagepilot.perception.dataset import content_sha256
+
+    manifest = _manifest(dataset_dir)
+    assert content_sha256(dataset_dir) == manifest["content_sha256"]
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset_dir, copy)
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "git": {"commit": "another"}}))
+    assert content_sha256(copy) == manifest["content_sha256"]
+    image = next((copy / "images").rglob("*.jpg"))
+    image.write_bytes(image.read_bytes() + b"\0")
+    assert content_sha256(copy) != manifest["content_sha256"]
+
+
 def test_the_same_command_writes_the_same_bytes(dataset_dir, tmp_path):
     again = tmp_path / "ds"
     assert main(["collect", "--out", str(again), *ARGS]) == 0

@@ -205,6 +205,7 @@ def test_training_lowers_the_loss_and_writes_checkpoints_with_their_meta(trained
     assert meta["training_command"].startswith("stagepilot train --config ") and "epochs=2" in meta["training_command"]
     manifest = json.loads((data_dir / "manifest.json").read_text())
     assert meta["data_manifest"]["frames"] == manifest["frames"] and len(meta["data_manifest"]["sha256"]) == 64
+    assert meta["data_manifest"]["content_sha256"] == manifest["content_sha256"]  # the files as collect wrote them
     assert meta["resume"]["optimizer"]["state"]  # AdamW moments, for --resume
     final = _meta(trained / "model.pt")
     assert "resume" not in final and set(final["metrics"]["val"]["ap50"]) == set(CLASSES)
