@@ -221,11 +221,12 @@ class PerceptionNet(nn.Module):
                               with_seg=with_seg, seg_stride=seg_stride)
 
     def loss(self, outputs: dict[str, Any], targets: list[dict[str, Tensor]], *,
-             seg_stride: int = 1, cls_loss: str = "focal", box_loss: str = "giou") -> dict[str, Tensor]:
+             seg_stride: int = 1, cls_loss: str = "focal", box_loss: str = "giou",
+             assignment: str = "centre") -> dict[str, Tensor]:
         """{"cls", "box", "seg", "dice", "total"}: perception/targets.py ``perception_loss``."""
         return perception_loss(outputs, targets, strides=self.strides, num_classes=len(self.classes),
                                dice_index=self.dice_index, seg_stride=seg_stride, cls_loss=cls_loss,
-                               box_loss=box_loss)
+                               box_loss=box_loss, assignment=assignment)
 
     def _flatten_levels(self, outputs: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         """All cells of all levels: points (P, 2) px, class logits (B, P, C), ltrb (B, P, 4)."""

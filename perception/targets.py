@@ -6,6 +6,11 @@
   several boxes takes the smallest. Objects go to detection levels by size, as in FCOS: boxes
   whose longer side is at most ``P2_MAX_SIDE`` px (input pixels) are the stride-4 head's, boxes
   from ``P3_MIN_SIDE`` px the stride-8 head's; the overlap trains both on the middle sizes.
+- ``assignment: visible``: a vehicle's or a walker's positive cells are only those whose
+  stride x stride block of the segmentation mask holds a pixel of its class, so a far car cut
+  by a pole or a walker is learned from the cells that show it, not from the occluder at its box
+  centre; a box none of whose candidate cells shows its class keeps the centre rule. Lights and
+  static obstacles, which have no segmentation class of their own, always keep it.
 - Classification: ``quality_focal`` (Generalized Focal Loss, Li et al. 2020; the shipped recipe,
   configs/training/camera640_32ep_qfl.yaml): an assigned cell's target is the IoU of its
   predicted box with its ground-truth box, so the score ranks detections by placement as well as
@@ -36,7 +41,7 @@ from torch import Tensor
 from torchvision.ops import box_area, box_convert, generalized_box_iou_loss, sigmoid_focal_loss
 
 from stagepilot.perception.decode import flatten_levels
-from stagepilot.perception.labels import IGNORE_INDEX
+from stagepilot.perception.labels import CLASSES, IGNORE_INDEX, SEG_CLASSES
 
 P2_MAX_SIDE = 32.0  # [input px] boxes whose longer side is at most this are stride-4 targets ...
 P3_MIN_SIDE = 16.0  # ... and boxes whose longer side is at least this are stride-8 targets
@@ -44,6 +49,9 @@ P3_MIN_SIDE = 16.0  # ... and boxes whose longer side is at least this are strid
 DICE_CLASSES = ("road", "road_line", "sidewalk", "vehicle", "pedestrian")
 CLS_LOSSES = ("focal", "quality_focal")
 BOX_LOSSES = ("giou", "giou_nwd")
+ASSIGNMENTS = ("centre", "visible")
+# detection class -> its segmentation class (-1: none; `assignment: visible`)
+SEG_OF_CLASS = torch.tensor([SEG_CLASSES.index(name) if name in SEG_CLASSES else -1 for name in CLASSES])
 NWD_SCALE_PX = 12.0  # [input px] the distance at which NWD is 1/e: about a far car's size, as the paper sets C
 
 
@@ -55,12 +63,31 @@ def level_sides(strides: Sequence[int], stride: int) -> tuple[float, float]:
     return (0.0, P2_MAX_SIDE) if stride < max(strides) else (P3_MIN_SIDE, float("inf"))
 
 
+def visible_cells(mask: Tensor, labels: Tensor, h: int, w: int, stride: int) -> Tensor:
+    """(P = h*w, M) bool: whether cell p's stride x stride block of ``mask`` (H, W) seg class ids
+    holds a pixel of box m's class (``labels`` (M,) detection classes); True for a class without a
+    segmentation class of its own (lights, static obstacles)."""
+    seg_ids = SEG_OF_CLASS.to(labels.device)[labels]            # (M,), -1: no seg class
+    out = torch.ones(h * w, labels.shape[0], dtype=torch.bool, device=labels.device)
+    for seg_id in seg_ids.unique().tolist():
+        if seg_id < 0:
+            continue
+        hit = F.max_pool2d((mask == seg_id).to(torch.float32)[None, None], stride, stride, ceil_mode=True)[0, 0]
+        block = torch.zeros(h, w, device=labels.device)
+        rows, cols = min(h, hit.shape[0]), min(w, hit.shape[1])
+        block[:rows, :cols] = hit[:rows, :cols]
+        out[:, seg_ids == seg_id] = (block.reshape(-1, 1) > 0)
+    return out
+
+
 def assign(boxes: Tensor, labels: Tensor, points: Tensor, h: int, w: int, stride: int, *,
-           strides: Sequence[int], num_classes: int) -> tuple[Tensor, Tensor]:
+           strides: Sequence[int], num_classes: int, visible: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """FCOS assignment with centre sampling on one level.
 
     boxes (M, 4) xyxy, labels (M,), points (P = h*w, 2) -> matched box index per point (P,) (-1: background)
-    and the class target (P, C). Only boxes whose longer side is in the level's range take part."""
+    and the class target (P, C). Only boxes whose longer side is in the level's range take part.
+    ``visible`` (P, M) bool (``visible_cells``): a box with a candidate cell that shows it takes
+    only such cells (``assignment: visible``, module docstring)."""
     p = points.shape[0]
     target = torch.zeros(p, num_classes, device=points.device)
     if boxes.numel() == 0:
@@ -71,12 +98,16 @@ def assign(boxes: Tensor, labels: Tensor, points: Tensor, h: int, w: int, stride
     centre = cxcywh[:, :2]                                       # (M, 2)
     radius = 1.5 * stride
     near = ((x - centre[:, 0]).abs() < radius) & ((y - centre[:, 1]).abs() < radius)
-    positive = inside & near                                     # (P, M)
+    candidate = inside & near                                    # (P, M)
     # a box smaller than a cell still gets the cell holding its centre
     cell = (torch.div(centre, stride, rounding_mode="floor")).long()
     cx = cell[:, 0].clamp(0, w - 1)
     cy = cell[:, 1].clamp(0, h - 1)
+    positive = candidate.clone()
     positive[cy * w + cx, torch.arange(boxes.shape[0], device=boxes.device)] = True
+    if visible is not None:
+        seen = candidate & visible
+        positive = torch.where(seen.any(dim=0, keepdim=True), seen, positive)
     low, high = level_sides(strides, stride)
     side = cxcywh[:, 2:].max(dim=1).values                       # (M,)
     positive &= ((side >= low) & (side <= high)).unsqueeze(0)
@@ -91,7 +122,8 @@ def assign(boxes: Tensor, labels: Tensor, points: Tensor, h: int, w: int, stride
 
 def perception_loss(outputs: dict[str, Any], targets: list[dict[str, Tensor]], *, strides: Sequence[int],
                     num_classes: int, dice_index: Tensor, seg_stride: int = 1,
-                    cls_loss: str = "focal", box_loss: str = "giou") -> dict[str, Tensor]:
+                    cls_loss: str = "focal", box_loss: str = "giou",
+                    assignment: str = "centre") -> dict[str, Tensor]:
     """targets[i]: {"boxes" (M, 4) xyxy px, "labels" (M,) class index, "mask" (H, W) seg class ids
     (IGNORE_INDEX left out)}; ``dice_index`` (D,) the seg class ids of the Dice term. Returns
     {"cls", "box", "seg", "dice", "total"}.
@@ -99,7 +131,7 @@ def perception_loss(outputs: dict[str, Any], targets: list[dict[str, Tensor]], *
     ``cls_loss``: ``focal`` or ``quality_focal`` (module docstring). At AP@0.5 a far car's box
     8 px wide is a miss at IoU 0.4, and non-maximum suppression keeps the best-scored box, so a
     score that follows the IoU keeps the best-placed one. ``box_loss``: ``giou`` or
-    ``giou_nwd`` (module docstring).
+    ``giou_nwd`` (module docstring). ``assignment``: ``centre`` or ``visible`` (module docstring).
 
     ``seg_stride``: the segmentation terms are taken every ``seg_stride`` px of the mask (the
     centre pixel of each s x s block, with the logits upsampled to that grid). At 1 they take
@@ -111,6 +143,8 @@ def perception_loss(outputs: dict[str, Any], targets: list[dict[str, Tensor]], *
         raise ValueError(f"cls_loss must be 'focal' or 'quality_focal', got {cls_loss!r}")
     if box_loss not in BOX_LOSSES:
         raise ValueError(f"box_loss must be one of {', '.join(BOX_LOSSES)}, got {box_loss!r}")
+    if assignment not in ASSIGNMENTS:
+        raise ValueError(f"assignment must be one of {', '.join(ASSIGNMENTS)}, got {assignment!r}")
     seg = outputs["seg"].float()
     points, cls_flat, dist = flatten_levels(outputs, strides)    # (P, 2), (B, P, C), (B, P, 4)
     device = cls_flat.device
@@ -121,8 +155,10 @@ def perception_loss(outputs: dict[str, Any], targets: list[dict[str, Tensor]], *
         matches, level_targets, start = [], [], 0
         for stride, cls in zip(strides, outputs["cls"]):
             h, w = cls.shape[-2:]
+            visible = (visible_cells(t["mask"].to(device), labels, h, w, stride)
+                       if assignment == "visible" and labels.numel() else None)
             m, ct = assign(boxes, labels, points[start:start + h * w], h, w, stride,
-                           strides=strides, num_classes=num_classes)
+                           strides=strides, num_classes=num_classes, visible=visible)
             matches.append(m)
             level_targets.append(ct)
             start += h * w

@@ -111,6 +111,7 @@ class TrainConfig(Strict):
     seg_loss_stride: int = Field(1, ge=1, le=8)  # segmentation loss on every Nth mask pixel (PerceptionNet.loss)
     cls_loss: Literal["focal", "quality_focal"] = "focal"  # detection class loss (PerceptionNet.loss)
     box_loss: Literal["giou", "giou_nwd"] = "giou"  # detection box loss (perception/targets.py)
+    assignment: Literal["centre", "visible"] = "centre"  # which cells learn a box (perception/targets.py)
     model: ModelOptions = ModelOptions()
     augment: AugmentOptions = AugmentOptions()
 
@@ -258,7 +259,8 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, command: str
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 outputs = model(images)
             loss = model.loss(outputs, targets, seg_stride=config.seg_loss_stride,
-                              cls_loss=config.cls_loss, box_loss=config.box_loss)  # float32 (the loss casts)
+                              cls_loss=config.cls_loss, box_loss=config.box_loss,
+                              assignment=config.assignment)  # float32 (the loss casts)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss["total"]).backward()
             scaler.unscale_(optimizer)

@@ -102,6 +102,43 @@ def test_small_boxes_train_the_stride_4_head_and_large_ones_the_stride_8_head(mo
     assert n4 == (H // 4) * (W // 4)
 
 
+def test_visible_assignment_learns_a_cut_car_from_the_cells_that_show_it():
+    """``assignment: visible``: a car 30 px wide whose middle is hidden by a pole has positives
+    only on stride-4 cells whose block shows vehicle pixels, none on the pole at its centre; a car
+    with no vehicle pixel under any candidate cell, and a light (no seg class), keep the centre
+    rule; the default rule ignores the mask; an unknown rule is refused by name."""
+    from stagepilot.perception.targets import assign, perception_loss, visible_cells
+
+    h, w, stride = 32, 48, 4
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    points = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1).float() * stride + stride // 2
+    mask = torch.zeros(h * stride, w * stride, dtype=torch.long)
+    vehicle = SEG_CLASSES.index("vehicle")
+    mask[40:60, 40:52] = vehicle  # the car's left and right, with a pole from x 52 to 58 between
+    mask[40:60, 58:70] = vehicle
+    car, hidden, light = [40.0, 40.0, 70.0, 60.0], [120.0, 40.0, 140.0, 56.0], [150.0, 10.0, 158.0, 26.0]
+    boxes = torch.tensor([car, hidden, light])
+    labels = torch.tensor([CLASSES.index("vehicle"), CLASSES.index("vehicle"), CLASSES.index("traffic_light_red")])
+    visible = visible_cells(mask, labels, h, w, stride)
+    kw = {"strides": (4, 8), "num_classes": len(CLASSES)}
+    centre_match, _ = assign(boxes, labels, points, h, w, stride, **kw)
+    match, target = assign(boxes, labels, points, h, w, stride, visible=visible, **kw)
+    on_car = points[match == 0]
+    assert len(on_car) and not ((on_car[:, 0] > 52) & (on_car[:, 0] < 58)).any()  # nothing on the pole
+    assert ((points[centre_match == 0][:, 0] > 52) & (points[centre_match == 0][:, 0] < 58)).any()
+    assert bool(mask[on_car[:, 1].long(), on_car[:, 0].long()].eq(vehicle).all())
+    for k in (1, 2):  # no vehicle pixel under the hidden car; the light has no seg class
+        assert torch.equal(match == k, centre_match == k) and bool((match == k).any())
+    assert torch.equal(target.sum(1) > 0, match >= 0)
+    net = PerceptionNet()
+    images, targets = _synthetic(1)
+    with pytest.raises(ValueError, match="assignment must be one of centre, visible, got 'box'"):
+        perception_loss(net(images), targets, strides=net.strides, num_classes=len(net.classes),
+                        dice_index=net.dice_index, assignment="box")
+    loss = net.loss(net(images), targets, assignment="visible")
+    assert torch.isfinite(loss["total"])
+
+
 def _fit_one_tiny_box(architecture: str, steps: int = 200) -> tuple[list[float], list[float]]:
     """Train on one frame holding a pedestrian 1.3 px wide that lies inside stride-4 cell (1, 1)
     but beside its centre (6, 6): -> (its box, the box the cell predicts) in px."""
