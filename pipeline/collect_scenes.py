@@ -129,12 +129,16 @@ class _Layout:
         x, y, yaw = (float(v) for v in self.path.interpolate(s))
         return x - math.sin(yaw) * offset, y + math.cos(yaw) * offset
 
-    def _lane_at(self, s: float, offset: float) -> bool:
-        """Whether a lane (not a junction) runs under the route point `s` moved sideways by `offset`."""
-        xy = self._xy(s, offset)
+    def _lane_point(self, xy: tuple[float, float]):
+        """(lane segment, s along it, its centre point rounded) under `xy`, or None where no lane
+        (junctions left out) runs within 1 m of it."""
         found = self.road_map.segment_at(*xy)
-        return found is not None and not found[0].is_junction \
-            and math.dist(tuple(float(v) for v in found[0].path.interpolate(found[1])[:2]), xy) <= 1.0
+        if found is None or found[0].is_junction:
+            return None
+        segment, s = found
+        x, y, _ = segment.path.interpolate(s)
+        start = (_r(x), _r(y))
+        return (segment, s, start) if math.dist(start, xy) <= 1.0 else None
 
     def _claim(self, xy: tuple[float, float], clearance_m: float) -> bool:
         if any(math.dist(xy, p) < clearance_m for p in self._placed):
@@ -147,14 +151,10 @@ class _Layout:
 
     def _car(self, xy: tuple[float, float], speed: float | None = None, clearance_m: float = 12.0) -> None:
         """An NPC on the lane under `xy`, with a random goal, unless it would crowd another."""
-        found = self.road_map.segment_at(*xy)
-        if found is None or found[0].is_junction:
+        lane = self._lane_point(xy)
+        if lane is None or not self._claim(lane[2], clearance_m):
             return
-        segment, s = found
-        x, y, _ = segment.path.interpolate(s)
-        start = (_r(x), _r(y))
-        if math.dist(start, xy) > 1.0 or not self._claim(start, clearance_m):
-            return  # no lane there
+        segment, s, start = lane
         goal, _ = _walk(self.road_map, segment.key, s, ROUTE_TARGET_M, self.rng)
         self.actors.append({"type": "vehicle", "start": {"x": start[0], "y": start[1]},
                             "goal": {"x": goal[0], "y": goal[1]},
@@ -210,7 +210,6 @@ class _Layout:
             s, offset = _r(self.rng.uniform(ACTOR_RANGE_M[0], self.s_max)), _r(-self.rng.uniform(3.0, 3.5))
             self._static("barrier", s, offset, 4.0)
 
-
     def crowd(self, rng: np.random.Generator) -> None:
         """Make the scene crowded, drawing from `rng` (its own stream, so that what the scene
         already holds, and its weather, stay the seed's): queues of slow cars far down the
@@ -219,19 +218,29 @@ class _Layout:
         self.rng = rng
         for _ in range(int(rng.integers(CROWD_QUEUES[0], CROWD_QUEUES[1] + 1))):
             s, speed = float(rng.uniform(CROWD_QUEUE_START_M, max(CROWD_QUEUE_START_M, self.s_max - 30.0))), _r(rng.uniform(2.0, 6.0))
-            lanes = [offset for offset in rng.permutation([0.0, 3.5, -3.5]) if self._lane_at(s, float(offset))]
-            for _ in range(int(rng.integers(CROWD_QUEUE_CARS[0], CROWD_QUEUE_CARS[1] + 1)) * bool(lanes)):
+            lanes = [float(offset) for offset in rng.permutation([0.0, 3.5, -3.5])
+                     if self._lane_point(self._xy(s, float(offset))) is not None]
+            cars = int(rng.integers(CROWD_QUEUE_CARS[0], CROWD_QUEUE_CARS[1] + 1))
+            if not lanes:
+                continue
+            for _ in range(cars):
                 if s > self.s_max:
                     break
-                self._car(self._xy(_r(s), float(lanes[0])), speed, CROWD_QUEUE_CLEARANCE_M)
+                self._car(self._xy(_r(s), lanes[0]), speed, CROWD_QUEUE_CLEARANCE_M)
                 s += float(rng.uniform(*CROWD_QUEUE_GAP_M))
         self.pedestrians(crossing=1, along=4)
         self.parked(3)
 
 
+def _drawn(job: SceneJob, attempt: int, stream: int, share: float) -> bool:
+    """Whether a training scene falls in a `share` of scenes, drawn on its own random `stream`, so
+    that the rest of the scene is the seed's whatever the share. Validation scenes never do."""
+    return job.split == "train" and np.random.default_rng([job.seed, attempt, stream]).random() < share
+
+
 def crowded(job: SceneJob, attempt: int) -> bool:
-    """Whether `--crowd` makes this scene crowded (training scenes only; its own random stream)."""
-    return job.split == "train" and np.random.default_rng([job.seed, attempt, 4]).random() < job.crowd
+    """Whether `--crowd` makes this scene crowded."""
+    return _drawn(job, attempt, 4, job.crowd)
 
 
 def sample_scenario(job: SceneJob, attempt: int) -> tuple[Scenario, dict[str, Any]]:
@@ -264,8 +273,7 @@ def sample_scenario(job: SceneJob, attempt: int) -> tuple[Scenario, dict[str, An
         "random_vehicles": random_vehicles,
         "weather": {"preset": weather},
     }
-    # its own stream, so that the rest of the scene is the seed's whatever the share
-    if job.split == "train" and np.random.default_rng([job.seed, attempt, 3]).random() < job.first_yellow:
+    if _drawn(job, attempt, 3, job.first_yellow):
         params["traffic_lights"] = {"first_light": "yellow", "first_light_remaining_s": FIRST_YELLOW_REMAINING_S}
     scenario = Scenario.model_validate(params).model_copy(
         update={"source": f"collect:{params['name']}", "map_path": job.map_path})
