@@ -247,6 +247,10 @@ class LearnedPerceptionConfig(Strict):
     horizon_zoom: float = Field(2.0, ge=1.0, le=4.0)
     horizon_zoom_rows: int = Field(80, ge=0, le=256)  # 0 turns the zoom off too
     horizon_zoom_width: float = Field(0.675, ge=0.1, le=1.0)  # share of the frame's width, about its centre
+    # Small vehicle boxes looked at again on the frame's own pixels (perception/refine.py): auto: the
+    # shipped refiner when the checkpoint is the detector it was trained on, else none; off; or a
+    # refiner file from `stagepilot train-refiner`
+    box_refiner: str = "auto"
     score_threshold: dict[str, Probability] = {"vehicle": 0.4, "pedestrian": 0.6, "static_obstacle": 0.4,
                                                "traffic_light": 0.4}
     nms_iou: float = Field(0.5, gt=0.0, le=1.0)

@@ -34,6 +34,9 @@ Prints one JSON object:
   horizon band read again magnified, as the stack config sets it (perception/zoom.py; the
   band's pixels are scaled as the stage scales them, 8-bit with OpenCV); ``null`` when off
   (``zoom=False``, as training's own evaluation runs: the network alone).
+- ``box_refiner``: the refiner that then moved the small vehicle boxes' edges, as the stage does
+  (perception/refine.py; ``box_refiner`` of the stack config), and why; ``null`` when none ran
+  (``zoom=False`` runs none either).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from stagepilot.perception.checkpoint import load_checkpoint
 from stagepilot.perception.data import PerceptionDataset, collate
 from stagepilot.perception.labels import IGNORE_INDEX
 from stagepilot.perception.network import PerceptionNet
+from stagepilot.perception.refine import Refinement, resolve_refiner
 from stagepilot.perception.runner import scale_frame
 from stagepilot.perception.zoom import ZOOM_CLASSES, merge, zoom_of, zoom_view
 from stagepilot.core.config import ConfigError, StackConfig
@@ -106,13 +110,15 @@ def ap50_metric() -> MeanAveragePrecision:
 def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *, device: str | torch.device = "cpu",
                    batch_size: int = 8, score_threshold: float = 0.3, num_workers: int = 0,
                    show_progress: bool = False, limit: int | None = None, config: StackConfig,
-                   pooled_ap50: MeanAveragePrecision | None = None, zoom: bool = True) -> dict[str, Any]:
+                   pooled_ap50: MeanAveragePrecision | None = None, zoom: bool = True,
+                   refinement: Refinement | None = None) -> dict[str, Any]:
     """Run `model` over a split (its first `limit` frames) -> the metrics dict described in the
     module docstring. ``config``: the loaded stack config: its camera where the split's
     annotation file records none, and perception's contact depths for positions.
     ``pooled_ap50``: a metric that also takes every frame's detections, to pool AP over several
     datasets (a class too rare in one set for its AP to mean much, such as yellow lights).
-    ``zoom``: read the horizon band as the stage does (``perception.learned.horizon_zoom``)."""
+    ``zoom``: read the horizon band as the stage does (``perception.learned.horizon_zoom``).
+    ``refinement``: the box refiner the stage runs after that (None: none)."""
     device = torch.device(device)
     zoom_setting = zoom_of(config.perception.learned) if zoom else None
     dataset = PerceptionDataset(data, split, input_size=tuple(model.input_size), limit=limit)
@@ -134,10 +140,8 @@ def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *
         images = images.to(device).contiguous(memory_format=torch.channels_last)  # (B, 3, H, W)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             outputs = model(images)
-        dets = model.decode(outputs, score_threshold=AP_SCORE_THRESHOLD)
-        if zoom_setting is not None:
-            dets = _with_zoom(model, images, dets, targets, cameras, zoom_setting, amp, main_camera,
-                              config.perception.learned.nms_iou)
+        dets = stage_detections(model, images, outputs, targets, cameras, zoom_setting, amp, main_camera,
+                                config.perception.learned.nms_iou, refinement)
         preds, gts = [], []
         for det, tgt in zip(dets, targets):
             scale = tgt["scale"].repeat(2)                                        # (4,) sx, sy, sx, sy
@@ -184,7 +188,24 @@ def evaluate_model(model: PerceptionNet, data: str | Path, split: str = "val", *
         "score_threshold": score_threshold,
         "horizon_zoom": ({"magnification": zoom_setting[0], "rows": zoom_setting[1], "width": zoom_setting[2]}
                          if zoom_setting else None),
+        "box_refiner": refinement.describe() if refinement is not None else None,
     }
+
+
+def stage_detections(model: PerceptionNet, images: Tensor, outputs: dict, targets: list[dict], cameras: dict,
+                     zoom_setting: tuple[float, int, float] | None, amp: bool, main: str | None, nms_iou: float,
+                     refinement: Refinement | None = None) -> list[dict[str, Tensor]]:
+    """A batch's raw outputs -> each frame's detections as the stage makes them: decoded, joined
+    with the horizon band's where ``zoom_setting`` is set, the small vehicle boxes then refined
+    where ``refinement`` is set. Boxes in the model's input pixels."""
+    dets = model.decode(outputs, score_threshold=AP_SCORE_THRESHOLD)
+    if zoom_setting is not None:
+        dets = _with_zoom(model, images, dets, targets, cameras, zoom_setting, amp, main, nms_iou)
+    if refinement is not None:
+        ids = [model.classes.index(c) for c in refinement.classes if c in model.classes]
+        dets = [{**det, "boxes": refinement.apply(images[i], det["boxes"], det["scores"], det["labels"], ids)}
+                for i, det in enumerate(dets)]
+    return dets
 
 
 def _with_zoom(model: PerceptionNet, images: Tensor, dets: list[dict[str, Tensor]], targets: list[dict],
@@ -299,12 +320,16 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
                         show_progress: bool = False, pooled_ap50: MeanAveragePrecision | None = None,
                         zoom: bool = True) -> dict[str, Any]:
     """``evaluate_model`` on a checkpoint file; its path, architecture, input size and epoch are
-    added under ``checkpoint``."""
+    added under ``checkpoint``. With ``zoom`` the box refiner is the stage's: ``box_refiner`` of
+    the config, resolved for this checkpoint (perception/refine.py ``resolve_refiner``)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, meta = load_checkpoint(checkpoint, map_location=device)
     model.to(memory_format=torch.channels_last)
+    refinement, why = resolve_refiner(config.perception.learned.box_refiner, checkpoint) if zoom else (None, "off")
     result = evaluate_model(model, data, split, device=device, batch_size=batch_size, show_progress=show_progress,
-                            config=config, pooled_ap50=pooled_ap50, zoom=zoom)
+                            config=config, pooled_ap50=pooled_ap50, zoom=zoom, refinement=refinement)
+    if result["box_refiner"] is not None:
+        result["box_refiner"]["why"] = why
     result["checkpoint"] = {"path": str(checkpoint), "architecture": meta["architecture"],
                             "input_size": list(meta["input_size"]), "epoch": meta.get("epoch")}
     return result

@@ -27,6 +27,7 @@ Nothing here reads the simulator's ground truth.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from functools import partial
 
 import cv2
@@ -47,6 +48,7 @@ from stagepilot.perception.geometry import (
     scale_intrinsics,
 )
 from stagepilot.perception.lights import LightReader, LightSighting
+from stagepilot.perception.refine import resolve_refiner
 from stagepilot.perception.road import RoadExtractor
 from stagepilot.perception.runner import (  # noqa: F401  (re-exported: the stage's public names)
     SHIPPED_CHECKPOINT,
@@ -104,6 +106,13 @@ class LearnedPerception:
             batch = len(self.cameras) if self.cameras else 1
             runner = NetworkRunner(config, batch=batch)
         self.runner = runner
+        # small vehicle boxes looked at again (perception/refine.py); a model handed in has no file to match
+        if runner.checkpoint_path is not None:
+            self.refinement, self._refiner_why = resolve_refiner(config.box_refiner, runner.checkpoint_path)
+        elif config.box_refiner in ("auto", "off"):
+            self.refinement, self._refiner_why = None, f"{config.box_refiner}: the detector has no checkpoint file"
+        else:
+            self.refinement, self._refiner_why = resolve_refiner(config.box_refiner, config.box_refiner)
         specs = operating.spec_cameras(camera_specs) if camera_specs else None
         if specs:
             self.point = operating.choose(runner, config.operating_point, specs, config.side_band_elevation_deg,
@@ -168,7 +177,9 @@ class LearnedPerception:
     def path(self) -> dict:
         """What runs the network (perception/paths.py) and how much of the rig it reads
         (perception/operating.py), with how each was chosen: for run.json."""
-        return {**self.runner.path, "operating_point": self.point.describe()}
+        refiner = ({**self.refinement.describe(), "why": self._refiner_why} if self.refinement is not None
+                   else {"file": None, "why": self._refiner_why})
+        return {**self.runner.path, "operating_point": self.point.describe(), "box_refiner": refiner}
 
     def reset(self) -> None:
         self.tracker.reset()
@@ -214,6 +225,14 @@ class LearnedPerception:
         if zoom is not None:
             with spans.part("zoom"):
                 outputs[0] = self._zoomed(outputs[0], outputs.pop(), zoom)
+        if self.refinement is not None:
+            with spans.part("refine"):
+                floor = self.config.score_threshold.get("vehicle", 0.5)
+                for k, (image, view) in enumerate(zip(images, views_read)):
+                    out = outputs[k]
+                    boxes = self.refinement.apply_frame(image.rgb[view.top:view.bottom, view.left:view.right],
+                                                        out.boxes, out.scores, out.labels, min_score=floor)
+                    outputs[k] = replace(out, boxes=boxes)
         with spans.part("placement"):
             placed, sightings = [], []
             for out, image, view in zip(outputs, images, views_read):

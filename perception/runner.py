@@ -137,8 +137,9 @@ class NetworkRunner:
         self.device = select_device(config.device)
         if config.threads is not None:
             torch.set_num_threads(config.threads)
+        self.checkpoint_path: Path | None = None  # the detector's file (None: a model handed in)
         if model is None:
-            path = resolve_checkpoint(config.checkpoint)
+            path = self.checkpoint_path = resolve_checkpoint(config.checkpoint)
             model, self.meta = load_checkpoint(path, map_location=self.device)
         else:
             self.meta = {}

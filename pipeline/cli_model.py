@@ -10,7 +10,7 @@ from stagepilot.pipeline.cli_args import add_maps_arg, add_sim_args, add_stack_a
 
 
 def add_model_commands(commands) -> None:
-    """Add collect, train, eval and export to ``commands`` (the parser's subparsers)."""
+    """Add collect, train, train-refiner, eval and export to ``commands`` (the parser's subparsers)."""
     collect = commands.add_parser(
         "collect", help="render a perception dataset (COCO boxes, semantic masks) from the embedded simulator",
         description="Render varied scenes (maps, traffic, pedestrians, parked cars, cones, weather) with the "
@@ -47,6 +47,20 @@ def add_model_commands(commands) -> None:
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.add_argument("overrides", nargs="*", metavar="key.path=value", help="override a value, e.g. epochs=3")
     train.set_defaults(handler=handlers.train)
+
+    refiner = commands.add_parser(
+        "train-refiner", help="train the box refiner on a detector's small vehicle boxes",
+        description="Read a dataset's train split with the detector as the stage does, pair each small vehicle box "
+        "with the label it overlaps, train the box refiner (perception/refine.py) on crops of the frame, and "
+        "evaluate the val split with and without it (perception/train_refiner.py).")
+    refiner.add_argument("--data", required=True, type=Path, help="a dataset from `stagepilot collect`")
+    refiner.add_argument("--out", required=True, type=Path, help="refiner file to write")
+    refiner.add_argument("--checkpoint", type=Path, default=None, help="the detector (default: the shipped model)")
+    refiner.add_argument("--epochs", type=positive_int, default=24, help="epochs (default: 24)")
+    refiner.add_argument("--seed", type=int, default=0, help="seed of the initial weights and batches (default: 0)")
+    refiner.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_stack_args(refiner)
+    refiner.set_defaults(handler=handlers.train_refiner)
 
     evaluate = commands.add_parser("eval", help="evaluate a trained model")
     eval_commands = evaluate.add_subparsers(dest="eval_command", metavar="STAGE", required=True)

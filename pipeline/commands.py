@@ -223,6 +223,25 @@ def train(args) -> int:
     return 0
 
 
+def train_refiner(args) -> int:
+    import shlex
+
+    from stagepilot.perception.runner import resolve_checkpoint
+    from stagepilot.perception.train_refiner import train_refiner as run
+
+    checkpoint = resolve_checkpoint(str(args.checkpoint) if args.checkpoint else None)
+    if not (Path(args.data) / "annotations" / "train.json").is_file():
+        raise ConfigError(f"{args.data}: no train split (annotations/train.json); make one with `stagepilot collect`")
+    words = ["stagepilot", "train-refiner", "--data", str(args.data), "--out", str(args.out),
+             "--epochs", str(args.epochs), "--seed", str(args.seed)]
+    words += ["--checkpoint", str(args.checkpoint)] if args.checkpoint else []
+    config = load_stack(args.config, args.overrides)
+    meta = run(args.data, args.out, checkpoint, config, epochs=args.epochs, seed=args.seed,
+               show_progress=not args.quiet, command=shlex.join(words))
+    print(json.dumps({"wrote": str(args.out), **{k: meta.get(k) for k in ("pairs", "minutes", "loss", "val")}}))
+    return 0
+
+
 def eval_perception(args) -> int:
     from stagepilot.perception.evaluate import evaluate_checkpoint
 

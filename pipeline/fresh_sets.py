@@ -62,7 +62,7 @@ def figures_of(result: dict[str, Any]) -> dict[str, float | None]:
             "small_vehicle_recall": small.get("recall"),
             "small_vehicles": small.get("boxes"), "miou": result["miou"],
             "vehicle_position_error_m": result["position_error_median_m"]["vehicle"],
-            "horizon_zoom": result.get("horizon_zoom")}
+            "horizon_zoom": result.get("horizon_zoom"), "box_refiner": result.get("box_refiner")}
 
 
 def fresh_set_figures(checkpoint: str | Path, seed: int, root: Path, frames: int = FRESH_FRAMES, *,

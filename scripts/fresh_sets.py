@@ -24,6 +24,10 @@ def table(checkpoint: str, sets: list[dict], pooled: dict) -> str:
     how = (f"the stage's detections, the frame and its horizon band magnified {zoom['magnification']:g}x "
            f"({zoom['rows']} rows, {zoom.get('width', 1.0):g} of the width)" if zoom
            else "the network on the whole frame alone, no horizon zoom")
+    refiner = sets[0].get("box_refiner")
+    if refiner:
+        how += (f", then its vehicle boxes under {refiner['max_height_px']:g} px tall refined on the frame's pixels "
+                f"(`{Path(refiner['file']).name}`)")
     lines = [f"Fresh sets ({sets[0]['frames']} Town02 front-camera frames each) for `{checkpoint}`, {how}:", "",
              head, "|" + "---|" * (3 + len(sets))]
 

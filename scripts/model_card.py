@@ -3,10 +3,12 @@
     python scripts/model_card.py perception/weights/mtl_mbv3small_fpn96_s48_seg4_cs.pt \
         --step "stagepilot collect --config configs/rigs/front_only.yaml --out data/perception --frames 3000 --workers 2" \
         --timing "collect 3.2 min + train 66 min on the 2-core CPU" \
-        --fresh docs/results/fresh_sets/shipped.json > perception/weights/MODEL_CARD.md
+        --fresh docs/results/fresh_sets/shipped.json --refiner perception/weights/box_refiner.pt \
+        > perception/weights/MODEL_CARD.md
 
 `--step` repeats, in order, for the commands before the checkpoint's own training command;
-`--fresh` is scripts/fresh_sets.py's JSON for the checkpoint.
+`--fresh` is scripts/fresh_sets.py's JSON for the checkpoint; `--refiner` the box refiner the
+stage runs with it (perception/refine.py), from its own metadata too.
 """
 
 from __future__ import annotations
@@ -57,7 +59,36 @@ def _fresh_section(fresh: dict, name: str) -> list[str]:
             table(name, fresh["sets"], fresh["pooled"])]
 
 
-def card(path: Path, steps: list[str], timing: str, fresh: dict | None = None) -> str:
+def _refiner_section(path: Path, detector: Path) -> list[str]:
+    from stagepilot.perception.refine import file_sha256, load_refiner
+
+    refinement = load_refiner(path)
+    meta = refinement.meta
+    params = sum(p.numel() for p in refinement.model.parameters())
+    ours = meta.get("detector_sha256") == file_sha256(detector)
+    lines = ["", "## Box refiner", "",
+             f"File `{path.name}` ({path.stat().st_size / 1e6:.1f} MB, sha256 {meta['sha256'][:16]}...), "
+             f"`{meta['architecture']}`, {params / 1e6:.2f} M parameters: the stage moves the edges of this "
+             f"model's {', '.join(meta['classes'])} boxes under {meta['max_height_px']:g} px tall (score >= "
+             f"{meta['min_score']:g}) on the frame's own pixels (perception/refine.py). Trained on "
+             + ("this file's boxes" if ours else "**another detector's boxes**")
+             + f", {meta['pairs']} boxes paired with labels, {meta['epochs']} epochs: "
+             f"`{meta['training_command']}` (capture {meta['minutes']['capture']} min + train "
+             f"{meta['minutes']['train']} min).", ""]
+    val = meta.get("val")
+    if val:
+        bands = list(val["without"]["recall_by_height"])
+        lines += [f"Its data's val split, vehicles, recall by box height (score >= 0.3, IoU >= 0.5), "
+                  "the stage's detections without and with it:", "",
+                  "| | AP@0.5 | " + " | ".join(bands) + " |", "|---|---|" + "---|" * len(bands)]
+        for name in ("without", "with"):
+            row = val[name]
+            lines.append(f"| {name} | {_fmt(row['vehicle_ap50'])} | "
+                         + " | ".join(_fmt(row["recall_by_height"][b]["recall"]) for b in bands) + " |")
+    return lines
+
+
+def card(path: Path, steps: list[str], timing: str, fresh: dict | None = None, refiner: Path | None = None) -> str:
     model, meta = load_checkpoint(path)
     split, metrics = next(iter(meta["metrics"].items()))
     size = path.stat().st_size
@@ -121,6 +152,8 @@ def card(path: Path, steps: list[str], timing: str, fresh: dict | None = None) -
         for cls, row in by_height.items():
             cells = [f"{row[b]['boxes']}, {_fmt(row[b]['recall'])}" for b in bands]
             lines.append(f"| {cls} | " + " | ".join(cells) + " |")
+    if refiner:
+        lines += _refiner_section(refiner, path)
     if fresh:
         lines += _fresh_section(fresh, path.name)
     lines += [
@@ -153,9 +186,10 @@ def main() -> None:
                         help="a command run before the checkpoint's own training command (repeat, in order)")
     parser.add_argument("--timing", required=True, help="how long collecting and training took, and where")
     parser.add_argument("--fresh", type=Path, help="scripts/fresh_sets.py's JSON for this checkpoint")
+    parser.add_argument("--refiner", type=Path, help="the box refiner the stage runs with this checkpoint")
     args = parser.parse_args()
     fresh = json.loads(args.fresh.read_text()) if args.fresh else None
-    print(card(args.checkpoint, args.step, args.timing, fresh), end="")
+    print(card(args.checkpoint, args.step, args.timing, fresh, args.refiner), end="")
 
 
 if __name__ == "__main__":
