@@ -82,10 +82,6 @@ def test_fresh_frames_reproduce_the_model_card(fresh_figures):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="2026-12-04: the stage (shipped model with the horizon zoom) on fresh seed 1 "
-                   "gives recall of vehicles under 12 px 0.840 < 0.85 (vehicle AP50 0.900, pedestrian 0.817, "
-                   "yellow 0.741 on this set's 19 boxes and mIoU 0.867 meet their bars); reported in the model "
-                   "card, not passed")
 def test_shipped_model_meets_the_bars_on_freshly_generated_frames(fresh_figures):
     """The accuracy bars (pipeline/fresh_sets.py FRESH_BARS: vehicle AP50 0.88, pedestrian 0.80,
     yellow light 0.70, recall of vehicles under 12 px 0.85, mIoU 0.85) on 600 frames rendered now
