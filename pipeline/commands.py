@@ -235,6 +235,7 @@ def train_refiner(args) -> int:
     words = ["stagepilot", "train-refiner", "--data", str(args.data), "--out", str(args.out),
              "--epochs", str(args.epochs), "--seed", str(args.seed)]
     words += ["--checkpoint", str(args.checkpoint)] if args.checkpoint else []
+    words += [w for path in args.config for w in ("--config", str(path))] + list(args.overrides)
     config = load_stack(args.config, args.overrides)
     meta = run(args.data, args.out, checkpoint, config, epochs=args.epochs, seed=args.seed,
                show_progress=not args.quiet, command=shlex.join(words))
