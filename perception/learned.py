@@ -107,12 +107,7 @@ class LearnedPerception:
             runner = NetworkRunner(config, batch=batch)
         self.runner = runner
         # small vehicle boxes looked at again (perception/refine.py); a model handed in has no file to match
-        if runner.checkpoint_path is not None:
-            self.refinement, self._refiner_why = resolve_refiner(config.box_refiner, runner.checkpoint_path)
-        elif config.box_refiner in ("auto", "off"):
-            self.refinement, self._refiner_why = None, f"{config.box_refiner}: the detector has no checkpoint file"
-        else:
-            self.refinement, self._refiner_why = resolve_refiner(config.box_refiner, config.box_refiner)
+        self.refinement, self._refiner_why = resolve_refiner(config.box_refiner, runner.checkpoint_path)
         specs = operating.spec_cameras(camera_specs) if camera_specs else None
         if specs:
             self.point = operating.choose(runner, config.operating_point, specs, config.side_band_elevation_deg,

@@ -221,13 +221,16 @@ def load_refiner(path: str | Path) -> Refinement:
                       float(meta.get("max_height_px", 20.0)), float(meta.get("min_score", 0.2)), path=str(path))
 
 
-def resolve_refiner(setting: str | None, detector: str | Path) -> tuple[Refinement | None, str]:
-    """``box_refiner`` of the config and the detector's checkpoint file -> (the refinement or None,
-    why). ``auto``: the shipped refiner when it was trained on this detector's file (sha256), else
-    none; ``off``: none; a path: that refiner, whichever detector it was trained on."""
+def resolve_refiner(setting: str | None, detector: str | Path | None) -> tuple[Refinement | None, str]:
+    """``box_refiner`` of the config and the detector's checkpoint file (None: a model handed in,
+    with no file) -> (the refinement or None, why). ``auto``: the shipped refiner when it was
+    trained on this detector's file (sha256), else none; ``off``: none; a path: that refiner,
+    whichever detector it was trained on (the reason says when it was another)."""
     if setting in (None, "off"):
         return None, "off"
     if setting == "auto":
+        if detector is None:
+            return None, "auto: the detector has no checkpoint file"
         if not WEIGHTS.is_file():
             return None, "auto: no shipped refiner"
         refinement = load_refiner(WEIGHTS)
@@ -235,5 +238,6 @@ def resolve_refiner(setting: str | None, detector: str | Path) -> tuple[Refineme
             return None, "auto: the shipped refiner was trained on another detector"
         return refinement, "auto: the shipped refiner, trained on this detector"
     refinement = load_refiner(setting)
-    same = refinement.meta.get("detector_sha256") == file_sha256(detector)
-    return refinement, "configured" + ("" if same else " (trained on another detector)")
+    if detector is None or refinement.meta.get("detector_sha256") == file_sha256(detector):
+        return refinement, "configured"
+    return refinement, "configured (trained on another detector)"

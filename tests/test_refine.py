@@ -135,6 +135,8 @@ def test_auto_takes_the_shipped_refiner_only_for_the_detector_it_was_trained_on(
     assert resolve_refiner("off", SHIPPED_CHECKPOINT) == (None, "off")
     chosen, why = resolve_refiner(str(refine.WEIGHTS), other)  # a named file is used, and said to be foreign
     assert chosen is not None and "another detector" in why
+    assert resolve_refiner("auto", None) == (None, "auto: the detector has no checkpoint file")  # a model handed in
+    assert resolve_refiner(str(refine.WEIGHTS), None)[1] == "configured"
 
 
 def test_a_bad_refiner_file_is_named(tmp_path):
