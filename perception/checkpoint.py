@@ -9,6 +9,7 @@ network its meta names, so a file loads without knowing its architecture beforeh
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,15 @@ META_KEYS = ("classes", "seg_classes", "input_size", "architecture", "metrics", 
 class CheckpointError(ConfigError):
     """A checkpoint file that cannot be read, or that does not fit the requested model (a
     ValueError; the CLI prints it as one line, like a config error)."""
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes (a checkpoint's identity), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def model_meta(model: PerceptionNet) -> dict[str, Any]:

@@ -16,7 +16,6 @@ with the detector it was trained for.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from stagepilot.perception.checkpoint import CheckpointError, _first_line
+from stagepilot.perception.checkpoint import CheckpointError, _first_line, file_sha256
 from stagepilot.perception.runner import fold_batchnorm
 
 CROP = (24, 48)          # (h, w) px of the sampled region
@@ -35,6 +34,9 @@ PAD_X, PAD_Y = 8.0, 6.0  # [px] added to twice the box's width / height for the 
 WEIGHTS = Path(__file__).parent / "weights" / "box_refiner.pt"
 ARCHITECTURE_RE = r"^refiner_c(\d+)_24x48$"  # refiner_c{width}_24x48
 WIDTH = 16  # channels of the first layers (then twice that)
+CLASSES = ("vehicle",)  # what is refined by default: vehicle boxes
+MAX_HEIGHT_PX = 20.0    # under this tall (the recall bands 0-12 and 12-20 px)
+MIN_SCORE = 0.2         # scoring at least this
 
 
 class BoxRefiner(nn.Module):
@@ -98,11 +100,19 @@ def frame_crops(rgb: np.ndarray, boxes: Tensor) -> Tensor:
     return crops(window, boxes.float() - shift)
 
 
+def box_sizes(boxes: Tensor) -> Tensor:
+    """Boxes (N, 4) -> their (width, height) (N, 2) px."""
+    return torch.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1)
+
+
+def _region_scale(boxes: Tensor) -> Tensor:
+    """(N, 4): each box's region width, height, width, height: what a move is a share of."""
+    return box_sizes(regions(boxes.float())).repeat(1, 2)
+
+
 def moved(boxes: Tensor, moves: Tensor) -> Tensor:
     """Boxes (N, 4) moved by the refiner's output (N, 4) (shares of their regions)."""
-    reg = regions(boxes.float())
-    rw, rh = reg[:, 2] - reg[:, 0], reg[:, 3] - reg[:, 1]
-    out = boxes.float() + moves.float() * torch.stack([rw, rh, rw, rh], 1)
+    out = boxes.float() + moves.float() * _region_scale(boxes)
     # an edge never crosses its opposite one
     out[:, 2] = torch.maximum(out[:, 2], out[:, 0] + 0.5)
     out[:, 3] = torch.maximum(out[:, 3], out[:, 1] + 0.5)
@@ -111,17 +121,15 @@ def moved(boxes: Tensor, moves: Tensor) -> Tensor:
 
 def moves_towards(boxes: Tensor, targets: Tensor) -> Tensor:
     """The refiner's training target: the moves (N, 4) that take ``boxes`` to ``targets``."""
-    reg = regions(boxes.float())
-    rw, rh = reg[:, 2] - reg[:, 0], reg[:, 3] - reg[:, 1]
-    return (targets.float() - boxes.float()) / torch.stack([rw, rh, rw, rh], 1)
+    return (targets.float() - boxes.float()) / _region_scale(boxes)
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def small_boxes(boxes: Tensor, scores: Tensor, is_class: Tensor, min_score: float = MIN_SCORE,
+                max_height_px: float = MAX_HEIGHT_PX) -> Tensor:
+    """Indices of the boxes a refiner takes: of its classes (``is_class``, (N,) bool), scoring at
+    least ``min_score``, under ``max_height_px`` tall."""
+    heights = boxes[:, 3] - boxes[:, 1]
+    return torch.where(is_class & (scores >= min_score) & (heights < max_height_px) & (heights > 0))[0]
 
 
 @dataclass
@@ -131,17 +139,16 @@ class Refinement:
 
     model: BoxRefiner
     meta: dict[str, Any] = field(default_factory=dict)
-    classes: tuple[str, ...] = ("vehicle",)
-    max_height_px: float = 20.0
-    min_score: float = 0.2
+    classes: tuple[str, ...] = CLASSES
+    max_height_px: float = MAX_HEIGHT_PX
+    min_score: float = MIN_SCORE
     max_boxes: int = 64
     path: str = ""
 
     def chosen(self, boxes: Tensor, scores: Tensor, is_class: Tensor, min_score: float | None = None) -> Tensor:
         """Indices of the boxes to refine."""
         floor = self.min_score if min_score is None else max(self.min_score, min_score)
-        heights = boxes[:, 3] - boxes[:, 1]
-        idx = torch.where(is_class & (scores >= floor) & (heights < self.max_height_px) & (heights > 0))[0]
+        idx = small_boxes(boxes, scores, is_class, floor, self.max_height_px)
         if len(idx) > self.max_boxes:
             idx = idx[scores[idx].argsort(descending=True)[: self.max_boxes]]
         return idx
@@ -154,7 +161,7 @@ class Refinement:
         out = boxes.clone()
         if len(idx):
             b = boxes[idx].cpu().float()
-            out[idx] = moved(b, self.model(crops(image.cpu(), b), _sizes(b))).to(out.dtype).to(out.device)
+            out[idx] = moved(b, self.model(crops(image.cpu(), b), box_sizes(b))).to(out.dtype).to(out.device)
         return out
 
     @torch.inference_mode()
@@ -172,16 +179,12 @@ class Refinement:
             return boxes
         b = b_all[idx]
         out = np.array(boxes, dtype=float, copy=True)
-        out[idx.numpy()] = moved(b, self.model(frame_crops(rgb, b), _sizes(b))).numpy()
+        out[idx.numpy()] = moved(b, self.model(frame_crops(rgb, b), box_sizes(b))).numpy()
         return out
 
     def describe(self) -> dict[str, Any]:
         return {"file": self.path, "sha256": self.meta.get("sha256"), "max_height_px": self.max_height_px,
                 "min_score": self.min_score, "classes": list(self.classes)}
-
-
-def _sizes(boxes: Tensor) -> Tensor:
-    return torch.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1)
 
 
 def save_refiner(path: str | Path, model: BoxRefiner, meta: dict[str, Any]) -> Path:
@@ -217,8 +220,9 @@ def load_refiner(path: str | Path) -> Refinement:
     except RuntimeError as exc:
         raise CheckpointError(f"box refiner {path}: weights do not fit ({_first_line(exc)})") from None
     meta["sha256"] = file_sha256(path)
-    return Refinement(fold_batchnorm(model.eval()), meta, tuple(meta.get("classes", ("vehicle",))),
-                      float(meta.get("max_height_px", 20.0)), float(meta.get("min_score", 0.2)), path=str(path))
+    return Refinement(fold_batchnorm(model.eval()), meta, tuple(meta.get("classes", CLASSES)),
+                      float(meta.get("max_height_px", MAX_HEIGHT_PX)), float(meta.get("min_score", MIN_SCORE)),
+                      path=str(path))
 
 
 def resolve_refiner(setting: str | None, detector: str | Path | None) -> tuple[Refinement | None, str]:

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -32,14 +31,12 @@ from stagepilot.core.config import StackConfig
 from stagepilot.perception import evaluate as ev
 from stagepilot.perception.checkpoint import load_checkpoint
 from stagepilot.perception.data import PerceptionDataset, collate, manifest_record
-from stagepilot.perception.refine import (WIDTH, BoxRefiner, Refinement, crops, file_sha256, moves_towards,
-                                          save_refiner)
+from stagepilot.perception.checkpoint import file_sha256
+from stagepilot.perception.refine import (CLASSES, MAX_HEIGHT_PX, MIN_SCORE, WIDTH, BoxRefiner, Refinement, box_sizes,
+                                          crops, moves_towards, save_refiner, small_boxes)
 from stagepilot.perception.zoom import zoom_of
 
 MATCH_IOU = 0.25      # a box is paired with the label it overlaps most, if by at least this
-MAX_HEIGHT_PX = 20.0  # boxes under this tall are refined (the recall bands 0-12 and 12-20 px)
-MIN_SCORE = 0.2       # and only those scoring at least this
-CLASSES = ("vehicle",)
 BATCH = 256
 LR = 2e-3
 
@@ -62,27 +59,21 @@ def capture(model, data: str | Path, split: str, config: StackConfig, *, show_pr
         dets = ev.stage_detections(model, images, model(images), targets, cameras, zoom, False, main,
                                    config.perception.learned.nms_iou)
         for image, det, tgt in zip(images, dets, targets):
-            boxes = det["boxes"].float()
-            heights = boxes[:, 3] - boxes[:, 1]
-            pick = torch.isin(det["labels"], ids) & (det["scores"] >= MIN_SCORE) & (heights < MAX_HEIGHT_PX)
+            pick = small_boxes(det["boxes"].float(), det["scores"], torch.isin(det["labels"], ids))
             labels = tgt["boxes"][torch.isin(tgt["labels"], ids)].float()
-            if not pick.any() or not len(labels):
+            if not len(pick) or not len(labels):
                 continue
-            boxes = boxes[pick]
+            boxes = det["boxes"].float()[pick]
             best, j = box_iou(boxes, labels).max(1)
             keep = best >= MATCH_IOU
             if not keep.any():
                 continue
             boxes = boxes[keep]
             c = crops(image, boxes).mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
-            pieces.append((c, _sizes(boxes), moves_towards(boxes, labels[j[keep]])))
+            pieces.append((c, box_sizes(boxes), moves_towards(boxes, labels[j[keep]])))
     if not pieces:
         raise ValueError(f"{data}: no small vehicle box of the detector overlaps a label in split {split!r}")
     return tuple(torch.cat(p) for p in zip(*pieces))
-
-
-def _sizes(boxes: torch.Tensor) -> torch.Tensor:
-    return torch.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1)
 
 
 def fit(crops_u8: torch.Tensor, sizes: torch.Tensor, moves: torch.Tensor, *, epochs: int, seed: int = 0,

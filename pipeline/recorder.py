@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -59,14 +58,6 @@ CAMERA = "/camera/{camera}"
 
 def _json_schema(name: str) -> bytes:
     return json.dumps({"title": name, "type": "object"}).encode()
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Recorder:
@@ -170,6 +161,7 @@ class Recorder:
     def _checkpoint_sha(self) -> str:
         if self.config.perception.kind != "learned":
             return ""
+        from stagepilot.perception.checkpoint import file_sha256
         from stagepilot.perception.learned import resolve_checkpoint
 
         return file_sha256(resolve_checkpoint(self.config.perception.learned.checkpoint))

@@ -60,7 +60,8 @@ def _fresh_section(fresh: dict, name: str) -> list[str]:
 
 
 def _refiner_section(path: Path, detector: Path) -> list[str]:
-    from stagepilot.perception.refine import file_sha256, load_refiner
+    from stagepilot.perception.checkpoint import file_sha256
+    from stagepilot.perception.refine import load_refiner
 
     refinement = load_refiner(path)
     meta = refinement.meta
@@ -78,7 +79,7 @@ def _refiner_section(path: Path, detector: Path) -> list[str]:
     val = meta.get("val")
     if val:
         bands = list(val["without"]["recall_by_height"])
-        lines += [f"Its data's val split, vehicles, recall by box height (score >= 0.3, IoU >= 0.5), "
+        lines += ["Its data's val split, vehicles, recall by box height (score >= 0.3, IoU >= 0.5), "
                   "the stage's detections without and with it:", "",
                   "| | AP@0.5 | " + " | ".join(bands) + " |", "|---|---|" + "---|" * len(bands)]
         for name in ("without", "with"):

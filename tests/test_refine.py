@@ -14,7 +14,7 @@ from torchvision.ops import box_iou
 
 from stagepilot.core.config import load_stack
 from stagepilot.perception import refine
-from stagepilot.perception.checkpoint import CheckpointError, save_checkpoint
+from stagepilot.perception.checkpoint import CheckpointError, file_sha256, save_checkpoint
 from stagepilot.perception.network import build_model
 from stagepilot.perception.refine import (BoxRefiner, Refinement, crops, frame_crops, load_refiner, moved,
                                           moves_towards, resolve_refiner, save_refiner)
@@ -173,6 +173,6 @@ def test_train_refiner_writes_a_refiner_for_its_detector(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["pairs"] > 0 and set(printed["val"]) == {"without", "with"}
     loaded = load_refiner(out)
-    assert loaded.meta["detector_sha256"] == refine.file_sha256(SHIPPED_CHECKPOINT)
+    assert loaded.meta["detector_sha256"] == file_sha256(SHIPPED_CHECKPOINT)
     assert loaded.meta["training_command"].startswith("stagepilot train-refiner --data")
     assert main(["train-refiner", "--quiet", "--data", str(tmp_path / "nothing"), "--out", str(out)]) != 0
